@@ -1,0 +1,11 @@
+"""Export step of SISE Inspector: rewrite an ONNX classifier so that it also returns each
+convolutional block's activation and the class-score gradients (ONNX Runtime has no autograd).
+
+Imports onnx and numpy only.
+"""
+
+from .contract import Contract, read_contract
+from .errors import ExportError
+from .export import analyse, export_file, export_model
+
+__all__ = ["Contract", "ExportError", "analyse", "export_file", "export_model", "read_contract"]

@@ -1,0 +1,110 @@
+"""Block discovery: which tensor represents each convolutional block.
+
+Rule (SISE, "block-wise feature explanation"): signals may skip convolutional layers but not
+down-sampling layers, so the last tensor at each spatial resolution that *every* path from the image
+to the class output passes through (a dominator of the output) stands for that block.
+
+Details:
+- Only tensors on the NCHW side are candidates: produced by a Conv/pooling op or derived from one
+  without a layout-changing op (Transpose, Reshape, ...) in between. This skips the image input, its
+  pre-processing, and NHWC tensors of Keras heads.
+- Dominators are found with one sweep over a topological order of the tensor graph: a tensor T is
+  on every path from X to Y iff no edge (a -> b) of that graph has pos(a) < pos(T) < pos(b).
+- Dominators are grouped by spatial size; the last of each group (in topological order) is kept;
+  groups holding only pooling outputs and 1x1 tensors are dropped.
+"""
+
+from __future__ import annotations
+
+from .errors import BlockDiscoveryError
+from .graph import GraphIndex
+
+LAYOUT_SOURCES = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool"}
+LAYOUT_BREAKERS = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "SpaceToDepth", "DepthToSpace",
+                   "Gemm", "MatMul", "Einsum"}
+POOL_OPS = {"MaxPool", "AveragePool", "LpPool"}
+
+
+def path_tensors(index: GraphIndex, source: str, sink: str) -> set[str]:
+    """Differentiable tensors on some path from ``source`` to ``sink`` (both included)."""
+    return index.reach_forward([source]) & index.reach_backward([sink])
+
+
+def nchw_tensors(index: GraphIndex) -> set[str]:
+    """Rank-4 tensors in channels-first layout downstream of a convolution or pooling op."""
+    out: set[str] = set()
+    for node in index.nodes:
+        if node.op_type in LAYOUT_BREAKERS:
+            continue
+        if node.op_type in LAYOUT_SOURCES or any(i in out for i in node.input):
+            out.update(o for o in node.output if index.rank(o) == 4)
+    return out
+
+
+def dominators(index: GraphIndex, source: str, sink: str) -> list[str]:
+    """Tensors strictly between ``source`` and ``sink`` that every source->sink path passes through."""
+    on_path = path_tensors(index, source, sink)
+    if sink not in on_path:
+        raise BlockDiscoveryError(f"the class output '{sink}' does not depend on the image input '{source}'")
+    pos = index.topo_position()
+    order = sorted(on_path, key=pos.__getitem__)
+    rank = {name: r for r, name in enumerate(order)}
+    cover = [0] * (len(order) + 1)
+    for node in index.nodes:
+        ins = [rank[i] for i in node.input if i in rank]
+        outs = [rank[o] for o in node.output if o in rank]
+        for a in ins:
+            for b in outs:
+                if b > a + 1:
+                    cover[a + 1] += 1
+                    cover[b] -= 1
+    result, running = [], 0
+    for r, name in enumerate(order):
+        running += cover[r]
+        if running == 0 and name not in (source, sink):
+            result.append(name)
+    return result
+
+
+def discover_blocks(index: GraphIndex, source: str, sink: str) -> list[str]:
+    """Automatic block choice, shallow to deep. Raises when nothing qualifies."""
+    channels_first = nchw_tensors(index)
+    groups: dict[tuple[int, int], list[str]] = {}
+    for name in dominators(index, source, sink):
+        if name not in channels_first or name in index.graph_inputs:
+            continue
+        shape = index.info[name].shape
+        if shape is None or any(d <= 0 for d in shape) or shape[2] * shape[3] <= 1:
+            continue
+        groups.setdefault((shape[2], shape[3]), []).append(name)
+    pos = index.topo_position()
+    chosen = []
+    for members in groups.values():
+        if all(index.nodes[index.producer[m]].op_type in POOL_OPS for m in members):
+            continue
+        chosen.append(max(members, key=pos.__getitem__))
+    if not chosen:
+        raise BlockDiscoveryError(
+            f"no convolutional block found between input '{source}' and output '{sink}' (no channels-first "
+            "tensor with spatial size > 1 lies on every path); name the block tensors with --blocks NAME,NAME,... "
+            "(`python -m onnx_tools inspect MODEL` lists the tensors)")
+    return sorted(chosen, key=pos.__getitem__)
+
+
+def check_explicit_blocks(index: GraphIndex, names: list[str], source: str, sink: str) -> list[str]:
+    """Validate user-named block tensors and order them shallow to deep."""
+    if len(set(names)) != len(names):
+        raise BlockDiscoveryError(f"--blocks names a tensor twice: {names}")
+    on_path = path_tensors(index, source, sink)
+    for name in names:
+        if name not in index.info and name not in index.producer:
+            raise BlockDiscoveryError(f"--blocks: no tensor named '{name}' in the model; "
+                                      "`python -m onnx_tools inspect MODEL` lists the block candidates")
+        if index.rank(name) != 4:
+            raise BlockDiscoveryError(f"--blocks: tensor '{name}' has shape {index.info[name].shape}; "
+                                      "a block must be a rank-4 activation [N, C, h, w]")
+        if name not in on_path:
+            raise BlockDiscoveryError(f"--blocks: tensor '{name}' is not on a differentiable path from input "
+                                      f"'{source}' to output '{sink}'")
+    pos = index.topo_position()
+    return sorted(names, key=pos.__getitem__)

@@ -1,0 +1,113 @@
+"""`python -m onnx_tools export|inspect|example`: a thin shell over :mod:`onnx_tools.export`.
+
+Errors are printed as one line (``error: ...``) with exit code 2; nothing is left behind on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections import Counter
+
+from . import contract as C
+from .errors import ExportError
+from .export import analyse, export_file
+from .gradients import gradient_path
+from .gradients.registry import lookup
+from .graph import load_model
+from .model_io import parse_shape
+
+
+def _blocks_arg(text: str) -> str | list[str]:
+    return "auto" if text == "auto" else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--blocks", default="auto", type=_blocks_arg,
+                   help="'auto' (default) or comma-separated tensor names, one per block")
+    p.add_argument("--input-shape", type=parse_shape, default=None,
+                   help="image input dims in the model's own layout, e.g. 1,3,224,224 (needed for dynamic H/W)")
+    p.add_argument("--output", default=None, help="class-score output name when the model has several")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m onnx_tools", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("export", help="rewrite a classifier so it also returns block activations and gradients")
+    ex.add_argument("model", help="input ONNX model (never modified)")
+    ex.add_argument("-o", "--out", required=True, help="output path, e.g. model.sise.onnx")
+    ex.add_argument("--score", default="softmax", choices=C.SCORE_KINDS,
+                    help="confidence psi of the explained class (default softmax; identity when the model "
+                         "already outputs probabilities)")
+    _common(ex)
+    ins = sub.add_parser("inspect", help="print discovered blocks and the ops on the gradient path")
+    ins.add_argument("model")
+    _common(ins)
+    demo = sub.add_parser("example", help="export the ResNet-50 graph bundled with the onnx package and "
+                                          "print what was done")
+    demo.add_argument("-o", "--out", default="sise-example", help="output folder (default ./sise-example)")
+    return parser
+
+
+def cmd_export(args) -> int:
+    result = export_file(args.model, args.out, blocks=args.blocks, score=args.score,
+                         input_shape=args.input_shape, output=args.output)
+    c = result.contract
+    print(f"wrote {args.out} in {result.seconds:.2f} s: {len(c.blocks)} blocks, "
+          f"{sum(b.channels for b in c.blocks)} feature maps, score={c.score}, {c.num_classes} classes")
+    for b in c.blocks:
+        print(f"  {b.act_output:<12} {b.grad_output:<13} {b.tensor}  {list(b.shape[1:])}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    model = load_model(args.model)
+    existing = C.read_contract(model)
+    if existing is not None:
+        print(f"{args.model} is already exported (contract v{existing.version}, score={existing.score}):")
+        for b in existing.blocks:
+            print(f"  block {b.index}: {b.tensor}  {list(b.shape[1:])}")
+        return 0
+    a = analyse(model, blocks=args.blocks, input_shape=args.input_shape, output=args.output)
+    io = a.io
+    print(f"input  {io.input_name} {list(io.input_dims)} layout {io.layout}; output {io.output_name} "
+          f"({io.num_classes} classes); opset {a.index.opset}")
+    print(f"blocks ({len(a.blocks)}, {sum(a.index.shape(t)[1] for t in a.blocks)} feature maps):")
+    for i, t in enumerate(a.blocks):
+        shape = a.index.shape(t)
+        producer = a.index.nodes[a.index.producer[t]].op_type if t in a.index.producer else "input"
+        print(f"  {i}: {t}  C={shape[1]} {shape[2]}x{shape[3]}  (from {producer})")
+    _, positions = gradient_path(a.index, a.blocks, io.output_name)
+    counts = Counter(a.index.nodes[p].op_type for p in positions)
+    missing = {a.index.nodes[p].op_type for p in positions if lookup(a.index.nodes[p]) is None}
+    print(f"ops on the gradient path ({len(positions)} nodes):")
+    for op, n in sorted(counts.items()):
+        print(f"  {op:<22} {n:>4}  {'UNSUPPORTED' if op in missing else 'ok'}")
+    return 1 if missing else 0
+
+
+def cmd_example(args) -> int:
+    import onnx  # the bundled example ships inside the onnx wheel
+
+    src = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light", "light_resnet50.onnx")
+    os.makedirs(args.out, exist_ok=True)
+    out = os.path.join(args.out, "resnet50.sise.onnx")
+    print(f"example: {src} (ResNet-50 graph, constant weights, ends in Softmax -> --score identity)")
+    args = argparse.Namespace(model=src, out=out, blocks="auto", score="identity", input_shape=None, output=None)
+    return cmd_export(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    args = build_parser().parse_args(argv)
+    handler = {"export": cmd_export, "inspect": cmd_inspect, "example": cmd_example}[args.command]
+    try:
+        return handler(args)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

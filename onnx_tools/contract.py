@@ -1,0 +1,95 @@
+"""The contract between the export step and the engine, written into the model's ``metadata_props``.
+
+The engine reads the single JSON value under :data:`CONTRACT_KEY`; it never guesses tensor names.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import onnx
+
+CONTRACT_KEY = "sise.contract"
+CONTRACT_VERSION = 1
+TARGET_INPUT = "sise_target"
+SCORE_KINDS = ("softmax", "sigmoid", "logit", "identity")
+
+
+def act_output(index: int) -> str:
+    """Name of the graph output carrying block ``index``'s activation, [N, C, h, w]."""
+    return f"sise/act/{index}"
+
+
+def grad_output(index: int) -> str:
+    """Name of the graph output carrying block ``index``'s spatially averaged gradient, [N, C]."""
+    return f"sise/grad/{index}"
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    """One convolutional block: the model tensor it taps and its shape for batch 1 (1, C, h, w)."""
+
+    index: int
+    tensor: str
+    shape: tuple[int, ...]
+    act_output: str
+    grad_output: str
+
+    @property
+    def channels(self) -> int:
+        return self.shape[1]
+
+
+@dataclass(frozen=True)
+class Contract:
+    """Everything the engine needs to drive an exported model."""
+
+    input_name: str
+    input_layout: str  # "NCHW" or "NHWC"
+    input_shape: tuple  # the image input's dims (batch may be a string for a dynamic batch)
+    output_name: str
+    num_classes: int
+    score: str
+    blocks: tuple[BlockInfo, ...]
+    target_input: str = TARGET_INPUT
+    version: int = CONTRACT_VERSION
+    source_opset: int = 0
+    exporter: str = field(default="onnx_tools")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Contract":
+        raw = json.loads(text)
+        blocks = tuple(
+            BlockInfo(
+                index=b["index"],
+                tensor=b["tensor"],
+                shape=tuple(b["shape"]),
+                act_output=b["act_output"],
+                grad_output=b["grad_output"],
+            )
+            for b in raw.pop("blocks")
+        )
+        raw["input_shape"] = tuple(raw["input_shape"])
+        return cls(blocks=blocks, **raw)
+
+
+def read_contract(model: onnx.ModelProto) -> Contract | None:
+    """Return the model's contract, or None when the model was not exported by this tool."""
+    for prop in model.metadata_props:
+        if prop.key == CONTRACT_KEY:
+            return Contract.from_json(prop.value)
+    return None
+
+
+def write_contract(model: onnx.ModelProto, contract: Contract) -> None:
+    """Store ``contract`` in ``model.metadata_props`` (replacing an older value)."""
+    keep = [p for p in model.metadata_props if p.key != CONTRACT_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    entry = model.metadata_props.add()
+    entry.key = CONTRACT_KEY
+    entry.value = contract.to_json()

@@ -1,0 +1,138 @@
+"""The export step: load -> analyse (input, output, blocks) -> passes -> check -> save.
+
+Public functions: :func:`analyse`, :func:`export_model`, :func:`export_file`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import onnx
+
+from . import contract as C
+from .blocks import check_explicit_blocks, discover_blocks
+from .errors import AlreadyExportedError, ExportError, ModelInputError
+from .graph import GraphIndex, check_topological, default_opset, dims_of, find_image_input, load_model
+from .model_io import ModelIO, analysis_copy, detect_layout, find_class_output, fix_input_shape
+from .passes.add_gradients import add_gradients
+from .passes.expose_blocks import expose_blocks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Analysis:
+    """The model with its image input fixed, its batch-1 index, interface and chosen blocks."""
+
+    model: onnx.ModelProto
+    index: GraphIndex
+    io: ModelIO
+    blocks: list[str]
+
+
+@dataclass
+class ExportResult:
+    model: onnx.ModelProto
+    contract: C.Contract
+    seconds: float
+
+
+def _refuse_exported(model: onnx.ModelProto) -> None:
+    existing = C.read_contract(model)
+    names = {vi.name for vi in model.graph.input} | {vi.name for vi in model.graph.output}
+    if existing is not None or C.TARGET_INPUT in names or any(n.startswith("sise/") for n in names):
+        raise AlreadyExportedError("the model is already a SISE export (it has the sise.contract metadata or "
+                                   "sise_* inputs/outputs); use it as it is, or export the original model")
+
+
+def analyse(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", input_shape: tuple[int, ...] | None = None,
+            output: str | None = None) -> Analysis:
+    """Find the image input, the class output and the block tensors (automatic or explicit)."""
+    check_topological(model)
+    model = fix_input_shape(model, input_shape)
+    index = GraphIndex(analysis_copy(model))
+    image = find_image_input(model)
+    output_name, num_classes = find_class_output(index, output)
+    io = ModelIO(input_name=image.name, layout=detect_layout(index, image.name), input_dims=tuple(dims_of(image)),
+                 output_name=output_name, num_classes=num_classes)
+    if blocks == "auto" or blocks is None:
+        chosen = discover_blocks(index, io.input_name, io.output_name)
+    else:
+        chosen = check_explicit_blocks(index, list(blocks), io.input_name, io.output_name)
+    return Analysis(model=model, index=index, io=io, blocks=chosen)
+
+
+def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", score: str = "softmax",
+                 input_shape: tuple[int, ...] | None = None, output: str | None = None,
+                 check: bool = True) -> ExportResult:
+    """Return a rewritten copy of ``model`` carrying block activations, gradients and the contract.
+
+    Args:
+        model: an ONNX classifier with one image input (NCHW or NHWC) and a [N, K] class output.
+        blocks: "auto" or tensor names (ordered shallow to deep in the result).
+        score: psi applied to the class output: softmax | sigmoid | logit | identity.
+        input_shape: the image input's dims, required when its spatial dims are dynamic.
+        output: name of the class output when the model has several candidates.
+        check: run ``onnx.checker`` with full shape checking on the result.
+    """
+    start = time.perf_counter()
+    if score not in C.SCORE_KINDS:
+        raise ModelInputError(f"--score '{score}' is not one of {', '.join(C.SCORE_KINDS)}")
+    _refuse_exported(model)
+    a = analyse(model, blocks=blocks, input_shape=input_shape, output=output)
+    out = a.model  # already a copy (fix_input_shape deep-copies)
+    producer = a.index.producer.get(a.io.output_name)
+    last_op = a.index.nodes[producer].op_type if producer is not None else None
+    if last_op in ("Softmax", "Sigmoid") and score in ("softmax", "sigmoid"):
+        log.warning("the class output '%s' is already produced by %s; --score identity is probably meant",
+                    a.io.output_name, last_op)
+    batch_dim = a.io.input_dims[0] if a.io.input_dims[0] is not None else "N"
+    act_names = expose_blocks(out, a.index, a.blocks, batch_dim)
+    grad_names = add_gradients(out, a.index, blocks=a.blocks, logits=a.io.output_name,
+                               num_classes=a.io.num_classes, score=score, batch_dim=batch_dim)
+    infos = tuple(C.BlockInfo(index=i, tensor=t, shape=tuple(a.index.shape(t)), act_output=act, grad_output=grad)
+                  for i, (t, act, grad) in enumerate(zip(a.blocks, act_names, grad_names)))
+    contract = C.Contract(input_name=a.io.input_name, input_layout=a.io.layout, input_shape=a.io.input_dims,
+                          output_name=a.io.output_name, num_classes=a.io.num_classes, score=score, blocks=infos,
+                          source_opset=default_opset(model))
+    C.write_contract(out, contract)
+    if check:
+        try:
+            onnx.checker.check_model(out, full_check=True)
+        except Exception as e:
+            raise ExportError(f"internal error: the rewritten model fails onnx.checker ({e}); please report it") from e
+    return ExportResult(model=out, contract=contract, seconds=time.perf_counter() - start)
+
+
+def export_file(in_path: str | os.PathLike, out_path: str | os.PathLike, **options) -> ExportResult:
+    """Export ``in_path`` to ``out_path`` atomically: nothing is written unless the export succeeds,
+    and ``in_path`` is never modified."""
+    in_path, out_path = os.fspath(in_path), os.fspath(out_path)
+    if os.path.abspath(in_path) == os.path.abspath(out_path) or (
+            os.path.exists(out_path) and os.path.samefile(in_path, out_path)):
+        raise ModelInputError(f"output path {out_path} is the input model; choose another -o path "
+                              "(the input is never overwritten)")
+    model = load_model(in_path)
+    result = export_model(model, **options)
+    save_atomic(result.model, out_path)
+    return result
+
+
+def save_atomic(model: onnx.ModelProto, path: str) -> None:
+    """Write ``model`` to a temporary file beside ``path`` and rename it into place."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ExportError(f"output folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".sise-export-", suffix=".onnx.part", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(model.SerializeToString())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,144 @@
+"""Elementwise ops: arithmetic with broadcasting and pointwise activations."""
+
+from __future__ import annotations
+
+import math
+
+from ..registry import UnsupportedVariant, VjpContext, register
+
+
+@register("Identity", "Dropout")
+def pass_through(ctx: VjpContext) -> list:
+    return [ctx.g] + [None] * (len(ctx.node.input) - 1)
+
+
+@register("Cast")
+def cast(ctx: VjpContext) -> list:
+    in_type = ctx.index.info[ctx.x].elem_type
+    return [ctx.emit.op("Cast", [ctx.g], to=in_type)]
+
+
+@register("Neg")
+def neg(ctx: VjpContext) -> list:
+    return [ctx.emit.op("Neg", [ctx.g])]
+
+
+@register("Add", "Sum")
+def add(ctx: VjpContext) -> list:
+    return [ctx.unbroadcast(ctx.g, name) if need else None for name, need in zip(ctx.node.input, ctx.needs)]
+
+
+@register("Sub")
+def sub(ctx: VjpContext) -> list:
+    a, b = ctx.node.input
+    ga = ctx.unbroadcast(ctx.g, a) if ctx.needs[0] else None
+    gb = ctx.unbroadcast(ctx.emit.op("Neg", [ctx.g]), b) if ctx.needs[1] else None
+    return [ga, gb]
+
+
+@register("Mul")
+def mul(ctx: VjpContext) -> list:
+    a, b = ctx.node.input
+    ga = ctx.unbroadcast(ctx.emit.op("Mul", [ctx.g, b]), a) if ctx.needs[0] else None
+    gb = ctx.unbroadcast(ctx.emit.op("Mul", [ctx.g, a]), b) if ctx.needs[1] else None
+    return [ga, gb]
+
+
+@register("Div")
+def div(ctx: VjpContext) -> list:
+    a, b = ctx.node.input
+    e = ctx.emit
+    ga = ctx.unbroadcast(e.op("Div", [ctx.g, b]), a) if ctx.needs[0] else None
+    gb = None
+    if ctx.needs[1]:  # d(a/b)/db = -y/b
+        gb = ctx.unbroadcast(e.op("Neg", [e.op("Div", [e.op("Mul", [ctx.g, ctx.y]), b])]), b)
+    return [ga, gb]
+
+
+@register("Relu")
+def relu(ctx: VjpContext) -> list:
+    # Mask from the output keeps Conv+Relu fusable by the runtime (the pre-activation is not read).
+    positive = ctx.emit.op("Greater", [ctx.y, ctx.scalar(0.0)])
+    return [ctx.emit.mask_where(positive, ctx.g, ctx.dtype)]
+
+
+@register("LeakyRelu")
+def leaky_relu(ctx: VjpContext) -> list:
+    alpha = ctx.attr("alpha", 0.01)
+    e = ctx.emit
+    positive = e.op("Greater", [ctx.x, ctx.scalar(0.0)])
+    return [e.op("Where", [positive, ctx.g, e.op("Mul", [ctx.g, ctx.scalar(alpha)])])]
+
+
+@register("PRelu")
+def prelu(ctx: VjpContext) -> list:
+    x, slope = ctx.node.input
+    if ctx.needs[1]:
+        raise UnsupportedVariant("its slope depends on the image; only constant slopes are supported")
+    e = ctx.emit
+    positive = e.op("Greater", [x, ctx.scalar(0.0)])
+    return [e.op("Where", [positive, ctx.g, e.op("Mul", [ctx.g, slope])]), None]
+
+
+@register("Clip")
+def clip(ctx: VjpContext) -> list:
+    """Gradient passes where min < x < max (torch's hardtanh/relu6 convention), read from the output."""
+    e = ctx.emit
+    if ctx.opset < 11:
+        lo, hi = ctx.attr("min"), ctx.attr("max")
+        lo = ctx.scalar(lo) if lo is not None else None
+        hi = ctx.scalar(hi) if hi is not None else None
+    else:
+        if any(ctx.needs[1:]):
+            raise UnsupportedVariant("its min/max depend on the image; only constant bounds are supported")
+        lo, hi = ctx.input(1) or None, ctx.input(2) or None
+    conds = []
+    if lo is not None:
+        conds.append(e.op("Greater", [ctx.y, lo]))
+    if hi is not None:
+        conds.append(e.op("Less", [ctx.y, hi]))
+    if not conds:
+        return [ctx.g] + [None] * (len(ctx.node.input) - 1)
+    cond = conds[0] if len(conds) == 1 else e.op("And", conds)
+    return [e.mask_where(cond, ctx.g, ctx.dtype)] + [None] * (len(ctx.node.input) - 1)
+
+
+@register("Sigmoid")
+def sigmoid(ctx: VjpContext) -> list:
+    e = ctx.emit
+    one_minus = e.op("Sub", [ctx.scalar(1.0), ctx.y])
+    return [e.op("Mul", [ctx.g, e.op("Mul", [ctx.y, one_minus])])]
+
+
+@register("Tanh")
+def tanh(ctx: VjpContext) -> list:
+    e = ctx.emit
+    one_minus = e.op("Sub", [ctx.scalar(1.0), e.op("Mul", [ctx.y, ctx.y])])
+    return [e.op("Mul", [ctx.g, one_minus])]
+
+
+@register("Erf")
+def erf(ctx: VjpContext) -> list:
+    e = ctx.emit
+    gauss = e.op("Exp", [e.op("Neg", [e.op("Mul", [ctx.x, ctx.x])])])
+    return [e.op("Mul", [ctx.g, e.op("Mul", [gauss, ctx.scalar(2.0 / math.sqrt(math.pi))])])]
+
+
+@register("HardSigmoid")
+def hard_sigmoid(ctx: VjpContext) -> list:
+    """y = clip(alpha*x + beta, 0, 1); slope alpha strictly inside the linear part."""
+    alpha, beta = ctx.attr("alpha", 0.2), ctx.attr("beta", 0.5)
+    e = ctx.emit
+    t = e.op("Add", [e.op("Mul", [ctx.x, ctx.scalar(alpha)]), ctx.scalar(beta)])
+    inside = e.op("And", [e.op("Greater", [t, ctx.scalar(0.0)]), e.op("Less", [t, ctx.scalar(1.0)])])
+    return [e.mask_where(inside, e.op("Mul", [ctx.g, ctx.scalar(alpha)]), ctx.dtype)]
+
+
+@register("HardSwish")
+def hard_swish(ctx: VjpContext) -> list:
+    """y = x*relu6(x+3)/6: dy/dx = 0 for x < -3, x/3 + 1/2 for -3 <= x <= 3, 1 above (torch's convention)."""
+    e = ctx.emit
+    middle = e.op("Add", [e.op("Mul", [ctx.x, ctx.scalar(1.0 / 3.0)]), ctx.scalar(0.5)])
+    upper = e.op("Where", [e.op("Greater", [ctx.x, ctx.scalar(3.0)]), ctx.scalar(1.0), middle])
+    slope = e.op("Where", [e.op("Less", [ctx.x, ctx.scalar(-3.0)]), ctx.scalar(0.0), upper])
+    return [e.op("Mul", [ctx.g, slope])]

@@ -1,0 +1,39 @@
+"""ReduceMean / ReduceSum over static axes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..registry import UnsupportedVariant, VjpContext, register
+
+
+def _axes(ctx: VjpContext) -> list[int] | None:
+    """Normalised static axes, or None for 'all axes'."""
+    rank = ctx.index.rank(ctx.x)
+    axes_as_input = 13 if ctx.node.op_type == "ReduceSum" else 18
+    if ctx.opset >= axes_as_input:
+        value = ctx.const_input(1, "axes")
+        axes = None if value is None or value.size == 0 else [int(a) for a in value.reshape(-1)]
+    else:
+        axes = ctx.attr("axes")
+        axes = list(axes) if axes else None
+    if axes is None:
+        if ctx.attr("noop_with_empty_axes", 0):
+            return []
+        return list(range(rank))
+    return sorted(a % rank for a in axes)
+
+
+@register("ReduceMean", "ReduceSum")
+def reduce_mean_sum(ctx: VjpContext) -> list:
+    axes = _axes(ctx)
+    e = ctx.emit
+    if not axes:
+        return [ctx.g] + [None] * (len(ctx.node.input) - 1)
+    if 0 in axes and ctx.shape(ctx.x)[0] == 1:
+        raise UnsupportedVariant("it reduces over the batch axis")
+    g = ctx.g if ctx.attr("keepdims", 1) else e.unsqueeze(ctx.g, axes)
+    if ctx.node.op_type == "ReduceMean":
+        count = int(np.prod([ctx.shape(ctx.x)[a] for a in axes]))
+        g = e.op("Mul", [g, ctx.scalar(1.0 / count)])
+    return [e.op("Expand", [g, e.op("Shape", [ctx.x])])] + [None] * (len(ctx.node.input) - 1)

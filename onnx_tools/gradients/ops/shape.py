@@ -1,0 +1,105 @@
+"""Ops that move values without changing them: reshapes, transposes, concat/split, slice/pad."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import numpy_helper
+
+from ..registry import UnsupportedVariant, VjpContext, register
+
+
+@register("Flatten", "Reshape", "Squeeze", "Unsqueeze")
+def reshape_back(ctx: VjpContext) -> list:
+    g = ctx.emit.op("Reshape", [ctx.g, ctx.emit.op("Shape", [ctx.x])])
+    return [g] + [None] * (len(ctx.node.input) - 1)
+
+
+@register("Transpose")
+def transpose(ctx: VjpContext) -> list:
+    rank = ctx.index.rank(ctx.x)
+    perm = list(ctx.attr("perm", list(reversed(range(rank)))))
+    return [ctx.emit.op("Transpose", [ctx.g], perm=[int(i) for i in np.argsort(perm)])]
+
+
+@register("Concat")
+def concat(ctx: VjpContext) -> list:
+    rank = ctx.index.rank(ctx.y)
+    axis = ctx.attr("axis") % rank
+    if axis == 0:
+        raise UnsupportedVariant("concatenation along the batch axis is not supported")
+    sizes = [ctx.shape(name)[axis] for name in ctx.node.input]
+    pieces = ctx.emit.split(ctx.g, sizes, axis)
+    return [p if need else None for p, need in zip(pieces, ctx.needs)]
+
+
+@register("Split")
+def split(ctx: VjpContext) -> list:
+    """Concatenate the output gradients; outputs without a gradient contribute zeros."""
+    e = ctx.emit
+    axis = ctx.attr("axis", 0) % ctx.index.rank(ctx.x)
+    if axis == 0:
+        raise UnsupportedVariant("splitting along the batch axis is not supported")
+    parts = []
+    for out, g in zip(ctx.node.output, ctx.grads_out):
+        if g is None:
+            zero = np.zeros((1,), dtype=ctx.dtype)
+            g = e.op("ConstantOfShape", [e.op("Shape", [out])], value=numpy_helper.from_array(zero))
+        parts.append(g)
+    return [e.op("Concat", parts, axis=axis)] + [None] * (len(ctx.node.input) - 1)
+
+
+@register("Slice")
+def slice_(ctx: VjpContext) -> list:
+    """Pad g with zeros back to the input's extent (unit steps only)."""
+    shape = ctx.shape(ctx.x)
+    rank = len(shape)
+    if ctx.opset >= 10:
+        starts = ctx.const_input(1, "starts")
+        ends = ctx.const_input(2, "ends")
+        axes = ctx.const_input(3, "axes")
+        steps = ctx.const_input(4, "steps")
+    else:
+        starts, ends = np.array(ctx.attr("starts")), np.array(ctx.attr("ends"))
+        axes, steps = ctx.attr("axes"), None
+    axes = list(range(len(starts))) if axes is None else [int(a) % rank for a in np.asarray(axes).reshape(-1)]
+    if steps is not None and np.any(np.asarray(steps) != 1):
+        raise UnsupportedVariant(f"steps {np.asarray(steps).tolist()} other than 1 are not supported")
+    begin, end = [0] * rank, [0] * rank
+    for axis, s, t in zip(axes, np.asarray(starts).reshape(-1), np.asarray(ends).reshape(-1)):
+        n = shape[axis]
+        s = min(max(int(s) + n if s < 0 else int(s), 0), n)
+        t = min(max(int(t) + n if t < 0 else int(t), 0), n)
+        if axis == 0 and (s, t) != (0, n):
+            raise UnsupportedVariant("slicing along the batch axis is not supported")
+        begin[axis], end[axis] = s, n - t
+    g = ctx.emit.pad_zeros(ctx.g, begin + end) if any(begin + end) else ctx.g
+    return [g] + [None] * (len(ctx.node.input) - 1)
+
+
+@register("Pad")
+def pad(ctx: VjpContext) -> list:
+    """Slice g back to the unpadded region (constant mode, non-negative pads)."""
+    mode = ctx.attr("mode", "constant")
+    if mode != "constant":
+        raise UnsupportedVariant(f"mode={mode!r} is not supported (only constant padding)")
+    rank = ctx.index.rank(ctx.x)
+    if ctx.opset >= 11:
+        pads = ctx.const_input(1, "pads").reshape(-1).astype(int).tolist()
+        axes = ctx.const_input(3, "axes")
+    else:
+        pads, axes = list(ctx.attr("pads")), None
+    axes = list(range(rank)) if axes is None else [int(a) % rank for a in axes.reshape(-1)]
+    n = len(axes)
+    if any(p < 0 for p in pads):
+        raise UnsupportedVariant("negative pads are not supported")
+    shape = ctx.shape(ctx.x)
+    starts, ends, sl_axes = [], [], []
+    for axis, b, t in zip(axes, pads[:n], pads[n:]):
+        if b or t:
+            if axis == 0:
+                raise UnsupportedVariant("padding along the batch axis is not supported")
+            starts.append(b)
+            ends.append(b + shape[axis])
+            sl_axes.append(axis)
+    g = ctx.emit.slice(ctx.g, starts, ends, sl_axes) if sl_axes else ctx.g
+    return [g] + [None] * (len(ctx.node.input) - 1)

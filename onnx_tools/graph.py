@@ -1,0 +1,246 @@
+"""Loading a model and indexing its graph: producers, consumers, static shapes, constants, reachability.
+
+Everything downstream (block discovery, the gradient builder, the passes) reads the graph through
+:class:`GraphIndex`, built once from a shape-inferred copy of the model with batch 1.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference
+
+from .errors import ModelInputError, ModelLoadError
+
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+# Ops whose outputs describe shapes, not values: no gradient flows through them.
+SHAPE_OPS = {"Shape", "Size", "NonZero", "ArgMax", "ArgMin", "EyeLike", "ConstantOfShape", "RandomNormalLike",
+             "RandomUniformLike", "RandomNormal", "RandomUniform", "Range"}
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read ``path`` as an ONNX model, refusing what the export step cannot handle.
+
+    Raises:
+        ModelLoadError: missing, empty, unparsable or truncated file, or a model with external data.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelLoadError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise ModelLoadError(f"{path}: the file is empty, not an ONNX model")
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as e:  # protobuf raises DecodeError / RuntimeWarning-like errors of several types
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e}); "
+                             "check that the file is complete") from e
+    if not model.graph.node or not model.opset_import:
+        raise ModelLoadError(f"{path}: not an ONNX model (no graph nodes or opset); check that the file is complete")
+    if _uses_external_data(model):
+        raise ModelLoadError(
+            f"{path}: the model keeps its weights in external data files, which this tool does not read; "
+            "re-save it in one file: onnx.save(onnx.load(path), out_path, save_as_external_data=False)")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
+        raise ModelLoadError(f"{path}: invalid ONNX model ({first}); check that the file is complete") from e
+    return model
+
+
+def _uses_external_data(model: onnx.ModelProto) -> bool:
+    tensors = list(model.graph.initializer)
+    for node in model.graph.node:
+        tensors.extend(a.t for a in node.attribute if a.type == onnx.AttributeProto.TENSOR)
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors)
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    raise ModelLoadError("the model imports no default-domain (ai.onnx) opset")
+
+
+def dims_of(value_info: onnx.ValueInfoProto) -> list:
+    """Dims of a tensor type: ints for static dims, strings (or None) for dynamic ones."""
+    t = value_info.type.tensor_type
+    if not t.HasField("shape"):
+        return []
+    out = []
+    for d in t.shape.dim:
+        if d.HasField("dim_value"):
+            out.append(d.dim_value)
+        else:
+            out.append(d.dim_param or None)
+    return out
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Strict shape inference with data propagation; errors name what failed."""
+    try:
+        return shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as e:
+        raise ModelLoadError(f"shape inference failed: {e}") from e
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    elem_type: int
+    shape: tuple | None  # ints for static dims; None when the rank is unknown
+
+    @property
+    def is_float(self) -> bool:
+        return self.elem_type in FLOAT_TYPES
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(self.elem_type))
+
+
+class GraphIndex:
+    """Read-only index over a shape-inferred model (batch fixed to 1 for analysis).
+
+    Attributes:
+        nodes: graph nodes in the model's (topological) order.
+        producer: tensor name -> index of the node producing it.
+        consumers: tensor name -> indices of nodes reading it.
+        info: tensor name -> TensorInfo (elem type and static shape) where known.
+        constants: names of initializers and Constant-node outputs.
+        opset: the default-domain opset version.
+    """
+
+    def __init__(self, model: onnx.ModelProto):
+        graph = model.graph
+        self.model = model
+        self.opset = default_opset(model)
+        self.nodes = list(graph.node)
+        self.producer: dict[str, int] = {}
+        self.consumers: dict[str, list[int]] = {}
+        for i, node in enumerate(self.nodes):
+            for name in node.output:
+                if name:
+                    self.producer[name] = i
+            for name in node.input:
+                if name:
+                    self.consumers.setdefault(name, []).append(i)
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.constants = set(self.initializers)
+        for node in self.nodes:
+            if node.op_type == "Constant":
+                self.constants.update(node.output)
+        self.info: dict[str, TensorInfo] = {}
+        for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+            t = vi.type.tensor_type
+            shape = tuple(dims_of(vi)) if t.HasField("shape") else None
+            if shape is not None and any(not isinstance(d, int) for d in shape):
+                shape = tuple(d if isinstance(d, int) else -1 for d in shape)
+            self.info[vi.name] = TensorInfo(t.elem_type, shape)
+        for name, init in self.initializers.items():
+            self.info[name] = TensorInfo(init.data_type, tuple(init.dims))
+        self.graph_inputs = [vi.name for vi in graph.input if vi.name not in self.initializers]
+        self.graph_outputs = [vi.name for vi in graph.output]
+
+    # ----- static facts -------------------------------------------------------------------------
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Static shape of ``name``; raises when it is unknown or dynamic."""
+        info = self.info.get(name)
+        if info is None or info.shape is None or any(d < 0 for d in info.shape):
+            raise ModelLoadError(f"tensor '{name}' has no static shape after shape inference; "
+                                 "fix the input shape with --input-shape")
+        return info.shape
+
+    def rank(self, name: str) -> int | None:
+        info = self.info.get(name)
+        return None if info is None or info.shape is None else len(info.shape)
+
+    def dtype(self, name: str) -> np.dtype:
+        return self.info[name].np_dtype
+
+    def const_value(self, name: str) -> np.ndarray | None:
+        """Value of an initializer or Constant-node output, else None."""
+        if not name:
+            return None
+        if name in self.initializers:
+            return numpy_helper.to_array(self.initializers[name])
+        idx = self.producer.get(name)
+        if idx is not None and self.nodes[idx].op_type == "Constant":
+            node = self.nodes[idx]
+            for a in node.attribute:
+                if a.name == "value":
+                    return numpy_helper.to_array(a.t)
+                if a.name in ("value_float", "value_int"):
+                    return np.array(onnx.helper.get_attribute_value(a))
+                if a.name in ("value_floats", "value_ints"):
+                    return np.array(onnx.helper.get_attribute_value(a))
+        return None
+
+    def differentiable(self, name: str) -> bool:
+        """True for float tensors that carry values (not shapes, not constants)."""
+        if not name or name in self.constants:
+            return False
+        info = self.info.get(name)
+        if info is None or not info.is_float:
+            return False
+        idx = self.producer.get(name)
+        return idx is None or self.nodes[idx].op_type not in SHAPE_OPS
+
+    # ----- reachability over differentiable tensors ----------------------------------------------
+    def reach_forward(self, sources: list[str]) -> set[str]:
+        """Differentiable tensors that depend on any of ``sources`` (sources included)."""
+        seen = set(s for s in sources if s)
+        for node in self.nodes:  # nodes are topologically ordered
+            if any(i in seen for i in node.input):
+                seen.update(o for o in node.output if self.differentiable(o))
+        return seen
+
+    def reach_backward(self, sinks: list[str]) -> set[str]:
+        """Differentiable tensors that ``sinks`` depend on (sinks included)."""
+        seen = set(sinks)
+        for node in reversed(self.nodes):
+            if any(o in seen for o in node.output):
+                seen.update(i for i in node.input if self.differentiable(i))
+        return seen
+
+    def topo_position(self) -> dict[str, int]:
+        """Tensor -> position in a topological order (graph inputs first)."""
+        pos = {name: i for i, name in enumerate(self.graph_inputs)}
+        for node in self.nodes:
+            for o in node.output:
+                if o:
+                    pos[o] = len(pos)
+        return pos
+
+
+def check_topological(model: onnx.ModelProto) -> None:
+    """Raise when a node reads a tensor produced later (ONNX requires topological order)."""
+    known = {vi.name for vi in model.graph.input} | {t.name for t in model.graph.initializer}
+    for node in model.graph.node:
+        for name in node.input:
+            if name and name not in known:
+                raise ModelLoadError(f"node '{node.name}' ({node.op_type}) reads '{name}' before it is produced; "
+                                     "the graph is not topologically sorted")
+        known.update(node.output)
+
+
+def find_image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
+    """The single rank-4 float graph input (the image). Raises when there is none or several."""
+    inits = {t.name for t in model.graph.initializer}
+    candidates = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        t = vi.type.tensor_type
+        if t.elem_type in FLOAT_TYPES and t.HasField("shape") and len(t.shape.dim) == 4:
+            candidates.append(vi)
+    if not candidates:
+        names = [vi.name for vi in model.graph.input if vi.name not in inits]
+        raise ModelInputError(f"no image-like input (rank-4 float tensor) among the model inputs {names}")
+    if len(candidates) > 1:
+        names = ", ".join(f"'{vi.name}' {dims_of(vi)}" for vi in candidates)
+        raise ModelInputError(f"the model has more than one image-like input ({names}); "
+                              "SISE explains single-image classifiers: export a model with one image input")
+    return candidates[0]

@@ -1,0 +1,59 @@
+"""Pass: add input ``sise_target`` and outputs ``sise/grad/<i>`` = spatial mean of
+d(sum_c target[n, c] * psi_c) / d(block_i), where psi is the score chosen at export."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..contract import TARGET_INPUT, grad_output
+from ..gradients import Emitter, attach, build_gradients
+from ..graph import GraphIndex
+
+
+def _score_seed(emit: Emitter, index: GraphIndex, logits: str, target: str, score: str) -> str:
+    """d(loss)/d(logits) for loss = sum(target * psi(logits)), psi over the class axis."""
+    dtype = index.dtype(logits)
+    rank = index.rank(logits)
+    flat = logits if rank == 2 else emit.op("Flatten", [logits], axis=1)
+    g = target
+    if dtype != np.float32:
+        g = emit.op("Cast", [g], to=index.info[logits].elem_type)
+    if score == "softmax":
+        s = emit.op("Softmax", [flat], axis=1 if emit.opset < 13 else -1)
+        dot = emit.reduce("ReduceSum", emit.op("Mul", [g, s]), [1], keepdims=True)
+        seed = emit.op("Mul", [s, emit.op("Sub", [g, dot])])
+    elif score == "sigmoid":
+        s = emit.op("Sigmoid", [flat])
+        one = emit.const(np.ones((), dtype=dtype), hint="one")
+        seed = emit.op("Mul", [g, emit.op("Mul", [s, emit.op("Sub", [one, s])])])
+    else:  # logit / identity: psi is the output itself
+        seed = g
+    if rank != 2:
+        seed = emit.op("Reshape", [seed, emit.op("Shape", [logits])])
+    return seed
+
+
+def add_gradients(model: onnx.ModelProto, index: GraphIndex, *, blocks: list[str], logits: str,
+                  num_classes: int, score: str, batch_dim) -> list[str]:
+    """Append the backward part to ``model``; returns the gradient output names."""
+    taken = {n for node in model.graph.node for n in list(node.input) + list(node.output)}
+    taken |= {t.name for t in model.graph.initializer} | {vi.name for vi in model.graph.input}
+    emit = Emitter(index.opset, "sise/bw", taken)
+    model.graph.input.append(helper.make_tensor_value_info(TARGET_INPUT, onnx.TensorProto.FLOAT,
+                                                           [batch_dim, num_classes]))
+    seed = _score_seed(emit, index, logits, TARGET_INPUT, score)
+    result = build_gradients(index, emit, output=logits, seed=seed, wrt=blocks)
+    names = []
+    for i, tensor in enumerate(blocks):
+        name = grad_output(i)
+        mean = emit.reduce("ReduceMean", result.grads[tensor], [2, 3], keepdims=False)
+        if index.info[tensor].elem_type != onnx.TensorProto.FLOAT:
+            mean = emit.op("Cast", [mean], to=onnx.TensorProto.FLOAT)
+        emit.op("Identity", [mean], outputs=[name])
+        channels = index.info[tensor].shape[1]
+        model.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [batch_dim, channels]))
+        names.append(name)
+    attach(model, emit, result)
+    return names
