@@ -11,7 +11,8 @@ Details:
 - Dominators are found with one sweep over a topological order of the tensor graph: a tensor T is
   on every path from X to Y iff no edge (a -> b) of that graph has pos(a) < pos(T) < pos(b).
 - Dominators are grouped by spatial size; the last of each group (in topological order) is kept;
-  groups holding only pooling outputs and 1x1 tensors are dropped.
+  groups holding only pooling outputs and 1x1 tensors are dropped, and zero-padded copies (Pad
+  outputs, e.g. the "same" padding before a strided conv) are never candidates.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def discover_blocks(index: GraphIndex, source: str, sink: str) -> list[str]:
     groups: dict[tuple[int, int], list[str]] = {}
     for name in dominators(index, source, sink):
         if name not in channels_first or name in index.graph_inputs:
+            continue
+        if index.nodes[index.producer[name]].op_type == "Pad":
             continue
         shape = index.info[name].shape
         if shape is None or any(d <= 0 for d in shape) or shape[2] * shape[3] <= 1:

@@ -244,3 +244,74 @@ def find_image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
         raise ModelInputError(f"the model has more than one image-like input ({names}); "
                               "SISE explains single-image classifiers: export a model with one image input")
     return candidates[0]
+
+
+NONDETERMINISTIC_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                        "Bernoulli"}
+
+
+def fold_constants(model: onnx.ModelProto, max_rounds: int = 6) -> onnx.ModelProto:
+    """Shape-infer ``model`` and replace, in place, every single-output node computable without the
+    graph inputs (constants, and Shape of statically shaped tensors) by a Constant node.
+
+    Exporters compute pads, shapes and axes with small integer subgraphs (torch's F.pad builds its
+    pads with ConstantOfShape/Concat/Slice/Transpose); folding them makes the downstream shapes and
+    these values static. Node positions are unchanged, so the copy stays aligned with the original.
+    """
+    from onnx.reference import ReferenceEvaluator
+
+    for _ in range(max_rounds):
+        model = infer_shapes(model)
+        index = GraphIndex(model)
+        known = set(index.constants)
+        fold: list[int] = []
+        shape_values: dict[int, np.ndarray] = {}
+        for p, node in enumerate(index.nodes):
+            if node.op_type == "Constant" or len(node.output) != 1 or node.domain not in ("", "ai.onnx"):
+                continue
+            if node.op_type in NONDETERMINISTIC_OPS:
+                continue
+            if node.op_type == "Shape":
+                info = index.info.get(node.input[0])
+                if info is None or info.shape is None or any(d < 0 for d in info.shape):
+                    continue
+                start = next((a.i for a in node.attribute if a.name == "start"), 0)
+                end = next((a.i for a in node.attribute if a.name == "end"), None)
+                shape_values[p] = np.array(info.shape[start:end], dtype=np.int64)
+            elif not node.input or not all(not i or i in known for i in node.input):
+                continue
+            fold.append(p)
+            known.add(node.output[0])
+        if not fold:
+            return model
+        values = _evaluate(index, fold, shape_values, ReferenceEvaluator)
+        for p in fold:
+            out = index.nodes[p].output[0]
+            const = helper_constant(out, values[out], name=index.nodes[p].name)
+            model.graph.node[p].CopyFrom(const)
+    return infer_shapes(model)
+
+
+def helper_constant(output: str, value: np.ndarray, name: str = "") -> onnx.NodeProto:
+    return onnx.helper.make_node("Constant", [], [output], name=name, value=numpy_helper.from_array(np.asarray(value)))
+
+
+def _evaluate(index: GraphIndex, fold: list[int], shape_values: dict, evaluator_cls) -> dict[str, np.ndarray]:
+    """Evaluate the folded nodes with onnx's reference implementation (constants only, no image)."""
+    nodes = []
+    for p, node in enumerate(index.nodes):
+        if p in shape_values:
+            nodes.append(helper_constant(node.output[0], shape_values[p]))
+        elif node.op_type == "Constant" or p in fold:
+            nodes.append(node)
+    outputs = [index.nodes[p].output[0] for p in fold]
+    used = {i for n in nodes for i in n.input}
+    inits = [t for name, t in index.initializers.items() if name in used]
+    graph = onnx.helper.make_graph(nodes, "fold", [], [onnx.helper.make_tensor_value_info(o, 0, None)
+                                                       for o in outputs], inits)
+    model = onnx.helper.make_model(graph, opset_imports=list(index.model.opset_import))
+    try:
+        results = evaluator_cls(model).run(None, {})
+    except Exception as e:
+        raise ModelLoadError(f"could not evaluate the model's constant subgraphs ({e})") from e
+    return dict(zip(outputs, results))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import onnx
 
 from .errors import ModelInputError
-from .graph import FLOAT_TYPES, GraphIndex, dims_of, find_image_input, infer_shapes
+from .graph import FLOAT_TYPES, GraphIndex, dims_of, find_image_input, fold_constants
 
 
 @dataclass(frozen=True)
@@ -69,14 +69,17 @@ def fix_input_shape(model: onnx.ModelProto, input_shape: tuple[int, ...] | None)
 
 
 def analysis_copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A shape-inferred copy with batch 1, used only to read static shapes."""
+    """A shape-inferred, constant-folded copy with batch 1, used only to read static shapes and values.
+
+    Its nodes stay at the same positions as in ``model`` (folded ones become Constant nodes).
+    """
     model = copy.deepcopy(model)
     vi = find_image_input(model)
     first = vi.type.tensor_type.shape.dim[0]
     if not first.HasField("dim_value"):
         first.Clear()
         first.dim_value = 1
-    return infer_shapes(model)
+    return fold_constants(model)
 
 
 def detect_layout(index: GraphIndex, input_name: str) -> str:

@@ -60,12 +60,15 @@ class Emitter:
         return self.const(np.asarray(list(values), dtype=np.int64), hint="ints")
 
     # ----- opset-aware helpers ----------------------------------------------------------------------
-    def reduce(self, op_type: str, x: str, axes: list[int], keepdims: bool) -> str:
-        """ReduceSum/ReduceMean/ReduceMax over static ``axes``."""
+    def reduce(self, op_type: str, x: str, axes: list[int], keepdims: bool, output: str | None = None) -> str:
+        """ReduceSum/ReduceMean/ReduceMax over static ``axes`` (into ``output`` when given)."""
+        outputs = [output] if output else None
         axes_as_input = 13 if op_type == "ReduceSum" else 18
         if self.opset >= axes_as_input:
-            return self.op(op_type, [x, self.ints(axes)], keepdims=int(keepdims))
-        return self.op(op_type, [x], axes=list(axes), keepdims=int(keepdims))
+            out = self.op(op_type, [x, self.ints(axes)], outputs=outputs, keepdims=int(keepdims))
+        else:
+            out = self.op(op_type, [x], outputs=outputs, axes=list(axes), keepdims=int(keepdims))
+        return out[0] if isinstance(out, list) else out
 
     def unsqueeze(self, x: str, axes: list[int]) -> str:
         if self.opset >= 13:

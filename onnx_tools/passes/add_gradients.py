@@ -48,10 +48,11 @@ def add_gradients(model: onnx.ModelProto, index: GraphIndex, *, blocks: list[str
     names = []
     for i, tensor in enumerate(blocks):
         name = grad_output(i)
-        mean = emit.reduce("ReduceMean", result.grads[tensor], [2, 3], keepdims=False)
-        if index.info[tensor].elem_type != onnx.TensorProto.FLOAT:
-            mean = emit.op("Cast", [mean], to=onnx.TensorProto.FLOAT)
-        emit.op("Identity", [mean], outputs=[name])
+        if index.info[tensor].elem_type == onnx.TensorProto.FLOAT:
+            emit.reduce("ReduceMean", result.grads[tensor], [2, 3], keepdims=False, output=name)
+        else:
+            mean = emit.reduce("ReduceMean", result.grads[tensor], [2, 3], keepdims=False)
+            emit.op("Cast", [mean], outputs=[name], to=onnx.TensorProto.FLOAT)
         channels = index.info[tensor].shape[1]
         model.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [batch_dim, channels]))
         names.append(name)

@@ -1,4 +1,11 @@
-"""Pass: expose each block activation as graph output ``sise/act/<i>`` (originals untouched)."""
+"""Pass: expose each block activation as graph output ``sise/act/<i>`` (original outputs untouched).
+
+The block tensor is renamed to ``sise/act/<i>`` everywhere in the graph rather than copied through an
+Identity node: onnxruntime's EliminateIdentity rewrite can otherwise leave a dangling input when the
+tensor also feeds a Pad that another rewrite folds (seen on EfficientNet-Lite0, onnxruntime 1.32).
+A block tensor that is itself a graph input or output keeps its name and gets an Identity.
+Run this pass last: earlier passes refer to the original names.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +16,29 @@ from ..contract import act_output
 from ..graph import GraphIndex
 
 
+def rename_tensor(model: onnx.ModelProto, old: str, new: str) -> None:
+    """Rename tensor ``old`` to ``new`` in every node of the graph."""
+    for node in model.graph.node:
+        for seq in (node.input, node.output):
+            for i, name in enumerate(seq):
+                if name == old:
+                    seq[i] = new
+
+
 def expose_blocks(model: onnx.ModelProto, index: GraphIndex, blocks: list[str], batch_dim) -> list[str]:
-    """Append one Identity node and graph output per block; returns the output names.
+    """Make each block tensor a graph output named ``sise/act/<i>``; returns those names.
 
     Args:
         batch_dim: the image input's batch dim (int or symbolic name) for the output types.
     """
+    interface = {vi.name for vi in model.graph.input} | {vi.name for vi in model.graph.output}
     names = []
     for i, tensor in enumerate(blocks):
         name = act_output(i)
-        model.graph.node.append(helper.make_node("Identity", [tensor], [name], name=f"sise/act_node/{i}"))
+        if tensor in interface:
+            model.graph.node.append(helper.make_node("Identity", [tensor], [name], name=f"sise/act_node/{i}"))
+        else:
+            rename_tensor(model, tensor, name)
         info = index.info[tensor]
         shape = [batch_dim] + list(info.shape[1:])
         model.graph.output.append(helper.make_tensor_value_info(name, info.elem_type, shape))

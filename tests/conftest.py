@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+
+def run_model(model, feeds: dict, *, optimize: bool = True, outputs=None) -> dict:
+    """Run an in-memory ONNX model on the CPU provider; returns {output name: array}."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = outputs or [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds)))
+
+
+def rel_err(actual: np.ndarray, expected: np.ndarray) -> float:
+    """max |a - e| / max |e| (scale-free; 0 for an exact match)."""
+    scale = float(np.max(np.abs(expected)))
+    return float(np.max(np.abs(actual.astype(np.float64) - expected))) / (scale if scale > 0 else 1.0)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
