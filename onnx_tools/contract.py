@@ -61,7 +61,7 @@ class Contract:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Contract":
+    def from_json(cls, text: str) -> Contract:
         raw = json.loads(text)
         blocks = tuple(
             BlockInfo(

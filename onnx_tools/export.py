@@ -117,7 +117,10 @@ def export_file(in_path: str | os.PathLike, out_path: str | os.PathLike, **optio
         raise ModelInputError(f"output path {out_path} is the input model; choose another -o path "
                               "(the input is never overwritten)")
     model = load_model(in_path)
-    result = export_model(model, **options)
+    try:
+        result = export_model(model, **options)
+    except ExportError as e:
+        raise type(e)(f"{in_path}: {e}") from e
     save_atomic(result.model, out_path)
     return result
 

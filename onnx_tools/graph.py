@@ -191,7 +191,7 @@ class GraphIndex:
     # ----- reachability over differentiable tensors ----------------------------------------------
     def reach_forward(self, sources: list[str]) -> set[str]:
         """Differentiable tensors that depend on any of ``sources`` (sources included)."""
-        seen = set(s for s in sources if s)
+        seen = {s for s in sources if s}
         for node in self.nodes:  # nodes are topologically ordered
             if any(i in seen for i in node.input):
                 seen.update(o for o in node.output if self.differentiable(o))

@@ -4,12 +4,17 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+          "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
 
-def run_model(model, feeds: dict, *, optimize: bool = True, outputs=None) -> dict:
-    """Run an in-memory ONNX model on the CPU provider; returns {output name: array}."""
+
+def run_model(model, feeds: dict, *, optimize: bool = True, level: str | None = None, outputs=None) -> dict:
+    """Run an in-memory ONNX model on the CPU provider; returns {output name: array}.
+
+    ``level`` (disable | basic | extended | all) overrides ``optimize`` (all / disable).
+    """
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    opts.graph_optimization_level = LEVELS[level or ("all" if optimize else "disable")]
     opts.log_severity_level = 3
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     names = outputs or [o.name for o in sess.get_outputs()]

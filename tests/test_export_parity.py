@@ -8,10 +8,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from onnx_tools import export_model  # noqa: E402
+from onnx_tools import export_model
 
-from .conftest import rel_err, run_model  # noqa: E402
-from .models import export_onnx, fixture, torch_block_gradients  # noqa: E402
+from .conftest import rel_err, run_model
+from .models import export_onnx, fixture, torch_block_gradients
 
 TOL = 1e-4
 

@@ -68,6 +68,12 @@ CASES = [
     conv("conv-same-lower-k4", (1, 2, 8, 8), (3, 2, 4, 4), strides=[2, 2], auto_pad="SAME_LOWER"),
     conv("conv-valid-k2s2-odd", (1, 2, 7, 7), (3, 2, 2, 2), strides=[2, 2], auto_pad="VALID"),
     conv("conv-1x1-stride2", (1, 4, 7, 7), (8, 4, 1, 1), strides=[2, 2]),
+    conv("conv-1x1", (2, 4, 5, 6), (8, 4, 1, 1)),
+    conv("conv-dilated-stride1-asym", (1, 3, 9, 8), (4, 3, 3, 2), dilations=[2, 3], pads=[2, 1, 1, 3]),
+    conv("conv-depthwise-stride1-same", (1, 6, 7, 7), (6, 1, 5, 5), group=6, auto_pad="SAME_UPPER"),
+    conv("conv-groups3-rect", (1, 6, 6, 9), (9, 2, 3, 1), group=3, pads=[1, 0, 1, 0]),
+    OpCase("conv-no-bias", "Conv", ["x", "w2"], {"x": smooth(1, 2, 5, 5), "w2": smooth(3, 2, 3, 3)},
+           ["x"], {"pads": [1, 1, 1, 1]}, eps=1.0),
     # --- Gemm / MatMul ---
     OpCase("gemm-transB", "Gemm", ["a", "b", "c"], {"a": smooth(3, 5), "b": smooth(4, 5), "c": smooth(4)},
            ["a"], {"transB": 1}, eps=1.0),

@@ -100,5 +100,7 @@ class Emitter:
         return self.op("Not", [self.op("Or", [self.op("Less", [a, b]), self.op("Greater", [a, b])])])
 
     def mask_where(self, cond: str, g: str, dtype) -> str:
-        """``g`` where ``cond`` is true, else 0."""
-        return self.op("Where", [cond, g, self.const(np.zeros((), dtype=dtype), hint="zero")])
+        """``g`` where ``cond`` is true, else 0: g * Cast(cond) (onnxruntime's CPU Where with a scalar
+        operand was 4.5x slower than Cast+Mul on a [8, 256, 56, 56] tensor)."""
+        to = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        return self.op("Mul", [g, self.op("Cast", [cond], to=to)])

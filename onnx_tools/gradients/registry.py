@@ -7,8 +7,8 @@ Adding an op = one decorated function in ``ops/<family>.py`` plus one finite-dif
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import onnx

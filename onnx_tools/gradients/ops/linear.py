@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..registry import UnsupportedVariant, VjpContext, register
-from .window import conv_transpose_back
+from .window import conv_transpose_back, window_attrs
 
 
 @register("Conv")
@@ -13,7 +15,21 @@ def conv(ctx: VjpContext) -> list:
         raise UnsupportedVariant("its weights or bias depend on the image; only constant weights are supported")
     weight = ctx.node.input[1]
     kernel = list(ctx.attr("kernel_shape", ctx.shape(weight)[2:]))
-    g = conv_transpose_back(ctx, ctx.g, weight, kernel, ctx.attr("group", 1))
+    group = ctx.attr("group", 1)
+    w_value = ctx.index.const_value(weight)
+    strides, dilations, pads = window_attrs(ctx, kernel)
+    nd = len(kernel)
+    flipped_pads = [d * (k - 1) - p for d, k, p in zip(dilations * 2, kernel * 2, pads)]
+    if w_value is not None and all(s == 1 for s in strides) and min(flipped_pads) >= 0:
+        # Stride 1: the transposed convolution is a plain convolution with the kernel flipped and its
+        # in/out channels swapped per group; runtimes optimise Conv far better than ConvTranspose.
+        c_out, c_in_g = w_value.shape[:2]
+        w = w_value.reshape(group, c_out // group, c_in_g, *kernel).swapaxes(1, 2)
+        w = w.reshape(group * c_in_g, c_out // group, *kernel)[(Ellipsis,) + (slice(None, None, -1),) * nd]
+        g = ctx.emit.op("Conv", [ctx.g, ctx.emit.const(np.ascontiguousarray(w), hint="w_flipped")],
+                        pads=flipped_pads, dilations=dilations, group=group, kernel_shape=kernel)
+    else:
+        g = conv_transpose_back(ctx, ctx.g, weight, kernel, group)
     return [g] + [None] * (len(ctx.node.input) - 1)
 
 
