@@ -65,3 +65,30 @@ def test_other_scores_match_torch(score):
 @pytest.mark.parametrize("opset", [11, 13])
 def test_older_opsets_match_torch(opset):
     check_parity("mobilenetv2", dynamo=False, opset=opset)
+
+
+@pytest.mark.parametrize("name,channels,sizes", [
+    ("resnet50-full", [64, 256, 512, 1024, 2048], [112, 56, 28, 14, 7]),
+    ("vgg16-full", [64, 128, 256, 512, 512], [224, 112, 56, 28, 14]),
+])
+def test_full_size_block_discovery(name, channels, sizes):
+    """torchvision-style ResNet-50 (3904 maps) and VGG16 (1472 maps) at 224x224, and the discovered
+    tensors are exactly the tapped module outputs (stem ReLU + stage outputs; ReLUs before the pools)."""
+    model, taps, shape = fixture(name)
+    exported = export_model(export_onnx(model, shape))
+    c = exported.contract
+    assert [b.channels for b in c.blocks] == channels
+    assert [b.shape[2] for b in c.blocks] == sizes
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    target = np.zeros((1, c.num_classes), np.float32)
+    target[0, 0] = 1.0
+    outs = run_model(exported.model, {c.input_name: x, c.target_input: target},
+                     outputs=[b.act_output for b in c.blocks])
+    acts, _ = torch_block_gradients(model, taps, x, target)
+    for b, act in zip(c.blocks, acts):
+        assert rel_err(outs[b.act_output], act) <= 1e-4, b.tensor
+
+
+@pytest.mark.slow
+def test_full_size_resnet50_gradients_match_torch():
+    check_parity("resnet50-full", dynamo=False, batch=1)
