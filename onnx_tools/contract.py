@@ -21,6 +21,11 @@ def act_output(index: int) -> str:
     return f"sise/act/{index}"
 
 
+def range_output(index: int) -> str:
+    """Name of the graph output carrying block ``index``'s per-channel spatial max - min, [N, C]."""
+    return f"sise/range/{index}"
+
+
 def grad_output(index: int) -> str:
     """Name of the graph output carrying block ``index``'s spatially averaged gradient, [N, C]."""
     return f"sise/grad/{index}"
@@ -35,6 +40,7 @@ class BlockInfo:
     shape: tuple[int, ...]
     act_output: str
     grad_output: str
+    range_output: str
 
     @property
     def channels(self) -> int:
@@ -70,6 +76,7 @@ class Contract:
                 shape=tuple(b["shape"]),
                 act_output=b["act_output"],
                 grad_output=b["grad_output"],
+                range_output=b["range_output"],
             )
             for b in raw.pop("blocks")
         )

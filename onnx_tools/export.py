@@ -93,9 +93,10 @@ def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", sc
     batch_dim = a.io.input_dims[0] if a.io.input_dims[0] is not None else "N"
     grad_names = add_gradients(out, a.index, blocks=a.blocks, logits=a.io.output_name,
                                num_classes=a.io.num_classes, score=score, batch_dim=batch_dim)
-    act_names = expose_blocks(out, a.index, a.blocks, batch_dim)  # last: it renames the block tensors
-    infos = tuple(C.BlockInfo(index=i, tensor=t, shape=tuple(a.index.shape(t)), act_output=act, grad_output=grad)
-                  for i, (t, act, grad) in enumerate(zip(a.blocks, act_names, grad_names)))
+    exposed = expose_blocks(out, a.index, a.blocks, batch_dim)  # last: it renames the block tensors
+    infos = tuple(C.BlockInfo(index=i, tensor=t, shape=tuple(a.index.shape(t)), act_output=act, grad_output=grad,
+                              range_output=spread)
+                  for i, (t, (act, spread), grad) in enumerate(zip(a.blocks, exposed, grad_names)))
     contract = C.Contract(input_name=a.io.input_name, input_layout=a.io.layout, input_shape=a.io.input_dims,
                           output_name=a.io.output_name, num_classes=a.io.num_classes, score=score, blocks=infos,
                           source_opset=default_opset(model))

@@ -56,9 +56,15 @@ def test_contract_is_recorded(resnet18_onnx):
     assert c.input_shape == ("N", 3, 64, 64)
     assert [b.act_output for b in c.blocks] == [f"sise/act/{i}" for i in range(5)]
     assert [b.grad_output for b in c.blocks] == [f"sise/grad/{i}" for i in range(5)]
+    assert [b.range_output for b in c.blocks] == [f"sise/range/{i}" for i in range(5)]
     assert [b.shape[1:] for b in c.blocks] == [(16, 32, 32), (16, 16, 16), (32, 8, 8), (64, 4, 4), (128, 2, 2)]
     outputs = {vi.name for vi in result.model.graph.output}
     assert {b.act_output for b in c.blocks} | {b.grad_output for b in c.blocks} <= outputs
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    outs = run_model(result.model, {"image": x, "sise_target": np.zeros((2, 10), np.float32)})
+    for b in c.blocks:  # per-channel spatial range of each activation
+        act = outs[b.act_output]
+        np.testing.assert_allclose(outs[b.range_output], act.max((2, 3)) - act.min((2, 3)), rtol=1e-6)
 
 
 def test_nhwc_layout_is_recorded():

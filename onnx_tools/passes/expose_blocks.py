@@ -1,4 +1,6 @@
-"""Pass: expose each block activation as graph output ``sise/act/<i>`` (original outputs untouched).
+"""Pass: expose each block activation as graph output ``sise/act/<i>`` and its per-channel spatial
+range (max - min) as ``sise/range/<i>`` [N, C] (original outputs untouched). The range lets the engine
+drop constant feature maps (SISE's masks are min-max normalised) without copying activations to the host.
 
 The block tensor is renamed to ``sise/act/<i>`` everywhere in the graph rather than copied through an
 Identity node: onnxruntime's EliminateIdentity rewrite can otherwise leave a dangling input when the
@@ -12,7 +14,8 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from ..contract import act_output
+from ..contract import act_output, range_output
+from ..gradients import Emitter
 from ..graph import GraphIndex
 
 
@@ -25,13 +28,16 @@ def rename_tensor(model: onnx.ModelProto, old: str, new: str) -> None:
                     seq[i] = new
 
 
-def expose_blocks(model: onnx.ModelProto, index: GraphIndex, blocks: list[str], batch_dim) -> list[str]:
-    """Make each block tensor a graph output named ``sise/act/<i>``; returns those names.
+def expose_blocks(model: onnx.ModelProto, index: GraphIndex, blocks: list[str], batch_dim) -> list[tuple[str, str]]:
+    """Make each block tensor a graph output named ``sise/act/<i>`` and add ``sise/range/<i>``;
+    returns the (activation, range) output names per block.
 
     Args:
         batch_dim: the image input's batch dim (int or symbolic name) for the output types.
     """
     interface = {vi.name for vi in model.graph.input} | {vi.name for vi in model.graph.output}
+    taken = {n for node in model.graph.node for n in list(node.input) + list(node.output)}
+    emit = Emitter(index.opset, "sise/range_ops", taken)
     names = []
     for i, tensor in enumerate(blocks):
         name = act_output(i)
@@ -42,5 +48,12 @@ def expose_blocks(model: onnx.ModelProto, index: GraphIndex, blocks: list[str], 
         info = index.info[tensor]
         shape = [batch_dim] + list(info.shape[1:])
         model.graph.output.append(helper.make_tensor_value_info(name, info.elem_type, shape))
-        names.append(name)
+        spread = range_output(i)
+        high = emit.reduce("ReduceMax", name, [2, 3], keepdims=False)
+        low = emit.reduce("ReduceMin", name, [2, 3], keepdims=False)
+        emit.op("Sub", [high, low], outputs=[spread])
+        model.graph.output.append(helper.make_tensor_value_info(spread, info.elem_type, shape[:2]))
+        names.append((name, spread))
+    model.graph.node.extend(emit.nodes)
+    model.graph.initializer.extend(emit.initializers)
     return names
