@@ -1,0 +1,146 @@
+"""The sampler graph: SISE's per-mask work for a chunk of selected feature maps, as one ONNX graph
+built from an exported model, so that only channel indices go in and one map per layer comes out.
+
+Inputs (B blocks of the contract, model input H x W):
+    sampler/image     the pre-processed image, batch 1, in the model's layout
+    sampler/act/<b>   block b's activation [1, C_b, h_b, w_b] (stays on the device between runs)
+    sampler/idx/<b>   int64 [K_b]: the selected channels of block b in this chunk (may be empty)
+    sampler/target    float32 [1, num_classes]: class weights of the explained target
+
+Per selected map k (K = sum K_b): m_k = min-max(bilinear-upsample(act[idx_k])) (half-pixel centres,
+as PyTorch's align_corners=False), s_k = sum_c target_c * psi_c(model(image * m_k)).
+
+Outputs:
+    sampler/layer_maps  [B, H, W]: sum over the chunk's maps of layer b of s_k * m_k / sum(m_k)
+    sampler/scores      [K]: s_k, in block order then index order
+
+The caller drops constant maps (``sise/range/<b>`` <= eps) before sampling; they have no min-max mask.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .contract import Contract, read_contract
+from .errors import ModelInputError
+from .gradients import Emitter
+from .gradients.ops.resize import interpolation_matrix
+
+IMAGE, TARGET, LAYER_MAPS, SCORES = "sampler/image", "sampler/target", "sampler/layer_maps", "sampler/scores"
+OPTIONAL_OUTPUT_OPS = {"MaxPool", "Dropout"}
+
+
+def act_input(b: int) -> str:
+    return f"sampler/act/{b}"
+
+
+def idx_input(b: int) -> str:
+    return f"sampler/idx/{b}"
+
+
+def upsample_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """Bilinear, half-pixel centres, edges clamped (PyTorch ``align_corners=False``): [n_out, n_in]."""
+    return interpolation_matrix(n_in, n_out, n_out / n_in, mode="linear", coord_mode="half_pixel",
+                                nearest_mode="floor")
+
+
+def image_size(contract: Contract) -> tuple[int, int]:
+    dims = contract.input_shape
+    return (dims[2], dims[3]) if contract.input_layout == "NCHW" else (dims[1], dims[2])
+
+
+def _forward_nodes(model: onnx.ModelProto, output: str) -> list[onnx.NodeProto]:
+    """Copies of the nodes the class output needs (the original forward graph), optional outputs
+    nobody reads (MaxPool Indices added for the backward pass) removed."""
+    needed, keep = {output}, []
+    for node in reversed(model.graph.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+    keep.reverse()
+    read = {i for n in keep for i in n.input} | {output}
+    out = []
+    for node in keep:
+        node = onnx.NodeProto.FromString(node.SerializeToString())
+        if node.op_type in OPTIONAL_OUTPUT_OPS:
+            for slot in range(1, len(node.output)):
+                if node.output[slot] not in read:
+                    node.output[slot] = ""
+            while node.output and node.output[-1] == "":
+                node.output.pop()
+        out.append(node)
+    return out
+
+
+def _score(emit: Emitter, logits: str, score: str) -> str:
+    if score == "softmax":
+        return emit.op("Softmax", [logits], axis=1 if emit.opset < 13 else -1)
+    if score == "sigmoid":
+        return emit.op("Sigmoid", [logits])
+    return logits
+
+
+def build_sampler(exported: onnx.ModelProto) -> onnx.ModelProto:
+    """Build the sampler graph (see the module docstring) from a model made by the export step.
+
+    Raises:
+        ModelInputError: the model carries no SISE contract.
+    """
+    contract = read_contract(exported)
+    if contract is None:
+        raise ModelInputError("the model has no SISE contract; run `python -m onnx_tools export` first")
+    opset = next(i.version for i in exported.opset_import if i.domain in ("", "ai.onnx"))
+    forward = _forward_nodes(exported, contract.output_name)
+    taken = {n for node in exported.graph.node for n in list(node.input) + list(node.output)}
+    emit = Emitter(opset, "sampler", taken)
+    height, width = image_size(contract)
+    n_blocks = len(contract.blocks)
+    ups, assign, inputs = [], [], []
+    for b, block in enumerate(contract.blocks):
+        _, channels, h, w = block.shape
+        inputs += [helper.make_tensor_value_info(act_input(b), onnx.TensorProto.FLOAT, [1, channels, h, w]),
+                   helper.make_tensor_value_info(idx_input(b), onnx.TensorProto.INT64, [f"K{b}"])]
+        chosen = emit.op("Reshape", [emit.op("Gather", [act_input(b), idx_input(b)], axis=1), emit.ints([-1, h, w])])
+        rows = emit.const(upsample_matrix(h, height).astype(np.float32), hint="rows")
+        cols = emit.const(upsample_matrix(w, width).T.astype(np.float32), hint="cols")
+        ups.append(emit.op("MatMul", [emit.op("MatMul", [rows, chosen]), cols]))
+        zeros = emit.op("Mul", [emit.op("Cast", [idx_input(b)], to=onnx.TensorProto.FLOAT),
+                                emit.const(np.zeros((), np.float32))])
+        onehot = np.eye(n_blocks, dtype=np.float32)[b:b + 1]
+        assign.append(emit.op("Add", [emit.unsqueeze(zeros, [1]), emit.const(onehot, hint="layer")]))
+    up = emit.op("Concat", ups, axis=0)  # [K, H, W]
+    low = emit.reduce("ReduceMin", up, [1, 2], keepdims=True)
+    spread = emit.op("Max", [emit.op("Sub", [emit.reduce("ReduceMax", up, [1, 2], keepdims=True), low]),
+                             emit.const(np.array(1e-12, np.float32))])
+    masks = emit.op("Div", [emit.op("Sub", [up, low]), spread])  # [K, H, W] in [0, 1]
+    mass = emit.reduce("ReduceSum", masks, [1, 2], keepdims=False)  # [K]
+    channel_axis = 1 if contract.input_layout == "NCHW" else 3
+    masked = emit.op("Mul", [IMAGE, emit.unsqueeze(masks, [channel_axis])])
+    n_before = len(emit.nodes)  # the forward graph goes between the masking and the scoring nodes
+    for node in forward:
+        node.input[:] = [masked if i == contract.input_name else i for i in node.input]
+    logits = contract.output_name
+    flat = emit.op("Flatten", [logits], axis=1)
+    psi = _score(emit, flat, contract.score)
+    scores = emit.op("MatMul", [psi, emit.op("Transpose", [TARGET], perm=[1, 0])])
+    emit.op("Reshape", [scores, emit.ints([-1])], outputs=[SCORES])
+    weights = emit.op("Div", [SCORES, mass])
+    layer_weights = emit.op("Mul", [emit.op("Concat", assign, axis=0), emit.unsqueeze(weights, [1])])  # [K, B]
+    flat_masks = emit.op("Reshape", [masks, emit.ints([-1, height * width])])
+    maps = emit.op("MatMul", [emit.op("Transpose", [layer_weights], perm=[1, 0]), flat_masks])
+    emit.op("Reshape", [maps, emit.ints([n_blocks, height, width])], outputs=[LAYER_MAPS])
+
+    image_dims = [1] + list(contract.input_shape[1:])
+    inputs = [helper.make_tensor_value_info(IMAGE, onnx.TensorProto.FLOAT, image_dims)] + inputs
+    inputs.append(helper.make_tensor_value_info(TARGET, onnx.TensorProto.FLOAT, [1, contract.num_classes]))
+    used = {i for n in forward + emit.nodes for i in n.input}
+    inits = [t for t in exported.graph.initializer if t.name in used] + emit.initializers
+    outputs = [helper.make_tensor_value_info(LAYER_MAPS, onnx.TensorProto.FLOAT, [n_blocks, height, width]),
+               helper.make_tensor_value_info(SCORES, onnx.TensorProto.FLOAT, ["K"])]
+    nodes = emit.nodes[:n_before] + forward + emit.nodes[n_before:]
+    graph = helper.make_graph(nodes, "sise_sampler", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = max(exported.ir_version, 7)
+    return model
