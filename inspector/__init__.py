@@ -1,5 +1,14 @@
-"""SISE Inspector engine: runs SISE on models exported by ``onnx_tools`` with onnxruntime.
+"""SISE Inspector engine: SISE explanations on ONNX Runtime for models exported by ``onnx_tools``.
 
-Not implemented yet (see the engine issue); this package holds the runtime so that its imports stay
-free of torch and of ``onnx_tools`` internals.
+    from inspector import Inspector
+    insp = Inspector.from_config("configs/example.yaml")
+    exp = insp.explain("part.png")          # exp.saliency, exp.layer_maps, exp.scores, ...
 """
+
+from .config import InspectorConfig, load_config
+from .engine import Inspector
+from .errors import ConfigError, ImageError, InspectorError, ModelContractError, TargetError
+from .explanation import Explanation
+
+__all__ = ["ConfigError", "Explanation", "ImageError", "Inspector", "InspectorConfig", "InspectorError",
+           "ModelContractError", "TargetError", "load_config"]

@@ -1,0 +1,198 @@
+"""Configuration: frozen dataclasses are the only schema. YAML keys equal field names; unknown keys,
+missing required keys and wrong types are errors that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+from .errors import ConfigError
+
+RESIZE_MODES = ("stretch", "letterbox", "shorter_side_center_crop")
+CHANNEL_ORDERS = ("RGB", "BGR", "GRAY")
+INPUT_DTYPES = ("uint8", "uint16", "float")
+SCORE_KINDS = ("softmax", "sigmoid", "logit", "identity")
+PRESETS = {  # speed/quality trade-offs; measured by benchmarks/sise_engine.py
+    "quality": {"mu": 0.0, "adaptive": False, "max_masks_per_layer": None},
+    "balanced": {"mu": 0.3, "adaptive": False, "max_masks_per_layer": None},
+    "fast": {"mu": 0.5, "adaptive": False, "max_masks_per_layer": 32},
+}
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Image -> model tensor. ``scale`` multiplies raw pixel values, then (x - mean) / std per channel."""
+
+    size: tuple[int, int] | None = None  # (H, W); default: the model's input size
+    resize: str = "stretch"
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    channel_order: str = "RGB"
+    input_dtype: str = "uint8"  # the bit depth images are expected in; others are refused
+    max_pixels: int = 50_000_000
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str = "sise"
+    preset: str = "quality"
+    mu: float | None = None  # None: from the preset
+    adaptive: bool | None = None  # Ada-SISE: Otsu on the positive max-normalised gradients, per layer
+    max_masks_per_layer: int | None = None
+    chunk_size: int = 64
+
+    def resolved(self) -> "MethodConfig":
+        """A copy with the preset's values filled in where a field is None."""
+        base = PRESETS[self.preset]
+        return dataclasses.replace(
+            self, mu=base["mu"] if self.mu is None else self.mu,
+            adaptive=base["adaptive"] if self.adaptive is None else self.adaptive,
+            max_masks_per_layer=(base["max_masks_per_layer"] if self.max_masks_per_layer is None
+                                 else self.max_masks_per_layer))
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    cuda_options: dict = field(default_factory=dict)  # e.g. {prefer_nhwc: 1, cudnn_conv_algo_search: EXHAUSTIVE}
+    intra_op_threads: int = 0  # 0: onnxruntime's default
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Used only when ``model`` is a plain ONNX classifier (exported on first use, cached beside it)."""
+
+    score: str = "softmax"
+    blocks: tuple[str, ...] | None = None  # None: automatic discovery
+
+
+@dataclass(frozen=True)
+class InspectorConfig:
+    model: str
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    classes: tuple[str, ...] | None = None
+    method: MethodConfig = field(default_factory=MethodConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+def _check_choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def _convert(key: str, value, hint):
+    """Convert a YAML value to the annotated type, or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(key, value, args[0])
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        args = typing.get_args(hint)
+        item = args[0]
+        if len(args) > 1 and args[1] is not Ellipsis and len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_convert(f"{key}[{i}]", v, item) for i, v in enumerate(value))
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {hint}")  # a schema bug, not a user error
+
+
+def _build(cls, raw, prefix: str = ""):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown key(s) {', '.join(where + k for k in unknown)}; allowed: {', '.join(fields)}")
+    values = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"missing required key {key}")
+            continue
+        values[name] = _convert(key, raw[name], hints[name])
+    return cls(**values)
+
+
+def _validate(cfg: InspectorConfig) -> None:
+    p, m = cfg.preprocess, cfg.method
+    _check_choice("preprocess.resize", p.resize, RESIZE_MODES)
+    _check_choice("preprocess.channel_order", p.channel_order, CHANNEL_ORDERS)
+    _check_choice("preprocess.input_dtype", p.input_dtype, INPUT_DTYPES)
+    _check_choice("method.preset", m.preset, tuple(PRESETS))
+    _check_choice("export.score", cfg.export.score, SCORE_KINDS)
+    n = 1 if p.channel_order == "GRAY" else 3
+    for key, values in (("preprocess.mean", p.mean), ("preprocess.std", p.std)):
+        if len(values) not in (1, n):
+            raise ConfigError(f"{key}: expected 1 or {n} values for channel_order {p.channel_order}, got {len(values)}")
+    if any(s == 0 for s in p.std):
+        raise ConfigError("preprocess.std: values must be non-zero")
+    if p.size is not None and (len(p.size) != 2 or min(p.size) <= 0):
+        raise ConfigError(f"preprocess.size: expected [H, W] with positive values, got {list(p.size)}")
+    if m.mu is not None and m.mu < 0:
+        raise ConfigError(f"method.mu: must be >= 0, got {m.mu}")
+    if m.chunk_size < 1:
+        raise ConfigError(f"method.chunk_size: must be >= 1, got {m.chunk_size}")
+    if m.max_masks_per_layer is not None and m.max_masks_per_layer < 1:
+        raise ConfigError(f"method.max_masks_per_layer: must be >= 1, got {m.max_masks_per_layer}")
+    if p.max_pixels < 1:
+        raise ConfigError("preprocess.max_pixels: must be >= 1")
+
+
+def config_from_dict(raw: dict, *, base_dir: str | None = None) -> InspectorConfig:
+    """Validate a mapping (parsed YAML or keyword options); relative model paths resolve against ``base_dir``."""
+    cfg = _build(InspectorConfig, raw)
+    if base_dir and not os.path.isabs(cfg.model):
+        cfg = dataclasses.replace(cfg, model=os.path.normpath(os.path.join(base_dir, cfg.model)))
+    _validate(cfg)
+    return cfg
+
+
+def load_config(path: str | os.PathLike) -> InspectorConfig:
+    """Read and validate a YAML config file."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config ({e.strerror})") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    try:
+        return config_from_dict(raw if raw is not None else {}, base_dir=os.path.dirname(os.path.abspath(path)))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e

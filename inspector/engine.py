@@ -1,0 +1,182 @@
+"""The public entry point: ``Inspector`` turns images into :class:`Explanation` objects.
+
+image -> preprocess -> explain-model run (logits, alphas, ranges, activations on the device)
+      -> selection -> sampler runs (one [B, H, W] partial per chunk) -> fusion -> Explanation
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Iterable
+
+import numpy as np
+
+from . import preprocess as pre
+from .config import InspectorConfig, config_from_dict, load_config
+from .errors import ConfigError, ImageError, InspectorError, ModelContractError, TargetError
+from .explanation import Explanation
+from .fusion import fuse
+from .methods import get_method
+from .model import load_model
+from .session import EngineSessions, runtime_versions
+
+log = logging.getLogger(__name__)
+
+
+def confidences(logits: np.ndarray, score: str) -> np.ndarray:
+    """The model's confidence per class, as the export's score kind defines it."""
+    z = logits.astype(np.float64)
+    if score == "softmax":
+        e = np.exp(z - z.max())
+        return (e / e.sum()).astype(np.float32)
+    if score == "sigmoid":
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+    return z.astype(np.float32)
+
+
+class Inspector:
+    """Explains a classifier's decisions with SISE.
+
+    Build it with :meth:`from_config` (a YAML file) or :meth:`from_options` (the same keys as keyword
+    arguments), then call :meth:`explain` or :meth:`explain_batch`.
+    """
+
+    def __init__(self, config: InspectorConfig):
+        self.config = config
+        self.method = config.method.resolved()
+        self._run_method = get_method(self.method.name)
+        self.model = load_model(config)
+        c = self.contract = self.model.contract
+        self.size = (c.input_shape[2], c.input_shape[3]) if c.input_layout == "NCHW" else \
+            (c.input_shape[1], c.input_shape[2])
+        if config.preprocess.size is not None and tuple(config.preprocess.size) != self.size:
+            raise ConfigError(f"preprocess.size {list(config.preprocess.size)} differs from the model input "
+                              f"{list(self.size)} of {self.model.path}")
+        channels = c.input_shape[1] if c.input_layout == "NCHW" else c.input_shape[3]
+        expected = 1 if config.preprocess.channel_order == "GRAY" else 3
+        if channels != expected:
+            raise ConfigError(f"preprocess.channel_order {config.preprocess.channel_order} gives {expected} "
+                              f"channel(s) but the model takes {channels}")
+        if config.classes is not None and len(config.classes) != c.num_classes:
+            raise ConfigError(f"classes: {len(config.classes)} names for a model with {c.num_classes} classes")
+        if isinstance(c.input_shape[0], int) and c.input_shape[0] == 1 and self.method.chunk_size > 1:
+            log.warning("model %s has a fixed batch of 1: masks are scored one at a time (slow); re-export "
+                        "it with a dynamic batch dimension", self.model.path)
+            self.method = dataclasses.replace(self.method, chunk_size=1)
+        self.sessions = EngineSessions(self.model.explain_bytes, self.model.sampler_bytes, config.runtime)
+
+    # ----- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, path: str | os.PathLike) -> "Inspector":
+        return cls(load_config(path))
+
+    @classmethod
+    def from_options(cls, **options) -> "Inspector":
+        """Keyword options with the YAML keys, e.g. ``model=..., method={"mu": 0.3}``."""
+        return cls(config_from_dict(options))
+
+    # ----- targets --------------------------------------------------------------------------------
+    def class_index(self, name_or_index) -> int:
+        n = self.contract.num_classes
+        if isinstance(name_or_index, str):
+            if self.config.classes and name_or_index in self.config.classes:
+                return self.config.classes.index(name_or_index)
+            if name_or_index.isdigit():
+                return self.class_index(int(name_or_index))
+            known = ", ".join(self.config.classes) if self.config.classes else "none configured (key: classes)"
+            raise TargetError(f"unknown class name {name_or_index!r}; known names: {known}")
+        index = int(name_or_index)
+        if not 0 <= index < n:
+            raise TargetError(f"class index {index} out of range 0..{n - 1}")
+        return index
+
+    def _target_weights(self, target, tensor: np.ndarray, timings: dict):
+        n = self.contract.num_classes
+        if target is None:
+            start = time.perf_counter()
+            probe = self._explain_run(tensor, np.zeros((1, n), np.float32))
+            timings["predict"] = time.perf_counter() - start
+            index = int(np.argmax(probe.logits))
+        elif isinstance(target, (str, int, np.integer)):
+            index = self.class_index(target)
+        else:
+            weights = np.asarray(target, np.float32).reshape(-1)
+            if weights.shape != (n,):
+                raise TargetError(f"target weight vector has {weights.size} values; the model has {n} classes")
+            return None, weights[None]
+        weights = np.zeros((1, n), np.float32)
+        weights[0, index] = 1.0
+        return index, weights
+
+    def _explain_run(self, tensor, weights):
+        c = self.contract
+        return self.sessions.run_explain(tensor, weights, input_name=c.input_name, target_name=c.target_input,
+                                         output_name=c.output_name, blocks=c.blocks)
+
+    # ----- explanations ---------------------------------------------------------------------------
+    def explain(self, image, *, target=None, progress=None) -> Explanation:
+        """Explain one image.
+
+        Args:
+            image: a file path, or an HxW / HxWxC array (RGB order) of the configured input dtype.
+            target: None (the top class), a class index, a class name, or a weight vector [num_classes].
+            progress: optional callable(done_chunks, total_chunks).
+        """
+        timings: dict[str, float] = {}
+        start = t0 = time.perf_counter()
+        source = os.fspath(image) if isinstance(image, (str, os.PathLike)) else None
+        if source is not None:
+            array = pre.read_image(source, max_pixels=self.config.preprocess.max_pixels)
+        elif isinstance(image, np.ndarray):
+            array = image
+        else:
+            raise ImageError(f"expected an image path or a numpy array, got {type(image).__name__}")
+        tensor, geometry = pre.to_tensor(array, self.config.preprocess, self.size, self.contract.input_layout,
+                                         name=source or "image array")
+        timings["preprocess"] = time.perf_counter() - t0
+        index, weights = self._target_weights(target, tensor, timings)
+        t0 = time.perf_counter()
+        explained = self._explain_run(tensor, weights)
+        timings["explain_model"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        result = self._run_method(self.sessions, explained, tensor, weights, method=self.method, size=self.size,
+                                  progress=progress)
+        timings["sampling"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        saliency = fuse(result.maps, self.size)
+        saliency_full = np.clip(pre.to_original(saliency, geometry), 0.0, 1.0)
+        timings["fusion"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - start
+        scores = confidences(explained.logits, self.contract.score)
+        layer_maps = np.stack([m if m is not None else np.zeros(self.size, np.float32) for m in result.maps])
+        return Explanation(saliency=saliency, saliency_full=saliency_full.astype(np.float32),
+                           layer_maps=layer_maps.astype(np.float32), scores=scores, target=index,
+                           target_weights=weights[0], predicted=int(np.argmax(explained.logits)),
+                           masks_per_layer=result.masks_per_layer, timings=timings,
+                           settings=self.settings(), source=source)
+
+    def explain_batch(self, images: Iterable, *, target=None, errors: str = "raise") -> list:
+        """Explain several images; with ``errors="collect"`` a failing image yields its
+        :class:`InspectorError` in the result list instead of stopping the batch."""
+        out = []
+        for image in images:
+            try:
+                out.append(self.explain(image, target=target))
+            except InspectorError as e:
+                if errors != "collect":
+                    raise
+                out.append(e)
+        return out
+
+    def settings(self) -> dict:
+        m = self.method
+        return {"method": m.name, "preset": m.preset, "mu": m.mu, "adaptive": m.adaptive,
+                "max_masks_per_layer": m.max_masks_per_layer, "chunk_size": m.chunk_size,
+                "score": self.contract.score, "provider": self.sessions.provider,
+                "model": self.model.path, "model_sha256": self.model.sha256, **runtime_versions()}
+
+
+__all__ = ["Inspector", "ModelContractError"]

@@ -1,0 +1,23 @@
+"""Errors raised by the engine on purpose; messages name the file, key or class and say what to do."""
+
+from __future__ import annotations
+
+
+class InspectorError(Exception):
+    """Base class of the engine's errors."""
+
+
+class ConfigError(InspectorError):
+    """A config key is unknown, missing or has the wrong type or value."""
+
+
+class ModelContractError(InspectorError):
+    """The model lacks the export contract, or the contract does not fit the config."""
+
+
+class ImageError(InspectorError):
+    """An image cannot be read or does not fit the model (size, channels, bit depth)."""
+
+
+class TargetError(InspectorError):
+    """The requested target class does not exist."""

@@ -1,0 +1,42 @@
+"""The result of one explanation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """SISE output for one image.
+
+    Attributes:
+        saliency: float32 [H, W] in [0, 1] at the model input resolution.
+        saliency_full: float32 [H0, W0] in [0, 1] on the original image (zero where the model saw nothing).
+        layer_maps: float32 [B, H, W], each in [0, 1], shallow to deep (zeros for a skipped block).
+        scores: float32 [num_classes], the model's confidences (the configured score) for the image.
+        target: the explained class index, or None when explaining a weight vector.
+        target_weights: float32 [num_classes], the weights the explanation was computed for.
+        predicted: index of the top-scoring class.
+        masks_per_layer: number of masks (forward passes) per block.
+        timings: seconds per phase (preprocess, predict, explain_model, selection, sampling, fusion, total).
+        settings: the resolved method settings, provider and model identity.
+        source: the image path, or None for an array.
+    """
+
+    saliency: np.ndarray
+    saliency_full: np.ndarray
+    layer_maps: np.ndarray
+    scores: np.ndarray
+    target: int | None
+    target_weights: np.ndarray
+    predicted: int
+    masks_per_layer: tuple[int, ...]
+    timings: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    source: str | None = None
+
+    @property
+    def total_masks(self) -> int:
+        return int(sum(self.masks_per_layer))

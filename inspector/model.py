@@ -1,0 +1,84 @@
+"""Loading the exported model: contract, sampler graph, and on-the-fly export of a plain model
+(cached beside it, keyed by the model's hash). Uses only the public functions of onnx_tools."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+
+import onnx
+
+import onnx_tools
+
+
+from .config import InspectorConfig
+from .errors import ModelContractError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    path: str  # the exported model actually run
+    source_path: str  # what the config named
+    sha256: str  # of the exported model file
+    contract: onnx_tools.Contract
+    explain_bytes: bytes
+    sampler_bytes: bytes
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _load_proto(path: str) -> onnx.ModelProto:
+    if not os.path.isfile(path):
+        raise ModelContractError(f"model {path}: no such file (config key: model)")
+    try:
+        return onnx.load(path)
+    except Exception as e:
+        raise ModelContractError(f"model {path}: not a readable ONNX model ({e})") from e
+
+
+def _export_cached(path: str, cfg: InspectorConfig) -> str:
+    """Export a plain model once; the result lives beside it as <stem>.<hash>.sise.onnx."""
+    digest = file_sha256(path)[:12]
+    stem = os.path.splitext(path)[0]
+    out = f"{stem}.{digest}.sise.onnx"
+    if os.path.isfile(out):
+        return out
+    log.warning("model %s has no SISE contract; exporting it to %s (once)", path, out)
+    blocks = list(cfg.export.blocks) if cfg.export.blocks else "auto"
+    try:
+        onnx_tools.export_file(path, out, score=cfg.export.score, blocks=blocks)
+    except onnx_tools.ExportError as e:
+        raise ModelContractError(f"model {path} has no SISE contract and exporting it failed: {e}. "
+                                 "Run `python -m onnx_tools export` with the options it needs and point "
+                                 "the config's model at the result") from e
+    except OSError as e:
+        raise ModelContractError(f"model {path}: cannot write the exported copy {out} ({e}); export it with "
+                                 "`python -m onnx_tools export` and point the config's model at the result") from e
+    return out
+
+
+def load_model(cfg: InspectorConfig) -> LoadedModel:
+    """The exported model for ``cfg`` (exporting a plain model first), its contract and sampler graph."""
+    source = cfg.model
+    proto = _load_proto(source)
+    path = source
+    if onnx_tools.read_contract(proto) is None:
+        path = _export_cached(source, cfg)
+        proto = _load_proto(path)
+    contract = onnx_tools.read_contract(proto)
+    if contract is None:
+        raise ModelContractError(f"model {path} has no SISE contract; run `python -m onnx_tools export` on the "
+                                 "original model, or point the config at the plain model to export it on the fly")
+    sampler = onnx_tools.build_sampler(proto)
+    return LoadedModel(path=path, source_path=source, sha256=file_sha256(path), contract=contract,
+                       explain_bytes=proto.SerializeToString(), sampler_bytes=sampler.SerializeToString())

@@ -1,0 +1,108 @@
+"""The only module that touches onnxruntime: providers (with a logged fallback), sessions, and the
+two runs of an explanation through IO binding, so that block activations stay on the device between
+the explain-model run and the sampler runs (on the CPU provider the same code path runs on host memory).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from .config import RuntimeConfig
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEVICE_OF = {"CUDAExecutionProvider": "cuda", "CPUExecutionProvider": "cpu"}
+
+
+def resolve_providers(cfg: RuntimeConfig) -> list:
+    """Requested providers that this onnxruntime build offers, in order; missing ones are logged."""
+    available = set(ort.get_available_providers())
+    unknown = [p for p in cfg.providers if p not in DEVICE_OF]
+    if unknown:
+        raise ConfigError(f"runtime.providers: {unknown} not supported; use CUDAExecutionProvider and/or "
+                          "CPUExecutionProvider")
+    chosen = [p for p in cfg.providers if p in available]
+    skipped = [p for p in cfg.providers if p not in available]
+    if skipped:
+        log.warning("execution provider(s) %s not available in this onnxruntime build (%s); using %s",
+                    ", ".join(skipped), ort.__version__, ", ".join(chosen) or "none")
+    if not chosen:
+        raise ConfigError(f"runtime.providers: none of {list(cfg.providers)} is available "
+                          f"(available: {sorted(available)})")
+    return [(p, dict(cfg.cuda_options)) if p == "CUDAExecutionProvider" else p for p in chosen]
+
+
+def make_session(model_bytes: bytes, cfg: RuntimeConfig, what: str) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if cfg.intra_op_threads:
+        opts.intra_op_num_threads = cfg.intra_op_threads
+    providers = resolve_providers(cfg)
+    session = ort.InferenceSession(model_bytes, opts, providers=providers)
+    wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+    if session.get_providers()[0] != wanted:
+        log.warning("%s: %s failed to initialise; running on %s", what, wanted, session.get_providers()[0])
+    return session
+
+
+@dataclass
+class ExplainOutputs:
+    """Host copies of the small outputs and device handles of the activations (one image)."""
+
+    logits: np.ndarray  # [K] class output of the image
+    alphas: list[np.ndarray]  # per block [C_b]
+    spreads: list[np.ndarray]  # per block [C_b]
+    activations: list  # per block OrtValue [1, C_b, h, w] on the session's device
+
+
+class EngineSessions:
+    """The explain-model session and the sampler session on one device."""
+
+    def __init__(self, explain_bytes: bytes, sampler_bytes: bytes, cfg: RuntimeConfig):
+        self.explain = make_session(explain_bytes, cfg, "explain model")
+        self.sampler = make_session(sampler_bytes, cfg, "sampler")
+        self.provider = self.explain.get_providers()[0]
+        self.device = DEVICE_OF.get(self.provider, "cpu")
+
+    def run_explain(self, image: np.ndarray, target: np.ndarray, *, input_name: str, target_name: str,
+                    output_name: str, blocks) -> ExplainOutputs:
+        binding = self.explain.io_binding()
+        binding.bind_cpu_input(input_name, image)
+        binding.bind_cpu_input(target_name, target)
+        binding.bind_output(output_name, "cpu")
+        for b in blocks:
+            binding.bind_output(b.act_output, self.device)
+            binding.bind_output(b.grad_output, "cpu")
+            binding.bind_output(b.range_output, "cpu")
+        self.explain.run_with_iobinding(binding)
+        values = dict(zip([output_name] + [n for b in blocks for n in (b.act_output, b.grad_output, b.range_output)],
+                          binding.get_outputs()))
+        return ExplainOutputs(
+            logits=values[output_name].numpy().reshape(-1),
+            alphas=[values[b.grad_output].numpy()[0] for b in blocks],
+            spreads=[values[b.range_output].numpy()[0] for b in blocks],
+            activations=[values[b.act_output] for b in blocks])
+
+    def device_value(self, array: np.ndarray):
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
+
+    def run_sampler(self, feeds: dict, device_feeds: dict, outputs: list[str]) -> list[np.ndarray]:
+        """One sampler run: ``feeds`` are host arrays (tiny), ``device_feeds`` OrtValues already on the device."""
+        binding = self.sampler.io_binding()
+        for name, value in device_feeds.items():
+            binding.bind_ortvalue_input(name, value)
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for name in outputs:
+            binding.bind_output(name, "cpu")
+        self.sampler.run_with_iobinding(binding)
+        return [v.numpy() for v in binding.get_outputs()]
+
+
+def runtime_versions() -> dict:
+    return {"onnxruntime": ort.__version__, "available_providers": ort.get_available_providers()}
