@@ -1,0 +1,95 @@
+"""A straightforward PyTorch implementation of SISE as the paper and docs/sise_method.md describe it,
+written independently of the engine (no code shared), used as the ground truth of the parity tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def otsu_reference(v: torch.Tensor) -> float:
+    """Otsu by exhaustive search over the 255 splits of a 256-bin histogram on [0, 1]."""
+    hist = torch.histc(v.double().flatten(), bins=256, min=0.0, max=1.0)
+    centers = (torch.arange(256, dtype=torch.float64) + 0.5) / 256
+    best, threshold = -1.0, float(v.max())
+    for i in range(255):
+        w0, w1 = hist[: i + 1].sum(), hist[i + 1:].sum()
+        if w0 == 0 or w1 == 0:
+            continue
+        m0 = (hist[: i + 1] * centers[: i + 1]).sum() / w0
+        m1 = (hist[i + 1:] * centers[i + 1:]).sum() / w1
+        between = float(w0 * w1 * (m0 - m1) ** 2)
+        if between > best:
+            best, threshold = between, float(centers[i])
+    return threshold
+
+
+def normalise(v: torch.Tensor) -> torch.Tensor:
+    span = v.max() - v.min()
+    return (v - v.min()) / span if span > 0 else torch.zeros_like(v)
+
+
+@torch.no_grad()
+def _scores(model, x, masks, target, batch):
+    out = []
+    for i in range(0, len(masks), batch):
+        out.append(torch.softmax(model(x * masks[i:i + batch, None]), 1)[:, target])
+    return torch.cat(out)
+
+
+def sise_reference(model, taps, x: np.ndarray, target: int, *, mu: float = 0.0, adaptive: bool = False,
+                   cap: int | None = None, batch: int = 64):
+    """Returns (layer maps list (None for a skipped block), fused map, masks per block).
+
+    ``taps`` are module paths, or "path#k" for the k-th call of a module that runs more than once.
+    """
+    x = torch.from_numpy(x)
+    modules = dict(model.named_modules())
+    calls: dict[str, list] = {}
+    names = {t.split("#")[0] for t in taps}
+    hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: calls.setdefault(n, []).append(o)) for n in names]
+    try:
+        psi = torch.softmax(model(x), 1)[0, target]
+    finally:
+        for h in hooks:
+            h.remove()
+    acts = {t: calls[t.split("#")[0]][int(t.split("#")[1]) if "#" in t else 0] for t in taps}
+    grads = torch.autograd.grad(psi, [acts[t] for t in taps])
+    height, width = x.shape[2:]
+    layer_maps, counts = [], []
+    for t, g in zip(taps, grads):
+        a = acts[t].detach()[0]
+        alpha = g[0].mean((1, 2))
+        beta = alpha.max()
+        if beta <= 0:
+            layer_maps.append(None)
+            counts.append(0)
+            continue
+        if adaptive:
+            norm = alpha / beta
+            keep = norm > otsu_reference(norm[norm > 0])
+        else:
+            keep = alpha > mu * beta
+        idx = torch.nonzero(keep).flatten()
+        up = F.interpolate(a[idx][None], size=(height, width), mode="bilinear", align_corners=False)[0]
+        span = up.amax((1, 2)) - up.amin((1, 2))
+        good = span > 1e-6
+        idx, up, span = idx[good], up[good], span[good]
+        order = torch.argsort(alpha[idx], descending=True, stable=True)
+        if cap is not None:
+            order = order[:cap]
+        up, span = up[order], span[order]
+        masks = (up - up.amin((1, 2), keepdim=True)) / span[:, None, None]
+        counts.append(len(masks))
+        if len(masks) == 0:
+            layer_maps.append(None)
+            continue
+        s = _scores(model, x, masks, target, batch)
+        v = (s[:, None, None] * masks / masks.sum((1, 2), keepdim=True)).sum(0)
+        layer_maps.append(normalise(v))
+    present = [v for v in layer_maps if v is not None]
+    fused = present[0]
+    for v in present[1:]:
+        fused = (fused + v) * (v > otsu_reference(v)).double()
+    return ([None if v is None else v.numpy() for v in layer_maps], normalise(fused).numpy(), counts)
