@@ -1,0 +1,82 @@
+"""`inspector explain`: a thin shell over :class:`inspector.Inspector` and :mod:`inspector.outputs`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from . import preprocess as pre
+from .engine import Inspector
+from .errors import InspectorError
+from .outputs import write_all
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+
+
+def collect_images(items: list[str]) -> list[str]:
+    """Files as given, and the image files of given folders (sorted)."""
+    out = []
+    for item in items:
+        if os.path.isdir(item):
+            out.extend(sorted(os.path.join(item, f) for f in os.listdir(item)
+                              if f.lower().endswith(IMAGE_EXTENSIONS)))
+        else:
+            out.append(item)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inspector", description="SISE explanations on ONNX Runtime")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("explain", help="explain images and write npz, overlay png and json per image")
+    ex.add_argument("-c", "--config", required=True, help="YAML config")
+    ex.add_argument("images", nargs="+", help="image files or folders")
+    ex.add_argument("--out", required=True, help="output folder (created if missing)")
+    ex.add_argument("--target", default=None, help="class name or index to explain (default: the top class)")
+    return parser
+
+
+def cmd_explain(args) -> int:
+    insp = Inspector.from_config(args.config)
+    os.makedirs(args.out, exist_ok=True)
+    images = collect_images(args.images)
+    if not images:
+        print("error: no images found in " + ", ".join(args.images), file=sys.stderr)
+        return 2
+    failures = []
+    start = time.perf_counter()
+    for i, path in enumerate(images, 1):
+        t0 = time.perf_counter()
+        try:
+            array = pre.read_image(path, max_pixels=insp.config.preprocess.max_pixels)
+            exp = insp.explain(array, target=args.target)
+            stem = os.path.splitext(os.path.basename(path))[0]
+            write_all(args.out, stem, exp, array, classes=insp.config.classes, source=os.path.abspath(path))
+            status = f"{time.perf_counter() - t0:.2f} s, {exp.total_masks} masks"
+        except (InspectorError, OSError) as e:
+            failures.append((path, str(e)))
+            status = "FAILED"
+        elapsed = time.perf_counter() - start
+        eta = elapsed / i * (len(images) - i)
+        print(f"[{i}/{len(images)}] {os.path.basename(path)}: {status} (elapsed {elapsed:.1f} s, eta {eta:.1f} s)",
+              file=sys.stderr, flush=True)
+    print(f"wrote {len(images) - len(failures)} explanation(s) to {args.out}")
+    if failures:
+        print(f"{len(failures)} image(s) failed:", file=sys.stderr)
+        for path, message in failures:
+            print(f"  {path}: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return {"explain": cmd_explain}[args.command](args)
+    except InspectorError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

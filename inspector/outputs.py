@@ -1,0 +1,99 @@
+"""Writers for one explanation: ``<stem>.npz``, ``<stem>_overlay.png`` and ``<stem>.json``.
+
+All files of an image are written to temporary names and renamed at the end, so a failure leaves
+no partial output for that image.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+
+import cv2
+import numpy as np
+
+from .explanation import Explanation
+
+
+def display_rgb(image: np.ndarray) -> np.ndarray:
+    """uint8 HxWx3 RGB view of an input image of any supported dtype/channel count."""
+    img = np.asarray(image)
+    if img.dtype == np.uint16:
+        img = (img / 257.0).round().astype(np.uint8)
+    elif img.dtype != np.uint8:
+        f = img.astype(np.float32)
+        span = float(f.max() - f.min())
+        img = ((f - f.min()) / span * 255 if span > 0 else np.zeros_like(f)).astype(np.uint8)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    return np.ascontiguousarray(img[:, :, :3])
+
+
+def overlay(image: np.ndarray, saliency: np.ndarray, *, alpha: float = 0.5, label: str | None = None) -> np.ndarray:
+    """BGR uint8 image: a JET heatmap of ``saliency`` blended over ``image`` (RGB), with a caption."""
+    base = cv2.cvtColor(display_rgb(image), cv2.COLOR_RGB2BGR)
+    heat = cv2.applyColorMap((np.clip(saliency, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    out = cv2.addWeighted(base, 1.0 - alpha, heat, alpha, 0.0)
+    if label:
+        scale = max(0.4, min(out.shape[:2]) / 500)
+        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        cv2.rectangle(out, (0, 0), (tw + 8, th + 10), (0, 0, 0), -1)
+        cv2.putText(out, label, (4, th + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def sidecar(exp: Explanation, classes, source: str | None) -> dict:
+    name = (lambda i: classes[i] if classes and i is not None else None)
+    return {
+        "source": source,
+        "prediction": {"index": exp.predicted, "name": name(exp.predicted),
+                       "confidence": float(exp.scores[exp.predicted])},
+        "target": {"index": exp.target, "name": name(exp.target),
+                   "confidence": float(exp.scores[exp.target]) if exp.target is not None else None},
+        "masks_per_layer": list(exp.masks_per_layer),
+        "timings_s": {k: round(v, 6) for k, v in exp.timings.items()},
+        "settings": exp.settings,
+    }
+
+
+def _encode_png(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise OSError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def write_all(out_dir: str, stem: str, exp: Explanation, image: np.ndarray, *, classes=None,
+              source: str | None = None) -> list[str]:
+    """Write the three files for one image atomically; returns their paths."""
+    npz = io.BytesIO()
+    np.savez_compressed(npz, saliency=exp.saliency, saliency_full=exp.saliency_full, layer_maps=exp.layer_maps,
+                        masks_per_layer=np.asarray(exp.masks_per_layer, np.int64), scores=exp.scores)
+    pred = classes[exp.predicted] if classes else str(exp.predicted)
+    tgt = (classes[exp.target] if classes else str(exp.target)) if exp.target is not None else "weights"
+    label = f"pred {pred} {exp.scores[exp.predicted]:.2f} | target {tgt}"
+    payload = {
+        f"{stem}.npz": npz.getvalue(),
+        f"{stem}_overlay.png": _encode_png(overlay(image, exp.saliency_full, label=label)),
+        f"{stem}.json": json.dumps(sidecar(exp, classes, source), indent=2).encode(),
+    }
+    temps = []
+    try:
+        for name, data in payload.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=out_dir)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            temps.append((tmp, os.path.join(out_dir, name)))
+        for tmp, final in temps:
+            os.replace(tmp, final)
+    except BaseException:
+        for tmp, final in temps:
+            for p in (tmp, final):
+                if os.path.exists(p):
+                    os.unlink(p)
+        raise
+    return [final for _, final in temps]

@@ -1,0 +1,202 @@
+"""Config validation, bad images and targets, and `inspector explain` as a user runs it."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from inspector import ConfigError, ImageError, Inspector, ModelContractError, TargetError, load_config  # noqa: E402
+from onnx_tools import export_model  # noqa: E402
+
+from .models import export_onnx, fixture  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPU = {"providers": ["CPUExecutionProvider"]}
+CLASSES = [f"c{i}" for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    model, _, shape = fixture("resnet18")
+    plain = export_onnx(model, shape)
+    onnx.save(plain, folder / "plain.onnx")
+    onnx.save(export_model(plain).model, folder / "r18.sise.onnx")
+    return folder
+
+
+def write_config(folder, model="r18.sise.onnx", **extra) -> str:
+    import yaml
+
+    raw = {"model": model, "classes": CLASSES, "runtime": CPU, "method": {"chunk_size": 32}}
+    raw.update(extra)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------ config
+@pytest.mark.parametrize("raw,key", [
+    ({"model": "m.onnx", "colour": 1}, "colour"),
+    ({"model": "m.onnx", "method": {"mu": "high"}}, "method.mu"),
+    ({"model": "m.onnx", "method": {"muu": 0.3}}, "method.muu"),
+    ({"model": "m.onnx", "preprocess": {"resize": "squash"}}, "preprocess.resize"),
+    ({"model": "m.onnx", "preprocess": {"size": [224]}}, "preprocess.size"),
+    ({"model": "m.onnx", "method": {"adaptive": "yes"}}, "method.adaptive"),
+    ({"preprocess": {}}, "model"),
+])
+def test_config_errors_name_the_key(tmp_path, raw, key):
+    import yaml
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("[", r"\[")):
+        load_config(path)
+
+
+def test_example_configs_are_valid():
+    paths = glob.glob(os.path.join(ROOT, "configs", "*.yaml"))
+    assert paths
+    for path in paths:
+        cfg = load_config(path)
+        assert cfg.model.endswith(".onnx")
+
+
+def test_efficientnet_config_runs_with_on_the_fly_export(tmp_path):
+    """configs/efficientnet_lite0.yaml, pointed at a freshly written plain model: the first load exports
+    and caches it beside the model, the second reuses the cache."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    skimage_data = pytest.importorskip("skimage.data")
+    import yaml
+
+    model_path = tmp_path / "efficientnet_lite0.onnx"
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "export_efficientnet_lite0.py"), "-o",
+                    str(model_path)], check=True, capture_output=True)
+    raw = yaml.safe_load(open(os.path.join(ROOT, "configs", "efficientnet_lite0.yaml")))
+    raw["model"] = str(model_path)
+    raw["runtime"] = CPU
+    raw["method"]["max_masks_per_layer"] = 4
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    exp = Inspector.from_config(cfg_path).explain(skimage_data.coffee())
+    assert exp.predicted == 967 and exp.scores[967] > 0.5  # espresso
+    cached = glob.glob(str(tmp_path / "efficientnet_lite0.*.sise.onnx"))
+    assert len(cached) == 1
+    stamp = os.path.getmtime(cached[0])
+    Inspector.from_config(cfg_path)
+    assert os.path.getmtime(cached[0]) == stamp
+
+
+# ------------------------------------------------------------------------------------ bad input
+def test_bad_images_and_targets(models, tmp_path):
+    insp = Inspector.from_config(write_config(models))
+    good = np.zeros((40, 50, 3), np.uint8)
+    with pytest.raises(ImageError, match="zero-size"):
+        insp.explain(np.zeros((0, 5, 3), np.uint8))
+    with pytest.raises(ImageError, match="2 channels"):
+        insp.explain(np.zeros((8, 8, 2), np.uint8))
+    with pytest.raises(ImageError, match="single-channel"):
+        insp.explain(np.zeros((8, 8), np.uint8))
+    with pytest.raises(ImageError, match="uint16"):
+        insp.explain(np.zeros((8, 8, 3), np.uint16))
+    truncated = tmp_path / "cut.png"
+    ok, buf = cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    truncated.write_bytes(buf.tobytes()[: len(buf) // 3])
+    with pytest.raises(ImageError, match="cut.png"):
+        insp.explain(str(truncated))
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(ImageError, match="notes.png"):
+        insp.explain(str(text))
+    with pytest.raises(TargetError, match="unknown class name 'dent'"):
+        insp.explain(good, target="dent")
+    with pytest.raises(TargetError, match="out of range"):
+        insp.explain(good, target=10)
+    assert insp.explain(good, target="c4").target == 4
+
+
+def test_huge_image_is_refused(models):
+    insp = Inspector.from_config(write_config(models, preprocess={"max_pixels": 10_000}))
+    with pytest.raises(ImageError, match="max_pixels"):
+        insp.explain(np.zeros((200, 200, 3), np.uint8))
+
+
+def test_sixteen_bit_images_when_configured(models):
+    insp = Inspector.from_config(write_config(models, preprocess={"input_dtype": "uint16", "scale": 1 / 65535}))
+    img16 = (np.random.default_rng(1).integers(0, 256, (64, 64, 3)) * 257).astype(np.uint16)
+    exp16 = insp.explain(img16, target=1)
+    exp8 = Inspector.from_config(write_config(models)).explain((img16 // 257).astype(np.uint8), target=1)
+    np.testing.assert_allclose(exp16.saliency, exp8.saliency, atol=1e-4)
+
+
+def test_model_without_contract(models, tmp_path):
+    onnx.save(onnx.load(models / "plain.onnx"), tmp_path / "plain.onnx")
+    # a plain model is exported on the fly ...
+    Inspector.from_options(model=str(tmp_path / "plain.onnx"), runtime=CPU)
+    # ... but one that cannot be exported says what to do
+    bad = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Flatten", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 48])]))
+    onnx.save(bad, tmp_path / "bad.onnx")
+    with pytest.raises(ModelContractError, match="onnx_tools export"):
+        Inspector.from_options(model=str(tmp_path / "bad.onnx"), runtime=CPU)
+
+
+# ------------------------------------------------------------------------------------ CLI
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "inspector", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+def test_cli_explain_writes_outputs_and_lists_failures(models, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    pic = rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    pic[:, :, 0] = 255  # saturated red channel (RGB): a swapped channel order would show
+    cv2.imwrite(str(images / "part_a.png"), cv2.cvtColor(pic, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(images / "part_b.jpg"), rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    (images / "broken.png").write_text("not an image")
+    out = tmp_path / "out"
+    r = run_cli("explain", "-c", write_config(models), images, "--out", out, "--target", "c3")
+    assert r.returncode == 1, r.stderr
+    assert "1 image(s) failed" in r.stderr and "broken.png" in r.stderr
+    assert "[3/3]" in r.stderr
+    names = sorted(os.listdir(out))
+    assert names == ["part_a.json", "part_a.npz", "part_a_overlay.png", "part_b.json", "part_b.npz",
+                     "part_b_overlay.png"]
+    data = np.load(out / "part_a.npz")
+    assert set(data.files) == {"saliency", "saliency_full", "layer_maps", "masks_per_layer", "scores"}
+    assert data["saliency_full"].shape == (48, 80) and data["saliency"].shape == (64, 64)
+    meta = json.loads((out / "part_a.json").read_text())
+    assert meta["target"]["name"] == "c3" and meta["target"]["index"] == 3
+    assert len(meta["settings"]["model_sha256"]) == 64 and meta["settings"]["onnxruntime"]
+    assert meta["settings"]["provider"] == "CPUExecutionProvider"
+    assert set(meta["timings_s"]) >= {"preprocess", "explain_model", "sampling", "fusion", "total"}
+    overlay = cv2.imread(str(out / "part_a_overlay.png"))
+    assert overlay.shape == (48, 80, 3)
+    # colour order: the file (BGR on disk) is half the input in BGR plus half the JET heatmap
+    heat = cv2.applyColorMap((data["saliency_full"] * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    expected = cv2.addWeighted(cv2.cvtColor(pic, cv2.COLOR_RGB2BGR), 0.5, heat, 0.5, 0.0)
+    below_caption = slice(32, None)  # the caption box sits at the top
+    assert np.abs(overlay[below_caption].astype(int) - expected[below_caption]).max() <= 1
+
+
+def test_cli_bad_config_is_one_line(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: nowhere.onnx\nmethod: {mu: -1}\n")
+    r = run_cli("explain", "-c", cfg, tmp_path, "--out", tmp_path / "o")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "method.mu" in lines[0]
