@@ -17,10 +17,13 @@ RESIZE_MODES = ("stretch", "letterbox", "shorter_side_center_crop")
 CHANNEL_ORDERS = ("RGB", "BGR", "GRAY")
 INPUT_DTYPES = ("uint8", "uint16", "float")
 SCORE_KINDS = ("softmax", "sigmoid", "logit", "identity")
-PRESETS = {  # speed/quality trade-offs; measured by benchmarks/sise_engine.py
+# Speed/quality trade-offs, chosen from benchmarks/presets.py (EfficientNet-Lite0, 4 natural images):
+# Ada-SISE agreed better with full SISE than mu = 0.3 at a similar speed-up, and Ada-SISE capped at 16
+# maps per layer better than mu = 0.5 capped at 32 at a similar speed-up. The README has the table.
+PRESETS = {
     "quality": {"mu": 0.0, "adaptive": False, "max_masks_per_layer": None},
-    "balanced": {"mu": 0.3, "adaptive": False, "max_masks_per_layer": None},
-    "fast": {"mu": 0.5, "adaptive": False, "max_masks_per_layer": 32},
+    "balanced": {"mu": 0.0, "adaptive": True, "max_masks_per_layer": None},
+    "fast": {"mu": 0.0, "adaptive": True, "max_masks_per_layer": 16},
 }
 
 
@@ -47,7 +50,7 @@ class MethodConfig:
     max_masks_per_layer: int | None = None
     chunk_size: int = 64
 
-    def resolved(self) -> "MethodConfig":
+    def resolved(self) -> MethodConfig:
         """A copy with the preset's values filled in where a field is None."""
         base = PRESETS[self.preset]
         return dataclasses.replace(

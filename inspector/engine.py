@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -70,11 +70,11 @@ class Inspector:
 
     # ----- construction ---------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, path: str | os.PathLike) -> "Inspector":
+    def from_config(cls, path: str | os.PathLike) -> Inspector:
         return cls(load_config(path))
 
     @classmethod
-    def from_options(cls, **options) -> "Inspector":
+    def from_options(cls, **options) -> Inspector:
         """Keyword options with the YAML keys, e.g. ``model=..., method={"mu": 0.3}``."""
         return cls(config_from_dict(options))
 

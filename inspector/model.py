@@ -12,7 +12,6 @@ import onnx
 
 import onnx_tools
 
-
 from .config import InspectorConfig
 from .errors import ModelContractError
 

@@ -8,11 +8,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from inspector import Inspector  # noqa: E402
-from onnx_tools import export_model  # noqa: E402
+from inspector import Inspector
+from onnx_tools import export_model
 
-from .models import export_onnx, fixture  # noqa: E402
-from .sise_reference import sise_reference  # noqa: E402
+from .models import export_onnx, fixture
+from .sise_reference import sise_reference
 
 IDENTITY_PREPROCESS = {"resize": "stretch", "scale": 1.0, "mean": [0.0], "std": [1.0], "input_dtype": "float"}
 CPU = {"providers": ["CPUExecutionProvider"]}
@@ -69,7 +69,7 @@ def check_against_reference(model, taps, path, image, *, target=None, **method):
 @pytest.mark.parametrize("name", ["resnet18", "vgg16"])
 def test_full_sise_matches_torch_reference(exported, name):
     model, taps, shape, path = exported(name)
-    exp, counts = check_against_reference(model, taps, path, smooth_image(shape))
+    _, counts = check_against_reference(model, taps, path, smooth_image(shape))
     assert sum(counts) > 20  # a real run, not a degenerate one
 
 
@@ -134,7 +134,7 @@ def test_efficientnet_lite0_real_image_capped(efficientnet):
     model, path = efficientnet
     image = coffee_tensor_image()
     taps = _efficientnet_taps(model, path)
-    exp, counts = check_against_reference(model, taps, path, image, max_masks_per_layer=12)
+    exp, _ = check_against_reference(model, taps, path, image, max_masks_per_layer=12)
     assert exp.predicted == 967  # espresso
 
 
@@ -147,7 +147,7 @@ def test_efficientnet_lite0_real_image_full_sise(efficientnet):
 
 # ------------------------------------------------------------------------------------ properties
 def test_output_properties_and_determinism(exported):
-    _, _, shape, path = exported("resnet18")
+    path = exported("resnet18")[3]
     insp = Inspector.from_options(model=path, runtime=CPU)
     rng = np.random.default_rng(5)
     image = rng.integers(0, 256, (90, 130, 3), dtype=np.uint8)  # not the model's size, not square

@@ -15,10 +15,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from inspector import ConfigError, ImageError, Inspector, ModelContractError, TargetError, load_config  # noqa: E402
-from onnx_tools import export_model  # noqa: E402
+from inspector import ConfigError, ImageError, Inspector, ModelContractError, TargetError, load_config
+from onnx_tools import export_model
 
-from .models import export_onnx, fixture  # noqa: E402
+from .models import export_onnx, fixture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = {"providers": ["CPUExecutionProvider"]}
@@ -82,7 +82,8 @@ def test_efficientnet_config_runs_with_on_the_fly_export(tmp_path):
     model_path = tmp_path / "efficientnet_lite0.onnx"
     subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "export_efficientnet_lite0.py"), "-o",
                     str(model_path)], check=True, capture_output=True)
-    raw = yaml.safe_load(open(os.path.join(ROOT, "configs", "efficientnet_lite0.yaml")))
+    with open(os.path.join(ROOT, "configs", "efficientnet_lite0.yaml")) as f:
+        raw = yaml.safe_load(f)
     raw["model"] = str(model_path)
     raw["runtime"] = CPU
     raw["method"]["max_masks_per_layer"] = 4
@@ -110,7 +111,7 @@ def test_bad_images_and_targets(models, tmp_path):
     with pytest.raises(ImageError, match="uint16"):
         insp.explain(np.zeros((8, 8, 3), np.uint16))
     truncated = tmp_path / "cut.png"
-    ok, buf = cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    _, buf = cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     truncated.write_bytes(buf.tobytes()[: len(buf) // 3])
     with pytest.raises(ImageError, match="cut.png"):
         insp.explain(str(truncated))
@@ -200,3 +201,18 @@ def test_cli_bad_config_is_one_line(tmp_path):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "method.mu" in lines[0]
+
+
+def test_provider_fallback_is_logged(models, caplog):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime build has CUDA; the fallback path is not taken")
+    with caplog.at_level("WARNING"):
+        insp = Inspector.from_options(model=str(models / "r18.sise.onnx"),
+                                      runtime={"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]})
+    assert insp.sessions.provider == "CPUExecutionProvider"
+    assert any("CUDAExecutionProvider" in r.getMessage() and "not available" in r.getMessage()
+               for r in caplog.records)
+    with pytest.raises(ConfigError, match="runtime.providers"):
+        Inspector.from_options(model=str(models / "r18.sise.onnx"), runtime={"providers": ["CUDAExecutionProvider"]})

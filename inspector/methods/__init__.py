@@ -3,7 +3,7 @@ per-block maps; the engine does everything around it (pre-processing, target, fu
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .sise import sise_layer_maps
 
