@@ -90,6 +90,15 @@ def _check_choice(key: str, value, choices) -> None:
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
 
 
+# YAML scalar types: what the error calls them, and which parsed values they accept (bools are not numbers).
+SCALARS = {
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    float: ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    str: ("a string", lambda v: isinstance(v, str)),
+}
+
+
 def _convert(key: str, value, hint):
     """Convert a YAML value to the annotated type, or raise ConfigError naming ``key``."""
     origin = typing.get_origin(hint)
@@ -112,22 +121,11 @@ def _convert(key: str, value, hint):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
         return dict(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
+    if hint in SCALARS:
+        what, accepts = SCALARS[hint]
+        if not accepts(value):
+            raise ConfigError(f"{key}: expected {what}, got {value!r}")
+        return float(value) if hint is float else value
     raise ConfigError(f"{key}: unsupported type {hint}")  # a schema bug, not a user error
 
 

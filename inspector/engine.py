@@ -16,7 +16,7 @@ import numpy as np
 
 from . import preprocess as pre
 from .config import InspectorConfig, config_from_dict, load_config
-from .errors import ConfigError, ImageError, InspectorError, ModelContractError, TargetError
+from .errors import ConfigError, ImageError, InspectorError, TargetError
 from .explanation import Explanation
 from .fusion import fuse
 from .methods import get_method
@@ -178,5 +178,3 @@ class Inspector:
                 "score": self.contract.score, "provider": self.sessions.provider,
                 "model": self.model.path, "model_sha256": self.model.sha256, **runtime_versions()}
 
-
-__all__ = ["Inspector", "ModelContractError"]
