@@ -113,32 +113,34 @@ def defect_mask(rng: np.random.Generator, label: str, size: int) -> np.ndarray:
     return m
 
 
-def render(rng: np.random.Generator, label: str, kind: str, size: int) -> Sample:
-    grey = surface(rng, kind, size)
+def render(label: str, kind: str, size: int, seeds: tuple) -> Sample:
+    """Render one image. Surface, defect and finish (tint, sensor noise) draw from separate random
+    streams, so the same ``seeds`` with label "ok" give the identical image without the defect."""
+    surface_rng, defect_rng, finish_rng = (np.random.default_rng(list(seeds) + [k]) for k in range(3))
+    grey = surface(surface_rng, kind, size)
     mask = np.zeros((size, size), bool)
+    soft = np.zeros((size, size), np.float32)
     if label != "ok":
-        mask = defect_mask(rng, label, size).astype(bool)
-        if label == "stain":  # soft-edged discolouration
+        mask = defect_mask(defect_rng, label, size).astype(bool)
+        if label == "stain":  # soft-edged brownish discolouration (the hard mask is its core)
             soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 2.0)
             grey = grey * (1 - 0.35 * soft) + 0.05 * soft
         else:
-            dark = rng.random() < 0.75
-            contrast = rng.uniform(0.25, 0.45) * (-1 if dark else 1)
+            dark = defect_rng.random() < 0.75
+            contrast = defect_rng.uniform(0.25, 0.45) * (-1 if dark else 1)
             grey = np.where(mask, np.clip(grey + contrast, 0, 1), grey)
-    tint = rng.uniform(0.85, 1.15, 3).astype(np.float32)
-    if label == "stain":
-        tint = tint * np.array([1.0, 0.9, 0.75], np.float32)  # brownish
-    rgb = np.clip(grey[:, :, None] * tint[None, None], 0, 1)
-    rgb = np.clip(rgb + rng.normal(0, 0.015, rgb.shape), 0, 1)
+    tint = finish_rng.uniform(0.85, 1.15, 3).astype(np.float32)
+    brown = 1.0 - soft[:, :, None] * np.array([0.0, 0.1, 0.25], np.float32)
+    rgb = np.clip(grey[:, :, None] * tint[None, None] * brown, 0, 1)
+    rgb = np.clip(rgb + finish_rng.normal(0, 0.015, rgb.shape), 0, 1)
     return Sample(image=(rgb * 255).round().astype(np.uint8), mask=mask, label=label, surface=kind)
 
 
-def sample(seed: int, index: int, size: int = 128) -> Sample:
-    """The ``index``-th sample of the dataset with ``seed``: classes cycle, surfaces are random."""
-    rng = np.random.default_rng([seed, index])
-    label = CLASSES[index % len(CLASSES)]
-    kind = SURFACES[int(rng.integers(len(SURFACES)))]
-    return render(rng, label, kind, size)
+def sample(seed: int, index: int, size: int = 128, *, label: str | None = None) -> Sample:
+    """The ``index``-th sample of the dataset with ``seed``: classes cycle, surfaces are random.
+    ``label`` overrides the class (``"ok"`` gives the same image without its defect)."""
+    kind = SURFACES[int(np.random.default_rng([seed, index, 99]).integers(len(SURFACES)))]
+    return render(label or CLASSES[index % len(CLASSES)], kind, size, (seed, index))
 
 
 def write_dataset(out: str, count: int, seed: int, size: int = 128, progress=None) -> str:
