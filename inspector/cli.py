@@ -36,7 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("images", nargs="+", help="image files or folders")
     ex.add_argument("--out", required=True, help="output folder (created if missing)")
     ex.add_argument("--target", default=None, help="class name or index to explain (default: the top class)")
+    demo = sub.add_parser("demo", help="explain the bundled defect samples with the bundled example model")
+    demo.add_argument("--out", default="sise-demo", help="output folder (default ./sise-demo)")
     return parser
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    index, seconds = run_demo(args.out)
+    print(f"done in {seconds:.1f} s; open {os.path.abspath(index)} (overlays, per-layer maps and JSON "
+          f"sidecars are beside it)")
+    return 0
 
 
 def cmd_explain(args) -> int:
@@ -76,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        return {"explain": cmd_explain}[args.command](args)
+        return {"explain": cmd_explain, "demo": cmd_demo}[args.command](args)
     except InspectorError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -97,3 +97,30 @@ def write_all(out_dir: str, stem: str, exp: Explanation, image: np.ndarray, *, c
                     os.unlink(p)
         raise
     return [final for _, final in temps]
+
+
+def layer_strip(exp: Explanation, image: np.ndarray, *, tile: int = 128) -> np.ndarray:
+    """BGR uint8 strip: the model-resolution input, each block's map (shallow to deep), the fused map."""
+    h, w = exp.saliency.shape
+    base = cv2.resize(display_rgb(image), (w, h), interpolation=cv2.INTER_AREA)
+    tiles = [cv2.cvtColor(base, cv2.COLOR_RGB2BGR)]
+    names = ["input"]
+    for b, m in enumerate(exp.layer_maps):
+        tiles.append(cv2.applyColorMap((m * 255).astype(np.uint8), cv2.COLORMAP_JET))
+        names.append(f"block {b} ({exp.masks_per_layer[b]})")
+    tiles.append(cv2.applyColorMap((exp.saliency * 255).astype(np.uint8), cv2.COLORMAP_JET))
+    names.append("fused")
+    out = []
+    for t, name in zip(tiles, names):
+        t = cv2.resize(t, (tile, tile * h // w), interpolation=cv2.INTER_NEAREST)
+        cv2.putText(t, name, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
+        out.append(t)
+    return np.concatenate(out, axis=1)
+
+
+def save_png(path: str, image: np.ndarray) -> None:
+    """Write a BGR image atomically."""
+    tmp = path + ".part"
+    with open(tmp, "wb") as f:
+        f.write(_encode_png(image))
+    os.replace(tmp, path)

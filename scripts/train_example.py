@@ -24,8 +24,8 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from inspector.synthetic import CLASSES, sample  # noqa: E402
-from onnx_tools import export_model  # noqa: E402
+from inspector.synthetic import CLASSES, sample
+from onnx_tools import export_model
 
 SIZE = 128
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -47,7 +47,7 @@ class Block(nn.Module):
 class DefectNet(nn.Module):
     """Five blocks at 64, 32, 16, 8 and 4 pixels (128-pixel input); GAP; linear head."""
 
-    def __init__(self, classes=len(CLASSES)):
+    def __init__(self, classes: int = 6):  # len(CLASSES)
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 24, 3, 2, 1, bias=False), nn.BatchNorm2d(24), nn.ReLU())
         self.stages = nn.Sequential(Block(24, 32, 2), Block(32, 48, 2), Block(48, 64, 2), Block(64, 96, 2))
