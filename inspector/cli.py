@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("images", nargs="+", help="image files or folders")
     ex.add_argument("--out", required=True, help="output folder (created if missing)")
     ex.add_argument("--target", default=None, help="class name or index to explain (default: the top class)")
+    ev = sub.add_parser("evaluate", help="explanation quality against ground-truth defect masks")
+    ev.add_argument("-c", "--config", required=True)
+    ev.add_argument("--data", required=True, help="folder with manifest.csv (python -m inspector.synthetic)")
+    ev.add_argument("--methods", default="sise,gradcam,rise", help="comma-separated method names")
+    ev.add_argument("--out", default="sise-evaluation", help="output folder (default ./sise-evaluation)")
+    ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N defect images")
     demo = sub.add_parser("demo", help="explain the bundled defect samples with the bundled example model")
     demo.add_argument("--out", default="sise-demo", help="output folder (default ./sise-demo)")
     return parser
@@ -47,6 +53,24 @@ def cmd_demo(args) -> int:
     index, seconds = run_demo(args.out)
     print(f"done in {seconds:.1f} s; open {os.path.abspath(index)} (overlays, per-layer maps and JSON "
           f"sidecars are beside it)")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import markdown, run_evaluation
+
+    insp = Inspector.from_config(args.config)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    start = time.perf_counter()
+
+    def progress(done, total):
+        elapsed = time.perf_counter() - start
+        print(f"\r[{done}/{total}] {elapsed:.0f} s, eta {elapsed / done * (total - done):.0f} s", end="",
+              file=sys.stderr, flush=True)
+    table = run_evaluation(insp, args.data, methods, args.out, limit=args.limit, progress=progress)
+    print(file=sys.stderr)
+    print(markdown(table))
+    print(f"wrote {os.path.join(args.out, 'summary.md')}, summary.csv and per_image.csv")
     return 0
 
 
@@ -87,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        return {"explain": cmd_explain, "demo": cmd_demo}[args.command](args)
+        return {"explain": cmd_explain, "demo": cmd_demo, "evaluate": cmd_evaluate}[args.command](args)
     except InspectorError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

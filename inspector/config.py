@@ -49,6 +49,10 @@ class MethodConfig:
     adaptive: bool | None = None  # Ada-SISE: Otsu on the positive max-normalised gradients, per layer
     max_masks_per_layer: int | None = None
     chunk_size: int = 64
+    rise_masks: int = 4000  # RISE baseline: number of random masks, grid cells, keep probability
+    rise_grid: int = 7
+    rise_p: float = 0.5
+    seed: int = 0
 
     def resolved(self) -> MethodConfig:
         """A copy with the preset's values filled in where a field is None."""
@@ -166,6 +170,8 @@ def _validate(cfg: InspectorConfig) -> None:
         raise ConfigError(f"preprocess.size: expected [H, W] with positive values, got {list(p.size)}")
     if m.mu is not None and m.mu < 0:
         raise ConfigError(f"method.mu: must be >= 0, got {m.mu}")
+    if m.rise_masks < 1 or m.rise_grid < 1 or not 0 < m.rise_p <= 1:
+        raise ConfigError("method.rise_masks and method.rise_grid must be >= 1 and method.rise_p in (0, 1]")
     if m.chunk_size < 1:
         raise ConfigError(f"method.chunk_size: must be >= 1, got {m.chunk_size}")
     if m.max_masks_per_layer is not None and m.max_masks_per_layer < 1:

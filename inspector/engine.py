@@ -18,7 +18,6 @@ from . import preprocess as pre
 from .config import InspectorConfig, config_from_dict, load_config
 from .errors import ConfigError, ImageError, InspectorError, TargetError
 from .explanation import Explanation
-from .fusion import fuse
 from .methods import get_method
 from .model import load_model
 from .session import EngineSessions, runtime_versions
@@ -66,7 +65,8 @@ class Inspector:
             log.warning("model %s has a fixed batch of 1: masks are scored one at a time (slow); re-export "
                         "it with a dynamic batch dimension", self.model.path)
             self.method = dataclasses.replace(self.method, chunk_size=1)
-        self.sessions = EngineSessions(self.model.explain_bytes, self.model.sampler_bytes, config.runtime)
+        self.sessions = EngineSessions(self.model.explain_bytes, self.model.sampler_bytes, self.model.scorer_bytes,
+                                       config.runtime)
 
     # ----- construction ---------------------------------------------------------------------------
     @classmethod
@@ -117,16 +117,8 @@ class Inspector:
                                          output_name=c.output_name, blocks=c.blocks)
 
     # ----- explanations ---------------------------------------------------------------------------
-    def explain(self, image, *, target=None, progress=None) -> Explanation:
-        """Explain one image.
-
-        Args:
-            image: a file path, or an HxW / HxWxC array (RGB order) of the configured input dtype.
-            target: None (the top class), a class index, a class name, or a weight vector [num_classes].
-            progress: optional callable(done_chunks, total_chunks).
-        """
-        timings: dict[str, float] = {}
-        start = t0 = time.perf_counter()
+    def prepare(self, image) -> tuple[np.ndarray, pre.Geometry]:
+        """The model's input tensor (batch 1) for an image path or array, and its geometry."""
         source = os.fspath(image) if isinstance(image, (str, os.PathLike)) else None
         if source is not None:
             array = pre.read_image(source, max_pixels=self.config.preprocess.max_pixels)
@@ -134,29 +126,50 @@ class Inspector:
             array = image
         else:
             raise ImageError(f"expected an image path or a numpy array, got {type(image).__name__}")
-        tensor, geometry = pre.to_tensor(array, self.config.preprocess, self.size, self.contract.input_layout,
-                                         name=source or "image array")
+        return pre.to_tensor(array, self.config.preprocess, self.size, self.contract.input_layout,
+                             name=source or "image array")
+
+    def score_masks(self, tensor: np.ndarray, masks: np.ndarray, target: int) -> np.ndarray:
+        """The model's confidence in ``target`` for ``tensor`` times each mask [K, H, W] (the masking
+        convention of the explanations); returns [K]."""
+        weights = np.zeros((1, self.contract.num_classes), np.float32)
+        weights[0, target] = 1.0
+        return self.sessions.score_masks(tensor, masks, weights, chunk=self.method.chunk_size)
+    def explain(self, image, *, target=None, method: str | None = None, progress=None) -> Explanation:
+        """Explain one image.
+
+        Args:
+            image: a file path, or an HxW / HxWxC array (RGB order) of the configured input dtype.
+            target: None (the top class), a class index, a class name, or a weight vector [num_classes].
+            method: a registered method name (sise, gradcam, rise); default: the configured one.
+            progress: optional callable(done_chunks, total_chunks).
+        """
+        timings: dict[str, float] = {}
+        start = t0 = time.perf_counter()
+        source = os.fspath(image) if isinstance(image, (str, os.PathLike)) else None
+        tensor, geometry = self.prepare(image)
         timings["preprocess"] = time.perf_counter() - t0
         index, weights = self._target_weights(target, tensor, timings)
         t0 = time.perf_counter()
         explained = self._explain_run(tensor, weights)
         timings["explain_model"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        result = self._run_method(self.sessions, explained, tensor, weights, method=self.method, size=self.size,
-                                  progress=progress)
+        run = self._run_method if method is None else get_method(method)
+        result = run(self.sessions, explained, tensor, weights, method=self.method, size=self.size,
+                     progress=progress)
         timings["sampling"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        saliency = fuse(result.maps, self.size)
+        saliency = result.saliency
         saliency_full = np.clip(pre.to_original(saliency, geometry), 0.0, 1.0)
         timings["fusion"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - start
         scores = confidences(explained.logits, self.contract.score)
-        layer_maps = np.stack([m if m is not None else np.zeros(self.size, np.float32) for m in result.maps])
+        layer_maps = np.stack([m if m is not None else np.zeros(self.size, np.float32) for m in result.layer_maps])
         return Explanation(saliency=saliency, saliency_full=saliency_full.astype(np.float32),
                            layer_maps=layer_maps.astype(np.float32), scores=scores, target=index,
                            target_weights=weights[0], predicted=int(np.argmax(explained.logits)),
                            masks_per_layer=result.masks_per_layer, timings=timings,
-                           settings=self.settings(), source=source)
+                           settings={**self.settings(), "method": method or self.method.name}, source=source)
 
     def explain_batch(self, images: Iterable, *, target=None, errors: str = "raise") -> list:
         """Explain several images; with ``errors="collect"`` a failing image yields its

@@ -26,6 +26,7 @@ class LoadedModel:
     contract: onnx_tools.Contract
     explain_bytes: bytes
     sampler_bytes: bytes
+    scorer_bytes: bytes
 
 
 def file_sha256(path: str) -> str:
@@ -79,5 +80,7 @@ def load_model(cfg: InspectorConfig) -> LoadedModel:
         raise ModelContractError(f"model {path} has no SISE contract; run `python -m onnx_tools export` on the "
                                  "original model, or point the config at the plain model to export it on the fly")
     sampler = onnx_tools.build_sampler(proto)
+    scorer = onnx_tools.build_mask_scorer(proto)
     return LoadedModel(path=path, source_path=source, sha256=file_sha256(path), contract=contract,
-                       explain_bytes=proto.SerializeToString(), sampler_bytes=sampler.SerializeToString())
+                       explain_bytes=proto.SerializeToString(), sampler_bytes=sampler.SerializeToString(),
+                       scorer_bytes=scorer.SerializeToString())

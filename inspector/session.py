@@ -63,11 +63,24 @@ class ExplainOutputs:
 class EngineSessions:
     """The explain-model session and the sampler session on one device."""
 
-    def __init__(self, explain_bytes: bytes, sampler_bytes: bytes, cfg: RuntimeConfig):
+    def __init__(self, explain_bytes: bytes, sampler_bytes: bytes, scorer_bytes: bytes, cfg: RuntimeConfig):
         self.explain = make_session(explain_bytes, cfg, "explain model")
         self.sampler = make_session(sampler_bytes, cfg, "sampler")
         self.provider = self.explain.get_providers()[0]
         self.device = DEVICE_OF.get(self.provider, "cpu")
+        self._scorer_bytes, self._cfg, self._scorer = scorer_bytes, cfg, None
+
+    def score_masks(self, image: np.ndarray, masks: np.ndarray, target: np.ndarray, *, chunk: int) -> np.ndarray:
+        """psi of the target for image * mask, for float32 masks [K, H, W] (in chunks); returns [K]."""
+        if self._scorer is None:  # built on first use (RISE, metrics)
+            self._scorer = make_session(self._scorer_bytes, self._cfg, "mask scorer")
+        out = []
+        for start in range(0, len(masks), chunk):
+            feeds = {"sampler/image": image, "scorer/masks": np.ascontiguousarray(masks[start:start + chunk],
+                                                                                  np.float32),
+                     "sampler/target": target}
+            out.append(self._scorer.run(["sampler/scores"], feeds)[0])
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def run_explain(self, image: np.ndarray, target: np.ndarray, *, input_name: str, target_name: str,
                     output_name: str, blocks) -> ExplainOutputs:

@@ -29,6 +29,7 @@ from .gradients import Emitter
 from .gradients.ops.resize import interpolation_matrix
 
 IMAGE, TARGET, LAYER_MAPS, SCORES = "sampler/image", "sampler/target", "sampler/layer_maps", "sampler/scores"
+MASKS = "scorer/masks"
 OPTIONAL_OUTPUT_OPS = {"MaxPool", "Dropout"}
 
 
@@ -82,19 +83,54 @@ def _score(emit: Emitter, logits: str, score: str) -> str:
     return logits
 
 
+def _masked_forward(emit: Emitter, exported: onnx.ModelProto, contract: Contract, masks: str) -> tuple[list, int]:
+    """Emit image * masks ([K, H, W]), the model on that batch and SCORES (psi of the target per mask).
+
+    Returns the copied forward nodes and the position in ``emit.nodes`` where they must be inserted.
+    """
+    forward = _forward_nodes(exported, contract.output_name)
+    channel_axis = 1 if contract.input_layout == "NCHW" else 3
+    masked = emit.op("Mul", [IMAGE, emit.unsqueeze(masks, [channel_axis])])
+    position = len(emit.nodes)
+    for node in forward:
+        node.input[:] = [masked if i == contract.input_name else i for i in node.input]
+    flat = emit.op("Flatten", [contract.output_name], axis=1)
+    psi = _score(emit, flat, contract.score)
+    scores = emit.op("MatMul", [psi, emit.op("Transpose", [TARGET], perm=[1, 0])])
+    emit.op("Reshape", [scores, emit.ints([-1])], outputs=[SCORES])
+    return forward, position
+
+
+def _assemble(exported: onnx.ModelProto, contract: Contract, emit: Emitter, forward: list, position: int,
+              inputs: list, outputs: list, name: str) -> onnx.ModelProto:
+    image_dims = [1] + list(contract.input_shape[1:])
+    inputs = [helper.make_tensor_value_info(IMAGE, onnx.TensorProto.FLOAT, image_dims)] + inputs
+    inputs.append(helper.make_tensor_value_info(TARGET, onnx.TensorProto.FLOAT, [1, contract.num_classes]))
+    nodes = emit.nodes[:position] + forward + emit.nodes[position:]
+    used = {i for n in nodes for i in n.input}
+    inits = [t for t in exported.graph.initializer if t.name in used] + emit.initializers
+    graph = helper.make_graph(nodes, name, inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=list(exported.opset_import))
+    model.ir_version = max(exported.ir_version, 7)
+    return model
+
+
+def _start(exported: onnx.ModelProto, prefix: str) -> tuple[Contract, Emitter]:
+    contract = read_contract(exported)
+    if contract is None:
+        raise ModelInputError("the model has no SISE contract; run `python -m onnx_tools export` first")
+    opset = next(i.version for i in exported.opset_import if i.domain in ("", "ai.onnx"))
+    taken = {n for node in exported.graph.node for n in list(node.input) + list(node.output)}
+    return contract, Emitter(opset, prefix, taken)
+
+
 def build_sampler(exported: onnx.ModelProto) -> onnx.ModelProto:
     """Build the sampler graph (see the module docstring) from a model made by the export step.
 
     Raises:
         ModelInputError: the model carries no SISE contract.
     """
-    contract = read_contract(exported)
-    if contract is None:
-        raise ModelInputError("the model has no SISE contract; run `python -m onnx_tools export` first")
-    opset = next(i.version for i in exported.opset_import if i.domain in ("", "ai.onnx"))
-    forward = _forward_nodes(exported, contract.output_name)
-    taken = {n for node in exported.graph.node for n in list(node.input) + list(node.output)}
-    emit = Emitter(opset, "sampler", taken)
+    contract, emit = _start(exported, "sampler")
     height, width = image_size(contract)
     n_blocks = len(contract.blocks)
     ups, assign, inputs = [], [], []
@@ -116,31 +152,24 @@ def build_sampler(exported: onnx.ModelProto) -> onnx.ModelProto:
                              emit.const(np.array(1e-12, np.float32))])
     masks = emit.op("Div", [emit.op("Sub", [up, low]), spread])  # [K, H, W] in [0, 1]
     mass = emit.reduce("ReduceSum", masks, [1, 2], keepdims=False)  # [K]
-    channel_axis = 1 if contract.input_layout == "NCHW" else 3
-    masked = emit.op("Mul", [IMAGE, emit.unsqueeze(masks, [channel_axis])])
-    n_before = len(emit.nodes)  # the forward graph goes between the masking and the scoring nodes
-    for node in forward:
-        node.input[:] = [masked if i == contract.input_name else i for i in node.input]
-    logits = contract.output_name
-    flat = emit.op("Flatten", [logits], axis=1)
-    psi = _score(emit, flat, contract.score)
-    scores = emit.op("MatMul", [psi, emit.op("Transpose", [TARGET], perm=[1, 0])])
-    emit.op("Reshape", [scores, emit.ints([-1])], outputs=[SCORES])
+    forward, position = _masked_forward(emit, exported, contract, masks)
     weights = emit.op("Div", [SCORES, mass])
     layer_weights = emit.op("Mul", [emit.op("Concat", assign, axis=0), emit.unsqueeze(weights, [1])])  # [K, B]
     flat_masks = emit.op("Reshape", [masks, emit.ints([-1, height * width])])
     maps = emit.op("MatMul", [emit.op("Transpose", [layer_weights], perm=[1, 0]), flat_masks])
     emit.op("Reshape", [maps, emit.ints([n_blocks, height, width])], outputs=[LAYER_MAPS])
-
-    image_dims = [1] + list(contract.input_shape[1:])
-    inputs = [helper.make_tensor_value_info(IMAGE, onnx.TensorProto.FLOAT, image_dims)] + inputs
-    inputs.append(helper.make_tensor_value_info(TARGET, onnx.TensorProto.FLOAT, [1, contract.num_classes]))
-    used = {i for n in forward + emit.nodes for i in n.input}
-    inits = [t for t in exported.graph.initializer if t.name in used] + emit.initializers
     outputs = [helper.make_tensor_value_info(LAYER_MAPS, onnx.TensorProto.FLOAT, [n_blocks, height, width]),
                helper.make_tensor_value_info(SCORES, onnx.TensorProto.FLOAT, ["K"])]
-    nodes = emit.nodes[:n_before] + forward + emit.nodes[n_before:]
-    graph = helper.make_graph(nodes, "sise_sampler", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = max(exported.ir_version, 7)
-    return model
+    return _assemble(exported, contract, emit, forward, position, inputs, outputs, "sise_sampler")
+
+
+def build_mask_scorer(exported: onnx.ModelProto) -> onnx.ModelProto:
+    """Graph scoring arbitrary masks: inputs ``sampler/image``, ``scorer/masks`` float32 [K, H, W] and
+    ``sampler/target``; output ``sampler/scores`` [K] = psi of the target for image * mask. Used by
+    RISE and by the Drop/Increase and deletion/insertion metrics, with the same masking convention."""
+    contract, emit = _start(exported, "scorer")
+    height, width = image_size(contract)
+    forward, position = _masked_forward(emit, exported, contract, MASKS)
+    inputs = [helper.make_tensor_value_info(MASKS, onnx.TensorProto.FLOAT, ["K", height, width])]
+    outputs = [helper.make_tensor_value_info(SCORES, onnx.TensorProto.FLOAT, ["K"])]
+    return _assemble(exported, contract, emit, forward, position, inputs, outputs, "sise_mask_scorer")

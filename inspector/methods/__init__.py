@@ -1,16 +1,19 @@
 """Explanation methods, registered by name. A method turns the explain-model outputs of one image into
-per-block maps; the engine does everything around it (pre-processing, target, fusion, outputs)."""
+a saliency map (and per-block maps where it has them); the engine does everything around it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from .sise import sise_layer_maps
+from .base import MethodResult
+from .gradcam import gradcam
+from .rise import rise
+from .sise import sise
 
-METHODS: dict[str, Callable] = {"sise": sise_layer_maps}
+METHODS: dict[str, Callable[..., MethodResult]] = {"sise": sise, "gradcam": gradcam, "rise": rise}
 
 
-def get_method(name: str) -> Callable:
+def get_method(name: str) -> Callable[..., MethodResult]:
     from ..errors import ConfigError
 
     if name not in METHODS:

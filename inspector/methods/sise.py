@@ -8,23 +8,16 @@ sum_k s_k m_k / sum(m_k), min-max normalised. Chunks mix blocks, so every run is
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 
 from onnx_tools.sampler import IMAGE, LAYER_MAPS, SCORES, TARGET, act_input, idx_input
 
-from ..fusion import minmax
+from ..fusion import fuse, minmax
 from ..selection import select_maps
+from .base import MethodResult
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LayerResult:
-    maps: list  # per block [H, W] in [0, 1], or None when the block has no mask
-    masks_per_layer: tuple[int, ...]
-    chunks: int
 
 
 def plan_chunks(selected: list[np.ndarray], chunk_size: int) -> list[list[np.ndarray]]:
@@ -38,8 +31,8 @@ def plan_chunks(selected: list[np.ndarray], chunk_size: int) -> list[list[np.nda
     return chunks
 
 
-def sise_layer_maps(sessions, explained, image: np.ndarray, target: np.ndarray, *, method, size,
-                    progress=None) -> LayerResult:
+def sise(sessions, explained, image: np.ndarray, target: np.ndarray, *, method, size,
+         progress=None) -> MethodResult:
     """Run SISE's sampling for one image.
 
     Args:
@@ -64,4 +57,5 @@ def sise_layer_maps(sessions, explained, image: np.ndarray, target: np.ndarray, 
         if progress is not None:
             progress(i + 1, len(chunks))
     maps = [minmax(total[b]) if len(idx) else None for b, idx in enumerate(selected)]
-    return LayerResult(maps=maps, masks_per_layer=tuple(len(idx) for idx in selected), chunks=len(chunks))
+    return MethodResult(saliency=fuse(maps, size), layer_maps=maps,
+                        masks_per_layer=tuple(len(idx) for idx in selected))

@@ -1,0 +1,22 @@
+"""Grad-CAM (Selvaraju et al. 2017) on the deepest block, from the same explain-model run as SISE:
+relu(sum_k alpha_k A_k), bilinearly upsampled (half-pixel centres) and min-max normalised. No extra
+forward pass."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnx_tools.sampler import upsample_matrix
+
+from ..fusion import minmax
+from .base import MethodResult
+
+
+def gradcam(sessions, explained, image, target, *, method, size, progress=None) -> MethodResult:
+    acts = explained.activations[-1].numpy()[0]  # [C, h, w]
+    cam = np.maximum(np.tensordot(explained.alphas[-1], acts, axes=1), 0.0)  # [h, w]
+    h, w = cam.shape
+    up = upsample_matrix(h, size[0]) @ cam @ upsample_matrix(w, size[1]).T
+    saliency = minmax(up)
+    n = len(explained.alphas)
+    return MethodResult(saliency=saliency, layer_maps=[None] * (n - 1) + [saliency], masks_per_layer=(0,) * n)
