@@ -1,5 +1,6 @@
 """Synthetic surface-defect images with exact masks: procedural surfaces (brushed metal, cast, woven
-fabric, wood grain) and defects (scratch, crack, pit cluster, inclusion, stain), seeded and deterministic.
+fabric, wood grain; optionally scikit-image's CC0 brick, gravel and grass photos) and defects (scratch,
+crack, pit cluster, inclusion, stain), seeded and deterministic.
 
     python -m inspector.synthetic --out data/train --count 2400 --seed 1 [--size 128]
 
@@ -20,6 +21,7 @@ import numpy as np
 
 CLASSES = ("ok", "scratch", "crack", "pits", "inclusion", "stain")
 SURFACES = ("brushed", "cast", "fabric", "wood")
+TEXTURES = ("brick", "gravel", "grass")  # CC0 photos from scikit-image (optional, --surfaces)
 MANIFEST_FIELDS = ("id", "image", "mask", "label", "label_index", "surface", "area_fraction",
                    "x0", "y0", "x1", "y1", "seed")
 
@@ -60,6 +62,8 @@ def surface(rng: np.random.Generator, kind: str, size: int) -> np.ndarray:
         f = rng.uniform(14, 22)
         weave = np.sin(2 * np.pi * f * xx) * np.sin(2 * np.pi * f * yy)
         base = 0.5 + 0.12 * weave + 0.04 * _noise(rng, size, 1.0)
+    elif kind in TEXTURES:
+        base = _texture(rng, kind, size)
     elif kind == "wood":
         warp = 0.08 * _noise(rng, size, size / 8)
         cy = rng.uniform(-1.5, -0.5)
@@ -68,6 +72,22 @@ def surface(rng: np.random.Generator, kind: str, size: int) -> np.ndarray:
     else:
         raise ValueError(f"unknown surface {kind!r}")
     return np.clip(base * rng.uniform(0.8, 1.2), 0.05, 0.95).astype(np.float32)
+
+
+def _texture(rng, kind: str, size: int) -> np.ndarray:
+    """A random crop of a scikit-image texture photo, rescaled to [0.2, 0.8]."""
+    try:
+        import skimage.data
+    except ImportError as e:
+        raise ValueError(f"surface {kind!r} needs scikit-image (pip install scikit-image)") from e
+    photo = getattr(skimage.data, kind)().astype(np.float32)
+    if photo.ndim == 3:
+        photo = photo.mean(axis=2)
+    crop = int(rng.integers(size, min(photo.shape[:2]) + 1))
+    y, x = rng.integers(0, photo.shape[0] - crop + 1), rng.integers(0, photo.shape[1] - crop + 1)
+    patch = cv2.resize(photo[y:y + crop, x:x + crop], (size, size), interpolation=cv2.INTER_AREA)
+    low, high = np.percentile(patch, [1, 99])
+    return 0.2 + 0.6 * np.clip((patch - low) / max(high - low, 1e-6), 0, 1)
 
 
 def _polyline(rng, size, start, steps, step_len, turn):
@@ -136,20 +156,22 @@ def render(label: str, kind: str, size: int, seeds: tuple) -> Sample:
     return Sample(image=(rgb * 255).round().astype(np.uint8), mask=mask, label=label, surface=kind)
 
 
-def sample(seed: int, index: int, size: int = 128, *, label: str | None = None) -> Sample:
-    """The ``index``-th sample of the dataset with ``seed``: classes cycle, surfaces are random.
-    ``label`` overrides the class (``"ok"`` gives the same image without its defect)."""
-    kind = SURFACES[int(np.random.default_rng([seed, index, 99]).integers(len(SURFACES)))]
+def sample(seed: int, index: int, size: int = 128, *, label: str | None = None,
+           surfaces: tuple[str, ...] = SURFACES) -> Sample:
+    """The ``index``-th sample of the dataset with ``seed``: classes cycle, surfaces are random among
+    ``surfaces``. ``label`` overrides the class (``"ok"`` gives the same image without its defect)."""
+    kind = surfaces[int(np.random.default_rng([seed, index, 99]).integers(len(surfaces)))]
     return render(label or CLASSES[index % len(CLASSES)], kind, size, (seed, index))
 
 
-def write_dataset(out: str, count: int, seed: int, size: int = 128, progress=None) -> str:
+def write_dataset(out: str, count: int, seed: int, size: int = 128, progress=None,
+                  surfaces: tuple[str, ...] = SURFACES) -> str:
     """Write ``count`` samples and a manifest; returns the manifest path."""
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     os.makedirs(os.path.join(out, "masks"), exist_ok=True)
     rows = []
     for i in range(count):
-        s = sample(seed, i, size)
+        s = sample(seed, i, size, surfaces=surfaces)
         ident = f"{i:05d}_{s.label}"
         image, mask = os.path.join("images", ident + ".png"), os.path.join("masks", ident + ".png")
         cv2.imwrite(os.path.join(out, image), cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR))
@@ -173,12 +195,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--surfaces", default=",".join(SURFACES),
+                        help=f"comma-separated among {', '.join(SURFACES + TEXTURES)} (the last three need "
+                             "scikit-image)")
     args = parser.parse_args(argv)
+    surfaces = tuple(k.strip() for k in args.surfaces.split(",") if k.strip())
+    unknown = [k for k in surfaces if k not in SURFACES + TEXTURES]
+    if unknown or not surfaces:
+        parser.error(f"--surfaces: unknown {unknown}; choose among {', '.join(SURFACES + TEXTURES)}")
 
     def progress(done, total):
         if done % 100 == 0 or done == total:
             print(f"\r{done}/{total}", end="", file=sys.stderr, flush=True)
-    path = write_dataset(args.out, args.count, args.seed, args.size, progress)
+    path = write_dataset(args.out, args.count, args.seed, args.size, progress, surfaces)
     print(f"\nwrote {args.count} samples and {path}")
     return 0
 

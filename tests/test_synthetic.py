@@ -18,8 +18,9 @@ def test_deterministic():
 
 
 def test_masks_are_exact():
-    """Against the same image rendered without its defect: a hard-edged defect changes exactly the
-    masked pixels; a stain changes its mask and a soft halo no wider than its blur kernel (radius 8)."""
+    """Against the same image rendered without its defect: a hard-edged defect changes nothing outside
+    its mask and (up to pixels saturated in both renderings) everything inside; a stain changes its mask
+    and a soft halo no wider than its blur kernel (radius 8)."""
     for i in range(1, 61):
         s, clean = sample(11, i), sample(11, i, label="ok")
         changed = np.abs(s.image.astype(int) - clean.image).max(axis=2) > 0
@@ -29,7 +30,8 @@ def test_masks_are_exact():
             halo = cv2.dilate(s.mask.astype(np.uint8), np.ones((19, 19), np.uint8)).astype(bool)
             assert s.mask.any() and np.all(changed[s.mask]) and not np.any(changed & ~halo)
         else:
-            assert s.mask.any() and np.array_equal(changed, s.mask), s.label
+            assert s.mask.any() and not np.any(changed & ~s.mask), s.label
+            assert changed[s.mask].mean() >= 0.97, (s.label, changed[s.mask].mean())
         x0, y0, x1, y1 = s.box
         if s.mask.any():
             ys, xs = np.nonzero(s.mask)
@@ -54,3 +56,16 @@ def test_cli_writes_images_masks_and_manifest(tmp_path):
         assert image.shape == (96, 96, 3)
         assert abs(mask.mean() - float(r["area_fraction"])) < 1e-6
         assert np.array_equal(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), sample(4, int(r["id"][:5]), 96).image)
+
+
+def test_texture_surfaces_from_scikit_image():
+    import pytest
+
+    pytest.importorskip("skimage")
+    for i in range(1, 7):
+        s = sample(3, i, 96, surfaces=("brick", "gravel", "grass"))
+        clean = sample(3, i, 96, label="ok", surfaces=("brick", "gravel", "grass"))
+        assert s.surface in ("brick", "gravel", "grass") and s.image.shape == (96, 96, 3)
+        if s.label not in ("ok", "stain"):
+            changed = np.abs(s.image.astype(int) - clean.image).max(axis=2) > 0
+            assert not np.any(changed & ~s.mask) and changed[s.mask].mean() >= 0.97
