@@ -8,10 +8,9 @@ import os
 import sys
 import time
 
-from . import preprocess as pre
 from .engine import Inspector
 from .errors import InspectorError
-from .outputs import write_all
+from .jobs import explain_file
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
@@ -42,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--methods", default="sise,gradcam,rise", help="comma-separated method names")
     ev.add_argument("--out", default="sise-evaluation", help="output folder (default ./sise-evaluation)")
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N defect images")
+    au = sub.add_parser("audit", help="resumable, shardable batch run with results.csv/jsonl and report.html")
+    au.add_argument("-c", "--config", required=True)
+    au.add_argument("input", help="folder of images or a manifest .csv with an 'image' column")
+    au.add_argument("--out", required=True)
+    au.add_argument("--shard", default=None, help="I/N: this machine's share of the input, e.g. 0/4")
+    merge = sub.add_parser("audit-merge", help="join the outputs of sharded audits")
+    merge.add_argument("parts", nargs="+", help="audit output folders")
+    merge.add_argument("--out", required=True)
     demo = sub.add_parser("demo", help="explain the bundled defect samples with the bundled example model")
     demo.add_argument("--out", default="sise-demo", help="output folder (default ./sise-demo)")
     return parser
@@ -74,6 +81,24 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    from .audit import parse_shard, run_audit
+
+    shard = parse_shard(args.shard)
+    rows = run_audit(Inspector.from_config(args.config), args.input, args.out, shard=shard)
+    failed = sum(1 for r in rows if r["error"])
+    print(f"{len(rows)} image(s) in {args.out}/results.csv ({failed} failed); report: {args.out}/report.html")
+    return 0
+
+
+def cmd_audit_merge(args) -> int:
+    from .audit import merge_audits
+
+    rows = merge_audits(args.parts, args.out)
+    print(f"merged {len(rows)} image(s) into {args.out}/results.csv; report: {args.out}/report.html")
+    return 0
+
+
 def cmd_explain(args) -> int:
     insp = Inspector.from_config(args.config)
     os.makedirs(args.out, exist_ok=True)
@@ -86,10 +111,7 @@ def cmd_explain(args) -> int:
     for i, path in enumerate(images, 1):
         t0 = time.perf_counter()
         try:
-            array = pre.read_image(path, max_pixels=insp.config.preprocess.max_pixels)
-            exp = insp.explain(array, target=args.target)
-            stem = os.path.splitext(os.path.basename(path))[0]
-            write_all(args.out, stem, exp, array, classes=insp.config.classes, source=os.path.abspath(path))
+            exp, _ = explain_file(insp, path, args.out, target=args.target)
             status = f"{time.perf_counter() - t0:.2f} s, {exp.total_masks} masks"
         except (InspectorError, OSError) as e:
             failures.append((path, str(e)))
@@ -111,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        return {"explain": cmd_explain, "demo": cmd_demo, "evaluate": cmd_evaluate}[args.command](args)
+        return {"explain": cmd_explain, "demo": cmd_demo, "evaluate": cmd_evaluate, "audit": cmd_audit,
+                "audit-merge": cmd_audit_merge}[args.command](args)
     except InspectorError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -9,11 +9,13 @@ import types
 import typing
 from dataclasses import dataclass, field
 
+import cv2
 import yaml
 
 from .errors import ConfigError
 
 RESIZE_MODES = ("stretch", "letterbox", "shorter_side_center_crop")
+COLORMAPS = {name[len("COLORMAP_"):].lower(): getattr(cv2, name) for name in dir(cv2) if name.startswith("COLORMAP_")}
 CHANNEL_ORDERS = ("RGB", "BGR", "GRAY")
 INPUT_DTYPES = ("uint8", "uint16", "float")
 SCORE_KINDS = ("softmax", "sigmoid", "logit", "identity")
@@ -80,6 +82,31 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class RegionsConfig:
+    """Regions of evidence on the fused map: threshold otsu | fixed (value in [0, 1]) | percentile
+    (value in [0, 100]); components smaller than min_area pixels (original resolution) are dropped."""
+
+    threshold: str = "otsu"
+    value: float = 0.5
+    min_area: int = 16
+
+
+@dataclass(frozen=True)
+class VisualsConfig:
+    colormap: str = "jet"  # any OpenCV colormap name: jet, turbo, inferno, viridis, hot, ...
+    opacity: float = 0.5
+
+
+@dataclass(frozen=True)
+class RoiConfig:
+    """Part/ROI mask (white = part) at any resolution; images whose share of evidence inside it is
+    below flag_below are flagged (the model may be looking at the fixture, a label or the background)."""
+
+    mask: str
+    flag_below: float = 0.5
+
+
+@dataclass(frozen=True)
 class InspectorConfig:
     model: str
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -87,6 +114,9 @@ class InspectorConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    regions: RegionsConfig = field(default_factory=RegionsConfig)
+    visuals: VisualsConfig = field(default_factory=VisualsConfig)
+    roi: RoiConfig | None = None
 
 
 def _check_choice(key: str, value, choices) -> None:
@@ -160,6 +190,12 @@ def _validate(cfg: InspectorConfig) -> None:
     _check_choice("preprocess.input_dtype", p.input_dtype, INPUT_DTYPES)
     _check_choice("method.preset", m.preset, tuple(PRESETS))
     _check_choice("export.score", cfg.export.score, SCORE_KINDS)
+    _check_choice("regions.threshold", cfg.regions.threshold, ("otsu", "fixed", "percentile"))
+    _check_choice("visuals.colormap", cfg.visuals.colormap.lower(), tuple(COLORMAPS))
+    if not 0.0 <= cfg.visuals.opacity <= 1.0:
+        raise ConfigError(f"visuals.opacity: must be in [0, 1], got {cfg.visuals.opacity}")
+    if cfg.regions.min_area < 1:
+        raise ConfigError("regions.min_area: must be >= 1")
     n = 1 if p.channel_order == "GRAY" else 3
     for key, values in (("preprocess.mean", p.mean), ("preprocess.std", p.std)):
         if len(values) not in (1, n):
@@ -181,10 +217,14 @@ def _validate(cfg: InspectorConfig) -> None:
 
 
 def config_from_dict(raw: dict, *, base_dir: str | None = None) -> InspectorConfig:
-    """Validate a mapping (parsed YAML or keyword options); relative model paths resolve against ``base_dir``."""
+    """Validate a mapping (parsed YAML or keyword options); relative paths (model, roi.mask) resolve
+    against ``base_dir``."""
     cfg = _build(InspectorConfig, raw)
     if base_dir and not os.path.isabs(cfg.model):
         cfg = dataclasses.replace(cfg, model=os.path.normpath(os.path.join(base_dir, cfg.model)))
+    if base_dir and cfg.roi is not None and not os.path.isabs(cfg.roi.mask):
+        roi = dataclasses.replace(cfg.roi, mask=os.path.normpath(os.path.join(base_dir, cfg.roi.mask)))
+        cfg = dataclasses.replace(cfg, roi=roi)
     _validate(cfg)
     return cfg
 

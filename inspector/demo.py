@@ -11,10 +11,9 @@ from importlib import resources
 import cv2
 import numpy as np
 
-from . import preprocess as pre
 from .config import load_config
 from .engine import Inspector
-from .outputs import layer_strip, save_png, write_all
+from .jobs import explain_file
 
 
 def example_dir() -> str:
@@ -45,11 +44,7 @@ def run_demo(out: str) -> tuple[str, float]:
     rows = []
     for i, file in enumerate(samples, 1):
         name = os.path.splitext(file)[0]
-        path = os.path.join(folder, "samples", file)
-        image = pre.read_image(path, max_pixels=cfg.preprocess.max_pixels)
-        exp = insp.explain(image)
-        write_all(out, name, exp, image, classes=cfg.classes, source=path)
-        save_png(os.path.join(out, f"{name}_layers.png"), layer_strip(exp, image))
+        exp, _ = explain_file(insp, os.path.join(folder, "samples", file), out)
         mask_path = os.path.join(folder, "samples", f"{name}_mask.png")
         mask = cv2.imread(mask_path, cv2.IMREAD_GRAYSCALE) > 127 if os.path.isfile(mask_path) else None
         rows.append(_row(name, exp, mask, cfg.classes))

@@ -20,6 +20,7 @@ from .errors import ConfigError, ImageError, InspectorError, TargetError
 from .explanation import Explanation
 from .methods import get_method
 from .model import load_model
+from .review import load_roi
 from .session import EngineSessions, runtime_versions
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class Inspector:
             log.warning("model %s has a fixed batch of 1: masks are scored one at a time (slow); re-export "
                         "it with a dynamic batch dimension", self.model.path)
             self.method = dataclasses.replace(self.method, chunk_size=1)
+        self.roi = load_roi(config.roi.mask) if config.roi is not None else None
         self.sessions = EngineSessions(self.model.explain_bytes, self.model.sampler_bytes, self.model.scorer_bytes,
                                        config.runtime)
 

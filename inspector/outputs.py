@@ -14,6 +14,7 @@ import tempfile
 import cv2
 import numpy as np
 
+from .config import COLORMAPS
 from .explanation import Explanation
 
 
@@ -33,22 +34,30 @@ def display_rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img[:, :, :3])
 
 
-def overlay(image: np.ndarray, saliency: np.ndarray, *, alpha: float = 0.5, label: str | None = None) -> np.ndarray:
-    """BGR uint8 image: a JET heatmap of ``saliency`` blended over ``image`` (RGB), with a caption."""
+def overlay(image: np.ndarray, saliency: np.ndarray, *, alpha: float = 0.5, colormap: str = "jet",
+            label: str | None = None, regions=(), roi: np.ndarray | None = None) -> np.ndarray:
+    """BGR uint8 image: a heatmap of ``saliency`` blended over ``image`` (RGB) with opacity ``alpha``,
+    region boxes (white), the ROI outline (green) and a caption."""
     base = cv2.cvtColor(display_rgb(image), cv2.COLOR_RGB2BGR)
-    heat = cv2.applyColorMap((np.clip(saliency, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    heat = cv2.applyColorMap((np.clip(saliency, 0, 1) * 255).astype(np.uint8), COLORMAPS[colormap.lower()])
     out = cv2.addWeighted(base, 1.0 - alpha, heat, alpha, 0.0)
+    for r in regions:
+        x0, y0, x1, y1 = r.box
+        cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), (255, 255, 255), 1)
+    if roi is not None:
+        contours, _ = cv2.findContours(roi.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, (0, 255, 0), 1)
     if label:
-        scale = max(0.4, min(out.shape[:2]) / 500)
-        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        cv2.rectangle(out, (0, 0), (tw + 8, th + 10), (0, 0, 0), -1)
+        scale = max(0.35, min(out.shape[:2]) / 500)
+        (tw, th), base_line = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        cv2.rectangle(out, (0, 0), (tw + 8, th + base_line + 6), (0, 0, 0), -1)
         cv2.putText(out, label, (4, th + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
     return out
 
 
-def sidecar(exp: Explanation, classes, source: str | None) -> dict:
+def sidecar(exp: Explanation, classes, source: str | None, review=None) -> dict:
     name = (lambda i: classes[i] if classes and i is not None else None)
-    return {
+    out = {
         "source": source,
         "prediction": {"index": exp.predicted, "name": name(exp.predicted),
                        "confidence": float(exp.scores[exp.predicted])},
@@ -58,6 +67,15 @@ def sidecar(exp: Explanation, classes, source: str | None) -> dict:
         "timings_s": {k: round(v, 6) for k, v in exp.timings.items()},
         "settings": exp.settings,
     }
+    if review is not None:
+        out.update(review.to_dict())
+    return out
+
+
+def caption(exp: Explanation, classes) -> str:
+    pred = classes[exp.predicted] if classes else str(exp.predicted)
+    tgt = (classes[exp.target] if classes else str(exp.target)) if exp.target is not None else "weights"
+    return f"{pred} {exp.scores[exp.predicted]:.2f} | target {tgt}"
 
 
 def _encode_png(img: np.ndarray) -> bytes:
@@ -68,18 +86,22 @@ def _encode_png(img: np.ndarray) -> bytes:
 
 
 def write_all(out_dir: str, stem: str, exp: Explanation, image: np.ndarray, *, classes=None,
-              source: str | None = None) -> list[str]:
-    """Write the three files for one image atomically; returns their paths."""
+              source: str | None = None, review=None, visuals=None, roi: np.ndarray | None = None) -> list[str]:
+    """Write ``<stem>.npz``, ``<stem>_overlay.png``, ``<stem>_layers.png`` and ``<stem>.json``
+    atomically; returns their paths."""
     npz = io.BytesIO()
     np.savez_compressed(npz, saliency=exp.saliency, saliency_full=exp.saliency_full, layer_maps=exp.layer_maps,
                         masks_per_layer=np.asarray(exp.masks_per_layer, np.int64), scores=exp.scores)
-    pred = classes[exp.predicted] if classes else str(exp.predicted)
-    tgt = (classes[exp.target] if classes else str(exp.target)) if exp.target is not None else "weights"
-    label = f"pred {pred} {exp.scores[exp.predicted]:.2f} | target {tgt}"
+    colormap, alpha = (visuals.colormap, visuals.opacity) if visuals is not None else ("jet", 0.5)
+    if roi is not None and roi.shape != exp.saliency_full.shape:
+        roi = cv2.resize(roi.astype(np.uint8), exp.saliency_full.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+    picture = overlay(image, exp.saliency_full, alpha=alpha, colormap=colormap, label=caption(exp, classes),
+                      regions=review.regions if review is not None else (), roi=roi)
     payload = {
         f"{stem}.npz": npz.getvalue(),
-        f"{stem}_overlay.png": _encode_png(overlay(image, exp.saliency_full, label=label)),
-        f"{stem}.json": json.dumps(sidecar(exp, classes, source), indent=2).encode(),
+        f"{stem}_overlay.png": _encode_png(picture),
+        f"{stem}_layers.png": _encode_png(layer_strip(exp, image)),
+        f"{stem}.json": json.dumps(sidecar(exp, classes, source, review), indent=2).encode(),
     }
     temps = []
     try:
@@ -116,11 +138,3 @@ def layer_strip(exp: Explanation, image: np.ndarray, *, tile: int = 128) -> np.n
         cv2.putText(t, name, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
         out.append(t)
     return np.concatenate(out, axis=1)
-
-
-def save_png(path: str, image: np.ndarray) -> None:
-    """Write a BGR image atomically."""
-    tmp = path + ".part"
-    with open(tmp, "wb") as f:
-        f.write(_encode_png(image))
-    os.replace(tmp, path)

@@ -175,8 +175,8 @@ def test_cli_explain_writes_outputs_and_lists_failures(models, tmp_path):
     assert "1 image(s) failed" in r.stderr and "broken.png" in r.stderr
     assert "[3/3]" in r.stderr
     names = sorted(os.listdir(out))
-    assert names == ["part_a.json", "part_a.npz", "part_a_overlay.png", "part_b.json", "part_b.npz",
-                     "part_b_overlay.png"]
+    assert names == ["part_a.json", "part_a.npz", "part_a_layers.png", "part_a_overlay.png", "part_b.json",
+                     "part_b.npz", "part_b_layers.png", "part_b_overlay.png"]
     data = np.load(out / "part_a.npz")
     assert set(data.files) == {"saliency", "saliency_full", "layer_maps", "masks_per_layer", "scores"}
     assert data["saliency_full"].shape == (48, 80) and data["saliency"].shape == (64, 64)
@@ -190,8 +190,14 @@ def test_cli_explain_writes_outputs_and_lists_failures(models, tmp_path):
     # colour order: the file (BGR on disk) is half the input in BGR plus half the JET heatmap
     heat = cv2.applyColorMap((data["saliency_full"] * 255).astype(np.uint8), cv2.COLORMAP_JET)
     expected = cv2.addWeighted(cv2.cvtColor(pic, cv2.COLOR_RGB2BGR), 0.5, heat, 0.5, 0.0)
-    below_caption = slice(32, None)  # the caption box sits at the top
-    assert np.abs(overlay[below_caption].astype(int) - expected[below_caption]).max() <= 1
+    drawn = np.zeros(overlay.shape[:2], np.uint8)  # region boxes are drawn on top: leave them out
+    for region in meta["regions"]:
+        x0, y0, x1, y1 = region["box"]
+        cv2.rectangle(drawn, (x0, y0), (x1 - 1, y1 - 1), 1, 1)
+    drawn[:32] = 1  # the caption box sits at the top
+    assert np.abs(overlay[drawn == 0].astype(int) - expected[drawn == 0]).max() <= 1
+    assert meta["roi_inside"] is None and meta["flagged"] is False
+    assert all(r["area"] >= 16 for r in meta["regions"])
 
 
 def test_cli_bad_config_is_one_line(tmp_path):
