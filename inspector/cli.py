@@ -49,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     merge = sub.add_parser("audit-merge", help="join the outputs of sharded audits")
     merge.add_argument("parts", nargs="+", help="audit output folders")
     merge.add_argument("--out", required=True)
+    doc = sub.add_parser("doctor", help="check onnxruntime, providers, CUDA libraries, the model and a self-test")
+    doc.add_argument("-c", "--config", default=None, help="config to check (default: the bundled example)")
+    wa = sub.add_parser("watch", help="service: explain each new image in a folder once")
+    wa.add_argument("-c", "--config", required=True)
+    wa.add_argument("--in", dest="in_dir", required=True, help="folder to watch")
+    wa.add_argument("--out", required=True, help="folder for the explanations")
+    wa.add_argument("--done", default=None, help="where handled images go (default: <in>/done)")
+    wa.add_argument("--failed", default=None, help="where failed images go (default: <in>/failed)")
+    wa.add_argument("--poll", type=float, default=1.0, help="seconds between folder scans")
+    wa.add_argument("--settle", type=float, default=2.0, help="seconds a file must stay unchanged before use")
     demo = sub.add_parser("demo", help="explain the bundled defect samples with the bundled example model")
     demo.add_argument("--out", default="sise-demo", help="output folder (default ./sise-demo)")
     return parser
@@ -99,6 +109,26 @@ def cmd_audit_merge(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from .doctor import run_doctor
+
+    return run_doctor(args.config)
+
+
+def cmd_watch(args) -> int:
+    from .watch import Stop, watch
+
+    stop = Stop()
+    stop.install()
+    insp = Inspector.from_config(args.config)
+
+    def log(line: str) -> None:
+        print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}", flush=True)
+    watch(insp, args.in_dir, args.out, args.done or os.path.join(args.in_dir, "done"),
+          args.failed or os.path.join(args.in_dir, "failed"), poll=args.poll, settle=args.settle, stop=stop, log=log)
+    return 0
+
+
 def cmd_explain(args) -> int:
     insp = Inspector.from_config(args.config)
     os.makedirs(args.out, exist_ok=True)
@@ -134,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"explain": cmd_explain, "demo": cmd_demo, "evaluate": cmd_evaluate, "audit": cmd_audit,
-                "audit-merge": cmd_audit_merge}[args.command](args)
+                "audit-merge": cmd_audit_merge, "doctor": cmd_doctor,
+                "watch": cmd_watch}[args.command](args)
     except InspectorError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,137 @@
+"""`inspector doctor`: what this machine can run, and whether the configured setup really works.
+
+Reports the onnxruntime flavour and version, the providers that are available *and* work (a tiny
+session is created and run on each, and the provider that actually ran is read back), the CUDA/cuDNN
+libraries the GPU flavour needs, the model contract, and a short timed self-test of one explanation.
+Exit code 0 when the configured first provider works and the self-test passes, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata as md
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+from .config import InspectorConfig, load_config
+
+CUDA_LIBRARIES = {  # what onnxruntime-gpu >= 1.27 (CUDA 13) loads; <= 1.26 wants the .so.12 family
+    "libcudart.so.13": "CUDA 13 runtime (nvidia-cuda-runtime)",
+    "libcublas.so.13": "cuBLAS 13 (nvidia-cublas)",
+    "libcublasLt.so.13": "cuBLASLt 13 (nvidia-cublas)",
+    "libcudnn.so.9": "cuDNN 9 (nvidia-cudnn-cu13)",
+}
+
+
+def flavour() -> str:
+    found = []
+    for dist in ("onnxruntime-gpu", "onnxruntime"):
+        try:
+            found.append(f"{dist} {md.version(dist)}")
+        except md.PackageNotFoundError:
+            pass
+    return " + ".join(found) if found else "unknown (no onnxruntime distribution metadata)"
+
+
+def _tiny_model() -> bytes:
+    w = numpy_helper.from_array(np.ones((2, 3, 1, 1), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"])],
+                              "probe", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2, 4, 4])], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def probe_provider(name: str, options: dict | None = None) -> tuple[bool, str]:
+    """(works, detail): run a tiny Conv+Relu session on ``name`` alone and check it really ran there."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    try:
+        providers = [(name, options or {})] if name == "CUDAExecutionProvider" else [name]
+        sess = ort.InferenceSession(_tiny_model(), opts, providers=providers)
+        y = sess.run(None, {"x": np.ones((1, 3, 4, 4), np.float32)})[0]
+    except Exception as e:  # noqa: BLE001 - onnxruntime's errors (Fail, EPFail, ...) derive from Exception only
+        return False, f"session failed: {str(e).splitlines()[0][:200]}"
+    actual = sess.get_providers()[0]
+    if actual != name:
+        return False, f"fell back to {actual}"
+    if not np.allclose(y, 3.0):
+        return False, "wrong result"
+    return True, "ran a test session"
+
+
+def cuda_libraries() -> dict[str, bool]:
+    found = {}
+    for lib in CUDA_LIBRARIES:
+        try:
+            ctypes.CDLL(lib)
+            found[lib] = True
+        except OSError:
+            found[lib] = False
+    return found
+
+
+def self_test(cfg: InspectorConfig) -> tuple[str, float, str]:
+    """(provider, seconds, summary) of one capped explanation of a synthetic image."""
+    import dataclasses
+
+    from .engine import Inspector
+    from .synthetic import sample
+
+    quick = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, max_masks_per_layer=4))
+    insp = Inspector(quick)
+    image = sample(0, 1, size=max(insp.size)).image  # a scratch on a synthetic surface
+    start = time.perf_counter()
+    exp = insp.explain(image[: insp.size[0], : insp.size[1]])
+    seconds = time.perf_counter() - start
+    ok = np.isfinite(exp.saliency).all() and exp.saliency.max() <= 1.0
+    return insp.sessions.provider, seconds, f"{exp.total_masks} masks, saliency {'ok' if ok else 'INVALID'}"
+
+
+def run_doctor(config_path: str | None, *, out=print) -> int:
+    from .demo import example_dir
+
+    path = config_path or f"{example_dir()}/config.yaml"
+    status = 0
+    out(f"onnxruntime: {ort.__version__} ({flavour()})")
+    available = ort.get_available_providers()
+    out(f"available providers: {', '.join(available)}")
+    cfg = load_config(path)
+    working = {}
+    for name in ("CUDAExecutionProvider", "CPUExecutionProvider"):
+        if name not in available:
+            out(f"  {name:<24} not in this build" + (" (install the gpu extra: onnxruntime-gpu)"
+                                                      if name.startswith("CUDA") else ""))
+            continue
+        ok, detail = probe_provider(name, cfg.runtime.cuda_options if name.startswith("CUDA") else None)
+        working[name] = ok
+        out(f"  {name:<24} {'works' if ok else 'BROKEN'}: {detail}")
+    if "CUDAExecutionProvider" in available:
+        for lib, present in cuda_libraries().items():
+            out(f"  {lib:<24} {'found' if present else 'MISSING: install ' + CUDA_LIBRARIES[lib]}")
+    wanted = next((p for p in cfg.runtime.providers if p in available), None)
+    out(f"config: {path}")
+    out(f"  providers wanted: {', '.join(cfg.runtime.providers)}; first available: {wanted or 'none'}")
+    if cfg.runtime.providers and not working.get(cfg.runtime.providers[0], False):
+        out(f"  PROBLEM: the configured first provider {cfg.runtime.providers[0]} does not work here")
+        status = 1
+    try:
+        from .model import load_model
+
+        model = load_model(cfg)
+        c = model.contract
+        out(f"model: {model.path} (sha256 {model.sha256[:12]}), exported: yes, score {c.score}, "
+            f"{c.num_classes} classes, {len(c.blocks)} blocks "
+            f"({', '.join(f'{b.shape[1]}x{b.shape[2]}x{b.shape[3]}' for b in c.blocks)})")
+        provider, seconds, summary = self_test(cfg)
+        out(f"self-test: one explanation on {provider} in {seconds:.2f} s ({summary})")
+        if "INVALID" in summary:
+            status = 1
+    except Exception as e:  # noqa: BLE001 - a diagnostic: whatever breaks is the finding, reported
+        out(f"PROBLEM: {type(e).__name__}: {e}")
+        status = 1
+    out("doctor: " + ("all good" if status == 0 else "problems found"))
+    return status
