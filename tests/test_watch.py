@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,13 +15,21 @@ from inspector.demo import example_dir
 from inspector.synthetic import sample
 
 
-def start(tmp_path, log_name):
+@contextlib.contextmanager
+def service(tmp_path, log_name):
+    """The watch service as a subprocess; leaving the block sends SIGTERM and expects exit status 0."""
     cfg = os.path.join(example_dir(), "config.yaml")
-    log = open(tmp_path / log_name, "w")  # noqa: SIM115 - handed to the child process, closed by the caller
-    proc = subprocess.Popen([sys.executable, "-m", "inspector", "watch", "-c", cfg, "--in", str(tmp_path / "in"),
-                             "--out", str(tmp_path / "out"), "--poll", "0.1", "--settle", "0.6"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    return proc, log
+    with open(tmp_path / log_name, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "inspector", "watch", "-c", cfg, "--in", str(tmp_path / "in"),
+                                 "--out", str(tmp_path / "out"), "--poll", "0.1", "--settle", "0.6"],
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield proc
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
 
 
 def wait_for(condition, timeout=60.0):
@@ -39,8 +48,7 @@ def png_bytes(i):
 def test_watch_service(tmp_path):
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
-    proc, log = start(tmp_path, "run1.log")
-    try:
+    with service(tmp_path, "run1.log"):
         (inp / "a.png").write_bytes(png_bytes(1))
         (inp / "broken.png").write_text("not an image")
         data = png_bytes(2)
@@ -51,12 +59,6 @@ def test_watch_service(tmp_path):
                 time.sleep(0.3)
         assert wait_for(lambda: (inp / "done" / "slow.png").exists() and (inp / "done" / "a.png").exists()
                         and (inp / "failed" / "broken.png").exists())
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
     text = (tmp_path / "run1.log").read_text()
     assert text.count("OK a.png") == 1 and text.count("OK slow.png") == 1 and text.count("FAILED broken.png") == 1
     assert "stopping after 3 image(s)" in text
@@ -66,15 +68,8 @@ def test_watch_service(tmp_path):
             assert (out / f"{stem}{suffix}").is_file()
     assert sorted(os.listdir(inp)) == ["done", "failed"]
 
-    proc, log = start(tmp_path, "run2.log")  # a restart handles only what is new
-    try:
+    with service(tmp_path, "run2.log"):  # a restart handles only what is new
         (inp / "b.png").write_bytes(png_bytes(3))
         assert wait_for(lambda: (inp / "done" / "b.png").exists())
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
     text = (tmp_path / "run2.log").read_text()
     assert "OK b.png" in text and "a.png" not in text and "stopping after 1 image(s)" in text
