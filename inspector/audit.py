@@ -24,8 +24,8 @@ import time
 from .engine import Inspector
 from .errors import InspectorError
 from .jobs import explain_file
+from .preprocess import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 CSV_FIELDS = ("key", "image", "prediction", "confidence", "target", "regions", "evidence_peak",
               "evidence_mean", "roi_inside", "flagged", "masks", "seconds", "error", "shard")
 

@@ -1,4 +1,5 @@
-"""`inspector explain`: a thin shell over :class:`inspector.Inspector` and :mod:`inspector.outputs`."""
+"""The `inspector` commands (explain, evaluate, audit, audit-merge, doctor, watch, demo): thin shells over
+the modules that do the work; errors become one `error: ...` line and exit status 2."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ import time
 from .engine import Inspector
 from .errors import InspectorError
 from .jobs import explain_file
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+from .preprocess import IMAGE_EXTENSIONS
 
 
 def collect_images(items: list[str]) -> list[str]:

@@ -15,6 +15,8 @@ import numpy as np
 from .config import PreprocessConfig
 from .errors import ImageError
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+
 
 @dataclass(frozen=True)
 class Geometry:

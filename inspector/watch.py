@@ -17,8 +17,7 @@ import time
 from .engine import Inspector
 from .errors import InspectorError
 from .jobs import explain_file
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+from .preprocess import IMAGE_EXTENSIONS
 
 
 class Stop:
