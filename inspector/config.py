@@ -71,6 +71,7 @@ class RuntimeConfig:
     providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
     cuda_options: dict = field(default_factory=dict)  # e.g. {prefer_nhwc: 1, cudnn_conv_algo_search: EXHAUSTIVE}
     intra_op_threads: int = 0  # 0: onnxruntime's default
+    fp16: bool = False  # run the per-mask forward passes in float16 (meant for CUDA; needs onnxconverter-common)
 
 
 @dataclass(frozen=True)

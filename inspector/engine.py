@@ -69,6 +69,9 @@ class Inspector:
         self.roi = load_roi(config.roi.mask) if config.roi is not None else None
         self.sessions = EngineSessions(self.model.explain_bytes, self.model.sampler_bytes, self.model.scorer_bytes,
                                        config.runtime)
+        if config.runtime.fp16 and self.sessions.device != "cuda":
+            log.warning("runtime.fp16 is meant for CUDA; on %s the float16 forward passes are usually slower",
+                        self.sessions.provider)
 
     # ----- construction ---------------------------------------------------------------------------
     @classmethod
@@ -190,6 +193,7 @@ class Inspector:
         m = self.method
         return {"method": m.name, "preset": m.preset, "mu": m.mu, "adaptive": m.adaptive,
                 "max_masks_per_layer": m.max_masks_per_layer, "chunk_size": m.chunk_size,
+                "fp16": self.config.runtime.fp16,
                 "score": self.contract.score, "provider": self.sessions.provider,
                 "model": self.model.path, "model_sha256": self.model.sha256, **runtime_versions()}
 

@@ -79,8 +79,12 @@ def load_model(cfg: InspectorConfig) -> LoadedModel:
     if contract is None:
         raise ModelContractError(f"model {path} has no SISE contract; run `python -m onnx_tools export` on the "
                                  "original model, or point the config at the plain model to export it on the fly")
-    sampler = onnx_tools.build_sampler(proto)
-    scorer = onnx_tools.build_mask_scorer(proto)
+    half = cfg.runtime.fp16
+    try:
+        sampler = onnx_tools.build_sampler(proto, fp16=half)
+        scorer = onnx_tools.build_mask_scorer(proto, fp16=half)
+    except onnx_tools.ExportError as e:
+        raise ModelContractError(f"model {path}: {e} (config key: runtime.fp16)") from e
     return LoadedModel(path=path, source_path=source, sha256=file_sha256(path), contract=contract,
                        explain_bytes=proto.SerializeToString(), sampler_bytes=sampler.SerializeToString(),
                        scorer_bytes=scorer.SerializeToString())

@@ -83,12 +83,37 @@ def _score(emit: Emitter, logits: str, score: str) -> str:
     return logits
 
 
-def _masked_forward(emit: Emitter, exported: onnx.ModelProto, contract: Contract, masks: str) -> tuple[list, int]:
+def _half_precision(nodes: list, inits: list, exported: onnx.ModelProto, contract: Contract) -> tuple[list, list]:
+    """The forward nodes computing in float16 between float32 input and output (casts at both ends),
+    via onnxconverter-common, which knows which inputs must stay float32 (Resize scales, ...)."""
+    try:
+        from onnxconverter_common import float16
+    except ImportError as e:
+        raise ModelInputError("fp16 needs the onnxconverter-common package (pip install onnxconverter-common; "
+                              "it comes with the gpu extra)") from e
+    image = helper.make_tensor_value_info(contract.input_name, onnx.TensorProto.FLOAT,
+                                          ["K"] + list(contract.input_shape[1:]))
+    logits = helper.make_tensor_value_info(contract.output_name, onnx.TensorProto.FLOAT, None)
+    part = helper.make_model(helper.make_graph(nodes, "forward", [image], [logits], inits),
+                             opset_imports=list(exported.opset_import))
+    part.ir_version = max(exported.ir_version, 7)
+    half = float16.convert_float_to_float16(part, keep_io_types=True, disable_shape_infer=True)
+    return list(half.graph.node), list(half.graph.initializer)
+
+
+def _masked_forward(emit: Emitter, exported: onnx.ModelProto, contract: Contract, masks: str,
+                    fp16: bool = False) -> tuple[list, list, int]:
     """Emit image * masks ([K, H, W]), the model on that batch and SCORES (psi of the target per mask).
 
-    Returns the copied forward nodes and the position in ``emit.nodes`` where they must be inserted.
+    Returns the forward nodes, their initializers, and the position in ``emit.nodes`` where the
+    forward nodes must be inserted. With ``fp16`` the forward part computes in float16; masking,
+    scores and accumulations stay float32.
     """
     forward = _forward_nodes(exported, contract.output_name)
+    used = {i for n in forward for i in n.input}
+    inits = [t for t in exported.graph.initializer if t.name in used]
+    if fp16:
+        forward, inits = _half_precision(forward, inits, exported, contract)
     channel_axis = 1 if contract.input_layout == "NCHW" else 3
     masked = emit.op("Mul", [IMAGE, emit.unsqueeze(masks, [channel_axis])])
     position = len(emit.nodes)
@@ -98,18 +123,17 @@ def _masked_forward(emit: Emitter, exported: onnx.ModelProto, contract: Contract
     psi = _score(emit, flat, contract.score)
     scores = emit.op("MatMul", [psi, emit.op("Transpose", [TARGET], perm=[1, 0])])
     emit.op("Reshape", [scores, emit.ints([-1])], outputs=[SCORES])
-    return forward, position
+    return forward, inits, position
 
 
-def _assemble(exported: onnx.ModelProto, contract: Contract, emit: Emitter, forward: list, position: int,
+def _assemble(exported: onnx.ModelProto, contract: Contract, emit: Emitter, forward: tuple,
               inputs: list, outputs: list, name: str) -> onnx.ModelProto:
+    nodes_fw, inits_fw, position = forward
     image_dims = [1] + list(contract.input_shape[1:])
     inputs = [helper.make_tensor_value_info(IMAGE, onnx.TensorProto.FLOAT, image_dims)] + inputs
     inputs.append(helper.make_tensor_value_info(TARGET, onnx.TensorProto.FLOAT, [1, contract.num_classes]))
-    nodes = emit.nodes[:position] + forward + emit.nodes[position:]
-    used = {i for n in nodes for i in n.input}
-    inits = [t for t in exported.graph.initializer if t.name in used] + emit.initializers
-    graph = helper.make_graph(nodes, name, inputs, outputs, inits)
+    nodes = emit.nodes[:position] + nodes_fw + emit.nodes[position:]
+    graph = helper.make_graph(nodes, name, inputs, outputs, inits_fw + emit.initializers)
     model = helper.make_model(graph, opset_imports=list(exported.opset_import))
     model.ir_version = max(exported.ir_version, 7)
     return model
@@ -124,8 +148,9 @@ def _start(exported: onnx.ModelProto, prefix: str) -> tuple[Contract, Emitter]:
     return contract, Emitter(opset, prefix, taken)
 
 
-def build_sampler(exported: onnx.ModelProto) -> onnx.ModelProto:
+def build_sampler(exported: onnx.ModelProto, *, fp16: bool = False) -> onnx.ModelProto:
     """Build the sampler graph (see the module docstring) from a model made by the export step.
+    ``fp16`` runs the model's forward part in float16 (for CUDA; needs onnxconverter-common).
 
     Raises:
         ModelInputError: the model carries no SISE contract.
@@ -151,8 +176,10 @@ def build_sampler(exported: onnx.ModelProto) -> onnx.ModelProto:
     spread = emit.op("Max", [emit.op("Sub", [emit.reduce("ReduceMax", up, [1, 2], keepdims=True), low]),
                              emit.const(np.array(1e-12, np.float32))])
     masks = emit.op("Div", [emit.op("Sub", [up, low]), spread])  # [K, H, W] in [0, 1]
-    mass = emit.reduce("ReduceSum", masks, [1, 2], keepdims=False)  # [K]
-    forward, position = _masked_forward(emit, exported, contract, masks)
+    # [K]; a constant map (the caller should have dropped it) gets mask 0 and weight 0, not NaN
+    mass = emit.op("Max", [emit.reduce("ReduceSum", masks, [1, 2], keepdims=False),
+                           emit.const(np.array(1e-12, np.float32))])
+    forward = _masked_forward(emit, exported, contract, masks, fp16)
     weights = emit.op("Div", [SCORES, mass])
     layer_weights = emit.op("Mul", [emit.op("Concat", assign, axis=0), emit.unsqueeze(weights, [1])])  # [K, B]
     flat_masks = emit.op("Reshape", [masks, emit.ints([-1, height * width])])
@@ -160,16 +187,16 @@ def build_sampler(exported: onnx.ModelProto) -> onnx.ModelProto:
     emit.op("Reshape", [maps, emit.ints([n_blocks, height, width])], outputs=[LAYER_MAPS])
     outputs = [helper.make_tensor_value_info(LAYER_MAPS, onnx.TensorProto.FLOAT, [n_blocks, height, width]),
                helper.make_tensor_value_info(SCORES, onnx.TensorProto.FLOAT, ["K"])]
-    return _assemble(exported, contract, emit, forward, position, inputs, outputs, "sise_sampler")
+    return _assemble(exported, contract, emit, forward, inputs, outputs, "sise_sampler")
 
 
-def build_mask_scorer(exported: onnx.ModelProto) -> onnx.ModelProto:
+def build_mask_scorer(exported: onnx.ModelProto, *, fp16: bool = False) -> onnx.ModelProto:
     """Graph scoring arbitrary masks: inputs ``sampler/image``, ``scorer/masks`` float32 [K, H, W] and
     ``sampler/target``; output ``sampler/scores`` [K] = psi of the target for image * mask. Used by
     RISE and by the Drop/Increase and deletion/insertion metrics, with the same masking convention."""
     contract, emit = _start(exported, "scorer")
     height, width = image_size(contract)
-    forward, position = _masked_forward(emit, exported, contract, MASKS)
+    forward = _masked_forward(emit, exported, contract, MASKS, fp16)
     inputs = [helper.make_tensor_value_info(MASKS, onnx.TensorProto.FLOAT, ["K", height, width])]
     outputs = [helper.make_tensor_value_info(SCORES, onnx.TensorProto.FLOAT, ["K"])]
-    return _assemble(exported, contract, emit, forward, position, inputs, outputs, "sise_mask_scorer")
+    return _assemble(exported, contract, emit, forward, inputs, outputs, "sise_mask_scorer")

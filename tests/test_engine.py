@@ -210,3 +210,21 @@ def test_planted_evidence_peak_lies_in_the_patch(tmp_path):
     peak = np.unravel_index(np.argmax(exp.saliency), exp.saliency.shape)
     assert inside[peak], peak
     assert exp.saliency[inside].mean() > 3 * exp.saliency[~inside].mean()
+
+
+def test_fp16_sampling_agrees_with_fp32(exported, caplog):
+    """runtime.fp16 converts the per-mask forward passes to float16 (meant for CUDA; runs on the CPU
+    provider too): same selection, nearly the same maps."""
+    pytest.importorskip("onnxconverter_common")
+    _, _, shape, path = exported("resnet18")
+    image = smooth_image(shape, seed=4)
+    full = inspector_for(path).explain(image, target=5)
+    with caplog.at_level("WARNING"):
+        half_insp = Inspector.from_options(model=path, preprocess=IDENTITY_PREPROCESS,
+                                           runtime={**CPU, "fp16": True})
+    assert any("fp16 is meant for CUDA" in r.getMessage() for r in caplog.records)
+    half = half_insp.explain(image, target=5)
+    assert half.masks_per_layer == full.masks_per_layer and half.settings["fp16"] is True
+    for b in range(5):
+        assert pearson(half.layer_maps[b], full.layer_maps[b]) >= 0.999
+    assert pearson(half.saliency, full.saliency) >= 0.99
