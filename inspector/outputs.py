@@ -49,6 +49,8 @@ def overlay(image: np.ndarray, saliency: np.ndarray, *, alpha: float = 0.5, colo
         cv2.drawContours(out, contours, -1, (0, 255, 0), 1)
     if label:
         scale = max(0.35, min(out.shape[:2]) / 500)
+        while scale > 0.25 and cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] + 8 > out.shape[1]:
+            scale -= 0.05  # shrink the caption to the image's width (small images)
         (tw, th), base_line = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         cv2.rectangle(out, (0, 0), (tw + 8, th + base_line + 6), (0, 0, 0), -1)
         cv2.putText(out, label, (4, th + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
