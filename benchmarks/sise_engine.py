@@ -5,6 +5,7 @@ model and image) and the ratio to it; then the presets' speed and agreement with
 
     python benchmarks/sise_engine.py                       # ResNet-50 (torchvision-style), 224x224, CPU
     python benchmarks/sise_engine.py --size 112 --no-reference --presets
+    python benchmarks/sise_engine.py --provider cuda --fp16 --chunk 128   # the GPU bar (not run yet)
 Needs the dev extra (torch) to build the model and run the reference.
 """
 
@@ -36,11 +37,17 @@ def build(size: int):
     return model, RESNET_TAPS, export_onnx(model, (1, 3, size, size))
 
 
-def forward_seconds_per_image(plain: onnx.ModelProto, size: int, batch: int, threads: int, repeats: int = 3) -> float:
+def forward_seconds_per_image(plain: onnx.ModelProto, size: int, batch: int, threads: int, providers: list,
+                              fp16: bool, repeats: int = 3) -> float:
+    """The model's own forward time per image at ``batch`` (in float16 too when the engine uses it)."""
+    if fp16:
+        from onnxconverter_common import float16
+
+        plain = float16.convert_float_to_float16(plain, keep_io_types=True)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(plain.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(plain.SerializeToString(), opts, providers=providers)
     x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
     sess.run(None, {"image": x})
     times = []
@@ -59,6 +66,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-reference", action="store_true", help="skip the PyTorch reference")
     parser.add_argument("--presets", action="store_true", help="also time the balanced and fast presets")
+    parser.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--fp16", action="store_true", help="runtime.fp16 (per-mask forward passes in float16)")
     args = parser.parse_args()
 
     import torch
@@ -70,12 +79,13 @@ def main() -> None:
     folder = tempfile.mkdtemp()
     path = os.path.join(folder, "resnet50.sise.onnx")
     onnx.save(export_model(plain).model, path)
+    providers = ["CUDAExecutionProvider"] if args.provider == "cuda" else ["CPUExecutionProvider"]
     common = {"model": path,
               "preprocess": {"resize": "stretch", "scale": 1.0, "mean": [0.0], "std": [1.0], "input_dtype": "float"},
-              "runtime": {"providers": ["CPUExecutionProvider"], "intra_op_threads": args.threads}}
-    floor_per_image = forward_seconds_per_image(plain, args.size, args.chunk, args.threads)
+              "runtime": {"providers": providers, "intra_op_threads": args.threads, "fp16": args.fp16}}
+    floor_per_image = forward_seconds_per_image(plain, args.size, args.chunk, args.threads, providers, args.fp16)
     print(f"ResNet-50 (torchvision-style, random weights), {args.size}x{args.size}, onnxruntime {ort.__version__} "
-          f"CPU provider, {args.threads} threads, chunk {args.chunk}")
+          f"{providers[0]}{' fp16' if args.fp16 else ''}, {args.threads} threads, chunk {args.chunk}")
     print(f"model forward at batch {args.chunk}: {floor_per_image * 1e3:.2f} ms/image")
     print("image | preset | masks | engine s | floor s | engine/floor | torch ref s | engine/torch | r(fused)")
     presets = ["quality"] + (["balanced", "fast"] if args.presets else [])
