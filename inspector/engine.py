@@ -112,9 +112,12 @@ class Inspector:
             if weights.shape != (n,):
                 raise TargetError(f"target weight vector has {weights.size} values; the model has {n} classes")
             return None, weights[None]
-        weights = np.zeros((1, n), np.float32)
+        return index, self._one_hot(index)
+
+    def _one_hot(self, index: int) -> np.ndarray:
+        weights = np.zeros((1, self.contract.num_classes), np.float32)
         weights[0, index] = 1.0
-        return index, weights
+        return weights
 
     def _explain_run(self, tensor, weights):
         c = self.contract
@@ -137,9 +140,8 @@ class Inspector:
     def score_masks(self, tensor: np.ndarray, masks: np.ndarray, target: int) -> np.ndarray:
         """The model's confidence in ``target`` for ``tensor`` times each mask [K, H, W] (the masking
         convention of the explanations); returns [K]."""
-        weights = np.zeros((1, self.contract.num_classes), np.float32)
-        weights[0, target] = 1.0
-        return self.sessions.score_masks(tensor, masks, weights, chunk=self.method.chunk_size)
+        return self.sessions.score_masks(tensor, masks, self._one_hot(target), chunk=self.method.chunk_size)
+
     def explain(self, image, *, target=None, method: str | None = None, progress=None) -> Explanation:
         """Explain one image.
 

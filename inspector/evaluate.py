@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from . import metrics as M
+from . import preprocess as pre
 from .engine import Inspector
 from .errors import InspectorError
 
@@ -38,7 +39,8 @@ def read_manifest(data: str) -> list[dict]:
 
 
 def evaluate_image(insp: Inspector, image_path: str, mask: np.ndarray, target: int, methods: list[str]) -> dict:
-    tensor, _ = insp.prepare(image_path)
+    image = pre.read_image(image_path, max_pixels=insp.config.preprocess.max_pixels)  # decoded once
+    tensor, _ = insp.prepare(image)
     h, w = insp.size
     mask_in = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
     base = float(insp.score_masks(tensor, np.ones((1, h, w), np.float32), target)[0])
@@ -48,7 +50,7 @@ def evaluate_image(insp: Inspector, image_path: str, mask: np.ndarray, target: i
     out = {}
     for method in methods:
         t = time.perf_counter()
-        exp = insp.explain(image_path, target=target, method=method)
+        exp = insp.explain(image, target=target, method=method)
         seconds = time.perf_counter() - t
         s = exp.saliency
         drop, increase = M.drop_increase(s, base, score)

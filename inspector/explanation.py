@@ -20,7 +20,9 @@ class Explanation:
         target_weights: float32 [num_classes], the weights the explanation was computed for.
         predicted: index of the top-scoring class.
         masks_per_layer: number of masks (forward passes) per block.
-        timings: seconds per phase (preprocess, predict, explain_model, selection, sampling, fusion, total).
+        timings: seconds per phase: preprocess, predict (only without a target), explain_model, sampling (the
+            method itself, SISE's selection and cascade fusion included), fusion (mapping the map back onto
+            the original image; the key keeps its name for the JSON sidecars), total.
         settings: the resolved method settings, provider and model identity.
         source: the image path, or None for an array.
     """

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
+from onnx_tools.sampler import IMAGE, MASKS, SCORES, TARGET
+
 from .config import RuntimeConfig
 from .errors import ConfigError
 
@@ -76,10 +78,9 @@ class EngineSessions:
             self._scorer = make_session(self._scorer_bytes, self._cfg, "mask scorer")
         out = []
         for start in range(0, len(masks), chunk):
-            feeds = {"sampler/image": image, "scorer/masks": np.ascontiguousarray(masks[start:start + chunk],
-                                                                                  np.float32),
-                     "sampler/target": target}
-            out.append(self._scorer.run(["sampler/scores"], feeds)[0])
+            feeds = {IMAGE: image, MASKS: np.ascontiguousarray(masks[start:start + chunk], np.float32),
+                     TARGET: target}
+            out.append(self._scorer.run([SCORES], feeds)[0])
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def run_explain(self, image: np.ndarray, target: np.ndarray, *, input_name: str, target_name: str,

@@ -7,8 +7,6 @@ sum_k s_k m_k / sum(m_k), min-max normalised. Chunks mix blocks, so every run is
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from onnx_tools.sampler import IMAGE, LAYER_MAPS, SCORES, TARGET, act_input, idx_input
@@ -16,8 +14,6 @@ from onnx_tools.sampler import IMAGE, LAYER_MAPS, SCORES, TARGET, act_input, idx
 from ..fusion import fuse, minmax
 from ..selection import select_maps
 from .base import MethodResult
-
-log = logging.getLogger(__name__)
 
 
 def plan_chunks(selected: list[np.ndarray], chunk_size: int) -> list[list[np.ndarray]]:
