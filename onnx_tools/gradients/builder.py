@@ -40,6 +40,11 @@ def attach(model: onnx.ModelProto, emit: Emitter, result: Gradients) -> None:
         while len(outputs) <= slot:
             outputs.append("")
         outputs[slot] = name
+    append_emitted(model, emit)
+
+
+def append_emitted(model: onnx.ModelProto, emit: Emitter) -> None:
+    """Append the nodes and initializers ``emit`` collected (declared as graph inputs too before IR 4)."""
     model.graph.node.extend(emit.nodes)
     model.graph.initializer.extend(emit.initializers)
     if model.ir_version < 4:

@@ -16,6 +16,7 @@ from onnx import helper
 
 from ..contract import act_output, range_output
 from ..gradients import Emitter
+from ..gradients.builder import append_emitted
 from ..graph import GraphIndex
 
 
@@ -54,6 +55,5 @@ def expose_blocks(model: onnx.ModelProto, index: GraphIndex, blocks: list[str], 
         emit.op("Sub", [high, low], outputs=[spread])
         model.graph.output.append(helper.make_tensor_value_info(spread, info.elem_type, shape[:2]))
         names.append((name, spread))
-    model.graph.node.extend(emit.nodes)
-    model.graph.initializer.extend(emit.initializers)
+    append_emitted(model, emit)
     return names
