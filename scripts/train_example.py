@@ -97,6 +97,7 @@ def main() -> None:
     hx, hy = dataset(args.seed + 1000, args.heldout)
     print(f"data: {len(xs)} train / {len(hx)} held-out images in {time.perf_counter() - start:.1f} s")
     model = DefectNet()
+    print(f"model: {sum(p.numel() for p in model.parameters())} parameters")
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     steps = args.epochs * ((len(xs) + 63) // 64)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
