@@ -6,12 +6,14 @@ Inputs (B blocks of the contract, model input H x W):
     sampler/act/<b>   block b's activation [1, C_b, h_b, w_b] (stays on the device between runs)
     sampler/idx/<b>   int64 [K_b]: the selected channels of block b in this chunk (may be empty)
     sampler/target    float32 [1, num_classes]: class weights of the explained target
+    sampler/keep      float32 [K]: 1 for a selected map, 0 for padding (a caller keeping every run at
+                      the same batch size repeats a map with keep 0; it adds nothing to the layer maps)
 
 Per selected map k (K = sum K_b): m_k = min-max(bilinear-upsample(act[idx_k])) (half-pixel centres,
 as PyTorch's align_corners=False), s_k = sum_c target_c * psi_c(model(image * m_k)).
 
 Outputs:
-    sampler/layer_maps  [B, H, W]: sum over the chunk's maps of layer b of s_k * m_k / sum(m_k)
+    sampler/layer_maps  [B, H, W]: sum over the chunk's maps of layer b of keep_k * s_k * m_k / sum(m_k)
     sampler/scores      [K]: s_k, in block order then index order
 
 The caller drops constant maps (``sise/range/<b>`` <= eps) before sampling; they have no min-max mask.
@@ -29,6 +31,7 @@ from .gradients import Emitter
 from .gradients.ops.resize import interpolation_matrix
 
 IMAGE, TARGET, LAYER_MAPS, SCORES = "sampler/image", "sampler/target", "sampler/layer_maps", "sampler/scores"
+KEEP = "sampler/keep"
 MASKS = "scorer/masks"
 OPTIONAL_OUTPUT_OPS = {"MaxPool", "Dropout"}
 
@@ -180,7 +183,8 @@ def build_sampler(exported: onnx.ModelProto, *, fp16: bool = False) -> onnx.Mode
     mass = emit.op("Max", [emit.reduce("ReduceSum", masks, [1, 2], keepdims=False),
                            emit.const(np.array(1e-12, np.float32))])
     forward = _masked_forward(emit, exported, contract, masks, fp16)
-    weights = emit.op("Div", [SCORES, mass])
+    inputs.append(helper.make_tensor_value_info(KEEP, onnx.TensorProto.FLOAT, ["K"]))
+    weights = emit.op("Mul", [emit.op("Div", [SCORES, mass]), KEEP])
     layer_weights = emit.op("Mul", [emit.op("Concat", assign, axis=0), emit.unsqueeze(weights, [1])])  # [K, B]
     flat_masks = emit.op("Reshape", [masks, emit.ints([-1, height * width])])
     maps = emit.op("MatMul", [emit.op("Transpose", [layer_weights], perm=[1, 0]), flat_masks])

@@ -30,3 +30,24 @@ def rel_err(actual: np.ndarray, expected: np.ndarray) -> float:
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """name -> (torch model, taps, input shape, exported model path) of a fixture model (needs torch)."""
+    import onnx
+
+    from onnx_tools import export_model
+
+    from .models import export_onnx, fixture
+
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            model, taps, shape = fixture(name)
+            path = tmp_path_factory.mktemp(name) / f"{name}.sise.onnx"
+            onnx.save(export_model(export_onnx(model, shape)).model, path)
+            cache[name] = (model, taps, shape, str(path))
+        return cache[name]
+    return get

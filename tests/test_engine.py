@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 from inspector import Inspector
 from onnx_tools import export_model
 
-from .models import export_onnx, fixture
+from .models import export_onnx
 from .sise_reference import sise_reference
 
 IDENTITY_PREPROCESS = {"resize": "stretch", "scale": 1.0, "mean": [0.0], "std": [1.0], "input_dtype": "float"}
@@ -20,21 +20,6 @@ CPU = {"providers": ["CPUExecutionProvider"]}
 
 def pearson(a, b) -> float:
     return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """name -> (torch model, taps, input shape, exported model path)."""
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            model, taps, shape = fixture(name)
-            path = tmp_path_factory.mktemp(name) / f"{name}.sise.onnx"
-            onnx.save(export_model(export_onnx(model, shape)).model, path)
-            cache[name] = (model, taps, shape, str(path))
-        return cache[name]
-    return get
 
 
 def inspector_for(path, **method) -> Inspector:
@@ -171,6 +156,35 @@ def test_independent_of_chunk_size(exported):
         assert other.masks_per_layer == results[0].masks_per_layer
         np.testing.assert_allclose(other.layer_maps, results[0].layer_maps, atol=1e-5)
         np.testing.assert_allclose(other.saliency, results[0].saliency, atol=1e-4)
+
+
+def test_padded_chunks_change_nothing(exported, monkeypatch):
+    """On CUDA a short last chunk is padded with keep-0 repeats; forced here on the CPU provider."""
+    import importlib
+
+    sise_method = importlib.import_module("inspector.methods.sise")
+
+    _, _, shape, path = exported("resnet18")
+    image = smooth_image(shape, seed=4)
+    plain = inspector_for(path, chunk_size=7).explain(image)
+    monkeypatch.setattr(sise_method, "PAD_DEVICES", ("cpu",))
+    padded = inspector_for(path, chunk_size=7).explain(image)
+    assert sum(plain.masks_per_layer) % 7 != 0  # so the last chunk really was padded
+    assert padded.masks_per_layer == plain.masks_per_layer
+    np.testing.assert_allclose(padded.layer_maps, plain.layer_maps, atol=1e-6)
+    np.testing.assert_allclose(padded.saliency, plain.saliency, atol=1e-6)
+
+
+def test_plan_chunks_pads_the_last_chunk_at_its_end():
+    from inspector.methods.sise import plan_chunks
+
+    selected = [np.array([4, 1]), np.array([], np.int64), np.array([0, 2, 3])]
+    chunks = plan_chunks(selected, 3, pad=True)
+    assert [[list(i) for i in c.indices] for c in chunks] == [[[4, 1], [], [0]], [[], [], [2, 3, 3]]]
+    assert [list(c.keep) for c in chunks] == [[1, 1, 1], [1, 1, 0]]
+    unpadded = plan_chunks(selected, 3)
+    assert [[list(i) for i in c.indices] for c in unpadded][1] == [[], [], [2, 3]]
+    assert list(unpadded[1].keep) == [1, 1]
 
 
 class PatchDetector(torch.nn.Module):
