@@ -8,7 +8,6 @@ Exit code 0 when the configured first provider works and the self-test passes, 1
 
 from __future__ import annotations
 
-import ctypes
 import importlib.metadata as md
 import time
 
@@ -18,13 +17,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from .config import InspectorConfig, load_config
-
-CUDA_LIBRARIES = {  # what onnxruntime-gpu >= 1.27 (CUDA 13) loads; <= 1.26 wants the .so.12 family
-    "libcudart.so.13": "CUDA 13 runtime (nvidia-cuda-runtime)",
-    "libcublas.so.13": "cuBLAS 13 (nvidia-cublas)",
-    "libcublasLt.so.13": "cuBLASLt 13 (nvidia-cublas)",
-    "libcudnn.so.9": "cuDNN 9 (nvidia-cudnn-cu13)",
-}
+from .session import CUDA_LIBRARIES, cuda_libraries, preload_cuda_libraries
 
 
 def flavour() -> str:
@@ -50,6 +43,8 @@ def probe_provider(name: str, options: dict | None = None) -> tuple[bool, str]:
     opts = ort.SessionOptions()
     opts.log_severity_level = 4
     try:
+        if name == "CUDAExecutionProvider":
+            preload_cuda_libraries()  # as the engine does
         providers = [(name, options or {})] if name == "CUDAExecutionProvider" else [name]
         sess = ort.InferenceSession(_tiny_model(), opts, providers=providers)
         y = sess.run(None, {"x": np.ones((1, 3, 4, 4), np.float32)})[0]
@@ -61,17 +56,6 @@ def probe_provider(name: str, options: dict | None = None) -> tuple[bool, str]:
     if not np.allclose(y, 3.0):
         return False, "wrong result"
     return True, "ran a test session"
-
-
-def cuda_libraries() -> dict[str, bool]:
-    found = {}
-    for lib in CUDA_LIBRARIES:
-        try:
-            ctypes.CDLL(lib)
-            found[lib] = True
-        except OSError:
-            found[lib] = False
-    return found
 
 
 def self_test(cfg: InspectorConfig) -> tuple[str, float, str]:

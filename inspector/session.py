@@ -5,6 +5,9 @@ the explain-model run and the sampler runs (on the CPU provider the same code pa
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import io
 import logging
 from dataclasses import dataclass
 
@@ -19,6 +22,44 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 DEVICE_OF = {"CUDAExecutionProvider": "cuda", "CPUExecutionProvider": "cpu"}
+CUDA_LIBRARIES = {  # what onnxruntime-gpu >= 1.27 (CUDA 13) loads; <= 1.26 wants the .so.12 family
+    "libcudart.so.13": "CUDA 13 runtime (nvidia-cuda-runtime)",
+    "libcublas.so.13": "cuBLAS 13 (nvidia-cublas)",
+    "libcublasLt.so.13": "cuBLASLt 13 (nvidia-cublas)",
+    "libcudnn.so.9": "cuDNN 9 (nvidia-cudnn-cu13)",
+}
+_preloaded = False
+
+
+def cuda_libraries() -> dict[str, bool]:
+    """Which of the CUDA libraries the CUDA provider needs this process can load (by soname)."""
+    found = {}
+    for lib in CUDA_LIBRARIES:
+        try:
+            ctypes.CDLL(lib)
+            found[lib] = True
+        except OSError:
+            found[lib] = False
+    return found
+
+
+def preload_cuda_libraries() -> None:
+    """Once per process, when a CUDA library is not loadable by name: let onnxruntime-gpu load them from
+    the nvidia-* pip packages beside it (``onnxruntime.preload_dlls``, onnxruntime-gpu >= 1.21), which is
+    where `pip install onnxruntime-gpu[cuda,cudnn]` puts them. What it prints goes to the log."""
+    global _preloaded
+    if _preloaded or not hasattr(ort, "preload_dlls") or all(cuda_libraries().values()):
+        _preloaded = True
+        return
+    _preloaded = True
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(said):
+            ort.preload_dlls(msvc=False)
+    except Exception as e:  # noqa: BLE001 - best effort; a missing library shows up as a logged CPU fallback
+        log.warning("onnxruntime.preload_dlls failed: %s", e)
+    for line in said.getvalue().splitlines():
+        log.warning("onnxruntime.preload_dlls: %s", line)
 
 
 def resolve_providers(cfg: RuntimeConfig) -> list:
@@ -36,6 +77,8 @@ def resolve_providers(cfg: RuntimeConfig) -> list:
     if not chosen:
         raise ConfigError(f"runtime.providers: none of {list(cfg.providers)} is available "
                           f"(available: {sorted(available)})")
+    if "CUDAExecutionProvider" in chosen:
+        preload_cuda_libraries()
     return [(p, dict(cfg.cuda_options)) if p == "CUDAExecutionProvider" else p for p in chosen]
 
 

@@ -222,3 +222,26 @@ def test_provider_fallback_is_logged(models, caplog):
                for r in caplog.records)
     with pytest.raises(ConfigError, match="runtime.providers"):
         Inspector.from_options(model=str(models / "r18.sise.onnx"), runtime={"providers": ["CUDAExecutionProvider"]})
+
+
+def test_cuda_libraries_preloaded_once_with_the_output_logged(monkeypatch, caplog):
+    """Without the CUDA libraries on the loader path, the engine asks onnxruntime-gpu to load them from
+    the nvidia-* pip packages (onnxruntime.preload_dlls) once per process, and logs what it printed."""
+    import onnxruntime as ort
+
+    from inspector import session
+
+    calls = []
+
+    def fake_preload(**kwargs):
+        calls.append(kwargs)
+        print("Failed to load libcudnn.so.9: not found")
+
+    monkeypatch.setattr(ort, "preload_dlls", fake_preload, raising=False)
+    monkeypatch.setattr(session, "cuda_libraries", lambda: {"libcudart.so.13": True, "libcudnn.so.9": False})
+    monkeypatch.setattr(session, "_preloaded", False)
+    with caplog.at_level("WARNING", logger="inspector.session"):
+        session.preload_cuda_libraries()
+        session.preload_cuda_libraries()
+    assert calls == [{"msvc": False}]
+    assert any("Failed to load libcudnn.so.9" in r.getMessage() for r in caplog.records)
