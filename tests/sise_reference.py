@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 
 def otsu_reference(v: torch.Tensor) -> float:
-    """Otsu by exhaustive search over the 255 splits of a 256-bin histogram on [0, 1]."""
-    hist = torch.histc(v.double().flatten(), bins=256, min=0.0, max=1.0)
+    """Otsu by exhaustive search over the 255 splits of a 256-bin histogram on [0, 1] (on the CPU)."""
+    v = v.detach().double().cpu()
+    hist = torch.histc(v.flatten(), bins=256, min=0.0, max=1.0)
     centers = (torch.arange(256, dtype=torch.float64) + 0.5) / 256
     best, threshold = -1.0, float(v.max())
     for i in range(255):
@@ -31,20 +32,23 @@ def normalise(v: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _scores(model, x, masks, target, batch):
+def _scores(model, x, masks, target, batch, autocast):
     out = []
-    for i in range(0, len(masks), batch):
-        out.append(torch.softmax(model(x * masks[i:i + batch, None]), 1)[:, target])
+    with torch.autocast(x.device.type, dtype=torch.float16, enabled=autocast):
+        for i in range(0, len(masks), batch):
+            out.append(torch.softmax(model(x * masks[i:i + batch, None]).float(), 1)[:, target])
     return torch.cat(out)
 
 
 def sise_reference(model, taps, x: np.ndarray, target: int, *, mu: float = 0.0, adaptive: bool = False,
-                   cap: int | None = None, batch: int = 64):
+                   cap: int | None = None, batch: int = 64, autocast: bool = False):
     """Returns (layer maps list (None for a skipped block), fused map, masks per block).
+
+    Runs on the model's device; ``autocast`` runs the per-mask forward passes in float16 autocast.
 
     ``taps`` are module paths, or "path#k" for the k-th call of a module that runs more than once.
     """
-    x = torch.from_numpy(x)
+    x = torch.from_numpy(x).to(next(model.parameters()).device)
     modules = dict(model.named_modules())
     calls: dict[str, list] = {}
     names = {t.split("#")[0] for t in taps}
@@ -85,11 +89,11 @@ def sise_reference(model, taps, x: np.ndarray, target: int, *, mu: float = 0.0, 
         if len(masks) == 0:
             layer_maps.append(None)
             continue
-        s = _scores(model, x, masks, target, batch)
+        s = _scores(model, x, masks, target, batch, autocast)
         v = (s[:, None, None] * masks / masks.sum((1, 2), keepdim=True)).sum(0)
         layer_maps.append(normalise(v))
     present = [v for v in layer_maps if v is not None]
     fused = present[0]
     for v in present[1:]:
-        fused = (fused + v) * (v > otsu_reference(v)).double()
-    return ([None if v is None else v.numpy() for v in layer_maps], normalise(fused).numpy(), counts)
+        fused = (fused + v) * (v > otsu_reference(v)).to(fused.dtype)
+    return ([None if v is None else v.cpu().numpy() for v in layer_maps], normalise(fused).cpu().numpy(), counts)
