@@ -9,7 +9,7 @@ set -u
 out=${1:-gpu-check}
 mkdir -p "$out"
 exec > >(tee -a "$out/gpu_check.log") 2>&1
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore::UserWarning
 
 step() {
   local limit=$1
@@ -27,9 +27,10 @@ sed -e "s#^model: .*#model: $PWD/inspector/example/defect_resnet.sise.onnx#" \
     -e "s#^runtime: .*#runtime: {providers: [CUDAExecutionProvider, CPUExecutionProvider]}#" \
     inspector/example/config.yaml > "$out/cuda.yaml"
 step 120 python3 -m inspector doctor -c "$out/cuda.yaml"
+explained=$(mktemp -d)  # not under OUTDIR: 24 files
 step 120 python3 -m inspector explain -c "$out/cuda.yaml" $(ls inspector/example/samples/*.png | grep -v _mask) \
-    --out "$out/explain"
-python3 - "$out/explain" <<'EOF'
+    --out "$explained"
+python3 - "$explained" <<'EOF'
 import json, pathlib, sys
 for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
     j = json.loads(f.read_text())

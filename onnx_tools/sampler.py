@@ -21,6 +21,8 @@ The caller drops constant maps (``sise/range/<b>`` <= eps) before sampling; they
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnx
 from onnx import helper
@@ -100,7 +102,9 @@ def _half_precision(nodes: list, inits: list, exported: onnx.ModelProto, contrac
     part = helper.make_model(helper.make_graph(nodes, "forward", [image], [logits], inits),
                              opset_imports=list(exported.opset_import))
     part.ir_version = max(exported.ir_version, 7)
-    half = float16.convert_float_to_float16(part, keep_io_types=True, disable_shape_infer=True)
+    with warnings.catch_warnings():  # one "will be truncated" warning per tiny weight: not news to a user
+        warnings.simplefilter("ignore", UserWarning)
+        half = float16.convert_float_to_float16(part, keep_io_types=True, disable_shape_infer=True)
     return list(half.graph.node), list(half.graph.initializer)
 
 
@@ -167,9 +171,16 @@ def build_sampler(exported: onnx.ModelProto, *, fp16: bool = False) -> onnx.Mode
         inputs += [helper.make_tensor_value_info(act_input(b), onnx.TensorProto.FLOAT, [1, channels, h, w]),
                    helper.make_tensor_value_info(idx_input(b), onnx.TensorProto.INT64, [f"K{b}"])]
         chosen = emit.op("Reshape", [emit.op("Gather", [act_input(b), idx_input(b)], axis=1), emit.ints([-1, h, w])])
-        rows = emit.const(upsample_matrix(h, height).astype(np.float32), hint="rows")
-        cols = emit.const(upsample_matrix(w, width).T.astype(np.float32), hint="cols")
-        ups.append(emit.op("MatMul", [emit.op("MatMul", [rows, chosen]), cols]))
+        # rows @ chosen @ cols as 2-D MatMuls only: a block with no map in this chunk gives an empty batch,
+        # and onnxruntime before 1.32 refuses to broadcast a batched MatMul (or FusedMatMul) over it.
+        # The transposes swap the leading axes, which onnxruntime does not fold into the MatMuls.
+        rows = emit.const(upsample_matrix(h, height).astype(np.float32), hint="rows")  # [H, h]
+        cols = emit.const(upsample_matrix(w, width).T.astype(np.float32), hint="cols")  # [w, W]
+        wide = emit.op("MatMul", [emit.op("Reshape", [chosen, emit.ints([-1, w])]), cols])  # [K_b h, W]
+        by_row = emit.op("Transpose", [emit.op("Reshape", [wide, emit.ints([-1, h, width])])], perm=[1, 0, 2])
+        up = emit.op("MatMul", [rows, emit.op("Reshape", [by_row, emit.ints([h, -1])])])  # [H, K_b W]
+        ups.append(emit.op("Transpose", [emit.op("Reshape", [up, emit.ints([height, -1, width])])],
+                           perm=[1, 0, 2]))  # [K_b, H, W]
         zeros = emit.op("Mul", [emit.op("Cast", [idx_input(b)], to=onnx.TensorProto.FLOAT),
                                 emit.const(np.zeros((), np.float32))])
         onehot = np.eye(n_blocks, dtype=np.float32)[b:b + 1]
