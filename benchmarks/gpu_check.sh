@@ -41,6 +41,7 @@ bench() { step 240 python3 benchmarks/sise_engine.py --provider cuda "$@"; }
 # the bar: full SISE of a ResNet-50 at 224x224 in fp16, and the PyTorch reference on the same GPU
 bench --fp16 --chunk 128 --images 5 --cuda-option prefer_nhwc=1
 step 400 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_cuda.py
+step 240 python3 benchmarks/cuda_vs_cpu.py
 # fp32, with the fp32 PyTorch reference
 bench --chunk 128 --images 3
 # what each choice is worth: no NHWC preference, no padding of the last chunk, another chunk size, presets

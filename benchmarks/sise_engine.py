@@ -29,6 +29,7 @@ import onnxruntime as ort
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from inspector import Inspector
+from inspector.session import CUDA_DEFAULTS
 from onnx_tools import export_model
 
 
@@ -126,7 +127,7 @@ def main() -> None:
     folder = tempfile.mkdtemp()
     path = os.path.join(folder, "resnet50.sise.onnx")
     onnx.save(export_model(plain).model, path)
-    cuda_options = parse_options(args.cuda_option)
+    cuda_options = {**CUDA_DEFAULTS, **parse_options(args.cuda_option)}  # the engine's defaults, for the floor too
     providers = [("CUDAExecutionProvider", cuda_options)] if cuda else ["CPUExecutionProvider"]
     common = {"model": path,
               "preprocess": {"resize": "stretch", "scale": 1.0, "mean": [0.0], "std": [1.0], "input_dtype": "float"},

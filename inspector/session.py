@@ -28,6 +28,10 @@ CUDA_LIBRARIES = {  # what onnxruntime-gpu >= 1.27 (CUDA 13) loads; <= 1.26 want
     "libcublasLt.so.13": "cuBLASLt 13 (nvidia-cublas)",
     "libcudnn.so.9": "cuDNN 9 (nvidia-cudnn-cu13)",
 }
+# Set unless the config's runtime.cuda_options says otherwise. float32 means float32: with onnxruntime's
+# default TF32 convolutions and GEMMs, a random-weight ResNet-18's layer maps moved by up to 0.48 against
+# the CPU provider on an H100 (tests/test_cuda.py, benchmarks/cuda_vs_cpu.py).
+CUDA_DEFAULTS = {"use_tf32": "0"}
 _preloaded = False
 
 
@@ -79,7 +83,7 @@ def resolve_providers(cfg: RuntimeConfig) -> list:
                           f"(available: {sorted(available)})")
     if "CUDAExecutionProvider" in chosen:
         preload_cuda_libraries()
-    return [(p, dict(cfg.cuda_options)) if p == "CUDAExecutionProvider" else p for p in chosen]
+    return [(p, {**CUDA_DEFAULTS, **cfg.cuda_options}) if p == "CUDAExecutionProvider" else p for p in chosen]
 
 
 def make_session(model_bytes: bytes, cfg: RuntimeConfig, what: str) -> ort.InferenceSession:
