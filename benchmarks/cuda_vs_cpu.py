@@ -23,7 +23,7 @@ IDENTITY = {"resize": "stretch", "scale": 1.0, "mean": [0.0], "std": [1.0], "inp
 SETTINGS = {  # name -> runtime
     "cuda fp32 (engine default, use_tf32=0)": {"providers": ["CUDAExecutionProvider"]},
     "cuda fp32 with TF32 (use_tf32=1)": {"providers": ["CUDAExecutionProvider"], "cuda_options": {"use_tf32": 1}},
-    "cuda fp16": {"providers": ["CUDAExecutionProvider"], "fp16": True},
+    "cuda fp16 (sampler with TF32)": {"providers": ["CUDAExecutionProvider"], "fp16": True},
 }
 
 

@@ -29,7 +29,7 @@ import onnxruntime as ort
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from inspector import Inspector
-from inspector.session import CUDA_DEFAULTS
+from inspector.session import FP32_CUDA_DEFAULTS
 from onnx_tools import export_model
 
 
@@ -127,11 +127,12 @@ def main() -> None:
     folder = tempfile.mkdtemp()
     path = os.path.join(folder, "resnet50.sise.onnx")
     onnx.save(export_model(plain).model, path)
-    cuda_options = {**CUDA_DEFAULTS, **parse_options(args.cuda_option)}  # the engine's defaults, for the floor too
+    # the engine's sampler options, for the floor too
+    cuda_options = {**({} if args.fp16 else FP32_CUDA_DEFAULTS), **parse_options(args.cuda_option)}
     providers = [("CUDAExecutionProvider", cuda_options)] if cuda else ["CPUExecutionProvider"]
     common = {"model": path,
               "preprocess": {"resize": "stretch", "scale": 1.0, "mean": [0.0], "std": [1.0], "input_dtype": "float"},
-              "runtime": {"providers": [providers[0][0] if cuda else providers[0]], "cuda_options": cuda_options,
+              "runtime": {"providers": [providers[0][0] if cuda else providers[0]], "cuda_options": parse_options(args.cuda_option),
                           "intra_op_threads": args.threads, "fp16": args.fp16}}
     floor_per_image = forward_seconds_per_image(plain, args.size, args.chunk, args.threads, providers, args.fp16)
     options = "".join(f" {k}={v}" for k, v in cuda_options.items())

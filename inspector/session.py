@@ -28,10 +28,11 @@ CUDA_LIBRARIES = {  # what onnxruntime-gpu >= 1.27 (CUDA 13) loads; <= 1.26 want
     "libcublasLt.so.13": "cuBLASLt 13 (nvidia-cublas)",
     "libcudnn.so.9": "cuDNN 9 (nvidia-cudnn-cu13)",
 }
-# Set unless the config's runtime.cuda_options says otherwise. float32 means float32: with onnxruntime's
-# default TF32 convolutions and GEMMs, a random-weight ResNet-18's layer maps moved by up to 0.48 against
-# the CPU provider on an H100 (tests/test_cuda.py, benchmarks/cuda_vs_cpu.py).
-CUDA_DEFAULTS = {"use_tf32": "0"}
+# Set on the float32 sessions unless the config's runtime.cuda_options says otherwise. float32 means
+# float32: with onnxruntime's default TF32 convolutions and GEMMs a random-weight ResNet-18's layer maps
+# moved by up to 0.48 against the CPU provider on an H100 (benchmarks/cuda_vs_cpu.py). Not set on the
+# float16 sampler (runtime.fp16): there it cost speed and cuDNN found no NHWC plan for some convolutions.
+FP32_CUDA_DEFAULTS = {"use_tf32": "0"}
 _preloaded = False
 
 
@@ -66,8 +67,9 @@ def preload_cuda_libraries() -> None:
         log.warning("onnxruntime.preload_dlls: %s", line)
 
 
-def resolve_providers(cfg: RuntimeConfig) -> list:
-    """Requested providers that this onnxruntime build offers, in order; missing ones are logged."""
+def resolve_providers(cfg: RuntimeConfig, *, fp32: bool = True) -> list:
+    """Requested providers that this onnxruntime build offers, in order; missing ones are logged.
+    ``fp32``: the session computes in float32 (FP32_CUDA_DEFAULTS apply)."""
     available = set(ort.get_available_providers())
     unknown = [p for p in cfg.providers if p not in DEVICE_OF]
     if unknown:
@@ -83,15 +85,16 @@ def resolve_providers(cfg: RuntimeConfig) -> list:
                           f"(available: {sorted(available)})")
     if "CUDAExecutionProvider" in chosen:
         preload_cuda_libraries()
-    return [(p, {**CUDA_DEFAULTS, **cfg.cuda_options}) if p == "CUDAExecutionProvider" else p for p in chosen]
+    cuda_options = {**(FP32_CUDA_DEFAULTS if fp32 else {}), **cfg.cuda_options}
+    return [(p, cuda_options) if p == "CUDAExecutionProvider" else p for p in chosen]
 
 
-def make_session(model_bytes: bytes, cfg: RuntimeConfig, what: str) -> ort.InferenceSession:
+def make_session(model_bytes: bytes, cfg: RuntimeConfig, what: str, *, fp32: bool = True) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if cfg.intra_op_threads:
         opts.intra_op_num_threads = cfg.intra_op_threads
-    providers = resolve_providers(cfg)
+    providers = resolve_providers(cfg, fp32=fp32)
     session = ort.InferenceSession(model_bytes, opts, providers=providers)
     wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
     if session.get_providers()[0] != wanted:
@@ -114,7 +117,7 @@ class EngineSessions:
 
     def __init__(self, explain_bytes: bytes, sampler_bytes: bytes, scorer_bytes: bytes, cfg: RuntimeConfig):
         self.explain = make_session(explain_bytes, cfg, "explain model")
-        self.sampler = make_session(sampler_bytes, cfg, "sampler")
+        self.sampler = make_session(sampler_bytes, cfg, "sampler", fp32=not cfg.fp16)
         self.provider = self.explain.get_providers()[0]
         self.device = DEVICE_OF.get(self.provider, "cpu")
         self._scorer_bytes, self._cfg, self._scorer = scorer_bytes, cfg, None
@@ -122,7 +125,7 @@ class EngineSessions:
     def score_masks(self, image: np.ndarray, masks: np.ndarray, target: np.ndarray, *, chunk: int) -> np.ndarray:
         """psi of the target for image * mask, for float32 masks [K, H, W] (in chunks); returns [K]."""
         if self._scorer is None:  # built on first use (RISE, metrics)
-            self._scorer = make_session(self._scorer_bytes, self._cfg, "mask scorer")
+            self._scorer = make_session(self._scorer_bytes, self._cfg, "mask scorer", fp32=not self._cfg.fp16)
         out = []
         for start in range(0, len(masks), chunk):
             feeds = {IMAGE: image, MASKS: np.ascontiguousarray(masks[start:start + chunk], np.float32),

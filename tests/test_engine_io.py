@@ -245,3 +245,21 @@ def test_cuda_libraries_preloaded_once_with_the_output_logged(monkeypatch, caplo
         session.preload_cuda_libraries()
     assert calls == [{"msvc": False}]
     assert any("Failed to load libcudnn.so.9" in r.getMessage() for r in caplog.records)
+
+
+def test_cuda_options_float32_sessions_default_to_no_tf32(monkeypatch):
+    """use_tf32=0 on float32 sessions (TF32 visibly moved maps on an H100), not on the float16 sampler;
+    the config's cuda_options win."""
+    import onnxruntime as ort
+
+    from inspector import session
+    from inspector.config import RuntimeConfig
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(session, "_preloaded", True)
+    cfg = RuntimeConfig(providers=("CUDAExecutionProvider", "CPUExecutionProvider"), cuda_options={"prefer_nhwc": 1})
+    assert session.resolve_providers(cfg) == [("CUDAExecutionProvider", {"use_tf32": "0", "prefer_nhwc": 1}),
+                                              "CPUExecutionProvider"]
+    assert session.resolve_providers(cfg, fp32=False)[0] == ("CUDAExecutionProvider", {"prefer_nhwc": 1})
+    mine = RuntimeConfig(providers=("CUDAExecutionProvider",), cuda_options={"use_tf32": 1})
+    assert session.resolve_providers(mine)[0] == ("CUDAExecutionProvider", {"use_tf32": 1})
