@@ -135,7 +135,7 @@ def main() -> None:
               "runtime": {"providers": [providers[0][0] if cuda else providers[0]], "cuda_options": parse_options(args.cuda_option),
                           "intra_op_threads": args.threads, "fp16": args.fp16}}
     floor_per_image = forward_seconds_per_image(plain, args.size, args.chunk, args.threads, providers, args.fp16)
-    options = "".join(f" {k}={v}" for k, v in cuda_options.items())
+    options = "".join(f" {k}={v}" for k, v in cuda_options.items()) if cuda else ""
     print(f"ResNet-50 (torchvision-style, random weights), {args.size}x{args.size}, onnxruntime {ort.__version__} "
           f"{'CUDAExecutionProvider' if cuda else 'CPUExecutionProvider'}{options}{' fp16' if args.fp16 else ''}, "
           f"{args.threads} threads, chunk {args.chunk}{', no padding' if args.no_pad else ''}"

@@ -54,6 +54,7 @@ def watch(insp: Inspector, in_dir: str, out_dir: str, done_dir: str, failed_dir:
         os.makedirs(folder, exist_ok=True)
     seen: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime_ns, first time seen unchanged)
     handled = 0
+    log(f"warmed up in {insp.warm_up():.2f} s ({insp.sessions.provider})")
     log(f"watching {in_dir} -> {out_dir} (done: {done_dir}, failed: {failed_dir})")
     while not stop.requested:
         now = time.monotonic()

@@ -263,3 +263,17 @@ def test_cuda_options_float32_sessions_default_to_no_tf32(monkeypatch):
     assert session.resolve_providers(cfg, fp32=False)[0] == ("CUDAExecutionProvider", {"prefer_nhwc": 1})
     mine = RuntimeConfig(providers=("CUDAExecutionProvider",), cuda_options={"use_tf32": 1})
     assert session.resolve_providers(mine)[0] == ("CUDAExecutionProvider", {"use_tf32": 1})
+
+
+@pytest.mark.parametrize("preprocess", [{}, {"input_dtype": "uint16", "scale": 1.0 / 65535},
+                                        {"input_dtype": "float", "scale": 1.0}])
+def test_warm_up_explains_a_noise_image_of_the_configured_dtype(preprocess):
+    import yaml
+
+    from inspector.demo import example_dir
+
+    with open(f"{example_dir()}/config.yaml") as f:
+        raw = yaml.safe_load(f)
+    raw.update(model=os.path.join(example_dir(), raw["model"]), runtime=CPU)
+    raw["preprocess"] = {**raw["preprocess"], **preprocess}
+    assert Inspector.from_options(**raw).warm_up() > 0

@@ -62,6 +62,7 @@ def test_watch_service(tmp_path):
     text = (tmp_path / "run1.log").read_text()
     assert text.count("OK a.png") == 1 and text.count("OK slow.png") == 1 and text.count("FAILED broken.png") == 1
     assert "stopping after 3 image(s)" in text
+    assert text.index("warmed up in") < text.index("watching") < text.index("OK a.png")  # warm before the line
     assert "not a readable image" in (inp / "failed" / "broken.png.error.txt").read_text()
     for stem in ("a", "slow"):
         for suffix in (".npz", ".json", "_overlay.png", "_layers.png"):
