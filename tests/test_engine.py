@@ -237,8 +237,13 @@ def test_fp16_sampling_agrees_with_fp32(exported, caplog):
         half_insp = Inspector.from_options(model=path, preprocess=IDENTITY_PREPROCESS,
                                            runtime={**CPU, "fp16": True})
     assert any("fp16 is meant for CUDA" in r.getMessage() for r in caplog.records)
+    sampler = onnx.load_from_string(half_insp.model.sampler_bytes)
+    conv_weights = {n.input[1] for n in sampler.graph.node if n.op_type == "Conv"}
+    kinds = {t.data_type for t in sampler.graph.initializer if t.name in conv_weights}
+    assert kinds == {onnx.TensorProto.FLOAT16}  # the forward passes really are float16
     half = half_insp.explain(image, target=5)
     assert half.masks_per_layer == full.masks_per_layer and half.settings["fp16"] is True
+    assert not np.array_equal(half.layer_maps, full.layer_maps)
     for b in range(5):
         assert pearson(half.layer_maps[b], full.layer_maps[b]) >= 0.999
     assert pearson(half.saliency, full.saliency) >= 0.99
