@@ -92,7 +92,7 @@ def reference_seconds(model, taps, image: np.ndarray, chunk: int, cuda: bool, au
     return time.perf_counter() - t, fused
 
 
-def test_image(i: int, size: int, rng) -> np.ndarray:
+def sample_image(i: int, size: int, rng) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size] / size
     image = np.stack([np.sin(9 * xx + i), np.cos(7 * yy), np.sin(5 * (xx + yy))], -1)
     return (image + 0.2 * rng.standard_normal(image.shape)).astype(np.float32)
@@ -127,17 +127,18 @@ def main() -> None:
     folder = tempfile.mkdtemp()
     path = os.path.join(folder, "resnet50.sise.onnx")
     onnx.save(export_model(plain).model, path)
-    # the engine's sampler options, for the floor too
-    cuda_options = {**({} if args.fp16 else FP32_CUDA_DEFAULTS), **parse_options(args.cuda_option)}
-    providers = [("CUDAExecutionProvider", cuda_options)] if cuda else ["CPUExecutionProvider"]
+    provider = "CUDAExecutionProvider" if cuda else "CPUExecutionProvider"
+    user_options = parse_options(args.cuda_option)
+    sampler_options = {**({} if args.fp16 else FP32_CUDA_DEFAULTS), **user_options}  # as the engine's sampler
     common = {"model": path,
               "preprocess": {"resize": "stretch", "scale": 1.0, "mean": [0.0], "std": [1.0], "input_dtype": "float"},
-              "runtime": {"providers": [providers[0][0] if cuda else providers[0]], "cuda_options": parse_options(args.cuda_option),
-                          "intra_op_threads": args.threads, "fp16": args.fp16}}
-    floor_per_image = forward_seconds_per_image(plain, args.size, args.chunk, args.threads, providers, args.fp16)
-    options = "".join(f" {k}={v}" for k, v in cuda_options.items()) if cuda else ""
+              "runtime": {"providers": [provider], "cuda_options": user_options, "intra_op_threads": args.threads,
+                          "fp16": args.fp16}}
+    floor_providers = [(provider, sampler_options)] if cuda else [provider]
+    floor_per_image = forward_seconds_per_image(plain, args.size, args.chunk, args.threads, floor_providers, args.fp16)
+    options = "".join(f" {k}={v}" for k, v in sampler_options.items()) if cuda else ""
     print(f"ResNet-50 (torchvision-style, random weights), {args.size}x{args.size}, onnxruntime {ort.__version__} "
-          f"{'CUDAExecutionProvider' if cuda else 'CPUExecutionProvider'}{options}{' fp16' if args.fp16 else ''}, "
+          f"{provider}{options}{' fp16' if args.fp16 else ''}, "
           f"{args.threads} threads, chunk {args.chunk}{', no padding' if args.no_pad else ''}"
           + (f", {torch.cuda.get_device_name()}" if cuda else ""))
     print(f"model forward at batch {args.chunk}: {floor_per_image * 1e3:.3f} ms/image")
@@ -146,7 +147,7 @@ def main() -> None:
     print(f"engine provider: {engines['quality'].sessions.provider}")
     rng = np.random.default_rng(0)
     for i in range(warmup):
-        image = test_image(100 + i, args.size, rng)
+        image = sample_image(100 + i, args.size, rng)
         for preset in presets:
             t = time.perf_counter()
             engines[preset].explain(image, target=1)
@@ -158,7 +159,7 @@ def main() -> None:
     engine_times: dict[str, list] = {p: [] for p in presets}
     ref_times = []
     for i in range(args.images):
-        image = test_image(i, args.size, rng)
+        image = sample_image(i, args.size, rng)
         quality = None
         for preset in presets:
             t = time.perf_counter()

@@ -53,10 +53,11 @@ def preload_cuda_libraries() -> None:
     the nvidia-* pip packages beside it (``onnxruntime.preload_dlls``, onnxruntime-gpu >= 1.21), which is
     where `pip install onnxruntime-gpu[cuda,cudnn]` puts them. What it prints goes to the log."""
     global _preloaded
-    if _preloaded or not hasattr(ort, "preload_dlls") or all(cuda_libraries().values()):
-        _preloaded = True
+    if _preloaded:
         return
     _preloaded = True
+    if not hasattr(ort, "preload_dlls") or all(cuda_libraries().values()):
+        return
     said = io.StringIO()
     try:
         with contextlib.redirect_stdout(said):

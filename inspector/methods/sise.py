@@ -2,8 +2,8 @@
 
 For each block: select channels (alpha > mu * max alpha, or Ada-SISE's Otsu rule), drop constant maps,
 and let the sampler graph score image * mask for every selected map in chunks; the layer map is
-sum_k s_k m_k / sum(m_k), min-max normalised. Chunks mix blocks, so every run but the last is full (on CUDA the
-last is padded too, see PAD_DEVICES).
+sum_k s_k m_k / sum(m_k), min-max normalised. Chunks mix blocks, so every run but the last is full
+(on CUDA the last is padded too, see PAD_DEVICES).
 """
 
 from __future__ import annotations
