@@ -277,3 +277,23 @@ def test_warm_up_explains_a_noise_image_of_the_configured_dtype(preprocess):
     raw.update(model=os.path.join(example_dir(), raw["model"]), runtime=CPU)
     raw["preprocess"] = {**raw["preprocess"], **preprocess}
     assert Inspector.from_options(**raw).warm_up() > 0
+
+
+def test_sampler_matmuls_multiply_matrices_only():
+    """Every MatMul the sampler adds has two 2-D operands: onnxruntime 1.31 (not 1.32, which CI runs)
+    refuses a batched MatMul over an empty batch, which a block with no map in a chunk produces."""
+    from onnx import shape_inference
+
+    from inspector.demo import example_dir
+    from onnx_tools import build_sampler
+
+    model = onnx.load(os.path.join(example_dir(), "defect_resnet.sise.onnx"))
+    for fp16 in (False, True):
+        graph = shape_inference.infer_shapes(build_sampler(model, fp16=fp16)).graph
+        ranks = {v.name: len(v.type.tensor_type.shape.dim)
+                 for v in [*graph.value_info, *graph.input, *graph.output] if v.type.tensor_type.HasField("shape")}
+        ranks.update({t.name: len(t.dims) for t in graph.initializer})
+        matmuls = [n for n in graph.node if n.op_type == "MatMul" and n.name.startswith("sampler/")]
+        assert len(matmuls) >= 2 * 5 + 2  # two per block for upsampling, scores, layer maps
+        assert all(ranks[i] == 2 for n in matmuls for i in n.input), [(n.name, [ranks[i] for i in n.input])
+                                                                        for n in matmuls]
