@@ -65,13 +65,14 @@ def self_test(cfg: InspectorConfig) -> tuple[str, float, str]:
     import dataclasses
 
     from .engine import Inspector
+    from .preprocess import as_configured
     from .synthetic import sample
 
     quick = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, max_masks_per_layer=4))
     insp = Inspector(quick)
-    image = sample(0, 1, size=max(insp.size)).image  # a scratch on a synthetic surface
+    image = sample(0, 1, size=max(insp.size)).image[: insp.size[0], : insp.size[1]]  # a scratch on a surface
     start = time.perf_counter()
-    exp = insp.explain(image[: insp.size[0], : insp.size[1]])
+    exp = insp.explain(as_configured(image, cfg.preprocess))
     seconds = time.perf_counter() - start
     ok = np.isfinite(exp.saliency).all() and exp.saliency.max() <= 1.0
     return insp.sessions.provider, seconds, f"{exp.total_masks} masks, saliency {'ok' if ok else 'INVALID'}"

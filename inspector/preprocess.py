@@ -85,6 +85,17 @@ def _channels(image: np.ndarray, order: str, name: str) -> np.ndarray:
     raise ImageError(f"{name}: {c} channels; expected 1, 3 or 4")
 
 
+def as_configured(rgb8: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """A uint8 RGB image as the configured input expects it (GRAY channels, uint16 or float pixels), for
+    images the tool makes itself (warm-up, self-test)."""
+    image = cv2.cvtColor(rgb8, cv2.COLOR_RGB2GRAY) if cfg.channel_order == "GRAY" else rgb8
+    if cfg.input_dtype == "uint16":
+        return image.astype(np.uint16) * 257
+    if cfg.input_dtype == "float":
+        return image.astype(np.float32) / 255
+    return image
+
+
 def _check_dtype(image: np.ndarray, expected: str, name: str) -> None:
     kind = {np.dtype(np.uint8): "uint8", np.dtype(np.uint16): "uint16"}.get(image.dtype)
     if kind is None and np.issubdtype(image.dtype, np.floating):

@@ -265,9 +265,8 @@ def test_cuda_options_float32_sessions_default_to_no_tf32(monkeypatch):
     assert session.resolve_providers(mine)[0] == ("CUDAExecutionProvider", {"use_tf32": 1})
 
 
-@pytest.mark.parametrize("preprocess", [{}, {"input_dtype": "uint16", "scale": 1.0 / 65535},
-                                        {"input_dtype": "float", "scale": 1.0}])
-def test_warm_up_explains_a_noise_image_of_the_configured_dtype(preprocess):
+def example_config(**preprocess) -> dict:
+    """The bundled example's config as a dict (CPU, absolute model path), preprocess keys overridden."""
     import yaml
 
     from inspector.demo import example_dir
@@ -276,7 +275,13 @@ def test_warm_up_explains_a_noise_image_of_the_configured_dtype(preprocess):
         raw = yaml.safe_load(f)
     raw.update(model=os.path.join(example_dir(), raw["model"]), runtime=CPU)
     raw["preprocess"] = {**raw["preprocess"], **preprocess}
-    assert Inspector.from_options(**raw).warm_up() > 0
+    return raw
+
+
+@pytest.mark.parametrize("preprocess", [{}, {"input_dtype": "uint16", "scale": 1.0 / 65535},
+                                        {"input_dtype": "float", "scale": 1.0}])
+def test_warm_up_explains_a_noise_image_of_the_configured_dtype(preprocess):
+    assert Inspector.from_options(**example_config(**preprocess)).warm_up() > 0
 
 
 def test_sampler_matmuls_multiply_matrices_only():
@@ -297,3 +302,14 @@ def test_sampler_matmuls_multiply_matrices_only():
         assert len(matmuls) >= 2 * 5 + 2  # two per block for upsampling, scores, layer maps
         assert all(ranks[i] == 2 for n in matmuls for i in n.input), [(n.name, [ranks[i] for i in n.input])
                                                                         for n in matmuls]
+
+
+@pytest.mark.parametrize("preprocess", [{"input_dtype": "uint16", "scale": 1.0 / 65535},
+                                        {"input_dtype": "float", "scale": 1.0}])
+def test_doctor_self_test_feeds_the_configured_dtype(preprocess):
+    """The doctor's self-test image (uint8 RGB from inspector.synthetic) is converted like warm_up's."""
+    from inspector.config import config_from_dict
+    from inspector.doctor import self_test
+
+    provider, seconds, summary = self_test(config_from_dict(example_config(**preprocess)))
+    assert provider == "CPUExecutionProvider" and seconds > 0 and summary.endswith("saliency ok")
