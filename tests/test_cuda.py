@@ -13,26 +13,19 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from inspector import Inspector
-
 from .sise_reference import sise_reference
-from .test_engine import IDENTITY_PREPROCESS, pearson, smooth_image
+from .test_engine import CPU, inspector_for, pearson, smooth_image
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
                                                   reason="onnxruntime has no CUDAExecutionProvider")]
 CUDA = {"providers": ["CUDAExecutionProvider"]}
-CPU = {"providers": ["CPUExecutionProvider"]}
-
-
-def engine(path, runtime, **method) -> Inspector:
-    return Inspector.from_options(model=path, preprocess=IDENTITY_PREPROCESS, method=method, runtime=runtime)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "vgg16"])
 def test_cuda_engine_matches_torch_reference(exported, name):
     model, taps, shape, path = exported(name)
     image = smooth_image(shape, seed=2)
-    exp = engine(path, CUDA, chunk_size=32).explain(image)
+    exp = inspector_for(path, CUDA, chunk_size=32).explain(image)
     assert exp.settings["provider"] == "CUDAExecutionProvider"  # no silent fallback
     x = np.ascontiguousarray(image.transpose(2, 0, 1)[None])
     ref_maps, ref_fused, ref_counts = sise_reference(model, taps, x, exp.target)
@@ -46,9 +39,9 @@ def test_cuda_engine_matches_torch_reference(exported, name):
 def test_cuda_agrees_with_cpu_and_padding_changes_nothing(exported):
     _, _, shape, path = exported("resnet18")
     image = smooth_image(shape, seed=5)
-    cpu = engine(path, CPU, chunk_size=7).explain(image, target=3)
+    cpu = inspector_for(path, CPU, chunk_size=7).explain(image, target=3)
     for chunk in (7, 500):  # 7: several chunks, the last one padded; 500: one chunk, padded
-        gpu = engine(path, CUDA, chunk_size=chunk).explain(image, target=3)
+        gpu = inspector_for(path, CUDA, chunk_size=chunk).explain(image, target=3)
         assert gpu.masks_per_layer == cpu.masks_per_layer
         np.testing.assert_allclose(gpu.layer_maps, cpu.layer_maps, atol=2e-3)
         assert pearson(gpu.saliency, cpu.saliency) >= 0.999
@@ -58,8 +51,8 @@ def test_cuda_fp16_agrees_with_fp32(exported):
     pytest.importorskip("onnxconverter_common")
     _, _, shape, path = exported("resnet18")
     image = smooth_image(shape, seed=4)
-    full = engine(path, CUDA).explain(image, target=5)
-    half = engine(path, {**CUDA, "fp16": True}).explain(image, target=5)
+    full = inspector_for(path, CUDA).explain(image, target=5)
+    half = inspector_for(path, {**CUDA, "fp16": True}).explain(image, target=5)
     assert half.masks_per_layer == full.masks_per_layer and half.settings["fp16"] is True
     for b in range(len(full.layer_maps)):
         if full.masks_per_layer[b]:
@@ -73,6 +66,6 @@ def test_cuda_mask_scorer_methods_agree_with_cpu(exported):
     image = smooth_image(shape, seed=6)
     method = {"rise_masks": 200, "rise_grid": 5, "seed": 3, "chunk_size": 64}
     for name in ("gradcam", "rise"):
-        gpu = engine(path, CUDA, **method).explain(image, target=2, method=name)
-        cpu = engine(path, CPU, **method).explain(image, target=2, method=name)
+        gpu = inspector_for(path, CUDA, **method).explain(image, target=2, method=name)
+        cpu = inspector_for(path, CPU, **method).explain(image, target=2, method=name)
         np.testing.assert_allclose(gpu.saliency, cpu.saliency, atol=2e-3)

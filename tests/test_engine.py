@@ -22,8 +22,8 @@ def pearson(a, b) -> float:
     return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
 
 
-def inspector_for(path, **method) -> Inspector:
-    return Inspector.from_options(model=path, preprocess=IDENTITY_PREPROCESS, method=method, runtime=CPU)
+def inspector_for(path, runtime=CPU, **method) -> Inspector:
+    return Inspector.from_options(model=path, preprocess=IDENTITY_PREPROCESS, method=method, runtime=runtime)
 
 
 def smooth_image(shape, seed=0) -> np.ndarray:
