@@ -1,53 +1,56 @@
-"""`inspector audit`: a resumable, shardable batch run over a folder or manifest.
+"""`inspector audit`: a resumable, shardable batch run over a folder or manifest, recorded in the store.
 
 Output folder layout:
-    audit.json       the run's identity (settings hash, shard); a re-run must match it
-    results.jsonl    one JSON line per finished image, appended and fsynced; the source of truth
-    results.csv      the same rows as a table (rewritten atomically after every run)
-    report.html      summary counts per class, timing, flagged and least confident images
-    images/          per image: npz, overlay, layer strip, JSON sidecar (each written atomically)
+    results.db       the results store (unless --store names another database)
+    images/          per result: npz, overlay, layer strip, JSON sidecar (content-addressed names)
+    results.csv, results.jsonl, report.html
+                     views of this audit's inputs in the store, rewritten at the end of every run,
+                     including one stopped by SIGTERM/SIGINT or by an output error
 
-Killing the process at any moment loses at most the image in flight: finished rows are on disk, a
-half-written last line is dropped on resume, and per-image files appear only when complete.
+Resume: an image whose content already has a finished result with these settings is skipped, whatever
+its folder or name; failed results are tried again unless ``retry=False``. Killing the process at any
+moment loses at most the image in flight.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import html
-import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 
 from .engine import Inspector
-from .errors import InspectorError
-from .jobs import explain_file
+from .errors import InspectorError, OutputError
+from .folders import check_output_folder, is_inside
 from .preprocess import IMAGE_EXTENSIONS
-
-CSV_FIELDS = ("key", "image", "prediction", "confidence", "target", "regions", "evidence_peak",
-              "evidence_mean", "roi_inside", "flagged", "masks", "seconds", "error", "shard")
+from .record import Job, explain_and_record, result_settings, settings_hash, start_job
+from .report import write_views
+from .stop import Stop
+from .store import Store, default_url, display_path
 
 
 def list_inputs(source: str) -> list[tuple[str, str]]:
-    """(key, path) pairs, sorted by key: a folder's image files (recursively, key = relative path) or the
-    ``image`` column of a manifest CSV (key = the column's value, relative to the manifest)."""
+    """(key, absolute path) pairs sorted by the key's bytes: a folder's image files (recursively, key =
+    relative path) or the ``image`` column of a manifest CSV (key = the column's value, relative to the manifest)."""
+    source = os.path.abspath(source)
     if os.path.isdir(source):
         out = []
-        for root, _, files in os.walk(source):
+        for root, dirs, files in os.walk(source):
+            dirs.sort()
             for f in files:
                 if f.lower().endswith(IMAGE_EXTENSIONS):
                     path = os.path.join(root, f)
                     out.append((os.path.relpath(path, source).replace(os.sep, "/"), path))
-        return sorted(out)
+        return sorted(out, key=lambda kp: os.fsencode(kp[0]))
     if os.path.isfile(source) and source.endswith(".csv"):
-        with open(source, newline="") as f:
+        with open(source, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
         if rows and "image" not in rows[0]:
             raise InspectorError(f"{source}: a manifest needs an 'image' column")
         base = os.path.dirname(os.path.abspath(source))
-        return sorted((r["image"], os.path.join(base, r["image"])) for r in rows)
+        return sorted(((r["image"], os.path.join(base, r["image"])) for r in rows), key=lambda kp: os.fsencode(kp[0]))
     raise InspectorError(f"{source}: not a folder of images nor a manifest .csv")
 
 
@@ -64,166 +67,111 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 
 def in_shard(key: str, index: int, count: int) -> bool:
-    """Deterministic, order-independent split: by a hash of the image key."""
-    return int(hashlib.sha1(key.encode()).hexdigest(), 16) % count == index
+    """Deterministic, order-independent split by a hash of the key's bytes (any file name works)."""
+    return int(hashlib.sha1(os.fsencode(key)).hexdigest(), 16) % count == index
 
 
-def settings_hash(insp: Inspector) -> str:
-    s = insp.settings()
-    keep = {k: s[k] for k in ("method", "preset", "mu", "adaptive", "max_masks_per_layer", "score",
-                              "model_sha256")}
-    keep["regions"] = vars(insp.config.regions)
-    keep["roi"] = vars(insp.config.roi) if insp.config.roi else None
-    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def check_folders(source: str, out: str) -> None:
+    """Refuse an output folder that the input would list, and an input inside the output folder."""
+    check_output_folder("--out", out)
+    tree = source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
+    if os.path.isdir(source) and is_inside(out, tree):
+        raise InspectorError(f"--out {out} lies inside the input folder {source}; the next audit would "
+                             "explain its own outputs. Choose an --out outside it")
+    if is_inside(tree, out):
+        raise InspectorError(f"the input {source} lies inside --out {out}; choose an --out outside it")
 
 
-def read_results(out: str) -> list[dict]:
-    """Finished rows; a half-written last line (killed mid-write) is cut off the file."""
-    path = os.path.join(out, "results.jsonl")
-    if not os.path.isfile(path):
-        return []
-    with open(path, "rb") as f:
-        data = f.read()
-    good = data[: data.rfind(b"\n") + 1]
-    if len(good) != len(data):
-        with open(path, "r+b") as f:
-            f.truncate(len(good))
-    return [json.loads(line) for line in good.decode().splitlines() if line.strip()]
+def audit_scope(settings: str, source: str, shard: tuple[int, int]) -> str:
+    """The inputs of one audit (same settings, input, shard) across its resumptions."""
+    text = f"audit|{settings}|{display_path(os.path.abspath(source))}|{shard[0]}/{shard[1]}"
+    return "audit:" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _append(handle, row: dict) -> None:
-    handle.write(json.dumps(row, sort_keys=True) + "\n")
-    handle.flush()
-    os.fsync(handle.fileno())
+@dataclass
+class AuditSummary:
+    total: int = 0          # inputs in this shard
+    explained: int = 0      # explained by this run
+    reused: int = 0         # found finished in the store
+    failed: int = 0         # failed results (now or before) and unreadable files
+    pending: int = 0        # no result at the end (interrupted, or still held by another run)
+    stopped: str | None = None  # why the run stopped early
+    rows: list[dict] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0 all done, 1 some images failed, 3 incomplete (stopped or images left): run again."""
+        if self.stopped or self.pending:
+            return 3
+        return 1 if self.failed else 0
 
 
-def _write_atomic(path: str, text: str) -> None:
-    with open(path + ".part", "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(path + ".part", path)
+def _progress(i: int, total: int, start: float, note: str) -> None:
+    elapsed = time.perf_counter() - start
+    rate = i / elapsed if elapsed > 0 else 0.0
+    eta = (total - i) / rate if rate > 0 else 0.0
+    print(f"\r[{i}/{total}] {rate:.2f} img/s, eta {eta:.0f} s {note[:60]:<60}", end="", file=sys.stderr, flush=True)
 
 
-def write_table(out: str, rows: list[dict]) -> None:
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(sorted(rows, key=lambda r: r["key"]))
-    _write_atomic(os.path.join(out, "results.csv"), buf.getvalue())
-
-
-def write_report(out: str, rows: list[dict], title: str, lowest: int = 12) -> str:
-    ok = [r for r in rows if not r["error"]]
-    counts: dict[str, int] = {}
-    for r in ok:
-        counts[r["prediction"]] = counts.get(r["prediction"], 0) + 1
-    seconds = sum(r["seconds"] for r in ok)
-
-    def thumbs(selected):
-        return "".join(f"<figure><img src='images/{html.escape(r['stem'])}_overlay.png' width=160>"
-                       f"<figcaption>{html.escape(r['key'])}<br>{html.escape(r['prediction'])} "
-                       f"{r['confidence']:.3f}</figcaption></figure>" for r in selected)
-    flagged = [r for r in ok if r["flagged"]]
-    least = sorted(ok, key=lambda r: r["confidence"])[:lowest]
-    errors = "".join(f"<li>{html.escape(r['key'])}: {html.escape(r['error'])}</li>" for r in rows if r["error"])
-    page = ("<!doctype html><meta charset=utf-8><title>SISE audit</title><style>body{font-family:sans-serif}"
-            "figure{display:inline-block;margin:4px;font-size:11px}</style>"
-            f"<h1>{html.escape(title)}</h1><p>{len(rows)} images: {len(ok)} explained, "
-            f"{len(rows) - len(ok)} failed; {seconds:.1f} s of explanation time "
-            f"({seconds / max(len(ok), 1):.2f} s per image).</p><h2>Predicted classes</h2><table>"
-            + "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in sorted(counts.items()))
-            + f"</table><h2>Flagged: evidence mostly outside the ROI ({len(flagged)})</h2>{thumbs(flagged)}"
-            f"<h2>Least confident ({len(least)})</h2>{thumbs(least)}"
-            f"<h2>Failed ({len(rows) - len(ok)})</h2><ul>{errors}</ul>")
-    path = os.path.join(out, "report.html")
-    _write_atomic(path, page)
-    return path
-
-
-def _stem(key: str) -> str:
-    return os.path.splitext(key)[0].replace("/", "__")
-
-
-def run_audit(insp: Inspector, source: str, out: str, *, shard: tuple[int, int] = (0, 1)) -> list[dict]:
-    """Explain every image of ``source`` in this shard that ``out`` has not finished yet."""
-    os.makedirs(os.path.join(out, "images"), exist_ok=True)
-    for folder in (out, os.path.join(out, "images")):  # temporary files of a killed run
-        for name in os.listdir(folder):
-            if name.endswith(".part"):
-                os.unlink(os.path.join(folder, name))
-    identity = {"settings": settings_hash(insp), "shard": list(shard), "source": os.path.abspath(source)}
-    id_path = os.path.join(out, "audit.json")
-    if os.path.isfile(id_path):
-        with open(id_path) as f:
-            previous = json.load(f)
-        if previous["settings"] != identity["settings"] or previous["shard"] != identity["shard"]:
-            raise InspectorError(f"{out} holds an audit with other settings or another shard; use another --out")
-    else:
-        _write_atomic(id_path, json.dumps(identity, indent=2))
-    done = {r["key"] for r in read_results(out)}
-    todo = [(k, p) for k, p in list_inputs(source) if in_shard(k, *shard) and k not in done]
-    classes = insp.config.classes
+def _work(job: Job, todo: list[str], stop: Stop, summary: AuditSummary, wait_for_others: float) -> None:
     start = time.perf_counter()
-    with open(os.path.join(out, "results.jsonl"), "a", encoding="utf-8") as results:
-        for i, (key, path) in enumerate(todo, 1):
-            t0 = time.perf_counter()
-            row = {"key": key, "image": os.path.abspath(path), "stem": _stem(key), "shard": f"{shard[0]}/{shard[1]}",
-                   "error": ""}
-            try:
-                exp, rv = explain_file(insp, path, os.path.join(out, "images"), stem=row["stem"])
-                name = (lambda k: classes[k] if classes else str(k))
-                row.update(prediction=name(exp.predicted), confidence=float(exp.scores[exp.predicted]),
-                           target=name(exp.target), regions=len(rv.regions),
-                           evidence_peak=max((r.peak for r in rv.regions), default=0.0),
-                           evidence_mean=float(exp.saliency_full.mean()), roi_inside=rv.roi_inside,
-                           flagged=rv.flagged, masks=exp.total_masks)
-            except (InspectorError, OSError) as e:
-                row.update(prediction="", confidence=0.0, target="", regions=0, evidence_peak=0.0,
-                           evidence_mean=0.0, roi_inside=None, flagged=False, masks=0, error=str(e))
-            row["seconds"] = time.perf_counter() - t0
-            _append(results, row)
-            elapsed = time.perf_counter() - start
-            rate = i / elapsed
-            print(f"\r[{i}/{len(todo)}] {rate:.2f} img/s, eta {(len(todo) - i) / rate:.0f} s ", end="",
-                  file=sys.stderr, flush=True)
+    busy: list[str] = []
+    for i, path in enumerate(todo, 1):
+        if stop.requested:
+            return
+        outcome = explain_and_record(job, path)
+        if outcome.state == "busy":
+            busy.append(path)
+        summary.explained += outcome.state in ("explained", "failed")
+        summary.reused += outcome.state in ("done", "skipped_failed")
+        _progress(i, len(todo), start, outcome.state)
+    deadline = time.monotonic() + wait_for_others
+    while busy and not stop.requested and time.monotonic() < deadline:  # images another run is explaining
+        time.sleep(0.5)
+        busy = [p for p in busy if explain_and_record(job, p).state == "busy"]
     if todo:
         print(file=sys.stderr)
-    rows = read_results(out)
-    write_table(out, rows)
-    write_report(out, rows, f"SISE audit of {source} (shard {shard[0]}/{shard[1]})")
-    return rows
 
 
-def merge_audits(parts: list[str], out: str) -> list[dict]:
-    """Join shard outputs (same settings) into one results table and report in ``out``."""
-    settings, rows, seen = None, [], set()
-    os.makedirs(os.path.join(out, "images"), exist_ok=True)
-    for part in parts:
-        id_path = os.path.join(part, "audit.json")
-        if not os.path.isfile(id_path):
-            raise InspectorError(f"{part}: not an audit folder (no audit.json)")
-        with open(id_path) as f:
-            identity = json.load(f)
-        if settings not in (None, identity["settings"]):
-            raise InspectorError(f"{part}: audited with other settings than {parts[0]}; cannot merge")
-        settings = identity["settings"]
-        for row in read_results(part):
-            if row["key"] in seen:
-                continue
-            seen.add(row["key"])
-            rows.append(row)
-            for suffix in ("_overlay.png", "_layers.png", ".json", ".npz"):
-                src = os.path.join(part, "images", row["stem"] + suffix)
-                if os.path.isfile(src) and os.path.abspath(part) != os.path.abspath(out):
-                    dst = os.path.join(out, "images", row["stem"] + suffix)
-                    with open(src, "rb") as a, open(dst + ".part", "wb") as b:
-                        b.write(a.read())
-                    os.replace(dst + ".part", dst)
-    rows.sort(key=lambda r: r["key"])
-    _write_atomic(os.path.join(out, "results.jsonl"), "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    _write_atomic(os.path.join(out, "audit.json"), json.dumps({"settings": settings, "merged_from": parts},
-                                                              indent=2))
-    write_table(out, rows)
-    write_report(out, rows, f"SISE audit, merged from {len(parts)} shard(s)")
-    return rows
+def run_audit(insp: Inspector, source: str, out: str, *, store_url: str | None = None, shard: tuple[int, int] = (0, 1),
+              retry: bool = True, stop: Stop | None = None, wait_for_others: float = 3600.0) -> AuditSummary:
+    """Explain every image of ``source`` in this shard that the store has no finished result for."""
+    check_folders(source, out)
+    stop = stop or Stop()
+    os.makedirs(out, exist_ok=True)
+    store = Store(store_url or default_url(out))
+    try:
+        settings = settings_hash(result_settings(insp))
+        scope = audit_scope(settings, source, shard)
+        job = start_job(insp, store, kind="audit", out_dir=out, scope=scope, source=display_path(os.path.abspath(source)),
+                        shard=shard, retry=retry)
+        todo = [p for k, p in list_inputs(source) if in_shard(k, *shard)]
+        store.plan_inputs(scope, job.run_id, todo)
+        summary = AuditSummary(total=len(todo))
+        try:
+            with store.heartbeats(job.run_id):
+                _work(job, todo, stop, summary, wait_for_others)
+        except OutputError as e:
+            summary.stopped = str(e)
+        if stop.requested and not summary.stopped:
+            summary.stopped = f"stopped by {stop.signal_name or 'request'}"
+        _finish(store, job, out, source, shard, summary)
+        return summary
+    finally:
+        store.close()
+
+
+def _finish(store: Store, job: Job, out: str, source: str, shard: tuple[int, int], summary: AuditSummary) -> None:
+    status = "stopped" if summary.stopped else "finished"
+    try:
+        store.end_run(job.run_id, status, summary.stopped)
+        rows = write_views(store, out, scopes=[job.scope],
+                           title=f"SISE audit of {display_path(source)} (shard {shard[0]}/{shard[1]})",
+                           notes=[summary.stopped] if summary.stopped else [])
+    except (OSError, InspectorError) as e:
+        if summary.stopped:  # the output error that stopped the run may also stop the report
+            return
+        raise OutputError(f"{out}: cannot write the report ({e}); run the same command again") from e
+    summary.rows = rows
+    summary.failed = sum(r["status"] == "failed" for r in rows)
+    summary.pending = sum(r["status"] == "pending" for r in rows)

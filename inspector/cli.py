@@ -1,5 +1,13 @@
-"""The `inspector` commands (explain, evaluate, audit, audit-merge, doctor, watch, demo): thin shells over
-the modules that do the work; errors become one `error: ...` line and exit status 2."""
+"""The `inspector` commands (explain, evaluate, audit, audit-merge, report, doctor, watch, demo): thin shells
+over the modules that do the work.
+
+Exit codes, the same for every command:
+    0  everything asked for was done
+    1  done, but some images failed (each is listed and recorded)
+    2  usage, config, model or store error: one line ``error: ...`` saying what to fix (--debug: traceback)
+    3  incomplete: interrupted (SIGTERM/SIGINT) or stopped by an output error (disk full, permissions),
+       or a merge that lacks shards or images; running the same command again continues
+"""
 
 from __future__ import annotations
 
@@ -8,33 +16,44 @@ import logging
 import os
 import sys
 import time
+import traceback
 
+from . import __version__
 from .engine import Inspector
-from .errors import InspectorError
-from .jobs import explain_file
+from .errors import InspectorError, OutputError
+from .folders import check_output_folder
 from .preprocess import IMAGE_EXTENSIONS
+
+EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_INCOMPLETE = 0, 1, 2, 3
 
 
 def collect_images(items: list[str]) -> list[str]:
-    """Files as given, and the image files of given folders (sorted)."""
+    """Absolute paths: files as given, and the image files of given folders (sorted)."""
     out = []
-    for item in items:
+    for item in map(os.path.abspath, items):
         if os.path.isdir(item):
-            out.extend(sorted(os.path.join(item, f) for f in os.listdir(item)
-                              if f.lower().endswith(IMAGE_EXTENSIONS)))
+            out.extend(sorted((os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(IMAGE_EXTENSIONS)
+                               and os.path.isfile(os.path.join(item, f))), key=os.fsencode))
         else:
             out.append(item)
     return out
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="inspector", description="SISE explanations on ONNX Runtime")
+    parser = argparse.ArgumentParser(prog="inspector", description="SISE explanations on ONNX Runtime",
+                                     epilog="exit codes: 0 done, 1 some images failed, 2 usage/config/model/store "
+                                            "error, 3 incomplete (interrupted or output error; run again)")
+    parser.add_argument("--version", action="version", version=f"sise-inspector {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
+    store_help = ("results store URL (default: sqlite <out>/results.db); e.g. "
+                  "postgresql+psycopg://USER@HOST:5432/DB for a store several machines share")
     ex = sub.add_parser("explain", help="explain images and write npz, overlay png and json per image")
     ex.add_argument("-c", "--config", required=True, help="YAML config")
     ex.add_argument("images", nargs="+", help="image files or folders")
     ex.add_argument("--out", required=True, help="output folder (created if missing)")
     ex.add_argument("--target", default=None, help="class name or index to explain (default: the top class)")
+    ex.add_argument("--store", default=None, help=store_help)
     ev = sub.add_parser("evaluate", help="explanation quality against ground-truth defect masks")
     ev.add_argument("-c", "--config", required=True)
     ev.add_argument("--data", required=True, help="folder with manifest.csv (python -m inspector.synthetic)")
@@ -46,17 +65,25 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("input", help="folder of images or a manifest .csv with an 'image' column")
     au.add_argument("--out", required=True)
     au.add_argument("--shard", default=None, help="I/N: this machine's share of the input, e.g. 0/4")
-    merge = sub.add_parser("audit-merge", help="join the outputs of sharded audits")
-    merge.add_argument("parts", nargs="+", help="audit output folders")
-    merge.add_argument("--out", required=True)
+    au.add_argument("--store", default=None, help=store_help)
+    au.add_argument("--no-retry", action="store_true", help="skip images whose earlier result failed")
+    merge = sub.add_parser("audit-merge", help="join the stores of sharded audits into a new one")
+    merge.add_argument("parts", nargs="+", help="audit output folders (or store URLs); never modified")
+    merge.add_argument("--out", required=True, help="a new folder for the merged store, views and images")
+    merge.add_argument("--store", default=None, help="write the merge into this store instead of <out>/results.db")
+    rep = sub.add_parser("report", help="write results.csv, results.jsonl and report.html from a store")
+    rep.add_argument("--store", required=True, help="store URL, or a folder holding results.db")
+    rep.add_argument("--out", required=True, help="folder for the three files")
+    rep.add_argument("--run", type=int, default=None, help="only the inputs of this run's audit (default: all)")
     doc = sub.add_parser("doctor", help="check onnxruntime, providers, CUDA libraries, the model and a self-test")
     doc.add_argument("-c", "--config", default=None, help="config to check (default: the bundled example)")
     wa = sub.add_parser("watch", help="service: explain each new image in a folder once")
     wa.add_argument("-c", "--config", required=True)
     wa.add_argument("--in", dest="in_dir", required=True, help="folder to watch")
     wa.add_argument("--out", required=True, help="folder for the explanations")
-    wa.add_argument("--done", default=None, help="where handled images go (default: <in>/done)")
-    wa.add_argument("--failed", default=None, help="where failed images go (default: <in>/failed)")
+    wa.add_argument("--done", default=None, help="where handled images go (default: <out>/done)")
+    wa.add_argument("--failed", default=None, help="where failed images go (default: <out>/failed)")
+    wa.add_argument("--store", default=None, help=store_help)
     wa.add_argument("--poll", type=float, default=1.0, help="seconds between folder scans")
     wa.add_argument("--settle", type=float, default=2.0, help="seconds a file must stay unchanged before use")
     demo = sub.add_parser("demo", help="explain the bundled defect samples with the bundled example model")
@@ -69,7 +96,7 @@ def cmd_demo(args) -> int:
 
     index, seconds = run_demo(args.out)
     print(f"done in {seconds:.1f} s; open {os.path.abspath(index)} (overlays, per-layer maps and JSON "
-          f"sidecars are beside it)")
+          f"sidecars are in {os.path.join(os.path.abspath(args.out), 'images')}, results in results.db)")
     return 0
 
 
@@ -93,20 +120,45 @@ def cmd_evaluate(args) -> int:
 
 def cmd_audit(args) -> int:
     from .audit import parse_shard, run_audit
+    from .stop import Stop
 
     shard = parse_shard(args.shard)
-    rows = run_audit(Inspector.from_config(args.config), args.input, args.out, shard=shard)
-    failed = sum(1 for r in rows if r["error"])
-    print(f"{len(rows)} image(s) in {args.out}/results.csv ({failed} failed); report: {args.out}/report.html")
-    return 0
+    insp = Inspector.from_config(args.config)
+    s = run_audit(insp, args.input, args.out, store_url=args.store, shard=shard, retry=not args.no_retry,
+                  stop=Stop().install())
+    print(f"{s.total} image(s): {s.explained} explained now, {s.reused} found in the store, {s.failed} failed, "
+          f"{s.pending} not finished; {os.path.join(args.out, 'results.csv')}, report.html")
+    if s.stopped:
+        print(f"error: {s.stopped}", file=sys.stderr)
+    return s.exit_code
 
 
 def cmd_audit_merge(args) -> int:
-    from .audit import merge_audits
+    from .merge import merge_audits
 
-    rows = merge_audits(args.parts, args.out)
-    print(f"merged {len(rows)} image(s) into {args.out}/results.csv; report: {args.out}/report.html")
-    return 0
+    s = merge_audits(args.parts, args.out, store_url=args.store)
+    print(f"merged {len(s.rows)} image(s) into {os.path.join(args.out, 'results.csv')}; report: "
+          f"{os.path.join(args.out, 'report.html')}")
+    if s.missing_shards:
+        print(f"error: incomplete: shard(s) {', '.join(f'{i}/{s.shard_count}' for i in s.missing_shards)} "
+              "missing; merge them too", file=sys.stderr)
+    if s.pending:
+        print(f"error: incomplete: {len(s.pending)} image(s) of the merged shards have no result, e.g. "
+              f"{s.pending[0]['path']}; finish those audits and merge again", file=sys.stderr)
+    return s.exit_code
+
+
+def cmd_report(args) -> int:
+    from .report import write_views
+    from .store import Store, default_url
+
+    url = args.store if "://" in args.store else default_url(args.store)
+    check_output_folder("--out", args.out)
+    with Store(url, readonly=True) as store:
+        scopes = [store.run(args.run)["scope"]] if args.run is not None else None
+        rows = write_views(store, args.out, scopes=scopes, title=f"SISE results from {store}")
+    print(f"{len(rows)} image(s): {os.path.join(args.out, 'results.csv')}, results.jsonl, report.html")
+    return EXIT_OK
 
 
 def cmd_doctor(args) -> int:
@@ -116,56 +168,94 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_watch(args) -> int:
-    from .watch import Stop, watch
+    from .stop import Stop
+    from .watch import watch
 
-    stop = Stop()
-    stop.install()
+    stop = Stop().install()
     insp = Inspector.from_config(args.config)
 
     def log(line: str) -> None:
         print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}", flush=True)
-    watch(insp, args.in_dir, args.out, args.done or os.path.join(args.in_dir, "done"),
-          args.failed or os.path.join(args.in_dir, "failed"), poll=args.poll, settle=args.settle, stop=stop, log=log)
-    return 0
+    watch(insp, args.in_dir, args.out, args.done, args.failed, store_url=args.store, poll=args.poll,
+          settle=args.settle, stop=stop, log=log)
+    return EXIT_OK
 
 
 def cmd_explain(args) -> int:
+    from .record import explain_and_record, start_job
+    from .stop import Stop
+    from .store import Store, default_url, display_path
+
     insp = Inspector.from_config(args.config)
-    os.makedirs(args.out, exist_ok=True)
+    check_output_folder("--out", args.out)
     images = collect_images(args.images)
     if not images:
-        print("error: no images found in " + ", ".join(args.images), file=sys.stderr)
-        return 2
-    failures = []
-    start = time.perf_counter()
-    for i, path in enumerate(images, 1):
-        t0 = time.perf_counter()
+        raise InspectorError("no images found in " + ", ".join(args.images))
+    os.makedirs(args.out, exist_ok=True)
+    stop = Stop().install()
+    with Store(args.store or default_url(args.out)) as store:
+        job = start_job(insp, store, kind="explain", out_dir=args.out, target=args.target)
+        counts, failures = {"explained": 0, "reused": 0}, []
+        start = time.perf_counter()
         try:
-            exp, _ = explain_file(insp, path, args.out, target=args.target)
-            status = f"{time.perf_counter() - t0:.2f} s, {exp.total_masks} masks"
-        except (InspectorError, OSError) as e:
-            failures.append((path, str(e)))
-            status = "FAILED"
-        elapsed = time.perf_counter() - start
-        eta = elapsed / i * (len(images) - i)
-        print(f"[{i}/{len(images)}] {os.path.basename(path)}: {status} (elapsed {elapsed:.1f} s, eta {eta:.1f} s)",
-              file=sys.stderr, flush=True)
-    print(f"wrote {len(images) - len(failures)} explanation(s) to {args.out}")
+            with store.heartbeats(job.run_id):
+                for i, path in enumerate(images, 1):
+                    if stop.requested:
+                        break
+                    outcome = explain_and_record(job, path)
+                    status = _explain_status(outcome, counts, failures)
+                    elapsed = time.perf_counter() - start
+                    print(f"[{i}/{len(images)}] {display_path(path)}: {status} (elapsed {elapsed:.1f} s, eta "
+                          f"{elapsed / i * (len(images) - i):.1f} s)", file=sys.stderr, flush=True)
+        finally:
+            store.end_run(job.run_id, "stopped" if stop.requested else "finished")
+    print(f"wrote {counts['explained']} explanation(s) to {os.path.join(args.out, 'images')}"
+          + (f"; {counts['reused']} were already in the store" if counts["reused"] else ""))
     if failures:
         print(f"{len(failures)} image(s) failed:", file=sys.stderr)
-        for path, message in failures:
-            print(f"  {path}: {message}", file=sys.stderr)
-        return 1
-    return 0
+        for message in failures:
+            print(f"  {message}", file=sys.stderr)
+    if stop.requested:
+        print(f"error: interrupted by {stop.signal_name}; run the same command again to continue", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def _explain_status(outcome, counts: dict, failures: list) -> str:
+    from .store import display_path
+
+    if outcome.failed:
+        failures.append(outcome.error or f"{display_path(outcome.path)}: failed before (same content and settings; "
+                        "the store has the error)")
+        return "FAILED"
+    if outcome.state == "explained":
+        counts["explained"] += 1
+        exp = outcome.explanation
+        return f"{exp.timings['total']:.2f} s, {exp.total_masks} masks"
+    counts["reused"] += 1
+    return "already in the store" if outcome.state == "done" else "being explained by another process"
+
+
+COMMANDS = {"explain": cmd_explain, "demo": cmd_demo, "evaluate": cmd_evaluate, "audit": cmd_audit,
+            "audit-merge": cmd_audit_merge, "report": cmd_report, "doctor": cmd_doctor, "watch": cmd_watch}
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        return {"explain": cmd_explain, "demo": cmd_demo, "evaluate": cmd_evaluate, "audit": cmd_audit,
-                "audit-merge": cmd_audit_merge, "doctor": cmd_doctor,
-                "watch": cmd_watch}[args.command](args)
-    except InspectorError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("error: interrupted; run the same command again to continue", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    except Exception as e:  # every failure ends as one line; --debug shows where it came from
+        if args.debug:
+            traceback.print_exc()
+        if isinstance(e, InspectorError):
+            message = str(e)
+        elif isinstance(e, OSError) and e.strerror:
+            message = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+        else:
+            message = f"unexpected {type(e).__name__}: {e} (run with --debug for the traceback)"
+        print(f"error: {' '.join(message.split())}", file=sys.stderr)
+        return EXIT_INCOMPLETE if isinstance(e, OutputError) else EXIT_ERROR

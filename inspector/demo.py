@@ -11,29 +11,33 @@ from importlib import resources
 import cv2
 import numpy as np
 
+from .atomic import write_atomic
 from .config import load_config
 from .engine import Inspector
-from .jobs import explain_file
+from .errors import InspectorError
+from .record import explain_and_record, start_job
+from .store import Store, default_url
 
 
 def example_dir() -> str:
     return str(resources.files("inspector") / "example")
 
 
-def _row(name: str, exp, mask: np.ndarray | None, classes) -> str:
-    pred = classes[exp.predicted]
+def _row(name: str, result: dict, saliency: np.ndarray, mask: np.ndarray | None, out: str) -> str:
     inside = ""
     if mask is not None and mask.any():
-        energy = float(exp.saliency_full[mask].sum() / max(exp.saliency_full.sum(), 1e-12))
+        energy = float(saliency[mask].sum() / max(saliency.sum(), 1e-12))
         inside = f"{100 * energy:.0f}% of the evidence lies on the defect ({100 * mask.mean():.1f}% of the image)"
-    return (f"<tr><td><b>{html.escape(name)}</b><br>predicted <b>{html.escape(pred)}</b> "
-            f"({exp.scores[exp.predicted]:.3f})<br>{exp.total_masks} masks, {exp.timings['total']:.2f} s"
+    link = {k: html.escape(os.path.relpath(p, out), quote=True) for k, p in result["artifacts"].items()}
+    return (f"<tr><td><b>{html.escape(name)}</b><br>predicted <b>{html.escape(result['prediction_name'])}</b> "
+            f"({result['confidence']:.3f})<br>{result['masks']} masks, {result['seconds']:.2f} s"
             f"<br>{inside}</td>"
-            f"<td><img src='{name}_overlay.png' width=192></td><td><img src='{name}_layers.png' height=128></td></tr>")
+            f"<td><img src='{link['overlay']}' width=192></td><td><img src='{link['layers']}' height=128></td></tr>")
 
 
 def run_demo(out: str) -> tuple[str, float]:
-    """Explain every bundled sample; returns (path of index.html, seconds)."""
+    """Explain every bundled sample (recorded in ``<out>/results.db``; a second run finds them there);
+    returns (path of index.html, seconds)."""
     start = time.perf_counter()
     folder = example_dir()
     cfg = load_config(os.path.join(folder, "config.yaml"))
@@ -42,14 +46,22 @@ def run_demo(out: str) -> tuple[str, float]:
     samples = sorted(f for f in os.listdir(os.path.join(folder, "samples"))
                      if f.endswith(".png") and not f.endswith("_mask.png"))
     rows = []
-    for i, file in enumerate(samples, 1):
-        name = os.path.splitext(file)[0]
-        exp, _ = explain_file(insp, os.path.join(folder, "samples", file), out)
-        mask_path = os.path.join(folder, "samples", f"{name}_mask.png")
-        mask = cv2.imread(mask_path, cv2.IMREAD_GRAYSCALE) > 127 if os.path.isfile(mask_path) else None
-        rows.append(_row(name, exp, mask, cfg.classes))
-        print(f"[{i}/{len(samples)}] {name}: predicted {cfg.classes[exp.predicted]} "
-              f"({exp.scores[exp.predicted]:.3f}), {exp.total_masks} masks, {exp.timings['total']:.2f} s", flush=True)
+    with Store(default_url(out)) as store:
+        job = start_job(insp, store, kind="demo", out_dir=out)
+        for i, file in enumerate(samples, 1):
+            name = os.path.splitext(file)[0]
+            outcome = explain_and_record(job, os.path.join(folder, "samples", file))
+            if outcome.state not in ("explained", "done"):
+                raise InspectorError(f"the bundled sample {file} could not be explained: {outcome.error}")
+            result = store.result(outcome.result_id)
+            with np.load(result["artifacts"]["npz"]) as maps:
+                saliency = maps["saliency_full"]
+            mask_path = os.path.join(folder, "samples", f"{name}_mask.png")
+            mask = cv2.imread(mask_path, cv2.IMREAD_GRAYSCALE) > 127 if os.path.isfile(mask_path) else None
+            rows.append(_row(name, result, saliency, mask, out))
+            print(f"[{i}/{len(samples)}] {name}: predicted {result['prediction_name']} "
+                  f"({result['confidence']:.3f}), {result['masks']} masks, {result['seconds']:.2f} s", flush=True)
+        store.end_run(job.run_id, "finished")
     seconds = time.perf_counter() - start
     page = ("<!doctype html><meta charset=utf-8><title>SISE Inspector demo</title>"
             "<style>body{font-family:sans-serif}td{padding:6px;vertical-align:top}</style>"
@@ -58,7 +70,5 @@ def run_demo(out: str) -> tuple[str, float]:
             f"{seconds:.1f} s. Overlays: red = strong evidence for the predicted class. Layer strips: each "
             "block's map, shallow to deep, then the fused map.</p><table>" + "".join(rows) + "</table>")
     index = os.path.join(out, "index.html")
-    with open(index + ".part", "w", encoding="utf-8") as f:
-        f.write(page)
-    os.replace(index + ".part", index)
+    write_atomic(index, page)
     return index, seconds

@@ -21,3 +21,8 @@ class ImageError(InspectorError):
 
 class TargetError(InspectorError):
     """The requested target class does not exist."""
+
+
+class OutputError(InspectorError):
+    """Results could not be written (disk full, permissions, the store): not the image's fault. The run
+    stops; running the same command again continues where it stopped."""

@@ -1,15 +1,11 @@
-"""Writers for one explanation: ``<stem>.npz``, ``<stem>_overlay.png`` and ``<stem>.json``.
-
-All files of an image are written to temporary names and renamed at the end, so a failure leaves
-no partial output for that image.
-"""
+"""What one explanation is turned into: ``<name>.npz`` (maps and scores), ``<name>_overlay.png``,
+``<name>_layers.png`` and ``<name>.json`` (the sidecar). Rendering only; :mod:`inspector.record` names
+and writes the files."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 
 import cv2
 import numpy as np
@@ -87,10 +83,14 @@ def _encode_png(img: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def write_all(out_dir: str, stem: str, exp: Explanation, image: np.ndarray, *, classes=None,
-              source: str | None = None, review=None, visuals=None, roi: np.ndarray | None = None) -> list[str]:
-    """Write ``<stem>.npz``, ``<stem>_overlay.png``, ``<stem>_layers.png`` and ``<stem>.json``
-    atomically; returns their paths."""
+# Artifact kinds and the file name suffix of each; one place, read by the writers and the reports.
+ARTIFACT_SUFFIXES = {"npz": ".npz", "overlay": "_overlay.png", "layers": "_layers.png", "sidecar": ".json"}
+
+
+def render(exp: Explanation, image: np.ndarray, *, classes=None, source: str | None = None, review=None,
+           visuals=None, roi: np.ndarray | None = None, extra: dict | None = None) -> dict[str, bytes]:
+    """The bytes of every artifact of one explanation, by kind (see ``ARTIFACT_SUFFIXES``); ``extra`` is
+    merged into the JSON sidecar."""
     npz = io.BytesIO()
     np.savez_compressed(npz, saliency=exp.saliency, saliency_full=exp.saliency_full, layer_maps=exp.layer_maps,
                         masks_per_layer=np.asarray(exp.masks_per_layer, np.int64), scores=exp.scores)
@@ -99,28 +99,13 @@ def write_all(out_dir: str, stem: str, exp: Explanation, image: np.ndarray, *, c
         roi = cv2.resize(roi.astype(np.uint8), exp.saliency_full.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
     picture = overlay(image, exp.saliency_full, alpha=alpha, colormap=colormap, label=caption(exp, classes),
                       regions=review.regions if review is not None else (), roi=roi)
-    payload = {
-        f"{stem}.npz": npz.getvalue(),
-        f"{stem}_overlay.png": _encode_png(picture),
-        f"{stem}_layers.png": _encode_png(layer_strip(exp, image)),
-        f"{stem}.json": json.dumps(sidecar(exp, classes, source, review), indent=2).encode(),
+    meta = {**sidecar(exp, classes, source, review), **(extra or {})}
+    return {
+        "npz": npz.getvalue(),
+        "overlay": _encode_png(picture),
+        "layers": _encode_png(layer_strip(exp, image)),
+        "sidecar": json.dumps(meta, indent=2).encode(),
     }
-    temps = []
-    try:
-        for name, data in payload.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=out_dir)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            temps.append((tmp, os.path.join(out_dir, name)))
-        for tmp, final in temps:
-            os.replace(tmp, final)
-    except BaseException:
-        for tmp, final in temps:
-            for p in (tmp, final):
-                if os.path.exists(p):
-                    os.unlink(p)
-        raise
-    return [final for _, final in temps]
 
 
 def layer_strip(exp: Explanation, image: np.ndarray, *, tile: int = 128) -> np.ndarray:

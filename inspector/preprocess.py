@@ -41,13 +41,18 @@ def read_image(path: str | os.PathLike, *, max_pixels: int) -> np.ndarray:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ImageError(f"{path}: no such file")
-    if os.path.getsize(path) == 0:
-        raise ImageError(f"{path}: the file is empty")
-    data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    with open(path, "rb") as f:
+        return decode_image(f.read(), path, max_pixels=max_pixels)
+
+
+def decode_image(data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
+    """Decode encoded image bytes (a file's content) to RGB (or single-channel), bit depth unchanged."""
+    if len(data) == 0:
+        raise ImageError(f"{name}: the file is empty")
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise ImageError(f"{path}: not a readable image (unknown format or truncated file)")
-    check_size(image, max_pixels, path)
+        raise ImageError(f"{name}: not a readable image (unknown format or truncated file)")
+    check_size(image, max_pixels, name)
     if image.ndim == 3 and image.shape[2] == 4:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
     elif image.ndim == 3 and image.shape[2] == 3:

@@ -1,97 +1,153 @@
 """`inspector watch`: a long-running service explaining each new image in a folder once.
 
 A file is picked up only when its size and modification time have not changed for ``settle`` seconds
-(a copy in progress is left alone), explained into the output folder (files renamed into place when
-complete), then moved to the done folder, or to the failed folder with a ``<name>.error.txt`` beside it.
-A restart continues with what is still in the input folder; an image caught between its outputs and its
-move is explained again with identical results (outputs are overwritten atomically). SIGTERM and SIGINT
-finish the image in progress and exit with status 0. One log line per image on stdout.
+(a copy in progress is left alone), explained and recorded in the store (artifacts under ``<out>/images``),
+then moved to the done folder, or to the failed folder with a ``<name>.error.txt`` beside it. A moved file
+never replaces another: a name already taken gets a numbered suffix (``part.1.png``). A restart continues
+with what is still in the input folder; an image caught between its result and its move is found
+finished in the store and just moved. If outputs cannot be written (disk full), the file stays where it is
+and is tried again after a pause. SIGTERM and SIGINT finish the image in progress and exit with status 0.
+One log line per image on stdout.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
-import signal
+import shutil
 import time
 
+from .atomic import write_atomic
 from .engine import Inspector
-from .errors import InspectorError
-from .jobs import explain_file
+from .errors import InspectorError, OutputError
+from .folders import check_output_folder, is_inside
 from .preprocess import IMAGE_EXTENSIONS
+from .record import Outcome, explain_and_record, result_settings, settings_hash, start_job
+from .stop import Stop
+from .store import Store, default_url, display_path
 
-
-class Stop:
-    """Set by SIGTERM/SIGINT; the loop checks it between images."""
-
-    def __init__(self):
-        self.requested = False
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
+RETRY_PAUSE = 10.0  # seconds to wait after an output error before trying again
 
 
 def _candidates(folder: str) -> list[str]:
-    return sorted(f for f in os.listdir(folder) if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
-                  and os.path.isfile(os.path.join(folder, f)))
+    return sorted((f for f in os.listdir(folder) if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
+                   and os.path.isfile(os.path.join(folder, f))), key=os.fsencode)
 
 
-def _move(src: str, folder: str) -> str:
+def move_unique(src: str, folder: str) -> str:
+    """Move ``src`` into ``folder`` without ever replacing a file there; returns the new path."""
     os.makedirs(folder, exist_ok=True)
-    dst = os.path.join(folder, os.path.basename(src))
-    os.replace(src, dst)
-    return dst
+    stem, ext = os.path.splitext(os.path.basename(src))
+    for k in range(100000):
+        dst = os.path.join(folder, f"{stem}{ext}" if k == 0 else f"{stem}.{k}{ext}")
+        try:
+            os.link(src, dst)  # fails when dst exists: an atomic "create if absent"
+        except FileExistsError:
+            continue
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP):
+                raise
+            try:  # another file system, or one without hard links: exclusive create, then copy
+                with open(src, "rb") as a, open(dst, "xb") as b:
+                    shutil.copyfileobj(a, b)
+            except FileExistsError:
+                continue
+        os.unlink(src)
+        return dst
+    raise OSError(errno.EEXIST, "no free name", os.path.join(folder, stem + ext))
 
 
-def watch(insp: Inspector, in_dir: str, out_dir: str, done_dir: str, failed_dir: str, *, poll: float = 1.0,
-          settle: float = 2.0, stop: Stop | None = None, log=print) -> int:
-    """Run until ``stop.requested``; returns the number of images handled."""
+def check_folders(in_dir: str, out_dir: str, done_dir: str, failed_dir: str) -> None:
+    for option, folder in (("--out", out_dir), ("--done", done_dir), ("--failed", failed_dir)):
+        check_output_folder(option, folder)
+        if is_inside(folder, in_dir):
+            raise InspectorError(f"{option} {folder} lies inside --in {in_dir}; choose a folder outside it")
+
+
+def watch(insp: Inspector, in_dir: str, out_dir: str, done_dir: str | None = None, failed_dir: str | None = None, *,
+          store_url: str | None = None, poll: float = 1.0, settle: float = 2.0, stop: Stop | None = None,
+          log=print) -> int:
+    """Run until ``stop.requested``; returns the number of images handled. Done/failed folders default to
+    ``<out>/done`` and ``<out>/failed``."""
+    in_dir = os.path.abspath(in_dir)
+    done_dir = done_dir or os.path.join(out_dir, "done")
+    failed_dir = failed_dir or os.path.join(out_dir, "failed")
+    check_folders(in_dir, out_dir, done_dir, failed_dir)
     stop = stop or Stop()
     for folder in (in_dir, out_dir, done_dir, failed_dir):
         os.makedirs(folder, exist_ok=True)
+    store = Store(store_url or default_url(out_dir))
+    scope = "watch:" + hashlib.sha256(
+        f"{settings_hash(result_settings(insp))}|{display_path(os.path.abspath(in_dir))}".encode()).hexdigest()[:32]
+    job = start_job(insp, store, kind="watch", out_dir=out_dir, scope=scope, source=display_path(in_dir))
     seen: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime_ns, first time seen unchanged)
     handled = 0
     log(f"warmed up in {insp.warm_up():.2f} s ({insp.sessions.provider})")
-    log(f"watching {in_dir} -> {out_dir} (done: {done_dir}, failed: {failed_dir})")
-    while not stop.requested:
-        now = time.monotonic()
-        names = _candidates(in_dir)
-        for name in list(seen):
-            if name not in names:
-                del seen[name]
-        for name in names:
-            if stop.requested:
-                break
-            path = os.path.join(in_dir, name)
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:
-                continue
-            key = (st.st_size, st.st_mtime_ns)
-            if name not in seen or seen[name][:2] != key:
-                seen[name] = (*key, now)
-                continue
-            if now - seen[name][2] < settle:
-                continue
-            del seen[name]
-            start = time.perf_counter()
-            try:
-                exp, rv = explain_file(insp, path, out_dir)
-                _move(path, done_dir)
-                classes = insp.config.classes
-                pred = classes[exp.predicted] if classes else str(exp.predicted)
-                log(f"OK {name}: {pred} {exp.scores[exp.predicted]:.3f}, {len(rv.regions)} region(s), "
-                    f"{time.perf_counter() - start:.2f} s" + (" FLAGGED" if rv.flagged else ""))
-            except (InspectorError, OSError) as e:
-                moved = _move(path, failed_dir) if os.path.exists(path) else path
-                with open(moved + ".error.txt", "w", encoding="utf-8") as f:
-                    f.write(str(e) + "\n")
-                log(f"FAILED {name}: {e}")
-            handled += 1
-        if not stop.requested:
-            time.sleep(poll)
+    log(f"watching {display_path(in_dir)} -> {display_path(out_dir)} (done: {display_path(done_dir)}, "
+        f"failed: {display_path(failed_dir)}, store: {store})")
+    try:
+        with store.heartbeats(job.run_id):
+            while not stop.requested:
+                handled += _scan(job, in_dir, done_dir, failed_dir, seen, settle, stop, log)
+                if not stop.requested:
+                    time.sleep(poll)
+    finally:
+        store.end_run(job.run_id, "finished", f"{handled} image(s)")
+        store.close()
     log(f"stopping after {handled} image(s)")
     return handled
+
+
+def _scan(job, in_dir, done_dir, failed_dir, seen, settle, stop, log) -> int:
+    now = time.monotonic()
+    names = _candidates(in_dir)
+    for name in list(seen):
+        if name not in names:
+            del seen[name]
+    handled = 0
+    for name in names:
+        if stop.requested:
+            break
+        path = os.path.join(in_dir, name)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue
+        key = (st.st_size, st.st_mtime_ns)
+        if name not in seen or seen[name][:2] != key:
+            seen[name] = (*key, now)
+            continue
+        if now - seen[name][2] < settle:
+            continue
+        del seen[name]
+        start = time.perf_counter()
+        try:
+            outcome = explain_and_record(job, path)
+        except OutputError as e:
+            log(f"ERROR {display_path(name)}: {e}; trying again in {RETRY_PAUSE:.0f} s")
+            time.sleep(RETRY_PAUSE)
+            continue
+        if outcome.state == "busy":  # another process is explaining the same content right now
+            continue
+        try:
+            _file_away(job, outcome, done_dir, failed_dir, log, time.perf_counter() - start)
+        except OSError as e:
+            log(f"ERROR {display_path(name)}: recorded, but cannot move it ({e.strerror}: {e.filename})")
+        handled += 1
+    return handled
+
+
+def _file_away(job, outcome: Outcome, done_dir: str, failed_dir: str, log, seconds: float) -> None:
+    name = display_path(os.path.basename(outcome.path))
+    if outcome.failed:
+        moved = move_unique(outcome.path, failed_dir)
+        write_atomic(moved + ".error.txt", (outcome.error or "failed before; see the store") + "\n")
+        log(f"FAILED {name}: {outcome.error or 'failed before (same content and settings)'}")
+    else:
+        moved = move_unique(outcome.path, done_dir)
+        row = outcome.fields or job.store.result(outcome.result_id)
+        note = "" if outcome.state == "explained" else " (already in the store)"
+        log(f"OK {name}: {row['prediction_name']} {row['confidence']:.3f}, {row['region_count']} region(s), "
+            f"{seconds:.2f} s{' FLAGGED' if row['flagged'] else ''}{note}")
+    job.store.rename_input(job.scope, outcome.path, moved)

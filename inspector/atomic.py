@@ -1,0 +1,95 @@
+"""The package's one way to write a file: complete or not at all, never half-written.
+
+Data goes to a hidden ``.<name>.<pid>.<random>.part`` file beside the target, is flushed to disk, and is renamed
+over the target; the folder is synced so the rename survives a power cut. The temporary file is created
+with mode 0666 and the kernel applies the umask (0644 under the usual 022), unlike ``mkstemp``'s 0600.
+On any failure (disk full, permissions, a signal) every temporary file is removed and the error raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+
+PART_SUFFIX = ".part"
+
+
+def _temp_name(final: str) -> str:
+    folder, name = os.path.split(final)
+    return os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}{PART_SUFFIX}")
+
+
+def _write_temp(final: str, data: bytes) -> str:
+    tmp = _temp_name(final)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        _remove(tmp)
+        raise
+    return tmp
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def sync_folder(folder: str) -> None:
+    fd = os.open(folder or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str, data: bytes | str) -> None:
+    """Write ``data`` (str is UTF-8 encoded) to ``path`` atomically."""
+    write_group({path: data})
+
+
+def write_group(files: dict[str, bytes | str]) -> None:
+    """Write several files so that either all of them are complete or none was changed by this call
+    (short of a crash between two renames, which leaves complete files only)."""
+    temps: list[tuple[str, str]] = []
+    try:
+        for final, data in files.items():
+            payload = data.encode("utf-8") if isinstance(data, str) else data
+            temps.append((_write_temp(final, payload), final))
+        for tmp, final in temps:
+            os.replace(tmp, final)
+    except BaseException:
+        for tmp, _ in temps:
+            _remove(tmp)
+        raise
+    for folder in {os.path.dirname(final) for _, final in temps}:
+        sync_folder(folder)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def remove_stale_parts(folder: str) -> int:
+    """Delete temporary files that killed writers left in ``folder`` (those of live processes on this
+    machine, e.g. a second audit writing into the same folder, are kept); returns how many."""
+    removed = 0
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(folder):
+            if not (name.startswith(".") and name.endswith(PART_SUFFIX)):
+                continue
+            pid = name.rsplit(".", 3)[-3]
+            if not (pid.isdigit() and process_alive(int(pid))):
+                _remove(os.path.join(folder, name))
+                removed += 1
+    return removed

@@ -1,0 +1,225 @@
+"""Explain one image file and record it in the results store: the one function behind `inspector explain`,
+`audit`, `watch` and `demo`.
+
+    read the bytes once -> SHA-256 -> claim (content, settings, target) in the store
+      -> decode + explain + review -> artifacts written atomically -> result, artifacts, input in one
+         transaction
+
+Artifacts go to ``<out>/images/`` under names that cannot collide: ``<first 16 hex of the image hash>_
+<8 hex of settings and target>_<safe stem><suffix>``. An image that cannot be explained is a *failed
+result* (the run goes on); an error writing outputs or the store is an :class:`OutputError` (the claim
+is given back, files of this image are removed, and the run must stop).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import __version__
+from . import preprocess as pre
+from .atomic import remove_stale_parts, write_group
+from .engine import Inspector
+from .errors import ImageError, InspectorError, OutputError
+from .explanation import Explanation
+from .outputs import ARTIFACT_SUFFIXES, render
+from .review import Review, review
+from .session import runtime_versions
+from .store import Claim, ResultKey, Store, StoreError, display_path
+
+log = logging.getLogger(__name__)
+ARTIFACT_DIR = "images"
+
+
+def result_settings(insp: Inspector) -> dict:
+    """Everything that decides a stored result (not how fast it is computed: chunk size, threads and the
+    provider are left out)."""
+    cfg = insp.config
+    method = {k: v for k, v in dataclasses.asdict(insp.method).items() if k != "chunk_size"}
+    roi = None
+    if insp.roi is not None:
+        roi = {"mask_sha256": hashlib.sha256(np.packbits(insp.roi).tobytes()
+                                             + str(insp.roi.shape).encode()).hexdigest(),
+               "flag_below": cfg.roi.flag_below}
+    return {"model_sha256": insp.model.sha256, "score": insp.contract.score, "method": method,
+            "fp16": cfg.runtime.fp16, "preprocess": dataclasses.asdict(cfg.preprocess),
+            "classes": cfg.classes, "regions": dataclasses.asdict(cfg.regions), "roi": roi}
+
+
+def settings_hash(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()
+
+
+def target_key(insp: Inspector, target) -> tuple[str, object]:
+    """(key stored with the result, target handed to the engine) for a target option."""
+    if target is None:
+        return "top", None
+    if isinstance(target, (str, int, np.integer)):
+        index = insp.class_index(target)
+        return f"class:{index}", index
+    weights = np.asarray(target, np.float32).reshape(-1)
+    return "weights:" + hashlib.sha256(weights.tobytes()).hexdigest(), weights
+
+
+def safe_stem(path: str) -> str:
+    """A file-name-safe, human-readable piece of the image's name (uniqueness comes from the hashes)."""
+    stem = os.path.splitext(os.path.basename(display_path(path)))[0]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")
+    return stem[:48] or "image"
+
+
+@dataclass
+class Job:
+    """One run's context: the engine, the store, and what identifies this run's results."""
+
+    insp: Inspector
+    store: Store
+    run_id: int
+    scope: str
+    out_dir: str
+    settings_hash: str
+    target_key: str = "top"
+    target: object = None
+    retry: bool = True
+
+    @property
+    def artifact_dir(self) -> str:
+        return os.path.join(self.out_dir, ARTIFACT_DIR)
+
+
+def start_job(insp: Inspector, store: Store, *, kind: str, out_dir: str, scope: str | None = None,
+              source: str | None = None, shard: tuple[int, int] = (0, 1), target=None, retry: bool = True) -> Job:
+    """Register a run in the store and prepare its output folder. ``scope`` groups the inputs of runs that
+    continue each other (an audit's resumptions); by default each run is its own scope."""
+    settings = result_settings(insp)
+    digest = settings_hash(settings)
+    key, engine_target = target_key(insp, target)
+    os.makedirs(os.path.join(out_dir, ARTIFACT_DIR), exist_ok=True)
+    remove_stale_parts(os.path.join(out_dir, ARTIFACT_DIR))
+    provisional = scope or f"{kind}:{os.getpid()}:{time.time_ns()}"
+    run_id = store.start_run(kind=kind, scope=provisional[:64], settings_hash=digest, model_sha256=insp.model.sha256,
+                             config=settings, out_dir=out_dir, source=source, shard=shard, tool_version=__version__)
+    return Job(insp=insp, store=store, run_id=run_id, scope=provisional[:64], out_dir=os.path.abspath(out_dir),
+               settings_hash=digest, target_key=key, target=engine_target, retry=retry)
+
+
+@dataclass
+class Outcome:
+    """What happened to one input. ``state``: explained | failed (explained now) | done | skipped_failed |
+    busy (recorded before, or by a live run) | unreadable (the file could not be read)."""
+
+    path: str
+    state: str
+    result_id: int | None = None
+    image_sha256: str | None = None
+    error: str | None = None
+    fields: dict = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)  # kind -> absolute path
+    explanation: Explanation | None = None
+    review: Review | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.state in ("failed", "skipped_failed", "unreadable")
+
+
+def explain_and_record(job: Job, path: str) -> Outcome:
+    """Explain the image file ``path`` (unless the store has its result) and record everything."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        message = f"{display_path(path)}: cannot read the file ({e.strerror})"
+        job.store.record_input(job.scope, job.run_id, path, error=message)
+        return Outcome(path, "unreadable", error=message)
+    sha = hashlib.sha256(data).hexdigest()
+    job.store.add_image(sha, len(data), path)
+    claim = job.store.claim(ResultKey(sha, job.settings_hash, job.target_key), job.run_id, path, retry=job.retry)
+    if not claim.held:
+        job.store.record_input(job.scope, job.run_id, path, image_sha256=sha, result_id=claim.result_id)
+        state = {"failed": "skipped_failed"}.get(claim.state, claim.state)
+        return Outcome(path, state, claim.result_id, sha)
+    start = time.perf_counter()
+    outcome = Outcome(path, "explained", claim.result_id, sha)
+    files = _explain(job, data, path, outcome)
+    outcome.fields["seconds"] = time.perf_counter() - start
+    _commit(job, claim, outcome, files)
+    return outcome
+
+
+def _explain(job: Job, data: bytes, path: str, outcome: Outcome) -> dict[str, bytes]:
+    """Fill ``outcome`` and return the artifacts' bytes by kind (none for a failed image)."""
+    insp, cfg = job.insp, job.insp.config
+    versions = {"sise_inspector": __version__, "onnxruntime": runtime_versions()["onnxruntime"],
+                "provider": insp.sessions.provider}
+    try:
+        image = pre.decode_image(data, display_path(path), max_pixels=cfg.preprocess.max_pixels)
+        exp = insp.explain(image, target=job.target)
+        rv = review(exp, cfg, insp.roi)
+    except Exception as e:  # the image failed, not the run: recorded, and the run goes on
+        message = str(e) if isinstance(e, InspectorError) else f"{type(e).__name__}: {e}"
+        log.debug("explaining %s failed", display_path(path), exc_info=True)
+        outcome.state, outcome.error = "failed", message
+        outcome.fields = {"status": "failed", "error": message, "retryable": not isinstance(e, ImageError),
+                          "versions": versions, **dict.fromkeys(_RESULT_COLUMNS)}
+        return {}
+    outcome.explanation, outcome.review = exp, rv
+    name = (lambda i: None if i is None else (cfg.classes[i] if cfg.classes else str(i)))
+    outcome.fields = {
+        "status": "done", "error": None, "retryable": None, "versions": versions,
+        "prediction": exp.predicted, "prediction_name": name(exp.predicted),
+        "confidence": float(exp.scores[exp.predicted]), "scores": [float(v) for v in exp.scores],
+        "target": exp.target, "target_name": name(exp.target), "regions": [r.to_dict() for r in rv.regions],
+        "region_count": len(rv.regions), "evidence_peak": max((r.peak for r in rv.regions), default=0.0),
+        "evidence_mean": float(exp.saliency_full.mean()), "roi_inside": rv.roi_inside, "flagged": rv.flagged,
+        "masks": exp.total_masks, "masks_per_layer": list(exp.masks_per_layer),
+        "timings": {k: round(v, 6) for k, v in exp.timings.items()},
+    }
+    extra = {"image_sha256": outcome.image_sha256, "settings_hash": job.settings_hash, "target_key": job.target_key,
+             "result_id": outcome.result_id}
+    return render(exp, image, classes=cfg.classes, source=display_path(os.path.abspath(path)), review=rv,
+                  visuals=cfg.visuals, roi=insp.roi, extra=extra)
+
+
+_RESULT_COLUMNS = ("prediction", "prediction_name", "confidence", "scores", "target", "target_name", "regions",
+                   "region_count", "evidence_peak", "evidence_mean", "roi_inside", "flagged", "masks",
+                   "masks_per_layer", "timings")
+
+
+def artifact_base(job: Job, sha: str, path: str) -> str:
+    key = hashlib.sha256(f"{job.settings_hash}|{job.target_key}".encode()).hexdigest()[:8]
+    return f"{sha[:16]}_{key}_{safe_stem(path)}"
+
+
+def _commit(job: Job, claim: Claim, outcome: Outcome, files: dict[str, bytes]) -> None:
+    base = artifact_base(job, outcome.image_sha256, outcome.path)
+    named = {kind: os.path.join(job.artifact_dir, base + ARTIFACT_SUFFIXES[kind]) for kind in files}
+    rows = [{"kind": kind, "path": os.path.relpath(named[kind], job.out_dir),
+             "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)} for kind, data in files.items()]
+    written = False
+    try:
+        write_group({named[kind]: data for kind, data in files.items()})
+        written = True
+        job.store.finish(claim, job.run_id, outcome.fields, rows, scope=job.scope, path=outcome.path,
+                         image_sha256=outcome.image_sha256)
+    except (OSError, StoreError) as e:
+        if written:
+            for final in named.values():
+                with contextlib.suppress(OSError):
+                    os.unlink(final)
+        with contextlib.suppress(StoreError):
+            job.store.release(claim, job.run_id)
+        reason = f"{e.strerror} ({e.filename})" if isinstance(e, OSError) and e.strerror else str(e)
+        raise OutputError(f"cannot record the result of {display_path(outcome.path)}: {reason}; fix it (free "
+                          "space, permissions, the database) and run the same command again: it continues "
+                          "where it stopped") from e
+    outcome.artifacts = named

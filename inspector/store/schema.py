@@ -1,0 +1,156 @@
+"""The results store's tables (SQLAlchemy Core) and the steps that bring a store up to date.
+
+Version history (``schema_version.version``):
+    1. runs, images, results, artifacts, inputs.
+    2. reviews: append-only operator verdicts on a result (who, when, verdict, note).
+
+A new store is created at the newest version; one made by an older version is upgraded step by step
+when it is opened for writing; a store made by
+a newer version than this code is refused. Each step runs in one transaction under a lock (SQLite:
+``BEGIN IMMEDIATE``; PostgreSQL: an advisory lock), so two processes opening a new store at once cannot
+both create it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+TS = sa.DateTime(timezone=True)
+
+schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
+
+runs = sa.Table(
+    "runs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(16), nullable=False),          # explain | audit | watch | merge | demo
+    sa.Column("scope", sa.String(64), nullable=False),         # which inputs belong together (an audit's series)
+    sa.Column("settings_hash", sa.String(64), nullable=False),
+    sa.Column("model_sha256", sa.String(64), nullable=False),
+    sa.Column("config", sa.JSON, nullable=False),              # the resolved settings that went into the hash
+    sa.Column("source", sa.Text),                              # input folder / manifest (display form)
+    sa.Column("shard_index", sa.Integer, nullable=False, default=0),
+    sa.Column("shard_count", sa.Integer, nullable=False, default=1),
+    sa.Column("out_dir", sa.Text, nullable=False),             # artifacts are relative to this folder
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("tool_version", sa.String(64), nullable=False),
+    sa.Column("started_at", TS, nullable=False),
+    sa.Column("heartbeat_at", TS, nullable=False),
+    sa.Column("ended_at", TS),
+    sa.Column("status", sa.String(16), nullable=False),        # running | finished | interrupted | stopped
+    sa.Column("message", sa.Text),
+    sa.Index("ix_runs_scope", "scope"),
+)
+
+images = sa.Table(
+    "images", metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),     # of the file's bytes
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("first_path", sa.Text, nullable=False),          # display form (undecodable bytes escaped)
+    sa.Column("first_path_bytes", sa.LargeBinary, nullable=False),  # exactly as the file system gave it
+    sa.Column("first_seen_at", TS, nullable=False),
+)
+
+results = sa.Table(
+    "results", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("image_sha256", sa.String(64), sa.ForeignKey("images.sha256"), nullable=False),
+    sa.Column("settings_hash", sa.String(64), nullable=False),
+    sa.Column("target_key", sa.String(80), nullable=False),   # top | class:<i> | weights:<sha256>
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id"), nullable=False),  # the run that holds/finished it
+    sa.Column("source_path", sa.Text, nullable=False),
+    sa.Column("source_path_bytes", sa.LargeBinary, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),        # running | done | failed
+    sa.Column("attempts", sa.Integer, nullable=False, default=1),
+    sa.Column("prediction", sa.Integer),
+    sa.Column("prediction_name", sa.Text),
+    sa.Column("confidence", sa.Float),
+    sa.Column("scores", sa.JSON),
+    sa.Column("target", sa.Integer),
+    sa.Column("target_name", sa.Text),
+    sa.Column("regions", sa.JSON),
+    sa.Column("region_count", sa.Integer),
+    sa.Column("evidence_peak", sa.Float),
+    sa.Column("evidence_mean", sa.Float),
+    sa.Column("roi_inside", sa.Float),
+    sa.Column("flagged", sa.Boolean),
+    sa.Column("masks", sa.Integer),
+    sa.Column("masks_per_layer", sa.JSON),
+    sa.Column("timings", sa.JSON),
+    sa.Column("seconds", sa.Float),
+    sa.Column("versions", sa.JSON),
+    sa.Column("error", sa.Text),
+    sa.Column("retryable", sa.Boolean),
+    sa.Column("claimed_at", TS, nullable=False),
+    sa.Column("finished_at", TS),
+    sa.UniqueConstraint("image_sha256", "settings_hash", "target_key", name="uq_results_image_settings_target"),
+    sa.Index("ix_results_run", "run_id"),
+)
+
+artifacts = sa.Table(
+    "artifacts", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("result_id", sa.Integer, sa.ForeignKey("results.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),          # npz | overlay | layers | sidecar
+    sa.Column("path", sa.Text, nullable=False),                # relative to the run's out_dir
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("result_id", "kind", name="uq_artifacts_result_kind"),
+)
+
+inputs = sa.Table(
+    "inputs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("scope", sa.String(64), nullable=False),
+    sa.Column("path", sa.Text, nullable=False),                # display form
+    sa.Column("path_bytes", sa.LargeBinary, nullable=False),   # exactly as found
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id"), nullable=False),  # the run that last saw it
+    sa.Column("image_sha256", sa.String(64)),                  # None until read (or unreadable)
+    sa.Column("result_id", sa.Integer, sa.ForeignKey("results.id")),
+    sa.Column("error", sa.Text),                               # the file could not be read at all
+    sa.Column("seen_at", TS, nullable=False),
+    sa.UniqueConstraint("scope", "path_bytes", name="uq_inputs_scope_path"),
+)
+
+reviews = sa.Table(
+    "reviews", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("result_id", sa.Integer, sa.ForeignKey("results.id"), nullable=False),
+    sa.Column("verdict", sa.String(32), nullable=False),       # confirm | overrule | ...
+    sa.Column("label", sa.Text),                               # the class the reviewer says it is
+    sa.Column("reviewer", sa.Text, nullable=False),
+    sa.Column("note", sa.Text),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Index("ix_reviews_result", "result_id"),
+)
+
+
+def _add_reviews(conn: sa.Connection) -> None:
+    """Version 1 -> 2. The table as it was at version 2, frozen here so that a later change to ``reviews``
+    (made by a later step) cannot change what this step does."""
+    frozen = sa.MetaData()
+    sa.Table("runs", frozen, sa.Column("id", sa.Integer, primary_key=True))
+    sa.Table("results", frozen, sa.Column("id", sa.Integer, primary_key=True))
+    table = sa.Table(
+        "reviews", frozen,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("result_id", sa.Integer, sa.ForeignKey("results.id"), nullable=False),
+        sa.Column("verdict", sa.String(32), nullable=False),
+        sa.Column("label", sa.Text),
+        sa.Column("reviewer", sa.Text, nullable=False),
+        sa.Column("note", sa.Text),
+        sa.Column("created_at", TS, nullable=False),
+        sa.Index("ix_reviews_result", "result_id"),
+    )
+    table.create(conn)
+
+
+# UPGRADES[k - 1] brings a store from version k to k + 1. A new store is created from ``metadata`` at the
+# newest version directly. Never edit a released step; append a new one and bump the tables above.
+UPGRADES: list[Callable[[sa.Connection], None]] = [
+    _add_reviews,
+]
+SCHEMA_VERSION = len(UPGRADES) + 1

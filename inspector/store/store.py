@@ -1,0 +1,269 @@
+"""The results store: what every way in (explain, audit, watch, demo) records, and what reports read.
+
+A result is unique per image content (SHA-256 of the file's bytes), settings hash and target: the
+database's unique constraint, not a check in Python, keeps two processes from writing it twice. A process
+*claims* a result before explaining (a row with status ``running``), then *finishes* it (``done`` or
+``failed``, with its artifacts) in one transaction. A claim whose process died (same host and the process
+is gone, its run has ended, or its run stopped sending heartbeats) is taken over by the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from ..atomic import process_alive
+from .db import StoreError, as_utc, describe, display_url, open_engine, utcnow
+from .schema import artifacts, images, inputs, results, reviews, runs
+
+HEARTBEAT_SECONDS = 30.0
+STALE_AFTER = timedelta(seconds=180)  # a run that sent no heartbeat for this long is presumed dead
+HOST = socket.gethostname()
+
+
+def path_bytes(path: str | bytes) -> bytes:
+    """A path exactly as the file system spells it (undecodable names included)."""
+    return os.fsencode(path)
+
+
+def display_path(path: str | bytes) -> str:
+    """Printable text for a path; bytes that are not UTF-8 appear as ``\\xNN``."""
+    return path_bytes(path).decode("utf-8", "backslashreplace")
+
+
+@dataclass(frozen=True)
+class ResultKey:
+    image_sha256: str
+    settings_hash: str
+    target_key: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What :meth:`Store.claim` found: ``new`` / ``retry`` / ``takeover`` (this run now holds the result),
+    ``done`` / ``failed`` (finished before), or ``busy`` (a live run is explaining it)."""
+
+    state: str
+    result_id: int
+    previous: dict | None = None  # the row as it was, to restore when a retry is released
+
+    @property
+    def held(self) -> bool:
+        return self.state in ("new", "retry", "takeover")
+
+
+def dialect_insert(conn: sa.Connection, table: sa.Table):
+    """INSERT that can say ON CONFLICT DO NOTHING on both SQLite and PostgreSQL."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
+
+
+class Store:
+    """One results database. ``Store(url)`` creates or upgrades it; ``readonly=True`` never writes."""
+
+    def __init__(self, url: str, *, readonly: bool = False):
+        self.url = url
+        self.readonly = readonly
+        self.engine = open_engine(url, readonly=readonly)
+
+    def __repr__(self) -> str:
+        return f"Store({display_url(self.url)})"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def begin(self):
+        """A transaction; database errors become one-line :class:`StoreError`."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except sa.exc.SQLAlchemyError as e:
+            raise StoreError(f"{display_url(self.url)}: {describe(e)}") from e
+
+    # ----- runs -----------------------------------------------------------------------------------
+    def start_run(self, *, kind: str, scope: str, settings_hash: str, model_sha256: str, config: dict,
+                  out_dir: str, source: str | None = None, shard: tuple[int, int] = (0, 1),
+                  tool_version: str = "") -> int:
+        now = utcnow()
+        with self.begin() as conn:
+            return conn.execute(sa.insert(runs).values(
+                kind=kind, scope=scope, settings_hash=settings_hash, model_sha256=model_sha256, config=config,
+                source=source, shard_index=shard[0], shard_count=shard[1], out_dir=os.path.abspath(out_dir),
+                host=HOST, pid=os.getpid(), tool_version=tool_version, started_at=now, heartbeat_at=now,
+                status="running").returning(runs.c.id)).scalar_one()
+
+    def end_run(self, run_id: int, status: str, message: str | None = None) -> None:
+        with self.begin() as conn:
+            conn.execute(sa.update(runs).where(runs.c.id == run_id).values(
+                status=status, message=message, ended_at=utcnow(), heartbeat_at=utcnow()))
+
+    def heartbeat(self, run_id: int) -> None:
+        with self.begin() as conn:
+            conn.execute(sa.update(runs).where(runs.c.id == run_id).values(heartbeat_at=utcnow()))
+
+    @contextlib.contextmanager
+    def heartbeats(self, run_id: int, every: float = HEARTBEAT_SECONDS):
+        """Send heartbeats from a background thread while the block runs (an image may take minutes)."""
+        stop = threading.Event()
+
+        def beat():
+            while not stop.wait(every):
+                with contextlib.suppress(StoreError):
+                    self.heartbeat(run_id)
+        thread = threading.Thread(target=beat, name="store-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def run(self, run_id: int) -> dict:
+        with self.begin() as conn:
+            row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().first()
+        if row is None:
+            raise StoreError(f"{display_url(self.url)}: no run {run_id}")
+        return dict(row)
+
+    # ----- images and inputs ----------------------------------------------------------------------
+    def add_image(self, sha256: str, size: int, path: str) -> None:
+        with self.begin() as conn:
+            conn.execute(dialect_insert(conn, images).values(
+                sha256=sha256, size=size, first_path=display_path(path), first_path_bytes=path_bytes(path),
+                first_seen_at=utcnow()).on_conflict_do_nothing(index_elements=["sha256"]))
+
+    def plan_inputs(self, scope: str, run_id: int, paths: list[str], batch: int = 2000) -> None:
+        """Record every input of a run before it starts, so that a report can name the ones not done."""
+        now = utcnow()
+        with self.begin() as conn:
+            for k in range(0, len(paths), batch):
+                rows = [{"scope": scope, "path": display_path(p), "path_bytes": path_bytes(p), "run_id": run_id,
+                         "seen_at": now} for p in paths[k:k + batch]]
+                stmt = dialect_insert(conn, inputs).values(rows)
+                conn.execute(stmt.on_conflict_do_update(index_elements=["scope", "path_bytes"],
+                                                        set_={"run_id": run_id, "seen_at": now}))
+
+    def record_input(self, scope: str, run_id: int, path: str, *, image_sha256: str | None = None,
+                     result_id: int | None = None, error: str | None = None) -> None:
+        with self.begin() as conn:
+            self._upsert_input(conn, scope, run_id, path, image_sha256=image_sha256, result_id=result_id,
+                               error=error)
+
+    def rename_input(self, scope: str, old: str, new: str) -> None:
+        """The input file moved (watch's done/failed folders): its row follows it."""
+        with self.begin() as conn:
+            conn.execute(sa.delete(inputs).where(inputs.c.scope == scope, inputs.c.path_bytes == path_bytes(new)))
+            conn.execute(sa.update(inputs).where(inputs.c.scope == scope, inputs.c.path_bytes == path_bytes(old))
+                         .values(path=display_path(new), path_bytes=path_bytes(new)))
+
+    @staticmethod
+    def _upsert_input(conn, scope: str, run_id: int, path: str, **values) -> None:
+        values = {"run_id": run_id, "seen_at": utcnow(), **values}
+        stmt = dialect_insert(conn, inputs).values(scope=scope, path=display_path(path), path_bytes=path_bytes(path),
+                                            **values)
+        conn.execute(stmt.on_conflict_do_update(index_elements=["scope", "path_bytes"], set_=values))
+
+    # ----- results --------------------------------------------------------------------------------
+    def claim(self, key: ResultKey, run_id: int, path: str, *, retry: bool = True) -> Claim:
+        """Take the result ``key`` for this run, or say who has it."""
+        now = utcnow()
+        fresh = {"run_id": run_id, "source_path": display_path(path), "source_path_bytes": path_bytes(path),
+                 "status": "running", "claimed_at": now}
+        for _ in range(5):  # another process may change the row between our read and our update
+            with self.begin() as conn:
+                stmt = dialect_insert(conn, results).values(
+                    image_sha256=key.image_sha256, settings_hash=key.settings_hash, target_key=key.target_key,
+                    attempts=1, **fresh).on_conflict_do_nothing(
+                        index_elements=["image_sha256", "settings_hash", "target_key"]).returning(results.c.id)
+                new_id = conn.execute(stmt).scalar()
+                if new_id is not None:
+                    return Claim("new", new_id)
+                row = conn.execute(
+                    sa.select(results, runs.c.host, runs.c.pid, runs.c.heartbeat_at, runs.c.ended_at)
+                    .join(runs, runs.c.id == results.c.run_id)
+                    .where(results.c.image_sha256 == key.image_sha256, results.c.settings_hash == key.settings_hash,
+                           results.c.target_key == key.target_key)).mappings().one()
+                state = self._decide(row, run_id, retry)
+                if state in ("done", "failed", "busy"):
+                    return Claim(state, row["id"])
+                took = conn.execute(sa.update(results).where(
+                    results.c.id == row["id"], results.c.status == row["status"],
+                    results.c.run_id == row["run_id"]).values(attempts=results.c.attempts + 1, **fresh))
+                if took.rowcount == 1:
+                    return Claim(state, row["id"], previous=dict(row))
+        raise StoreError(f"{display_url(self.url)}: could not claim image {key.image_sha256[:16]} (too much "
+                         "contention); run again")
+
+    @staticmethod
+    def _decide(row, run_id: int, retry: bool) -> str:
+        if row["status"] == "done":
+            return "done"
+        if row["status"] == "failed":
+            return "retry" if retry else "failed"
+        if row["run_id"] == run_id:
+            return "busy"
+        dead = (row["ended_at"] is not None
+                or (row["host"] == HOST and not process_alive(row["pid"]))
+                or utcnow() - as_utc(row["heartbeat_at"]) > STALE_AFTER)
+        return "takeover" if dead else "busy"
+
+    def finish(self, claim: Claim, run_id: int, fields: dict, artifact_rows: list[dict] = (), *,
+               scope: str, path: str, image_sha256: str) -> None:
+        """Record the outcome of a held claim (``fields``: ``status`` done/failed and the result's columns),
+        its artifacts and the input it came from, in one transaction."""
+        with self.begin() as conn:
+            updated = conn.execute(sa.update(results).where(
+                results.c.id == claim.result_id, results.c.run_id == run_id, results.c.status == "running")
+                .values(finished_at=utcnow(), **fields))
+            if updated.rowcount != 1:
+                raise StoreError(f"result {claim.result_id} was taken over by another run while this one "
+                                 "explained it (no heartbeat?); its result stands")
+            conn.execute(sa.delete(artifacts).where(artifacts.c.result_id == claim.result_id))
+            if artifact_rows:
+                conn.execute(sa.insert(artifacts), [{"result_id": claim.result_id, **a} for a in artifact_rows])
+            self._upsert_input(conn, scope, run_id, path, image_sha256=image_sha256, result_id=claim.result_id,
+                               error=None)
+
+    def release(self, claim: Claim, run_id: int) -> None:
+        """Give a held claim back unfinished (the outputs could not be written): a new result disappears,
+        a retried or taken-over one returns to how it was."""
+        with self.begin() as conn:
+            mine = sa.and_(results.c.id == claim.result_id, results.c.run_id == run_id,
+                           results.c.status == "running")
+            if claim.previous is None:
+                conn.execute(sa.delete(results).where(mine))
+            else:
+                keep = ("run_id", "source_path", "source_path_bytes", "status", "attempts", "claimed_at")
+                conn.execute(sa.update(results).where(mine).values({k: claim.previous[k] for k in keep}))
+
+    def result(self, result_id: int) -> dict:
+        with self.begin() as conn:
+            row = conn.execute(sa.select(results).where(results.c.id == result_id)).mappings().one()
+            arts = conn.execute(sa.select(artifacts.c.kind, artifacts.c.path, artifacts.c.sha256)
+                                .where(artifacts.c.result_id == result_id)).mappings().all()
+            out_dir = conn.execute(sa.select(runs.c.out_dir).where(runs.c.id == row["run_id"])).scalar_one()
+        return {**row, "artifacts": {a["kind"]: os.path.join(out_dir, a["path"]) for a in arts}}
+
+    # ----- reviews --------------------------------------------------------------------------------
+    def add_review(self, result_id: int, *, verdict: str, reviewer: str, label: str | None = None,
+                   note: str | None = None) -> int:
+        with self.begin() as conn:
+            return conn.execute(sa.insert(reviews).values(
+                result_id=result_id, verdict=verdict, label=label, reviewer=reviewer, note=note,
+                created_at=utcnow()).returning(reviews.c.id)).scalar_one()
