@@ -51,3 +51,22 @@ def exported(tmp_path_factory):
             cache[name] = (model, taps, shape, str(path))
         return cache[name]
     return get
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL server for the whole session (see tests/postgres.py)."""
+    from .postgres import postgres_server as server
+
+    with server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """An empty results store URL on each backend."""
+    if request.param == "sqlite":
+        return "sqlite:///" + str(tmp_path / "results.db")
+    from .postgres import new_database
+
+    return new_database(request.getfixturevalue("postgres_server"))

@@ -1,0 +1,203 @@
+"""The results store on SQLite and on a real PostgreSQL server: claims, the unique result per content +
+settings + target under concurrent writers, takeover of dead claims, release, lossless paths, schema
+upgrades, read-only opening."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from inspector.store import SCHEMA_VERSION, ResultKey, Store, StoreError
+from inspector.store import store as store_module
+from inspector.store.db import utcnow
+from inspector.store.schema import metadata, results, reviews, runs, schema_version
+
+KEY = ResultKey("a" * 64, "s" * 64, "top")
+
+
+def new_run(store: Store, kind: str = "audit") -> int:
+    return store.start_run(kind=kind, scope="scope", settings_hash=KEY.settings_hash, model_sha256="m" * 64,
+                           config={"x": 1}, out_dir="/tmp/out")
+
+
+def done_fields(prediction: int = 3) -> dict:
+    return {"status": "done", "prediction": prediction, "prediction_name": f"class{prediction}", "confidence": 0.5,
+            "error": None, "retryable": None}
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def count(store: Store, table: sa.Table) -> int:
+    with store.begin() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+
+
+def test_claim_finish_and_the_unique_result(store_url):
+    with Store(store_url) as store:
+        store.add_image(KEY.image_sha256, 10, "/a/x.png")
+        store.add_image(KEY.image_sha256, 10, "/b/y.png")  # same bytes, other name: still one image
+        run_a, run_b = new_run(store), new_run(store)
+        first = store.claim(KEY, run_a, "/a/x.png")
+        assert first.state == "new" and first.held
+        assert store.claim(KEY, run_b, "/b/y.png").state == "busy"  # run_a's process (this one) is alive
+        store.finish(first, run_a, done_fields(), [], scope="scope", path="/a/x.png", image_sha256=KEY.image_sha256)
+        again = store.claim(KEY, run_b, "/b/y.png")
+        assert (again.state, again.result_id) == ("done", first.result_id)
+        other_target = store.claim(ResultKey(KEY.image_sha256, KEY.settings_hash, "class:1"), run_b, "/b/y.png")
+        assert other_target.state == "new" and other_target.result_id != first.result_id
+        assert count(store, results) == 2
+        with pytest.raises(StoreError):  # the database itself refuses a second row for one key
+            with store.begin() as conn:
+                conn.execute(sa.insert(results).values(
+                    image_sha256=KEY.image_sha256, settings_hash=KEY.settings_hash, target_key="top", run_id=run_b,
+                    source_path="x", source_path_bytes=b"x", status="done", attempts=1, claimed_at=utcnow()))
+
+
+def test_failed_results_are_retried_and_a_release_restores_them(store_url):
+    with Store(store_url) as store:
+        store.add_image(KEY.image_sha256, 10, "/a/x.png")
+        run_a, run_b = new_run(store), new_run(store)
+        claim = store.claim(KEY, run_a, "/a/x.png")
+        store.finish(claim, run_a, {"status": "failed", "error": "boom", "retryable": True}, scope="scope",
+                     path="/a/x.png", image_sha256=KEY.image_sha256)
+        assert store.claim(KEY, run_b, "/a/x.png", retry=False).state == "failed"
+        retry = store.claim(KEY, run_b, "/a/x.png")
+        assert retry.state == "retry"
+        store.release(retry, run_b)  # e.g. the disk filled up while writing its outputs
+        row = store.result(claim.result_id)
+        assert (row["status"], row["error"], row["run_id"], row["attempts"]) == ("failed", "boom", run_a, 1)
+        fresh = store.claim(ResultKey("b" * 64, KEY.settings_hash, "top"), run_b, "/c.png") if False else None
+        assert fresh is None
+        store.add_image("b" * 64, 5, "/c.png")
+        new = store.claim(ResultKey("b" * 64, KEY.settings_hash, "top"), run_b, "/c.png")
+        store.release(new, run_b)
+        assert count(store, results) == 1  # a released new claim leaves no row
+
+
+def test_claims_of_dead_or_silent_runs_are_taken_over(store_url):
+    with Store(store_url) as store:
+        store.add_image(KEY.image_sha256, 10, "/a/x.png")
+        killed, remote, alive, me = (new_run(store) for _ in range(4))
+        with store.begin() as conn:
+            conn.execute(sa.update(runs).where(runs.c.id == killed).values(pid=dead_pid()))
+            conn.execute(sa.update(runs).where(runs.c.id == remote).values(
+                host="other-machine", heartbeat_at=utcnow() - store_module.STALE_AFTER - timedelta(seconds=5)))
+            conn.execute(sa.update(runs).where(runs.c.id == alive).values(host="other-machine"))
+        for owner, expected in ((killed, "takeover"), (remote, "takeover"), (alive, "busy")):
+            key = ResultKey(KEY.image_sha256, KEY.settings_hash, f"class:{owner}")
+            assert store.claim(key, owner, "/a/x.png").state == "new"
+            assert store.claim(key, me, "/a/x.png").state == expected, owner
+        ended = new_run(store)
+        key = ResultKey(KEY.image_sha256, KEY.settings_hash, "ended")
+        store.claim(key, ended, "/a/x.png")
+        store.end_run(ended, "stopped")
+        assert store.claim(key, me, "/a/x.png").state == "takeover"
+
+
+def _claim_in_process(url: str, run_id: int, barrier, queue) -> None:
+    store = Store(url)
+    store.add_image(KEY.image_sha256, 10, f"/p{run_id}.png")
+    barrier.wait()
+    claim = store.claim(KEY, run_id, f"/p{run_id}.png")
+    if claim.held:
+        store.finish(claim, run_id, done_fields(run_id), scope="scope", path=f"/p{run_id}.png",
+                     image_sha256=KEY.image_sha256)
+    queue.put(claim.state)
+    store.close()
+
+
+def test_concurrent_processes_write_one_result(store_url):
+    with Store(store_url) as store:
+        run_ids = [new_run(store) for _ in range(6)]
+    ctx = multiprocessing.get_context("spawn")
+    barrier, queue = ctx.Barrier(len(run_ids)), ctx.Queue()
+    procs = [ctx.Process(target=_claim_in_process, args=(store_url, r, barrier, queue)) for r in run_ids]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    states = sorted(queue.get(timeout=5) for _ in procs)
+    assert states.count("new") == 1 and set(states) <= {"new", "busy", "done"}, states
+    with Store(store_url) as store:
+        assert count(store, results) == 1
+
+
+def test_paths_that_are_not_utf8_are_kept_byte_for_byte(store_url):
+    raw = b"/line3/lot\xff\xfe #7/caf\xe9.png"
+    path = os.fsdecode(raw)  # what os.listdir hands Python for such a name
+    with Store(store_url) as store:
+        store.add_image(KEY.image_sha256, 10, path)
+        run = new_run(store)
+        claim = store.claim(KEY, run, path)
+        store.finish(claim, run, done_fields(), scope="scope", path=path, image_sha256=KEY.image_sha256)
+        row = store.result(claim.result_id)
+    assert bytes(row["source_path_bytes"]) == raw
+    assert os.fsdecode(bytes(row["source_path_bytes"])) == path
+    assert row["source_path"] == "/line3/lot\\xff\\xfe #7/caf\\xe9.png"
+
+
+def _make_version_1(url: str) -> None:
+    """A store as version 1 of the schema made it: every table but reviews, version 1."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        metadata.create_all(conn, tables=[t for t in metadata.sorted_tables if t.name != "reviews"])
+        conn.execute(sa.insert(schema_version).values(version=1))
+    engine.dispose()
+
+
+def test_a_version_1_store_is_upgraded_with_its_data(store_url):
+    _make_version_1(store_url)
+    with Store(store_url) as store:
+        run = new_run(store)
+        store.add_image(KEY.image_sha256, 10, "/x.png")
+        claim = store.claim(KEY, run, "/x.png")
+        store.finish(claim, run, done_fields(), scope="scope", path="/x.png", image_sha256=KEY.image_sha256)
+    engine = sa.create_engine(store_url)
+    with engine.begin() as conn:  # put it back to version 1, with a result in it
+        reviews.drop(conn)
+        conn.execute(sa.update(schema_version).values(version=1))
+    engine.dispose()
+    with Store(store_url) as store:
+        with store.begin() as conn:
+            assert conn.execute(sa.select(schema_version.c.version)).scalar_one() == SCHEMA_VERSION == 2
+        assert store.result(claim.result_id)["prediction_name"] == "class3"
+        store.add_review(claim.result_id, verdict="confirm", reviewer="operator 7")
+        assert count(store, reviews) == 1
+
+
+def test_newer_or_foreign_databases_are_refused(store_url):
+    Store(store_url).close()
+    engine = sa.create_engine(store_url)
+    with engine.begin() as conn:
+        conn.execute(sa.update(schema_version).values(version=SCHEMA_VERSION + 1))
+    engine.dispose()
+    with pytest.raises(StoreError, match="newer sise-inspector"):
+        Store(store_url)
+
+
+def test_readonly_opening_never_writes(tmp_path):
+    url = "sqlite:///" + str(tmp_path / "results.db")
+    with Store(url) as store:
+        new_run(store)
+    before = hashlib.sha256((tmp_path / "results.db").read_bytes()).hexdigest()
+    with Store(url, readonly=True) as store:
+        assert store.run(1)["kind"] == "audit"
+        with pytest.raises(StoreError):
+            new_run(store)
+    assert hashlib.sha256((tmp_path / "results.db").read_bytes()).hexdigest() == before
+    with pytest.raises(StoreError, match="no results store"):
+        Store("sqlite:///" + str(tmp_path / "missing.db"), readonly=True)
+    with pytest.raises(StoreError, match="not a database URL"):
+        Store("results")
