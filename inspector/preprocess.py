@@ -6,8 +6,14 @@ Pure functions. Arrays handed to the API are RGB (or single-channel); files are 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import struct
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -17,6 +23,8 @@ from .config import PreprocessConfig
 from .errors import ImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+log = logging.getLogger(__name__)
+_STDERR_LOCK = threading.Lock()  # file descriptor 2 is process-wide: one redirect at a time
 
 
 @dataclass(frozen=True)
@@ -60,7 +68,8 @@ def decode_image(data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
     if size is not None:
         _check_pixels(size[0], size[1], max_pixels, name)
     try:
-        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        with _decoder_messages(name):
+            image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error:
         image = None
     if image is None:
@@ -71,6 +80,33 @@ def decode_image(data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
     elif image.ndim == 3 and image.shape[2] == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return image
+
+
+@contextlib.contextmanager
+def _decoder_messages(name: str) -> Iterator[None]:
+    """Send what C decoders print on file descriptor 2 (libjpeg's "Premature end of JPEG file", libpng
+    warnings) to the log at INFO instead of the user's terminal."""
+    with _STDERR_LOCK, contextlib.ExitStack() as stack:
+        try:
+            capture = stack.enter_context(tempfile.TemporaryFile())
+            saved = os.dup(2)
+        except OSError:  # no temporary folder or no descriptor 2: let the decoder print
+            saved = None
+        if saved is None:
+            yield
+            return
+        try:
+            if sys.stderr is not None:
+                sys.stderr.flush()
+            os.dup2(capture.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        text = capture.read().decode("utf-8", "replace").strip()
+    if text:
+        log.info("%s: the decoder reported: %s", name, " | ".join(text.splitlines()))
 
 
 def check_size(image: np.ndarray, max_pixels: int, name: str) -> None:

@@ -1,5 +1,5 @@
 """Bad input on the inspector side: non-finite and out-of-range config numbers, images whose header
-declares too many pixels (refused before decoding)."""
+declares too many pixels (refused before decoding), and decoder warnings kept off the terminal."""
 
 from __future__ import annotations
 
@@ -239,3 +239,41 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     assert message == (f"{path}: 20000x20000 pixels is over preprocess.max_pixels (50000000); "
                        "raise the limit or downscale the image")
     assert int(peak_kb) < 300 * 1024, f"peak memory {int(peak_kb) // 1024} MB: the image was decoded"
+
+
+# ------------------------------------------------------------------------------------ decoder warnings
+def damaged_jpegs(folder) -> list[str]:
+    data = encoded(".jpg", np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    corrupt = bytearray(data)
+    corrupt[len(data) // 2:len(data) // 2 + 50] = b"\xff\x00" * 25
+    paths = []
+    for name, content in (("cut.jpg", data[:len(data) // 2]), ("cut-eoi.jpg", data[:-2]),
+                          ("corrupt.jpg", bytes(corrupt))):
+        (folder / name).write_bytes(content)
+        paths.append(str(folder / name))
+    return paths
+
+
+def test_decoder_warnings_stay_off_the_terminal(tmp_path):
+    paths = damaged_jpegs(tmp_path)
+    raw = run_python(f"""
+import cv2, numpy as np
+for p in {paths!r}:
+    cv2.imdecode(np.fromfile(p, np.uint8), cv2.IMREAD_UNCHANGED)
+""")
+    assert raw.returncode == 0 and "JPEG" in raw.stderr, raw.stderr  # the warning this test is about exists
+    ours = run_python(f"""
+import logging, sys
+from inspector.errors import ImageError
+from inspector.preprocess import read_image
+logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(name)s: %(message)s")
+for p in {paths!r}:
+    try:
+        read_image(p, max_pixels=10 ** 6)
+    except ImageError:
+        pass
+print("stderr still works", file=sys.stderr)
+""")
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stderr == "stderr still works\n"
+    assert "inspector.preprocess: " in ours.stdout and "corrupt.jpg: the decoder reported: " in ours.stdout
