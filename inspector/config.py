@@ -136,7 +136,7 @@ SCALARS = {
 
 
 def _finite(key: str, value: int | float) -> float:
-    """``value`` as a float, or ConfigError naming ``key`` for NaN, infinity or an int too large for a float."""
+    """``value`` as a float; ConfigError naming ``key`` for NaN, infinity or an int too large for a float."""
     try:
         number = float(value)
     except OverflowError:

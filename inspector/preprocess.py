@@ -188,8 +188,10 @@ def _tiff_size(data: bytes) -> tuple[int, int] | None:
     for k in range(count):
         entry = data[ifd + 2 + 12 * k:ifd + 14 + 12 * k]
         tag, kind = struct.unpack(order + "HH", entry[:4])
-        if tag in (256, 257) and kind in (3, 4):  # SHORT (left-justified in the value field) or LONG
-            found[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), entry[8:8 + (2 if kind == 3 else 4)])[0]
+        if tag in (256, 257) and kind == 3:  # SHORT, left-justified in the 4-byte value field
+            found[tag] = struct.unpack(order + "H", entry[8:10])[0]
+        elif tag in (256, 257) and kind == 4:  # LONG
+            found[tag] = struct.unpack(order + "I", entry[8:12])[0]
     if 256 in found and 257 in found:
         return found[256], found[257]
     return None

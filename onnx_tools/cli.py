@@ -59,7 +59,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m onnx_tools", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"onnx_tools {_version()}")
-    parser.add_argument("--debug", action="store_true", help="on an error, show the traceback instead of one line")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the traceback instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("export", help="rewrite a classifier so it also returns block activations and gradients")
     ex.add_argument("model", help="input ONNX model (never modified)")
@@ -133,7 +134,8 @@ def _message(e: Exception) -> str:
         text = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
     else:
         detail = f": {e}" if str(e) else ""
-        text = f"unexpected {type(e).__name__}{detail}; rerun with --debug before the command for the traceback"
+        text = (f"unexpected {type(e).__name__}{detail}; "
+                "rerun with --debug before the command for the traceback")
     return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
