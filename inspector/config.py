@@ -4,6 +4,7 @@ missing required keys and wrong types are errors that name the key."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -134,6 +135,22 @@ SCALARS = {
 }
 
 
+def _finite(key: str, value: int | float) -> float:
+    """``value`` as a float; ConfigError naming ``key`` for NaN, infinity or an int too large for a float."""
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConfigError(f"{key}: must be a finite number, got {number}")
+    return number
+
+
+def _check_range(key: str, value: float, low: float, high: float, why: str = "") -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{key}: must be in [{low:g}, {high:g}]{why}, got {value:g}")
+
+
 def _convert(key: str, value, hint):
     """Convert a YAML value to the annotated type, or raise ConfigError naming ``key``."""
     origin = typing.get_origin(hint)
@@ -160,7 +177,7 @@ def _convert(key: str, value, hint):
         what, accepts = SCALARS[hint]
         if not accepts(value):
             raise ConfigError(f"{key}: expected {what}, got {value!r}")
-        return float(value) if hint is float else value
+        return _finite(key, value) if hint is float else value
     raise ConfigError(f"{key}: unsupported type {hint}")  # a schema bug, not a user error
 
 
@@ -195,6 +212,9 @@ def _validate(cfg: InspectorConfig) -> None:
     _check_choice("visuals.colormap", cfg.visuals.colormap.lower(), tuple(COLORMAPS))
     if not 0.0 <= cfg.visuals.opacity <= 1.0:
         raise ConfigError(f"visuals.opacity: must be in [0, 1], got {cfg.visuals.opacity}")
+    _validate_regions(cfg.regions)
+    if cfg.roi is not None:
+        _check_range("roi.flag_below", cfg.roi.flag_below, 0, 1)
     if cfg.regions.min_area < 1:
         raise ConfigError("regions.min_area: must be >= 1")
     n = 1 if p.channel_order == "GRAY" else 3
@@ -215,6 +235,13 @@ def _validate(cfg: InspectorConfig) -> None:
         raise ConfigError(f"method.max_masks_per_layer: must be >= 1, got {m.max_masks_per_layer}")
     if p.max_pixels < 1:
         raise ConfigError("preprocess.max_pixels: must be >= 1")
+
+
+def _validate_regions(r: RegionsConfig) -> None:
+    if r.threshold == "fixed":
+        _check_range("regions.value", r.value, 0, 1, " for regions.threshold: fixed (a saliency level)")
+    elif r.threshold == "percentile":
+        _check_range("regions.value", r.value, 0, 100, " for regions.threshold: percentile")
 
 
 def config_from_dict(raw: dict, *, base_dir: str | None = None) -> InspectorConfig:

@@ -6,7 +6,14 @@ Pure functions. Arrays handed to the API are RGB (or single-channel); files are 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import struct
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -16,6 +23,8 @@ from .config import PreprocessConfig
 from .errors import ImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+log = logging.getLogger(__name__)
+_STDERR_LOCK = threading.Lock()  # file descriptor 2 is process-wide: one redirect at a time
 
 
 @dataclass(frozen=True)
@@ -41,15 +50,28 @@ def read_image(path: str | os.PathLike, *, max_pixels: int) -> np.ndarray:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ImageError(f"{path}: no such file")
-    with open(path, "rb") as f:
-        return decode_image(f.read(), path, max_pixels=max_pixels)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read the image ({e.strerror})") from e
+    return decode_image(data, path, max_pixels=max_pixels)
 
 
 def decode_image(data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
-    """Decode encoded image bytes (a file's content) to RGB (or single-channel), bit depth unchanged."""
+    """Decode encoded image bytes (a file's content) to RGB (or single-channel) without changing the bit
+    depth. Images whose header declares more than ``max_pixels`` pixels are refused before decoding;
+    ``name`` names the image in errors and in the log."""
     if len(data) == 0:
         raise ImageError(f"{name}: the file is empty")
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    size = image_size(data)
+    if size is not None:
+        _check_pixels(size[0], size[1], max_pixels, name)
+    try:
+        with _decoder_messages(name):
+            image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        image = None
     if image is None:
         raise ImageError(f"{name}: not a readable image (unknown format or truncated file)")
     check_size(image, max_pixels, name)
@@ -60,12 +82,161 @@ def decode_image(data: bytes, name: str, *, max_pixels: int) -> np.ndarray:
     return image
 
 
+@contextlib.contextmanager
+def _decoder_messages(name: str) -> Iterator[None]:
+    """Send what C decoders print on file descriptor 2 (libjpeg's "Premature end of JPEG file", libpng
+    warnings) to the log at INFO instead of the user's terminal."""
+    with _STDERR_LOCK, contextlib.ExitStack() as stack:
+        try:
+            capture = stack.enter_context(tempfile.TemporaryFile())
+            saved = os.dup(2)
+        except OSError:  # no temporary folder or no descriptor 2: let the decoder print
+            saved = None
+        if saved is None:
+            yield
+            return
+        try:
+            if sys.stderr is not None:
+                sys.stderr.flush()
+            os.dup2(capture.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        text = capture.read().decode("utf-8", "replace").strip()
+    if text:
+        log.info("%s: the decoder reported: %s", name, " | ".join(text.splitlines()))
+
+
 def check_size(image: np.ndarray, max_pixels: int, name: str) -> None:
     if image.ndim < 2 or image.shape[0] == 0 or image.shape[1] == 0:
         raise ImageError(f"{name}: zero-size image {image.shape}")
-    if image.shape[0] * image.shape[1] > max_pixels:
-        raise ImageError(f"{name}: {image.shape[1]}x{image.shape[0]} pixels is over preprocess.max_pixels "
+    _check_pixels(image.shape[1], image.shape[0], max_pixels, name)
+
+
+def _check_pixels(width: int, height: int, max_pixels: int, name: str) -> None:
+    if width * height > max_pixels:
+        raise ImageError(f"{name}: {width}x{height} pixels is over preprocess.max_pixels "
                          f"({max_pixels}); raise the limit or downscale the image")
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the header of a PNG, JPEG, BMP, TIFF, WebP or PNM file, without decoding;
+    None for another format or a header that cannot be parsed."""
+    readers = ((b"\x89PNG\r\n\x1a\n", _png_size), (b"\xff\xd8", _jpeg_size), (b"BM", _bmp_size),
+               (b"II*\x00", _tiff_size), (b"MM\x00*", _tiff_size), (b"RIFF", _webp_size), (b"P", _pnm_size))
+    for magic, reader in readers:
+        if data[:len(magic)] == magic:
+            try:
+                size = reader(data)
+            except (struct.error, IndexError, ValueError):
+                return None
+            return size if size is not None and size[0] > 0 and size[1] > 0 else None
+    return None
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    if data[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", data[16:24])
+
+
+# Start-of-frame markers (SOF0..SOF15) carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) do not.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RST0..RST7, SOI: no length field
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        while data[i] == 0xFF:  # fill bytes before a marker
+            i += 1
+        marker = data[i]
+        i += 1
+        if marker in _JPEG_STANDALONE:
+            continue
+        if marker in (0xD9, 0xDA):  # EOI or start of scan before any frame header
+            return None
+        length = struct.unpack(">H", data[i:i + 2])[0]
+        if marker in _JPEG_SOF:
+            height, width = struct.unpack(">HH", data[i + 3:i + 7])
+            return width, height  # height 0 (set later by a DNL marker) is unknown -> None
+        if length < 2:
+            return None
+        i += length
+    return None
+
+
+def _bmp_size(data: bytes) -> tuple[int, int] | None:
+    header = struct.unpack("<I", data[14:18])[0]
+    if header == 12:  # BITMAPCOREHEADER: unsigned 16-bit
+        return struct.unpack("<HH", data[18:22])
+    if header >= 16:  # BITMAPINFOHEADER and later (and OS/2 2.x): signed 32-bit, negative height = top-down
+        width, height = struct.unpack("<ii", data[18:26])
+        return (width, abs(height)) if width > 0 else None
+    return None
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    order = "<" if data[:2] == b"II" else ">"
+    ifd = struct.unpack(order + "I", data[4:8])[0]
+    count = struct.unpack(order + "H", data[ifd:ifd + 2])[0]
+    found: dict[int, int] = {}
+    for k in range(count):
+        entry = data[ifd + 2 + 12 * k:ifd + 14 + 12 * k]
+        tag, kind = struct.unpack(order + "HH", entry[:4])
+        if tag in (256, 257) and kind == 3:  # SHORT, left-justified in the 4-byte value field
+            found[tag] = struct.unpack(order + "H", entry[8:10])[0]
+        elif tag in (256, 257) and kind == 4:  # LONG
+            found[tag] = struct.unpack(order + "I", entry[8:12])[0]
+    if 256 in found and 257 in found:
+        return found[256], found[257]
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    if data[8:12] != b"WEBP":
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8 ":  # lossy: key frame tag (3 bytes), start code, 14-bit width and height
+        if data[23:26] != b"\x9d\x01\x2a":
+            return None
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L":  # lossless: signature 0x2f, then 14-bit width - 1 and height - 1
+        if data[20] != 0x2F:
+            return None
+        bits = struct.unpack("<I", data[21:25])[0]
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":  # extended: flags, 3 reserved bytes, 24-bit canvas width - 1 and height - 1
+        return (int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1)
+    return None
+
+
+def _pnm_size(data: bytes) -> tuple[int, int] | None:
+    if len(data) < 3 or data[1:2] not in b"123456" or not data[2:3].isspace():
+        return None
+    numbers: list[int] = []
+    i = 2
+    while len(numbers) < 2 and i < len(data):
+        c = data[i:i + 1]
+        if c.isspace():
+            i += 1
+        elif c == b"#":  # a comment runs to the end of the line
+            end = data.find(b"\n", i)
+            i = len(data) if end < 0 else end + 1
+        elif c.isdigit():
+            j = i
+            while j < len(data) and data[j:j + 1].isdigit():
+                j += 1
+            numbers.append(int(data[i:j]))
+            i = j
+        else:
+            return None
+    return (numbers[0], numbers[1]) if len(numbers) == 2 else None
 
 
 def _channels(image: np.ndarray, order: str, name: str) -> np.ndarray:

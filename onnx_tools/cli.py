@@ -1,15 +1,18 @@
 """`python -m onnx_tools export|inspect|example`: a thin shell over :mod:`onnx_tools.export`.
 
-Errors are printed as one line (``error: ...``) with exit code 2; nothing is left behind on failure.
+Errors, usage errors included, are printed as one line (``error: ...``) with exit code 2; nothing is
+left behind on failure. ``--debug`` (before the command) shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import sys
 from collections import Counter
+from typing import NoReturn
 
 from . import contract as C
 from .errors import ExportError
@@ -20,6 +23,27 @@ from .graph import load_model
 from .model_io import parse_shape
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one ``error:`` line, like every other error (argparse prints the usage too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("sise-inspector")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _shape_arg(text: str) -> tuple[int, ...]:
+    try:
+        return parse_shape(text)
+    except ExportError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
 def _blocks_arg(text: str) -> str | list[str]:
     return "auto" if text == "auto" else [t.strip() for t in text.split(",") if t.strip()]
 
@@ -27,13 +51,16 @@ def _blocks_arg(text: str) -> str | list[str]:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blocks", default="auto", type=_blocks_arg,
                    help="'auto' (default) or comma-separated tensor names, one per block")
-    p.add_argument("--input-shape", type=parse_shape, default=None,
+    p.add_argument("--input-shape", type=_shape_arg, default=None,
                    help="image input dims in the model's own layout, e.g. 1,3,224,224 (needed for dynamic H/W)")
     p.add_argument("--output", default=None, help="class-score output name when the model has several")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m onnx_tools", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m onnx_tools", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"onnx_tools {_version()}")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the traceback instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("export", help="rewrite a classifier so it also returns block activations and gradients")
     ex.add_argument("model", help="input ONNX model (never modified)")
@@ -99,15 +126,27 @@ def cmd_example(args) -> int:
     return cmd_export(args)
 
 
+def _message(e: Exception) -> str:
+    """One line for any exception: the export step's own errors as they are, others with their type."""
+    if isinstance(e, ExportError):
+        text = str(e)
+    elif isinstance(e, OSError) and e.strerror:
+        text = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    else:
+        detail = f": {e}" if str(e) else ""
+        text = (f"unexpected {type(e).__name__}{detail}; "
+                "rerun with --debug before the command for the traceback")
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     args = build_parser().parse_args(argv)
     handler = {"export": cmd_export, "inspect": cmd_inspect, "example": cmd_example}[args.command]
     try:
         return handler(args)
-    except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"error: {_message(e)}", file=sys.stderr)
         return 2

@@ -114,9 +114,10 @@ def export_file(in_path: str | os.PathLike, out_path: str | os.PathLike, **optio
     and ``in_path`` is never modified."""
     in_path, out_path = os.fspath(in_path), os.fspath(out_path)
     if os.path.abspath(in_path) == os.path.abspath(out_path) or (
-            os.path.exists(out_path) and os.path.samefile(in_path, out_path)):
+            os.path.exists(out_path) and os.path.exists(in_path) and os.path.samefile(in_path, out_path)):
         raise ModelInputError(f"output path {out_path} is the input model; choose another -o path "
                               "(the input is never overwritten)")
+    check_output_path(out_path)
     model = load_model(in_path)
     try:
         result = export_model(model, **options)
@@ -126,12 +127,24 @@ def export_file(in_path: str | os.PathLike, out_path: str | os.PathLike, **optio
     return result
 
 
-def save_atomic(model: onnx.ModelProto, path: str) -> None:
-    """Write ``model`` to a temporary file beside ``path`` and rename it into place."""
+def check_output_path(path: str) -> None:
+    """Refuse, before any work, an output path that is a folder or lies in a folder that does not exist."""
+    if os.path.isdir(path):
+        raise ExportError(f"output path {path} is a folder; give a file path with -o, e.g. "
+                          f"{os.path.join(path, 'model.sise.onnx')}")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise ExportError(f"output folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".sise-export-", suffix=".onnx.part", dir=folder)
+        raise ExportError(f"output folder {folder} does not exist; create it or choose another -o path")
+
+
+def save_atomic(model: onnx.ModelProto, path: str) -> None:
+    """Write ``model`` to a temporary file beside ``path`` and rename it into place."""
+    check_output_path(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".sise-export-", suffix=".onnx.part", dir=folder)
+    except OSError as e:
+        raise ExportError(f"cannot write to output folder {folder} ({e.strerror})") from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(model.SerializeToString())

@@ -31,13 +31,18 @@ class ModelIO:
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
-    """Parse ``"1,3,224,224"`` into a tuple of positive ints."""
+    """Parse ``"1,3,224,224"`` (or ``1x3x224x224``) into a tuple of four positive ints.
+
+    Raises:
+        ModelInputError: naming the text (the caller names the option it came from).
+    """
     try:
         dims = tuple(int(t) for t in text.replace("x", ",").split(",") if t.strip())
     except ValueError as e:
-        raise ModelInputError(f"--input-shape '{text}' is not a comma-separated list of integers") from e
+        raise ModelInputError(f"'{text}' is not a comma-separated list of integers, e.g. 1,3,224,224") from e
     if len(dims) != 4 or any(d <= 0 for d in dims):
-        raise ModelInputError(f"--input-shape '{text}' must be four positive integers, e.g. 1,3,224,224")
+        raise ModelInputError(f"'{text}' must be four positive integers in the input's own layout, "
+                              "e.g. 1,3,224,224")
     return dims
 
 
