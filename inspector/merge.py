@@ -149,6 +149,18 @@ class _Copier:
         return new_id
 
 
+def _check_target_folder(out: str) -> None:
+    """The default target, ``<out>/results.db``, must be new or an earlier merge: merging into a shard's
+    own folder would mix the merge into that shard's results."""
+    if not os.path.isfile(os.path.join(out, "results.db")):
+        return
+    with Store(default_url(out), readonly=True) as existing, existing.begin() as conn:
+        kinds = set(conn.execute(sa.select(runs.c.kind).distinct()).scalars())
+    if "merge" not in kinds:
+        raise InspectorError(f"--out {out} holds the store of an audit, not of a merge; merge into a new folder "
+                             "(parts are never written)")
+
+
 def merge_audits(parts: list[str], out: str, *, store_url: str | None = None) -> MergeSummary:
     """Copy the parts' stores into ``out`` (its results.db, or ``store_url``) and write the views there."""
     check_output_folder("--out", out)
@@ -158,6 +170,8 @@ def merge_audits(parts: list[str], out: str, *, store_url: str | None = None) ->
         if display_url(url) == display_url(target_url) or ("://" not in part and os.path.realpath(part) ==
                                                            os.path.realpath(out)):
             raise InspectorError(f"--out {out} is the part {part}; merge into a new folder (parts are never written)")
+    if store_url is None:
+        _check_target_folder(out)
     sources = [Store(url, readonly=True) for url in urls]
     try:
         settings, count, missing = _check_parts(parts, [_audit_runs(s, p) for s, p in zip(sources, parts)])

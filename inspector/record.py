@@ -133,7 +133,19 @@ class Outcome:
 
 
 def explain_and_record(job: Job, path: str) -> Outcome:
-    """Explain the image file ``path`` (unless the store has its result) and record everything."""
+    """Explain the image file ``path`` (unless the store has its result) and record everything.
+
+    Raises:
+        OutputError: the artifacts or the store could not be written; the run must stop.
+    """
+    try:
+        return _explain_and_record(job, path)
+    except StoreError as e:
+        raise OutputError(f"cannot record {display_path(path)} in the store: {e}; fix it and run the same "
+                          "command again: it continues where it stopped") from e
+
+
+def _explain_and_record(job: Job, path: str) -> Outcome:
     try:
         with open(path, "rb") as f:
             data = f.read()

@@ -1,10 +1,16 @@
-"""`inspector audit`: bad files, kill and resume with a real signal, shards and merge, ROI flags."""
+"""`inspector audit` on the results store, as a user runs it: bad files, kills at random points, repeated
+and hostile names, shards and merges, two audits at once (SQLite and PostgreSQL), disk full, signals,
+refused folders, exit codes, file modes."""
 
 from __future__ import annotations
 
 import csv
+import errno
+import hashlib
 import json
 import os
+import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,17 +19,24 @@ import time
 import cv2
 import numpy as np
 import pytest
+import sqlalchemy as sa
 import yaml
 
 from inspector.demo import example_dir
 from inspector.synthetic import sample
 
+SAMPLES = os.path.join(example_dir(), "samples")
 
-def make_inputs(folder, count):
+
+def png(seed: int, i: int) -> bytes:
+    return cv2.imencode(".png", cv2.cvtColor(sample(seed, i).image, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+def make_inputs(folder, count, seed=55, prefix="part"):
     os.makedirs(folder, exist_ok=True)
     for i in range(count):
-        s = sample(55, i)
-        cv2.imwrite(os.path.join(folder, f"part_{i:03d}.png"), cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR))
+        with open(os.path.join(folder, f"{prefix}_{i:03d}.png"), "wb") as f:
+            f.write(png(seed, i))
 
 
 def config(tmp_path, **extra):
@@ -36,20 +49,73 @@ def config(tmp_path, **extra):
     return str(path)
 
 
-def audit(*args, wait=True):
-    cmd = [sys.executable, "-m", "inspector", "audit", *map(str, args)]
+def inspector(*args, wait=True, umask=None):
+    cmd = [sys.executable, "-m", "inspector", *map(os.fsdecode, args)]
+    pre = (lambda: os.umask(umask)) if umask is not None else None
     if not wait:
-        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=pre)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False, preexec_fn=pre)
 
 
-def rows_of(out):
+def audit(*args, **kw):
+    return inspector("audit", *args, **kw)
+
+
+def csv_rows(out) -> list[dict]:
+    with open(os.path.join(out, "results.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def jsonl_rows(out) -> list[dict]:
     with open(os.path.join(out, "results.jsonl")) as f:
         return [json.loads(line) for line in f]
 
 
-def summary(rows):
-    return {r["key"]: (r["prediction"], round(r["confidence"], 6), r["regions"], r["error"] != "") for r in rows}
+def summary(rows, root):
+    """path relative to ``root`` -> what a reviewer compares between two runs."""
+    return {os.path.relpath(r["path"], root): (r["status"], r["prediction"], r["confidence"], r["regions"])
+            for r in rows}
+
+
+def store_counts(db_url: str) -> dict:
+    engine = sa.create_engine(db_url)
+    with engine.connect() as conn:
+        out = {t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one()
+               for t in ("results", "inputs", "images", "artifacts")}
+        out["done"] = conn.execute(sa.text("SELECT count(*) FROM results WHERE status = 'done'")).scalar_one()
+        out["dupes"] = conn.execute(sa.text(
+            "SELECT count(*) FROM (SELECT image_sha256 FROM results GROUP BY image_sha256, settings_hash, target_key "
+            "HAVING count(*) > 1) d")).scalar_one()
+    engine.dispose()
+    return out
+
+
+def done_so_far(out) -> int:
+    """Finished results in ``<out>/results.db`` while an audit may still be creating it."""
+    try:
+        return store_counts(sqlite_url(out))["done"]
+    except sa.exc.OperationalError:  # not created yet
+        return 0
+
+
+def sqlite_url(out) -> str:
+    return "sqlite:///" + os.path.join(str(out), "results.db")
+
+
+def assert_artifacts_match_store(db_url: str) -> None:
+    """Every artifact the store lists exists with the recorded SHA-256; no temporary files anywhere."""
+    engine = sa.create_engine(db_url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT a.path, a.sha256, r.out_dir FROM artifacts a JOIN results s ON "
+                                    "s.id = a.result_id JOIN runs r ON r.id = s.run_id")).all()
+    engine.dispose()
+    assert rows
+    for path, sha, out_dir in rows:
+        with open(os.path.join(out_dir, path), "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == sha
+    for out_dir in {r[2] for r in rows}:
+        for _, _, files in os.walk(out_dir):
+            assert not [f for f in files if f.endswith(".part")]
 
 
 def test_bad_files_are_recorded_and_the_run_goes_on(tmp_path):
@@ -59,71 +125,130 @@ def test_bad_files_are_recorded_and_the_run_goes_on(tmp_path):
     (inp / "truncated.jpg").write_bytes(data[: len(data) // 2])
     (inp / "text.png").write_text("this is not an image")
     (inp / "empty.png").write_bytes(b"")
-    r = audit("-c", config(tmp_path), inp, "--out", tmp_path / "out")
-    assert r.returncode == 0, r.stderr
-    rows = {row["key"]: row for row in rows_of(tmp_path / "out")}
+    out = tmp_path / "out"
+    r = audit("-c", config(tmp_path), inp, "--out", out)
+    assert r.returncode == 1, r.stderr  # some images failed
+    rows = {os.path.basename(row["path"]): row for row in csv_rows(out)}
     assert len(rows) == 6
-    assert {k for k, v in rows.items() if v["error"]} == {"truncated.jpg", "text.png", "empty.png"}
-    assert "empty" in rows["empty.png"]["error"]
-    with open(tmp_path / "out" / "results.csv") as f:
-        assert len(list(csv.DictReader(f))) == 6
-    report = (tmp_path / "out" / "report.html").read_text()
-    assert "3 failed" in report and "part_000" in report
+    assert {k for k, v in rows.items() if v["status"] == "failed"} == {"truncated.jpg", "text.png", "empty.png"}
+    assert "empty" in rows["empty.png"]["error"] and rows["empty.png"]["retryable"] == "false"
+    assert rows["part_000.png"]["flagged"] == "false" and rows["part_000.png"]["retryable"] == ""
+    assert len(rows["part_000.png"]["confidence"].split(".")[1]) == 4  # rounded
+    assert rows["part_000.png"]["image_sha256"] == hashlib.sha256((inp / "part_000.png").read_bytes()).hexdigest()
+    report = (out / "report.html").read_text()
+    assert "3 failed" in report and "part_000" in report and "Flagged" not in report  # no ROI configured
+    assert len(jsonl_rows(out)) == 6
 
 
-def test_kill_and_resume_loses_nothing_and_repeats_nothing(tmp_path):
+def test_killed_at_random_points_then_resumed_every_image_once(tmp_path):
     inp = tmp_path / "in"
     make_inputs(inp, 24)
     cfg = config(tmp_path)
     reference = tmp_path / "reference"
     assert audit("-c", cfg, inp, "--out", reference).returncode == 0
     out = tmp_path / "out"
-    proc = audit("-c", cfg, inp, "--out", out, wait=False)
-    results = out / "results.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if results.exists() and results.read_bytes().count(b"\n") >= 6:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    interrupted = results.read_bytes().count(b"\n")
-    assert 6 <= interrupted < 24, "the kill must land mid-run"
+    rng = random.Random(7)
+    done_at_kill = []
+    for _ in range(3):
+        proc = audit("-c", cfg, inp, "--out", out, wait=False)
+        time.sleep(rng.uniform(0.5, 4.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        done_at_kill.append(done_so_far(out))
+    assert any(0 < d < 24 for d in done_at_kill), f"no kill landed mid-run: {done_at_kill}"
     r = audit("-c", cfg, inp, "--out", out)
     assert r.returncode == 0, r.stderr
-    rows = rows_of(out)
-    keys = [row["key"] for row in rows]
-    assert len(keys) == len(set(keys)) == 24
-    assert summary(rows) == summary(rows_of(reference))
-    assert not [f for f in os.listdir(out / "images") if f.endswith(".part")]
-    again = audit("-c", cfg, inp, "--out", out)  # a third run has nothing left to do
-    assert again.returncode == 0 and len(rows_of(out)) == 24
+    rows = csv_rows(out)
+    assert len(rows) == len({r["path"] for r in rows}) == 24
+    assert summary(rows, inp) == summary(csv_rows(reference), inp)
+    counts = store_counts(sqlite_url(out))
+    assert counts["results"] == counts["done"] == 24 and counts["dupes"] == 0 and counts["artifacts"] == 96
+    assert_artifacts_match_store(sqlite_url(out))
+    again = audit("-c", cfg, inp, "--out", out)  # a further run has nothing left to do
+    assert again.returncode == 0 and "0 explained now, 24 found in the store" in again.stdout
 
 
-def test_two_shards_merged_equal_one_run(tmp_path):
+def test_results_are_keyed_by_content_not_by_name(tmp_path):
+    cfg = config(tmp_path)
+    a, b, c = tmp_path / "A", tmp_path / "B", tmp_path / "C"
+    make_inputs(a, 3, seed=1)
+    make_inputs(b, 3, seed=2)  # the same file names, other parts
+    out = tmp_path / "out"
+    assert audit("-c", cfg, a, "--out", out).returncode == 0
+    r = audit("-c", cfg, b, "--out", out)
+    assert r.returncode == 0 and "3 explained now, 0 found in the store" in r.stdout
+    rows_b = csv_rows(out)
+    assert [os.path.dirname(x["path"]) for x in rows_b] == [str(b)] * 3
+    assert {x["image_sha256"] for x in rows_b} == {hashlib.sha256((b / n).read_bytes()).hexdigest()
+                                                    for n in os.listdir(b)}
+    c.mkdir()
+    for i, name in enumerate(sorted(os.listdir(a))):  # the same bytes under new names, elsewhere
+        shutil.copy(a / name, c / f"renamed_{i}.png")
+    r = audit("-c", cfg, c, "--out", out)
+    assert r.returncode == 0 and "0 explained now, 3 found in the store" in r.stdout
+    assert store_counts(sqlite_url(out))["results"] == 6
+
+
+def test_two_shards_merged_equal_one_run_and_partial_merges_say_what_is_missing(tmp_path):
     inp = tmp_path / "in"
     make_inputs(inp, 10)
     cfg = config(tmp_path)
     assert audit("-c", cfg, inp, "--out", tmp_path / "all").returncode == 0
     for i in range(2):
         assert audit("-c", cfg, inp, "--out", tmp_path / f"s{i}", "--shard", f"{i}/2").returncode == 0
-    parts = [rows_of(tmp_path / f"s{i}") for i in range(2)]
-    assert parts[0] and parts[1] and not ({r["key"] for r in parts[0]} & {r["key"] for r in parts[1]})
-    r = subprocess.run([sys.executable, "-m", "inspector", "audit-merge", tmp_path / "s0", tmp_path / "s1",
-                        "--out", tmp_path / "merged"], capture_output=True, text=True, timeout=120, check=False)
+    parts = [csv_rows(tmp_path / f"s{i}") for i in range(2)]
+    assert parts[0] and parts[1] and not ({r["path"] for r in parts[0]} & {r["path"] for r in parts[1]})
+
+    def fingerprint(folder):  # a reader of a WAL database may add an empty -wal and its -shm index
+        return {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in sorted(os.listdir(folder))
+                if n in ("results.db", "results.csv", "results.jsonl", "report.html")
+                or (n == "results.db-wal" and (folder / n).stat().st_size)}
+    before = [fingerprint(tmp_path / f"s{i}") for i in range(2)]
+    half = inspector("audit-merge", tmp_path / "s0", "--out", tmp_path / "half")
+    assert half.returncode == 3 and "shard(s) 1/2 missing" in half.stderr
+    assert "INCOMPLETE" in (tmp_path / "half" / "report.html").read_text()
+    onto = inspector("audit-merge", tmp_path / "s1", "--out", tmp_path / "s0")
+    assert onto.returncode == 2 and "holds the store of an audit" in onto.stderr
+    same = inspector("audit-merge", tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "s0")
+    assert same.returncode == 2 and "is the part" in same.stderr
+    r = inspector("audit-merge", tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "merged")
     assert r.returncode == 0, r.stderr
-    assert summary(rows_of(tmp_path / "merged")) == summary(rows_of(tmp_path / "all"))
-    assert (tmp_path / "merged" / "images" / "part_000_overlay.png").exists()
-    wrong = audit("-c", cfg, inp, "--out", tmp_path / "s0", "--shard", "1/2")  # a folder keeps its shard
-    assert wrong.returncode == 2 and "another shard" in wrong.stderr
+    assert summary(csv_rows(tmp_path / "merged"), inp) == summary(csv_rows(tmp_path / "all"), inp)
+    assert [fingerprint(tmp_path / f"s{i}") for i in range(2)] == before  # parts are never written
+    assert_artifacts_match_store(sqlite_url(tmp_path / "merged"))
+    for row in jsonl_rows(tmp_path / "merged"):
+        assert (tmp_path / "merged" / row["artifacts"]["overlay"]).is_file()
+    again = inspector("audit-merge", tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "merged")
+    assert again.returncode == 0 and store_counts(sqlite_url(tmp_path / "merged"))["results"] == 10
+    other = audit("-c", config(tmp_path, regions={"threshold": "fixed", "value": 0.4}), inp, "--out",
+                  tmp_path / "other", "--shard", "1/2")
+    assert other.returncode == 0
+    mixed = inspector("audit-merge", tmp_path / "s0", tmp_path / "other", "--out", tmp_path / "mixed")
+    assert mixed.returncode == 2 and "different settings" in mixed.stderr
+
+
+def test_unfinished_images_of_a_shard_are_named_by_the_merge(tmp_path):
+    inp = tmp_path / "in"
+    make_inputs(inp, 8)
+    cfg = config(tmp_path)
+    proc = audit("-c", cfg, inp, "--out", tmp_path / "s0", "--shard", "0/1", wait=False)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if done_so_far(tmp_path / "s0") >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    r = inspector("audit-merge", tmp_path / "s0", "--out", tmp_path / "m")
+    assert r.returncode == 3 and "have no result" in r.stderr, r.stderr
+    assert "Not finished" in (tmp_path / "m" / "report.html").read_text()
 
 
 def test_roi_evidence_and_flag(tmp_path):
-    samples = os.path.join(example_dir(), "samples")
     inp = tmp_path / "in"
     inp.mkdir()
-    cv2.imwrite(str(inp / "crack.png"), cv2.imread(os.path.join(samples, "crack.png")))
-    defect = cv2.imread(os.path.join(samples, "crack_mask.png"), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(inp / "crack.png"), cv2.imread(os.path.join(SAMPLES, "crack.png")))
+    defect = cv2.imread(os.path.join(SAMPLES, "crack_mask.png"), cv2.IMREAD_GRAYSCALE)
     near = cv2.dilate(defect, np.ones((25, 25), np.uint8))
     cv2.imwrite(str(tmp_path / "roi_on.png"), near)
     cv2.imwrite(str(tmp_path / "roi_off.png"), 255 - near)
@@ -131,7 +256,194 @@ def test_roi_evidence_and_flag(tmp_path):
     off = audit("-c", config(tmp_path, roi={"mask": str(tmp_path / "roi_off.png"), "flag_below": 0.5}), inp,
                 "--out", tmp_path / "off")
     assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
-    row_on, row_off = rows_of(tmp_path / "on")[0], rows_of(tmp_path / "off")[0]
+    row_on, row_off = jsonl_rows(tmp_path / "on")[0], jsonl_rows(tmp_path / "off")[0]
     assert row_on["roi_inside"] == pytest.approx(1 - row_off["roi_inside"], abs=1e-5)
     assert row_on["roi_inside"] > 0.5 and not row_on["flagged"] and row_off["flagged"]
     assert "Flagged: evidence mostly outside the ROI (1)" in (tmp_path / "off" / "report.html").read_text()
+
+
+def test_folders_that_would_mix_inputs_and_outputs_are_refused(tmp_path):
+    inp = tmp_path / "in"
+    make_inputs(inp, 3)
+    cfg = config(tmp_path)
+    for out, expect in ((inp / "audit", "inside the input folder"), (inp, "inside the input folder"),
+                        (tmp_path, "lies inside --out")):
+        r = audit("-c", cfg, inp, "--out", out)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and expect in lines[0], r.stderr
+    (tmp_path / "file.txt").write_text("x")
+    r = audit("-c", cfg, inp, "--out", tmp_path / "file.txt")
+    assert r.returncode == 2 and r.stderr.strip() == f"error: --out {tmp_path / 'file.txt'}: is a file; give a " \
+                                                    "folder (created if missing)"
+    assert sorted(os.listdir(inp)) == [f"part_{i:03d}.png" for i in range(3)]
+
+
+def test_hostile_and_undecodable_names(tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    names = [b"caf\xe9 \xff.png", b"lot#7 part.png", b"<img src=x onerror=alert(1)>.png", b"a'b\"c&d.png"]
+    for i, name in enumerate(names):
+        with open(os.path.join(os.fsencode(str(inp)), name), "wb") as f:
+            f.write(png(9, i))
+    out = tmp_path / "out"
+    r = audit("-c", config(tmp_path), inp, "--out", out, "--shard", "0/1")
+    assert r.returncode == 0, r.stderr
+    engine = sa.create_engine(sqlite_url(out))
+    with engine.connect() as conn:
+        stored = {bytes(p) for (p,) in conn.execute(sa.text("SELECT path_bytes FROM inputs"))}
+        sources = {bytes(p) for (p,) in conn.execute(sa.text("SELECT source_path_bytes FROM results"))}
+    engine.dispose()
+    expected = {os.path.join(os.fsencode(str(inp)), n) for n in names}
+    assert stored == sources == expected
+    report = (out / "report.html").read_text()
+    assert "<img src=x" not in report and "&lt;img src=x onerror=alert(1)&gt;.png" in report
+    assert "caf\\xe9 \\xff.png" in (out / "results.csv").read_text()
+    for row in jsonl_rows(out):  # every thumbnail the report links exists
+        assert (out / row["artifacts"]["overlay"]).is_file()
+    for src in __import__("re").findall(r"src='([^']+)'", report):
+        from urllib.parse import unquote
+
+        assert (out / unquote(src.replace("&amp;", "&"))).is_file(), src
+
+
+def test_sigterm_stops_after_the_current_image_and_writes_the_views(tmp_path):
+    inp = tmp_path / "in"
+    make_inputs(inp, 30)
+    out = tmp_path / "out"
+    proc = audit("-c", config(tmp_path), inp, "--out", out, wait=False)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if done_so_far(out) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert "stopped by SIGTERM" in err
+    rows = csv_rows(out)
+    done = [r for r in rows if r["status"] == "done"]
+    assert len(rows) == 30 and 2 <= len(done) < 30
+    assert all(r["status"] in ("done", "pending") for r in rows)
+    assert "INCOMPLETE" in (out / "report.html").read_text()
+    assert store_counts(sqlite_url(out))["results"] == len(done)  # the image in flight was finished, none half
+
+
+def test_outputs_are_readable_by_others_under_the_usual_umask(tmp_path):
+    inp = tmp_path / "in"
+    make_inputs(inp, 1)
+    out = tmp_path / "out"
+    assert audit("-c", config(tmp_path), inp, "--out", out, umask=0o022).returncode == 0
+    files = [out / n for n in ("results.csv", "results.jsonl", "report.html", "results.db")]
+    files += [out / "images" / n for n in os.listdir(out / "images")]
+    assert len(files) == 8
+    assert {oct(os.stat(f).st_mode & 0o777) for f in files} == {"0o644"}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_audits_at_once_write_every_result_once(tmp_path, backend, request):
+    inp = tmp_path / "in"
+    make_inputs(inp, 16)
+    cfg = config(tmp_path)
+    out = tmp_path / "out"
+    if backend == "sqlite":
+        url, extra = sqlite_url(out), []
+    else:
+        from .postgres import new_database
+
+        url = new_database(request.getfixturevalue("postgres_server"))
+        extra = ["--store", url]
+    procs = [audit("-c", cfg, inp, "--out", out, *extra, wait=False) for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    counts = store_counts(url)
+    assert counts["results"] == counts["done"] == 16 and counts["dupes"] == 0
+    assert counts["inputs"] == 16 and counts["artifacts"] == 64
+    rows = csv_rows(out)
+    assert len(rows) == 16 and {r["status"] for r in rows} == {"done"}
+    assert_artifacts_match_store(url)
+
+
+def _can_mount_tmpfs(folder) -> bool:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
+                          capture_output=True, check=False).returncode == 0
+
+
+def test_disk_full_stops_the_run_and_a_later_run_continues(tmp_path):
+    """On a real 3 MB tmpfs (needs root, as CI has): ENOSPC is not an image failure."""
+    inp = tmp_path / "in"
+    make_inputs(inp, 14)
+    cfg = config(tmp_path)
+    reference = tmp_path / "reference"
+    assert audit("-c", cfg, inp, "--out", reference).returncode == 0
+    out = tmp_path / "small"
+    out.mkdir()
+    if not _can_mount_tmpfs(out):
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root and must be able to mount a tmpfs for this test")
+        pytest.skip("needs root to mount a small tmpfs (the simulated ENOSPC test below runs everywhere)")
+    try:
+        subprocess.run(["mount", "-o", "remount,size=3m", str(out)], check=True)
+        full = audit("-c", cfg, inp, "--out", out)
+        assert full.returncode == 3, full.stderr
+        assert "No space left on device" in full.stderr or "full" in full.stderr, full.stderr
+        assert "Traceback" not in full.stderr
+        counts = store_counts(sqlite_url(out))
+        assert 0 < counts["done"] < 14 and counts["results"] == counts["done"]  # no failed rows for ENOSPC
+        subprocess.run(["mount", "-o", "remount,size=64m", str(out)], check=True)  # space freed
+        r = audit("-c", cfg, inp, "--out", out)
+        assert r.returncode == 0, r.stderr
+        assert summary(csv_rows(out), inp) == summary(csv_rows(reference), inp)
+        counts = store_counts(sqlite_url(out))
+        assert counts["results"] == counts["done"] == 14 and counts["artifacts"] == 56
+        assert_artifacts_match_store(sqlite_url(out))
+    finally:
+        subprocess.run(["umount", "-l", str(out)], check=False)
+
+
+def test_simulated_enospc_and_transient_failures_in_process(tmp_path, monkeypatch):
+    """The same guarantees without root: the file system answers ENOSPC from the 6th artifact on; an
+    engine error on one image is a failed result that the next run retries (not with retry=False)."""
+    from inspector import atomic
+    from inspector.audit import run_audit
+    from inspector.engine import Inspector
+
+    inp = tmp_path / "in"
+    make_inputs(inp, 5)
+    insp = Inspector.from_config(config(tmp_path))
+    out = tmp_path / "out"
+    real_write = atomic._write_temp
+    calls = {"n": 0}
+
+    def full_disk(final, data):  # the artifacts' disk is full; the views still fit
+        calls["n"] += 1
+        if calls["n"] > 5 and os.sep + "images" + os.sep in final:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), final)
+        return real_write(final, data)
+    monkeypatch.setattr(atomic, "_write_temp", full_disk)
+    s = run_audit(insp, str(inp), str(out))
+    assert s.exit_code == 3 and "No space left on device" in s.stopped
+    assert [r["status"] for r in s.rows].count("done") == 1 and s.failed == 0
+    assert not [n for n in os.listdir(out / "images") if n.endswith(".part")]
+    assert len(os.listdir(out / "images")) == 4  # the one finished image; the second's files were removed
+    monkeypatch.setattr(atomic, "_write_temp", real_write)
+
+    real_explain, broken = Inspector.explain, {"n": 0}
+
+    def flaky(self, image, **kw):
+        broken["n"] += 1
+        if broken["n"] == 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real_explain(self, image, **kw)
+    monkeypatch.setattr(Inspector, "explain", flaky)
+    s = run_audit(insp, str(inp), str(out))
+    assert s.exit_code == 1 and s.failed == 1 and s.explained == 4 and s.reused == 1
+    failed = [r for r in s.rows if r["status"] == "failed"]
+    assert failed[0]["retryable"] is True and "out of memory" in failed[0]["error"]
+    s = run_audit(insp, str(inp), str(out), retry=False)
+    assert s.exit_code == 1 and s.explained == 0
+    s = run_audit(insp, str(inp), str(out))
+    assert s.exit_code == 0 and s.explained == 1 and s.reused == 4
+    assert store_counts(sqlite_url(out))["results"] == 5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import subprocess
@@ -33,11 +34,12 @@ def test_demo_writes_the_summary(tmp_path):
     html = (out / "index.html").read_text()
     correct = 0
     for label in CLASSES:
-        for suffix in (".npz", ".json", "_overlay.png", "_layers.png"):
-            assert (out / f"{label}{suffix}").is_file(), label + suffix
-        assert f"{label}_overlay.png" in html
-        meta = json.loads((out / f"{label}.json").read_text())
+        files = {suffix: glob.glob(str(out / "images" / f"*_{label}{suffix}"))
+                 for suffix in (".npz", ".json", "_overlay.png", "_layers.png")}
+        assert all(len(found) == 1 for found in files.values()), files
+        assert os.path.relpath(files["_overlay.png"][0], out) in html
+        meta = json.loads(open(files[".json"][0]).read())
         correct += meta["prediction"]["name"] == label
-        saliency = np.load(out / f"{label}.npz")["saliency"]
+        saliency = np.load(files[".npz"][0])["saliency"]
         assert saliency.shape == (128, 128) and 0.0 <= saliency.min() and saliency.max() <= 1.0
     assert correct >= 5, f"only {correct} of 6 bundled held-out samples classified correctly"

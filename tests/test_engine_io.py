@@ -174,18 +174,21 @@ def test_cli_explain_writes_outputs_and_lists_failures(models, tmp_path):
     assert r.returncode == 1, r.stderr
     assert "1 image(s) failed" in r.stderr and "broken.png" in r.stderr
     assert "[3/3]" in r.stderr
-    names = sorted(os.listdir(out))
+    assert "wrote 2 explanation(s)" in r.stdout
+    names = sorted(n.split("_", 2)[2] for n in os.listdir(out / "images"))  # <image hash>_<settings>_<stem>...
     assert names == ["part_a.json", "part_a.npz", "part_a_layers.png", "part_a_overlay.png", "part_b.json",
                      "part_b.npz", "part_b_layers.png", "part_b_overlay.png"]
-    data = np.load(out / "part_a.npz")
+    assert sorted(os.listdir(out)) == ["images", "results.db"]
+    (a,) = [out / "images" / n[:-len(".json")] for n in os.listdir(out / "images") if n.endswith("part_a.json")]
+    data = np.load(f"{a}.npz")
     assert set(data.files) == {"saliency", "saliency_full", "layer_maps", "masks_per_layer", "scores"}
     assert data["saliency_full"].shape == (48, 80) and data["saliency"].shape == (64, 64)
-    meta = json.loads((out / "part_a.json").read_text())
+    meta = json.loads(open(f"{a}.json").read())
     assert meta["target"]["name"] == "c3" and meta["target"]["index"] == 3
     assert len(meta["settings"]["model_sha256"]) == 64 and meta["settings"]["onnxruntime"]
     assert meta["settings"]["provider"] == "CPUExecutionProvider"
     assert set(meta["timings_s"]) >= {"preprocess", "explain_model", "sampling", "fusion", "total"}
-    overlay = cv2.imread(str(out / "part_a_overlay.png"))
+    overlay = cv2.imread(f"{a}_overlay.png")
     assert overlay.shape == (48, 80, 3)
     # colour order: the file (BGR on disk) is half the input in BGR plus half the JET heatmap
     heat = cv2.applyColorMap((data["saliency_full"] * 255).astype(np.uint8), cv2.COLORMAP_JET)
