@@ -34,8 +34,10 @@ def collect_images(items: list[str]) -> list[str]:
         if os.path.isdir(item):
             out.extend(sorted((os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(IMAGE_EXTENSIONS)
                                and os.path.isfile(os.path.join(item, f))), key=os.fsencode))
-        else:
+        elif os.path.exists(item):
             out.append(item)
+        else:
+            raise InspectorError(f"{item}: no such file or folder")
     return out
 
 

@@ -1,8 +1,10 @@
-"""`inspector watch` as a real subprocess: complete files only, corrupt files, SIGTERM, restart."""
+"""`inspector watch` as a real subprocess: complete files only, corrupt files, SIGTERM, restart, the same
+name dropped twice, folders that would feed the service its own outputs."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import subprocess
@@ -10,18 +12,19 @@ import sys
 import time
 
 import cv2
+import sqlalchemy as sa
 
 from inspector.demo import example_dir
 from inspector.synthetic import sample
 
 
 @contextlib.contextmanager
-def service(tmp_path, log_name):
+def service(tmp_path, log_name, *extra):
     """The watch service as a subprocess; leaving the block sends SIGTERM and expects exit status 0."""
     cfg = os.path.join(example_dir(), "config.yaml")
     with open(tmp_path / log_name, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "inspector", "watch", "-c", cfg, "--in", str(tmp_path / "in"),
-                                 "--out", str(tmp_path / "out"), "--poll", "0.1", "--settle", "0.6"],
+                                 "--out", str(tmp_path / "out"), "--poll", "0.1", "--settle", "0.6", *extra],
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
             yield proc
@@ -45,9 +48,14 @@ def png_bytes(i):
     return cv2.imencode(".png", cv2.cvtColor(sample(77, i).image, cv2.COLOR_RGB2BGR))[1].tobytes()
 
 
+def artifacts(out, stem):
+    return sorted(n.split("_", 2)[2] for n in os.listdir(out / "images") if n.split("_", 2)[2].startswith(stem))
+
+
 def test_watch_service(tmp_path):
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
+    done, failed = out / "done", out / "failed"
     with service(tmp_path, "run1.log"):
         (inp / "a.png").write_bytes(png_bytes(1))
         (inp / "broken.png").write_text("not an image")
@@ -57,20 +65,59 @@ def test_watch_service(tmp_path):
                 f.write(data[k:k + len(data) // 6 + 1])
                 f.flush()
                 time.sleep(0.3)
-        assert wait_for(lambda: (inp / "done" / "slow.png").exists() and (inp / "done" / "a.png").exists()
-                        and (inp / "failed" / "broken.png").exists())
+        assert wait_for(lambda: (done / "slow.png").exists() and (done / "a.png").exists()
+                        and (failed / "broken.png").exists())
     text = (tmp_path / "run1.log").read_text()
     assert text.count("OK a.png") == 1 and text.count("OK slow.png") == 1 and text.count("FAILED broken.png") == 1
     assert "stopping after 3 image(s)" in text
     assert text.index("warmed up in") < text.index("watching") < text.index("OK a.png")  # warm before the line
-    assert "not a readable image" in (inp / "failed" / "broken.png.error.txt").read_text()
+    assert "not a readable image" in (failed / "broken.png.error.txt").read_text()
     for stem in ("a", "slow"):
-        for suffix in (".npz", ".json", "_overlay.png", "_layers.png"):
-            assert (out / f"{stem}{suffix}").is_file()
-    assert sorted(os.listdir(inp)) == ["done", "failed"]
+        assert artifacts(out, stem) == [f"{stem}{s}" for s in (".json", ".npz", "_layers.png", "_overlay.png")]
+    assert os.listdir(inp) == []
 
     with service(tmp_path, "run2.log"):  # a restart handles only what is new
         (inp / "b.png").write_bytes(png_bytes(3))
-        assert wait_for(lambda: (inp / "done" / "b.png").exists())
+        assert wait_for(lambda: (done / "b.png").exists())
     text = (tmp_path / "run2.log").read_text()
     assert "OK b.png" in text and "a.png" not in text and "stopping after 1 image(s)" in text
+
+
+def test_the_same_name_dropped_twice_overwrites_nothing(tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    first, second = png_bytes(4), png_bytes(5)
+    with service(tmp_path, "run.log"):
+        (inp / "part.png").write_bytes(first)
+        assert wait_for(lambda: (out / "done" / "part.png").exists())
+        (inp / "part.png").write_bytes(second)  # the camera reuses the name for the next part
+        assert wait_for(lambda: (out / "done" / "part.1.png").exists())
+        (inp / "part.png").write_bytes(first)  # and the first part again (a re-inspection)
+        assert wait_for(lambda: (out / "done" / "part.2.png").exists())
+    assert (out / "done" / "part.png").read_bytes() == first
+    assert (out / "done" / "part.1.png").read_bytes() == second
+    assert (out / "done" / "part.2.png").read_bytes() == first
+    text = (tmp_path / "run.log").read_text()
+    assert text.count("OK part.png") == 3 and "(already in the store)" in text
+    assert artifacts(out, "part") == ["part.json", "part.json", "part.npz", "part.npz", "part_layers.png",
+                                      "part_layers.png", "part_overlay.png", "part_overlay.png"]
+    engine = sa.create_engine("sqlite:///" + str(out / "results.db"))
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT i.path, r.image_sha256 FROM inputs i JOIN results r ON r.id = i.result_id "
+                                    "ORDER BY i.path")).all()
+    engine.dispose()
+    digest = {k: hashlib.sha256(v).hexdigest() for k, v in (("first", first), ("second", second))}
+    assert [(os.path.basename(p), h) for p, h in rows] == [
+        ("part.1.png", digest["second"]), ("part.2.png", digest["first"]), ("part.png", digest["first"])]
+
+
+def test_folders_inside_the_watched_folder_are_refused(tmp_path):
+    cfg = os.path.join(example_dir(), "config.yaml")
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for args, option in (([ "--out", str(inp)], "--out"), (["--out", str(tmp_path / "o"), "--done", str(inp / "d")],
+                                                           "--done")):
+        r = subprocess.run([sys.executable, "-m", "inspector", "watch", "-c", cfg, "--in", str(inp), *args],
+                           capture_output=True, text=True, timeout=120, check=False)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and f"{option} " in lines[0] and "inside --in" in lines[0]

@@ -1,0 +1,122 @@
+"""`inspector explain` and `inspector report` through the store, and the one-line errors of every command."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+
+from inspector.demo import example_dir
+from inspector.synthetic import sample
+
+CONFIG = os.path.join(example_dir(), "config.yaml")
+
+
+def inspector(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "inspector", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, check=False, cwd=cwd)
+
+
+def write(path, seed, i, ext=".png"):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    data = cv2.imencode(ext, cv2.cvtColor(sample(seed, i).image, cv2.COLOR_RGB2BGR))[1].tobytes()
+    with open(path, "wb") as f:
+        f.write(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def sidecars(out) -> dict[str, dict]:
+    """source path -> sidecar, for every JSON sidecar under <out>/images."""
+    found = {}
+    for path in glob.glob(os.path.join(out, "images", "*.json")):
+        with open(path) as f:
+            meta = json.load(f)
+        found[meta["source"]] = meta
+    return found
+
+
+def test_repeated_names_never_overwrite_and_the_count_is_the_files_written(tmp_path):
+    digests = {
+        "lot/x.png": write(tmp_path / "lot" / "x.png", 1, 0),
+        "lot/x.jpg": write(tmp_path / "lot" / "x.jpg", 1, 1, ".jpg"),
+        "lot/a__b.png": write(tmp_path / "lot" / "a__b.png", 1, 2),
+        "lot/a/b.png": write(tmp_path / "lot" / "a" / "b.png", 1, 3),
+        "day1/001.png": write(tmp_path / "day1" / "001.png", 2, 0),
+        "day2/001.png": write(tmp_path / "day2" / "001.png", 3, 0),
+    }
+    out = tmp_path / "out"
+    r = inspector("explain", "-c", CONFIG, tmp_path / "lot", tmp_path / "lot" / "a" / "b.png", tmp_path / "day1",
+                  tmp_path / "day2", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "wrote 6 explanation(s)" in r.stdout
+    assert len(os.listdir(out / "images")) == 6 * 4
+    found = sidecars(out)
+    assert {os.path.relpath(k, tmp_path): v["image_sha256"] for k, v in found.items()} == digests
+    for meta in found.values():  # each overlay belongs to its own image: same size as its source
+        name = [n for n in os.listdir(out / "images") if n.startswith(meta["image_sha256"][:16])
+                and n.endswith("_overlay.png")]
+        assert len(name) == 1
+        assert cv2.imread(str(out / "images" / name[0])).shape[:2] == cv2.imread(meta["source"]).shape[:2]
+
+    again = inspector("explain", "-c", CONFIG, tmp_path / "day1", tmp_path / "day2", "--out", out)
+    assert again.returncode == 0 and "wrote 0 explanation(s)" in again.stdout
+    assert "2 were already in the store" in again.stdout
+    assert len(os.listdir(out / "images")) == 24
+    other = inspector("explain", "-c", CONFIG, tmp_path / "day1", "--out", out, "--target", "crack")
+    assert other.returncode == 0 and "wrote 1 explanation(s)" in other.stdout  # another target, another result
+    assert len(os.listdir(out / "images")) == 28
+
+
+def test_report_from_a_store_into_another_folder(tmp_path):
+    write(tmp_path / "in" / "p.png", 4, 0)
+    write(tmp_path / "in2" / "q.png", 4, 1)
+    out = tmp_path / "audit"
+    assert inspector("audit", "-c", CONFIG, tmp_path / "in", "--out", out).returncode == 0
+    assert inspector("audit", "-c", CONFIG, tmp_path / "in2", "--out", out).returncode == 0
+    r = inspector("report", "--store", out, "--out", tmp_path / "views")
+    assert r.returncode == 0, r.stderr
+    lines = (tmp_path / "views" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        row = json.loads(line)
+        assert (tmp_path / "views" / row["artifacts"]["overlay"]).is_file()
+    r = inspector("report", "--store", "sqlite:///" + str(out / "results.db"), "--out", tmp_path / "one", "--run", 1)
+    assert r.returncode == 0 and "1 image(s)" in r.stdout
+
+
+def one_error_line(r, code=2) -> str:
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == code and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    return lines[0]
+
+
+def test_every_failure_is_one_line_and_debug_shows_the_traceback(tmp_path):
+    write(tmp_path / "in" / "p.png", 5, 0)
+    (tmp_path / "o").mkdir()
+    (tmp_path / "garbage.db").write_bytes(os.urandom(4096))
+    cases = [
+        (("explain", "-c", CONFIG, tmp_path / "in", "--out", tmp_path / "o", "--store", "mysql://u@h/db"),
+         "only SQLite and PostgreSQL"),
+        (("explain", "-c", CONFIG, tmp_path / "in", "--out", tmp_path / "o", "--store",
+          "sqlite:///" + str(tmp_path / "garbage.db")), "garbage.db"),
+        (("explain", "-c", CONFIG, tmp_path / "in", "--out", tmp_path / "in" / "p.png"), "is a file"),
+        (("explain", "-c", CONFIG, tmp_path / "nothing-here", "--out", tmp_path / "o"), "no such file or folder"),
+        (("explain", "-c", CONFIG, tmp_path / "o", "--out", tmp_path / "o2"), "no images found"),
+        (("audit", "-c", CONFIG, tmp_path / "in", "--out", tmp_path / "o", "--store",
+          "postgresql+psycopg://nobody@127.0.0.1:1/none"), "cannot open the results store"),
+        (("report", "--store", tmp_path / "empty", "--out", tmp_path / "v"), "no results store here"),
+        (("audit-merge", tmp_path / "in", "--out", tmp_path / "m"), "not an audit folder"),
+    ]
+    for args, expect in cases:
+        assert expect in one_error_line(inspector(*args)), args
+    debug = inspector("--debug", "report", "--store", tmp_path / "empty", "--out", tmp_path / "v")
+    assert debug.returncode == 2 and "Traceback" in debug.stderr and debug.stderr.strip().endswith(
+        "no results store here")
+    for cli in ("inspector", "onnx_tools"):
+        v = subprocess.run([sys.executable, "-m", cli, "--version"], capture_output=True, text=True, check=False)
+        assert v.returncode == 0 and v.stdout.split()[-1][0].isdigit(), v.stdout
