@@ -9,6 +9,7 @@ as the explanations (the mask multiplies the pre-processed image).
 from __future__ import annotations
 
 import csv
+import io
 import os
 import time
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from . import metrics as M
 from . import preprocess as pre
+from .atomic import write_group
 from .engine import Inspector
 from .errors import InspectorError
 
@@ -87,12 +89,12 @@ def markdown(table: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_csv(path: str, rows: list[dict]) -> None:
-    with open(path + ".part", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(path + ".part", path)
+def _csv_text(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
 
 
 def run_evaluation(insp: Inspector, data: str, methods: list[str], out: str, *, limit: int | None = None,
@@ -115,9 +117,7 @@ def run_evaluation(insp: Inspector, data: str, methods: list[str], out: str, *, 
             progress(i, len(entries))
     os.makedirs(out, exist_ok=True)
     table = summarise(rows, methods)
-    _write_csv(os.path.join(out, "per_image.csv"), rows)
-    _write_csv(os.path.join(out, "summary.csv"), table)
-    with open(os.path.join(out, "summary.md.part"), "w") as f:
-        f.write(markdown(table))
-    os.replace(os.path.join(out, "summary.md.part"), os.path.join(out, "summary.md"))
+    write_group({os.path.join(out, "per_image.csv"): _csv_text(rows),
+                 os.path.join(out, "summary.csv"): _csv_text(table),
+                 os.path.join(out, "summary.md"): markdown(table)})
     return table

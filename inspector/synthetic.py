@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 import sys
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from .atomic import write_atomic
 
 CLASSES = ("ok", "scratch", "crack", "pits", "inclusion", "stain")
 SURFACES = ("brushed", "cast", "fabric", "wood")
@@ -181,11 +184,11 @@ def write_dataset(out: str, count: int, seed: int, size: int = 128, progress=Non
         if progress:
             progress(i + 1, count)
     manifest = os.path.join(out, "manifest.csv")
-    with open(manifest + ".part", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(manifest + ".part", manifest)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(manifest, buf.getvalue())
     return manifest
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -141,8 +141,9 @@ def save_atomic(model: onnx.ModelProto, path: str) -> None:
     """Write ``model`` to a temporary file beside ``path`` and rename it into place."""
     check_output_path(path)
     folder = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".sise-export-", suffix=".onnx.part", dir=folder)
+    tmp = os.path.join(folder, f".sise-export-{os.getpid()}-{secrets.token_hex(4)}.onnx.part")
+    try:  # mode 0666 less the umask (mkstemp's 0600 would hide the model from a service user)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as e:
         raise ExportError(f"cannot write to output folder {folder} ({e.strerror})") from e
     try:

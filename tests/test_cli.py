@@ -18,7 +18,7 @@ from onnx_tools import read_contract
 
 def cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "onnx_tools", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=120, check=False)
+                          cwd=cwd, timeout=120, check=False, preexec_fn=lambda: os.umask(0o022))
 
 
 def small_cnn(x_dims=(1, 3, 16, 16), extra_image_input=False) -> onnx.ModelProto:
@@ -74,6 +74,7 @@ def test_export_and_inspect(model_file, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "2 blocks, 8 feature maps" in r.stdout
     assert digest(model_file) == before
+    assert os.stat(out).st_mode & 0o777 == 0o644  # what the umask allows, so a service user can read it
     c = read_contract(onnx.load(out))
     assert [b.tensor for b in c.blocks] == ["r1", "r2"]
     r = cli("inspect", model_file)
