@@ -142,7 +142,7 @@ class _Copier:
             self.conn.execute(sa.update(results).where(results.c.id == new_id).values(**values))
             self.conn.execute(sa.delete(artifacts).where(artifacts.c.result_id == new_id))
         for art in s.execute(sa.select(artifacts).where(artifacts.c.result_id == row["id"])).mappings():
-            _copy_file(os.path.join(row["out_dir"], art["path"]), os.path.join(self.out_dir, art["path"]),
+            _copy_file(self.src.locate(row["out_dir"], art["path"]), os.path.join(self.out_dir, art["path"]),
                        art["sha256"])
             self.conn.execute(sa.insert(artifacts).values(
                 result_id=new_id, kind=art["kind"], path=art["path"], sha256=art["sha256"], size=art["size"]))

@@ -43,7 +43,7 @@ def report_rows(store: Store, scopes: list[str] | None = None) -> list[dict]:
         rows = [dict(row) for row in conn.execute(query).mappings()]
         files: dict[int, dict[str, str]] = {}
         for a in conn.execute(arts).mappings():
-            files.setdefault(a["result_id"], {})[a["kind"]] = os.path.join(a["out_dir"], a["path"])
+            files.setdefault(a["result_id"], {})[a["kind"]] = store.locate(a["out_dir"], a["path"])
     for row in rows:
         if row["input_error"]:
             row.update(status="failed", error=row["input_error"], retryable=True)
@@ -104,6 +104,12 @@ def _thumbs(rows: list[dict], out_dir: str) -> str:
     return "".join(cells)
 
 
+def _listing(lines: list[str], limit: int = 200) -> str:
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines[:limit])
+    more = f"<li>and {len(lines) - limit} more: see results.csv</li>" if len(lines) > limit else ""
+    return items + more
+
+
 def html_text(rows: list[dict], out_dir: str, title: str, *, notes: list[str] = (), lowest: int = 12) -> str:
     done = [r for r in rows if r["status"] == "done"]
     failed = [r for r in rows if r["status"] == "failed"]
@@ -118,8 +124,8 @@ def html_text(rows: list[dict], out_dir: str, title: str, *, notes: list[str] = 
     with_roi = any(r["roi_inside"] is not None for r in done)
     flagged = [r for r in done if r["flagged"]]
     least = sorted(done, key=lambda r: r["confidence"])[:lowest]
-    errors = "".join(f"<li>{html.escape(r['path'])}: {html.escape(r['error'] or '')}</li>" for r in failed)
-    missing = "".join(f"<li>{html.escape(r['path'])}</li>" for r in pending[:200])
+    errors = _listing([f"{r['path']}: {r['error'] or ''}" for r in failed])
+    missing = _listing([r["path"] for r in pending])
     return ("<!doctype html><meta charset=utf-8><title>SISE audit</title><style>body{font-family:sans-serif}"
             "figure{display:inline-block;margin:4px;font-size:11px;max-width:170px;overflow-wrap:anywhere}"
             ".warn{background:#fde2e1;border:1px solid #c0392b;padding:6px}</style>"

@@ -140,31 +140,46 @@ def test_bad_files_are_recorded_and_the_run_goes_on(tmp_path):
     assert len(jsonl_rows(out)) == 6
 
 
-def test_killed_at_random_points_then_resumed_every_image_once(tmp_path):
+def backend_url(backend: str, out, request) -> tuple[str, list[str]]:
+    """(store URL, extra audit arguments) for a test on ``backend``."""
+    if backend == "sqlite":
+        return sqlite_url(out), []
+    from .postgres import new_database
+
+    url = new_database(request.getfixturevalue("postgres_server"))
+    return url, ["--store", url]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_killed_at_random_points_then_resumed_every_image_once(tmp_path, backend, request):
     inp = tmp_path / "in"
     make_inputs(inp, 24)
     cfg = config(tmp_path)
     reference = tmp_path / "reference"
     assert audit("-c", cfg, inp, "--out", reference).returncode == 0
     out = tmp_path / "out"
+    url, extra = backend_url(backend, out, request)
     rng = random.Random(7)
     done_at_kill = []
     for _ in range(3):
-        proc = audit("-c", cfg, inp, "--out", out, wait=False)
+        proc = audit("-c", cfg, inp, "--out", out, *extra, wait=False)
         time.sleep(rng.uniform(0.5, 4.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        done_at_kill.append(done_so_far(out))
+        try:
+            done_at_kill.append(store_counts(url)["done"])
+        except sa.exc.DatabaseError:  # killed before it created the tables
+            done_at_kill.append(0)
     assert any(0 < d < 24 for d in done_at_kill), f"no kill landed mid-run: {done_at_kill}"
-    r = audit("-c", cfg, inp, "--out", out)
+    r = audit("-c", cfg, inp, "--out", out, *extra)
     assert r.returncode == 0, r.stderr
     rows = csv_rows(out)
     assert len(rows) == len({r["path"] for r in rows}) == 24
     assert summary(rows, inp) == summary(csv_rows(reference), inp)
-    counts = store_counts(sqlite_url(out))
+    counts = store_counts(url)
     assert counts["results"] == counts["done"] == 24 and counts["dupes"] == 0 and counts["artifacts"] == 96
-    assert_artifacts_match_store(sqlite_url(out))
-    again = audit("-c", cfg, inp, "--out", out)  # a further run has nothing left to do
+    assert_artifacts_match_store(url)
+    again = audit("-c", cfg, inp, "--out", out, *extra)  # a further run has nothing left to do
     assert again.returncode == 0 and "0 explained now, 24 found in the store" in again.stdout
 
 
@@ -211,8 +226,11 @@ def test_two_shards_merged_equal_one_run_and_partial_merges_say_what_is_missing(
     assert onto.returncode == 2 and "holds the store of an audit" in onto.stderr
     same = inspector("audit-merge", tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "s0")
     assert same.returncode == 2 and "is the part" in same.stderr
-    r = inspector("audit-merge", tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "merged")
+    shutil.copytree(tmp_path / "s1", tmp_path / "copied" / "s1")  # a shard folder brought from another machine
+    shutil.rmtree(tmp_path / "s1")
+    r = inspector("audit-merge", tmp_path / "s0", tmp_path / "copied" / "s1", "--out", tmp_path / "merged")
     assert r.returncode == 0, r.stderr
+    shutil.move(tmp_path / "copied" / "s1", tmp_path / "s1")
     assert summary(csv_rows(tmp_path / "merged"), inp) == summary(csv_rows(tmp_path / "all"), inp)
     assert [fingerprint(tmp_path / f"s{i}") for i in range(2)] == before  # parts are never written
     assert_artifacts_match_store(sqlite_url(tmp_path / "merged"))
@@ -345,13 +363,7 @@ def test_two_audits_at_once_write_every_result_once(tmp_path, backend, request):
     make_inputs(inp, 16)
     cfg = config(tmp_path)
     out = tmp_path / "out"
-    if backend == "sqlite":
-        url, extra = sqlite_url(out), []
-    else:
-        from .postgres import new_database
-
-        url = new_database(request.getfixturevalue("postgres_server"))
-        extra = ["--store", url]
+    url, extra = backend_url(backend, out, request)
     procs = [audit("-c", cfg, inp, "--out", out, *extra, wait=False) for _ in range(2)]
     for p in procs:
         _, err = p.communicate(timeout=300)

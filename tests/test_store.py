@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from datetime import timedelta
 
 import pytest
@@ -199,3 +200,14 @@ def test_readonly_opening_never_writes(tmp_path):
         Store("sqlite:///" + str(tmp_path / "missing.db"), readonly=True)
     with pytest.raises(StoreError, match="not a database URL"):
         Store("results")
+
+
+def test_heartbeats_advance_while_a_run_works(store_url):
+    with Store(store_url) as store:
+        run = new_run(store)
+        first = store.run(run)["heartbeat_at"]
+        with store.heartbeats(run, every=0.05):
+            deadline = time.time() + 10
+            while store.run(run)["heartbeat_at"] == first and time.time() < deadline:
+                time.sleep(0.05)
+        assert store.run(run)["heartbeat_at"] > first

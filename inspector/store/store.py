@@ -74,6 +74,20 @@ class Store:
         self.url = url
         self.readonly = readonly
         self.engine = open_engine(url, readonly=readonly)
+        database = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
+        # an SQLite store's folder: where its artifacts are when the folder was moved or copied elsewhere
+        self.home = os.path.dirname(os.path.abspath(database.removeprefix("file:").split("?")[0])) \
+            if database else None
+
+    def locate(self, out_dir: str, relative: str) -> str:
+        """Absolute path of an artifact written under ``out_dir``; when that folder is gone (an audit
+        folder copied to another machine or renamed), the same relative path in the store's own folder."""
+        path = os.path.join(out_dir, relative)
+        if self.home is not None and not os.path.exists(path):
+            moved = os.path.join(self.home, relative)
+            if os.path.exists(moved):
+                return moved
+        return path
 
     def __repr__(self) -> str:
         return f"Store({display_url(self.url)})"
@@ -258,7 +272,7 @@ class Store:
             arts = conn.execute(sa.select(artifacts.c.kind, artifacts.c.path, artifacts.c.sha256)
                                 .where(artifacts.c.result_id == result_id)).mappings().all()
             out_dir = conn.execute(sa.select(runs.c.out_dir).where(runs.c.id == row["run_id"])).scalar_one()
-        return {**row, "artifacts": {a["kind"]: os.path.join(out_dir, a["path"]) for a in arts}}
+        return {**row, "artifacts": {a["kind"]: self.locate(out_dir, a["path"]) for a in arts}}
 
     # ----- reviews --------------------------------------------------------------------------------
     def add_review(self, result_id: int, *, verdict: str, reviewer: str, label: str | None = None,
