@@ -104,7 +104,8 @@ def start_job(insp: Inspector, store: Store, *, kind: str, out_dir: str, scope: 
     digest = settings_hash(settings)
     key, engine_target = target_key(insp, target)
     os.makedirs(os.path.join(out_dir, ARTIFACT_DIR), exist_ok=True)
-    remove_stale_parts(os.path.join(out_dir, ARTIFACT_DIR))
+    for folder in (out_dir, os.path.join(out_dir, ARTIFACT_DIR)):  # temporary files of killed runs
+        remove_stale_parts(folder)
     provisional = scope or f"{kind}:{os.getpid()}:{time.time_ns()}"
     run_id = store.start_run(kind=kind, scope=provisional[:64], settings_hash=digest, model_sha256=insp.model.sha256,
                              config=settings, out_dir=out_dir, source=source, shard=shard, tool_version=__version__)
