@@ -54,6 +54,32 @@ def report_rows(store: Store, scopes: list[str] | None = None) -> list[dict]:
     return rows
 
 
+def report_runs(store: Store, scopes: list[str] | None = None) -> list[dict]:
+    """The runs that recorded these scopes' inputs, oldest first: who, where, when, with which model."""
+    query = sa.select(runs).order_by(runs.c.id)
+    if scopes is not None:
+        query = query.where(runs.c.scope.in_(scopes))
+    with store.begin() as conn:
+        return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def _runs_table(run_rows: list[dict]) -> str:
+    if not run_rows:
+        return ""
+    cells = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
+            r["id"], r["kind"], f"{r['shard_index']}/{r['shard_count']}", r["host"],
+            _when(r["started_at"]), _when(r["ended_at"]), r["status"], r["model_sha256"][:16],
+            r["settings_hash"][:16], r["tool_version"])) + "</tr>" for r in run_rows)
+    head = "".join(f"<th>{h}</th>" for h in ("run", "kind", "shard", "host", "started (UTC)", "ended (UTC)",
+                                              "status", "model SHA-256", "settings", "version"))
+    return f"<h2>Runs ({len(run_rows)})</h2><table class=runs><tr>{head}</tr>{cells}</table>"
+
+
+def _when(value) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
 def _cell(value, digits: int | None = None) -> str:
     if value is None:
         return ""
@@ -110,7 +136,8 @@ def _listing(lines: list[str], limit: int = 200) -> str:
     return items + more
 
 
-def html_text(rows: list[dict], out_dir: str, title: str, *, notes: list[str] = (), lowest: int = 12) -> str:
+def html_text(rows: list[dict], out_dir: str, title: str, *, notes: list[str] = (), lowest: int = 12,
+              run_rows: list[dict] = ()) -> str:
     done = [r for r in rows if r["status"] == "done"]
     failed = [r for r in rows if r["status"] == "failed"]
     pending = [r for r in rows if r["status"] == "pending"]
@@ -124,11 +151,13 @@ def html_text(rows: list[dict], out_dir: str, title: str, *, notes: list[str] = 
     with_roi = any(r["roi_inside"] is not None for r in done)
     flagged = [r for r in done if r["flagged"]]
     least = sorted(done, key=lambda r: r["confidence"])[:lowest]
-    errors = _listing([f"{r['path']}: {r['error'] or ''}" for r in failed])
+    errors = _listing([r["error"] if (r["error"] or "").startswith(r["path"]) else f"{r['path']}: {r['error']}"
+                       for r in failed])
     missing = _listing([r["path"] for r in pending])
     return ("<!doctype html><meta charset=utf-8><title>SISE audit</title><style>body{font-family:sans-serif}"
             "figure{display:inline-block;margin:4px;font-size:11px;max-width:170px;overflow-wrap:anywhere}"
-            ".warn{background:#fde2e1;border:1px solid #c0392b;padding:6px}</style>"
+            ".warn{background:#fde2e1;border:1px solid #c0392b;padding:6px}"
+            ".runs td,.runs th{border-bottom:1px solid #ddd;padding:2px 6px;font-size:12px;text-align:left}</style>"
             f"<h1>{html.escape(title)}</h1>{banner}<p>{len(rows)} images: {len(done)} explained, "
             f"{len(failed)} failed, {len(pending)} not finished; {seconds:.1f} s of explanation time "
             f"({seconds / max(len(done), 1):.2f} s per image).</p><h2>Predicted classes</h2><table>"
@@ -138,7 +167,8 @@ def html_text(rows: list[dict], out_dir: str, title: str, *, notes: list[str] = 
                if with_roi else "")
             + f"<h2>Least confident ({len(least)})</h2>{_thumbs(least, out_dir)}"
             f"<h2>Failed ({len(failed)})</h2><ul>{errors}</ul>"
-            + (f"<h2>Not finished ({len(pending)})</h2><ul>{missing}</ul>" if pending else ""))
+            + (f"<h2>Not finished ({len(pending)})</h2><ul>{missing}</ul>" if pending else "")
+            + _runs_table(list(run_rows)))
 
 
 def write_views(store: Store, out_dir: str, *, scopes: list[str] | None = None, title: str = "SISE results",
@@ -148,5 +178,6 @@ def write_views(store: Store, out_dir: str, *, scopes: list[str] | None = None, 
     os.makedirs(out_dir, exist_ok=True)
     write_group({os.path.join(out_dir, "results.csv"): csv_text(rows),
                  os.path.join(out_dir, "results.jsonl"): jsonl_text(rows, out_dir),
-                 os.path.join(out_dir, "report.html"): html_text(rows, out_dir, title, notes=list(notes))})
+                 os.path.join(out_dir, "report.html"): html_text(rows, out_dir, title, notes=list(notes),
+                                                                 run_rows=report_runs(store, scopes))})
     return rows
