@@ -91,8 +91,8 @@ def audit_scope(settings: str, source: str, shard: tuple[int, int]) -> str:
 @dataclass
 class AuditSummary:
     total: int = 0          # inputs in this shard
-    explained: int = 0      # explained by this run
-    reused: int = 0         # found finished in the store
+    explained: int = 0      # explained successfully by this run
+    reused: int = 0         # found done in the store
     failed: int = 0         # failed results (now or before) and unreadable files
     pending: int = 0        # no result at the end (interrupted, or still held by another run)
     stopped: str | None = None  # why the run stopped early
@@ -116,21 +116,26 @@ def _progress(i: int, total: int, start: float, note: str) -> None:
 def _work(job: Job, todo: list[str], stop: Stop, summary: AuditSummary, wait_for_others: float) -> None:
     start = time.perf_counter()
     busy: list[str] = []
-    for i, path in enumerate(todo, 1):
-        if stop.requested:
-            return
-        outcome = explain_and_record(job, path)
-        if outcome.state == "busy":
-            busy.append(path)
-        summary.explained += outcome.state in ("explained", "failed")
-        summary.reused += outcome.state in ("done", "skipped_failed")
-        _progress(i, len(todo), start, outcome.state)
-    deadline = time.monotonic() + wait_for_others
-    while busy and not stop.requested and time.monotonic() < deadline:  # images another run is explaining
-        time.sleep(0.5)
-        busy = [p for p in busy if explain_and_record(job, p).state == "busy"]
-    if todo:
-        print(file=sys.stderr)
+    try:
+        for i, path in enumerate(todo, 1):
+            if stop.requested:
+                return
+            outcome = explain_and_record(job, path)
+            if outcome.state == "busy":
+                busy.append(path)
+            summary.explained += outcome.state == "explained"
+            summary.reused += outcome.state == "done"
+            _progress(i, len(todo), start, outcome.state)
+        deadline = time.monotonic() + wait_for_others
+        while busy and not stop.requested and time.monotonic() < deadline:  # images another run is explaining
+            time.sleep(0.5)
+            outcomes = [explain_and_record(job, p) for p in busy]
+            summary.explained += sum(o.state == "explained" for o in outcomes)
+            summary.reused += sum(o.state == "done" for o in outcomes)
+            busy = [o.path for o in outcomes if o.state == "busy"]
+    finally:
+        if todo:
+            print(file=sys.stderr)
 
 
 def run_audit(insp: Inspector, source: str, out: str, *, store_url: str | None = None, shard: tuple[int, int] = (0, 1),
@@ -138,6 +143,7 @@ def run_audit(insp: Inspector, source: str, out: str, *, store_url: str | None =
     """Explain every image of ``source`` in this shard that the store has no finished result for."""
     check_folders(source, out)
     stop = stop or Stop()
+    todo = [p for k, p in list_inputs(source) if in_shard(k, *shard)]
     os.makedirs(out, exist_ok=True)
     store = Store(store_url or default_url(out))
     try:
@@ -145,7 +151,6 @@ def run_audit(insp: Inspector, source: str, out: str, *, store_url: str | None =
         scope = audit_scope(settings, source, shard)
         job = start_job(insp, store, kind="audit", out_dir=out, scope=scope, source=display_path(os.path.abspath(source)),
                         shard=shard, retry=retry)
-        todo = [p for k, p in list_inputs(source) if in_shard(k, *shard)]
         store.plan_inputs(scope, job.run_id, todo)
         summary = AuditSummary(total=len(todo))
         try:

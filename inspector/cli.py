@@ -129,10 +129,22 @@ def cmd_audit(args) -> int:
     s = run_audit(insp, args.input, args.out, store_url=args.store, shard=shard, retry=not args.no_retry,
                   stop=Stop().install())
     print(f"{s.total} image(s): {s.explained} explained now, {s.reused} found in the store, {s.failed} failed, "
-          f"{s.pending} not finished; {os.path.join(args.out, 'results.csv')}, report.html")
+          f"{s.pending} not finished; views: {os.path.join(args.out, 'results.csv')}, results.jsonl, report.html")
+    _list_failures(s.rows)
     if s.stopped:
         print(f"error: {s.stopped}", file=sys.stderr)
     return s.exit_code
+
+
+def _list_failures(rows: list[dict], limit: int = 20) -> None:
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        print(f"{len(failed)} image(s) failed:", file=sys.stderr)
+    for r in failed[:limit]:
+        error = r["error"] or ""
+        print(f"  {error if error.startswith(r['path']) else r['path'] + ': ' + error}", file=sys.stderr)
+    if len(failed) > limit:
+        print(f"  and {len(failed) - limit} more (results.csv lists them all)", file=sys.stderr)
 
 
 def cmd_audit_merge(args) -> int:
@@ -141,6 +153,7 @@ def cmd_audit_merge(args) -> int:
     s = merge_audits(args.parts, args.out, store_url=args.store)
     print(f"merged {len(s.rows)} image(s) into {os.path.join(args.out, 'results.csv')}; report: "
           f"{os.path.join(args.out, 'report.html')}")
+    _list_failures(s.rows)
     if s.missing_shards:
         print(f"error: incomplete: shard(s) {', '.join(f'{i}/{s.shard_count}' for i in s.missing_shards)} "
               "missing; merge them too", file=sys.stderr)
@@ -152,13 +165,13 @@ def cmd_audit_merge(args) -> int:
 
 def cmd_report(args) -> int:
     from .report import write_views
-    from .store import Store, default_url
+    from .store import Store, default_url, display_url
 
     url = args.store if "://" in args.store else default_url(args.store)
     check_output_folder("--out", args.out)
     with Store(url, readonly=True) as store:
         scopes = [store.run(args.run)["scope"]] if args.run is not None else None
-        rows = write_views(store, args.out, scopes=scopes, title=f"SISE results from {store}")
+        rows = write_views(store, args.out, scopes=scopes, title=f"SISE results from {display_url(store.url)}")
     print(f"{len(rows)} image(s): {os.path.join(args.out, 'results.csv')}, results.jsonl, report.html")
     return EXIT_OK
 

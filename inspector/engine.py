@@ -125,8 +125,9 @@ class Inspector:
                                          output_name=c.output_name, blocks=c.blocks)
 
     # ----- explanations ---------------------------------------------------------------------------
-    def prepare(self, image) -> tuple[np.ndarray, pre.Geometry]:
-        """The model's input tensor (batch 1) for an image path or array, and its geometry."""
+    def prepare(self, image, *, name: str | None = None) -> tuple[np.ndarray, pre.Geometry]:
+        """The model's input tensor (batch 1) for an image path or array, and its geometry; ``name``
+        names an array in error messages."""
         source = os.fspath(image) if isinstance(image, (str, os.PathLike)) else None
         if source is not None:
             array = pre.read_image(source, max_pixels=self.config.preprocess.max_pixels)
@@ -135,14 +136,15 @@ class Inspector:
         else:
             raise ImageError(f"expected an image path or a numpy array, got {type(image).__name__}")
         return pre.to_tensor(array, self.config.preprocess, self.size, self.contract.input_layout,
-                             name=source or "image array")
+                             name=source or name or "image array")
 
     def score_masks(self, tensor: np.ndarray, masks: np.ndarray, target: int) -> np.ndarray:
         """The model's confidence in ``target`` for ``tensor`` times each mask [K, H, W] (the masking
         convention of the explanations); returns [K]."""
         return self.sessions.score_masks(tensor, masks, self._one_hot(target), chunk=self.method.chunk_size)
 
-    def explain(self, image, *, target=None, method: str | None = None, progress=None) -> Explanation:
+    def explain(self, image, *, target=None, method: str | None = None, progress=None,
+                name: str | None = None) -> Explanation:
         """Explain one image.
 
         Args:
@@ -150,11 +152,12 @@ class Inspector:
             target: None (the top class), a class index, a class name, or a weight vector [num_classes].
             method: a registered method name (sise, gradcam, rise); default: the configured one.
             progress: optional callable(done_chunks, total_chunks).
+            name: what error messages call an array image (e.g. the file it was decoded from).
         """
         timings: dict[str, float] = {}
         start = t0 = time.perf_counter()
         source = os.fspath(image) if isinstance(image, (str, os.PathLike)) else None
-        tensor, geometry = self.prepare(image)
+        tensor, geometry = self.prepare(image, name=name)
         timings["preprocess"] = time.perf_counter() - t0
         index, weights = self._target_weights(target, tensor, timings)
         t0 = time.perf_counter()

@@ -99,17 +99,18 @@ class Job:
 def start_job(insp: Inspector, store: Store, *, kind: str, out_dir: str, scope: str | None = None,
               source: str | None = None, shard: tuple[int, int] = (0, 1), target=None, retry: bool = True) -> Job:
     """Register a run in the store and prepare its output folder. ``scope`` groups the inputs of runs that
-    continue each other (an audit's resumptions); by default each run is its own scope."""
+    continue each other (an audit's resumptions); by default, runs of one kind with the same settings and
+    target share one, so a file explained again is listed once."""
     settings = result_settings(insp)
     digest = settings_hash(settings)
     key, engine_target = target_key(insp, target)
     os.makedirs(os.path.join(out_dir, ARTIFACT_DIR), exist_ok=True)
     for folder in (out_dir, os.path.join(out_dir, ARTIFACT_DIR)):  # temporary files of killed runs
         remove_stale_parts(folder)
-    provisional = scope or f"{kind}:{os.getpid()}:{time.time_ns()}"
-    run_id = store.start_run(kind=kind, scope=provisional[:64], settings_hash=digest, model_sha256=insp.model.sha256,
+    scope = scope or f"{kind}:" + hashlib.sha256(f"{digest}|{key}".encode()).hexdigest()[:32]
+    run_id = store.start_run(kind=kind, scope=scope, settings_hash=digest, model_sha256=insp.model.sha256,
                              config=settings, out_dir=out_dir, source=source, shard=shard, tool_version=__version__)
-    return Job(insp=insp, store=store, run_id=run_id, scope=provisional[:64], out_dir=os.path.abspath(out_dir),
+    return Job(insp=insp, store=store, run_id=run_id, scope=scope, out_dir=os.path.abspath(out_dir),
                settings_hash=digest, target_key=key, target=engine_target, retry=retry)
 
 
@@ -176,7 +177,7 @@ def _explain(job: Job, data: bytes, path: str, outcome: Outcome) -> dict[str, by
                 "provider": insp.sessions.provider}
     try:
         image = pre.decode_image(data, display_path(path), max_pixels=cfg.preprocess.max_pixels)
-        exp = insp.explain(image, target=job.target)
+        exp = insp.explain(image, target=job.target, name=display_path(path))
         rv = review(exp, cfg, insp.roi)
     except Exception as e:  # the image failed, not the run: recorded, and the run goes on
         message = str(e) if isinstance(e, InspectorError) else f"{type(e).__name__}: {e}"

@@ -104,12 +104,13 @@ def csv_text(rows: list[dict]) -> str:
 
 
 def jsonl_text(rows: list[dict], out_dir: str) -> str:
-    keep = ("path", "image_sha256", "status", "prediction_name", "confidence", "target_name", "region_count",
-            "evidence_peak", "evidence_mean", "roi_inside", "flagged", "masks", "seconds", "error", "retryable",
-            "shard", "result_id", "scores", "regions", "timings", "versions")
+    keep = ("path", "image_sha256", "status", "confidence", "region_count", "evidence_peak", "evidence_mean",
+            "roi_inside", "flagged", "masks", "seconds", "error", "retryable", "shard", "result_id", "scores",
+            "regions", "timings", "versions")
     lines = []
     for r in rows:
         item = {k: r[k] for k in keep}
+        item.update(prediction=r["prediction_name"], target=r["target_name"])  # the CSV's names
         item["artifacts"] = {k: os.path.relpath(p, out_dir) for k, p in sorted(r["artifacts"].items())}
         lines.append(json.dumps(item, sort_keys=True) + "\n")
     return "".join(lines)

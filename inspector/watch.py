@@ -25,7 +25,7 @@ from .folders import check_output_folder, is_inside
 from .preprocess import IMAGE_EXTENSIONS
 from .record import Outcome, explain_and_record, result_settings, settings_hash, start_job
 from .stop import Stop
-from .store import Store, default_url, display_path
+from .store import Store, default_url, display_path, display_url
 
 RETRY_PAUSE = 10.0  # seconds to wait after an output error before trying again
 
@@ -70,12 +70,15 @@ def watch(insp: Inspector, in_dir: str, out_dir: str, done_dir: str | None = Non
           log=print) -> int:
     """Run until ``stop.requested``; returns the number of images handled. Done/failed folders default to
     ``<out>/done`` and ``<out>/failed``."""
-    in_dir = os.path.abspath(in_dir)
-    done_dir = done_dir or os.path.join(out_dir, "done")
-    failed_dir = failed_dir or os.path.join(out_dir, "failed")
+    if not os.path.isdir(in_dir):
+        raise InspectorError(f"--in {in_dir}: no such folder; create it or check the path (the camera or "
+                             "line PC writes images there)")
+    in_dir, out_dir = os.path.abspath(in_dir), os.path.abspath(out_dir)
+    done_dir = os.path.abspath(done_dir or os.path.join(out_dir, "done"))
+    failed_dir = os.path.abspath(failed_dir or os.path.join(out_dir, "failed"))
     check_folders(in_dir, out_dir, done_dir, failed_dir)
     stop = stop or Stop()
-    for folder in (in_dir, out_dir, done_dir, failed_dir):
+    for folder in (out_dir, done_dir, failed_dir):
         os.makedirs(folder, exist_ok=True)
     store = Store(store_url or default_url(out_dir))
     scope = "watch:" + hashlib.sha256(
@@ -85,7 +88,7 @@ def watch(insp: Inspector, in_dir: str, out_dir: str, done_dir: str | None = Non
     handled = 0
     log(f"warmed up in {insp.warm_up():.2f} s ({insp.sessions.provider})")
     log(f"watching {display_path(in_dir)} -> {display_path(out_dir)} (done: {display_path(done_dir)}, "
-        f"failed: {display_path(failed_dir)}, store: {store})")
+        f"failed: {display_path(failed_dir)}, store: {display_url(store.url)})")
     try:
         with store.heartbeats(job.run_id):
             while not stop.requested:
@@ -138,16 +141,22 @@ def _scan(job, in_dir, done_dir, failed_dir, seen, settle, stop, log) -> int:
     return handled
 
 
+def _moved(name: str, moved: str) -> str:
+    """``part.png``, or ``part.png -> part.1.png`` when the name was taken in the done/failed folder."""
+    new = os.path.basename(moved)
+    return display_path(name) if new == name else f"{display_path(name)} -> {display_path(new)}"
+
+
 def _file_away(job, outcome: Outcome, done_dir: str, failed_dir: str, log, seconds: float) -> None:
-    name = display_path(os.path.basename(outcome.path))
+    name = os.path.basename(outcome.path)
     if outcome.failed:
         moved = move_unique(outcome.path, failed_dir)
         write_atomic(moved + ".error.txt", (outcome.error or "failed before; see the store") + "\n")
-        log(f"FAILED {name}: {outcome.error or 'failed before (same content and settings)'}")
+        log(f"FAILED {_moved(name, moved)}: {outcome.error or 'failed before (same content and settings)'}")
     else:
         moved = move_unique(outcome.path, done_dir)
         row = outcome.fields or job.store.result(outcome.result_id)
         note = "" if outcome.state == "explained" else " (already in the store)"
-        log(f"OK {name}: {row['prediction_name']} {row['confidence']:.3f}, {row['region_count']} region(s), "
-            f"{seconds:.2f} s{' FLAGGED' if row['flagged'] else ''}{note}")
+        log(f"OK {_moved(name, moved)}: {row['prediction_name']} {row['confidence']:.3f}, {row['region_count']} "
+            f"region(s), {seconds:.2f} s{' FLAGGED' if row['flagged'] else ''}{note}")
     job.store.rename_input(job.scope, outcome.path, moved)
