@@ -68,9 +68,10 @@ def preload_cuda_libraries() -> None:
         log.warning("onnxruntime.preload_dlls: %s", line)
 
 
-def resolve_providers(cfg: RuntimeConfig, *, fp32: bool = True) -> list:
-    """Requested providers that this onnxruntime build offers, in order; missing ones are logged.
-    ``fp32``: the session computes in float32 (FP32_CUDA_DEFAULTS apply)."""
+def resolve_providers(cfg: RuntimeConfig, *, fp32: bool = True, quiet: bool = False) -> list:
+    """Requested providers that this onnxruntime build offers, in order; missing ones are logged (unless
+    ``quiet``: said once for the engine's first session). ``fp32``: the session computes in float32
+    (FP32_CUDA_DEFAULTS apply)."""
     available = set(ort.get_available_providers())
     unknown = [p for p in cfg.providers if p not in DEVICE_OF]
     if unknown:
@@ -78,7 +79,7 @@ def resolve_providers(cfg: RuntimeConfig, *, fp32: bool = True) -> list:
                           "CPUExecutionProvider")
     chosen = [p for p in cfg.providers if p in available]
     skipped = [p for p in cfg.providers if p not in available]
-    if skipped:
+    if skipped and not quiet:
         log.warning("execution provider(s) %s not available in this onnxruntime build (%s); using %s",
                     ", ".join(skipped), ort.__version__, ", ".join(chosen) or "none")
     if not chosen:
@@ -90,12 +91,13 @@ def resolve_providers(cfg: RuntimeConfig, *, fp32: bool = True) -> list:
     return [(p, cuda_options) if p == "CUDAExecutionProvider" else p for p in chosen]
 
 
-def make_session(model_bytes: bytes, cfg: RuntimeConfig, what: str, *, fp32: bool = True) -> ort.InferenceSession:
+def make_session(model_bytes: bytes, cfg: RuntimeConfig, what: str, *, fp32: bool = True,
+                 quiet: bool = False) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if cfg.intra_op_threads:
         opts.intra_op_num_threads = cfg.intra_op_threads
-    providers = resolve_providers(cfg, fp32=fp32)
+    providers = resolve_providers(cfg, fp32=fp32, quiet=quiet)
     session = ort.InferenceSession(model_bytes, opts, providers=providers)
     wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
     if session.get_providers()[0] != wanted:
@@ -118,7 +120,7 @@ class EngineSessions:
 
     def __init__(self, explain_bytes: bytes, sampler_bytes: bytes, scorer_bytes: bytes, cfg: RuntimeConfig):
         self.explain = make_session(explain_bytes, cfg, "explain model")
-        self.sampler = make_session(sampler_bytes, cfg, "sampler", fp32=not cfg.fp16)
+        self.sampler = make_session(sampler_bytes, cfg, "sampler", fp32=not cfg.fp16, quiet=True)
         self.provider = self.explain.get_providers()[0]
         self.device = DEVICE_OF.get(self.provider, "cpu")
         self._scorer_bytes, self._cfg, self._scorer = scorer_bytes, cfg, None
@@ -126,7 +128,8 @@ class EngineSessions:
     def score_masks(self, image: np.ndarray, masks: np.ndarray, target: np.ndarray, *, chunk: int) -> np.ndarray:
         """psi of the target for image * mask, for float32 masks [K, H, W] (in chunks); returns [K]."""
         if self._scorer is None:  # built on first use (RISE, metrics)
-            self._scorer = make_session(self._scorer_bytes, self._cfg, "mask scorer", fp32=not self._cfg.fp16)
+            self._scorer = make_session(self._scorer_bytes, self._cfg, "mask scorer", fp32=not self._cfg.fp16,
+                                        quiet=True)
         out = []
         for start in range(0, len(masks), chunk):
             feeds = {IMAGE: image, MASKS: np.ascontiguousarray(masks[start:start + chunk], np.float32),
