@@ -55,19 +55,38 @@ def write_atomic(path: str, data: bytes | str) -> None:
 def write_group(files: dict[str, bytes | str]) -> None:
     """Write several files so that either all of them are complete or none was changed by this call
     (short of a crash between two renames, which leaves complete files only)."""
+    commit_group(prepare_group(files))
+
+
+def prepare_group(files: dict[str, bytes | str]) -> list[tuple[str, str]]:
+    """Write every file to its temporary name, flushed to disk; returns (temporary, final) pairs for
+    :func:`commit_group` or :func:`discard_group`. On failure nothing is left behind."""
     temps: list[tuple[str, str]] = []
     try:
         for final, data in files.items():
             payload = data.encode("utf-8") if isinstance(data, str) else data
             temps.append((_write_temp(final, payload), final))
+    except BaseException:
+        discard_group(temps)
+        raise
+    return temps
+
+
+def commit_group(temps: list[tuple[str, str]]) -> None:
+    """Rename prepared files into place and sync their folders."""
+    try:
         for tmp, final in temps:
             os.replace(tmp, final)
     except BaseException:
-        for tmp, _ in temps:
-            _remove(tmp)
+        discard_group(temps)
         raise
     for folder in {os.path.dirname(final) for _, final in temps}:
         sync_folder(folder)
+
+
+def discard_group(temps: list[tuple[str, str]]) -> None:
+    for tmp, _ in temps:
+        _remove(tmp)
 
 
 def process_alive(pid: int) -> bool:

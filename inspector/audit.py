@@ -32,25 +32,37 @@ from .store import Store, default_url, display_path
 
 
 def list_inputs(source: str) -> list[tuple[str, str]]:
-    """(key, absolute path) pairs sorted by the key's bytes: a folder's image files (recursively, key =
-    relative path) or the ``image`` column of a manifest CSV (key = the column's value, relative to the manifest)."""
+    """(key, absolute path) pairs sorted by the key's bytes: a folder's image files (recursively, through
+    symbolic links to folders, each folder once; key = relative path) or the ``image`` column of a manifest
+    CSV (key = the column's value, relative to the manifest; a repeated row counts once). Only regular
+    files are taken: a FIFO or device named like an image would block the run."""
     source = os.path.abspath(source)
     if os.path.isdir(source):
-        out = []
-        for root, dirs, files in os.walk(source):
+        out, seen = [], set()
+        for root, dirs, files in os.walk(source, followlinks=True):
+            st = os.stat(root)
+            if (st.st_dev, st.st_ino) in seen:  # a symbolic-link loop, or a folder linked twice
+                dirs[:] = []
+                continue
+            seen.add((st.st_dev, st.st_ino))
             dirs.sort()
             for f in files:
-                if f.lower().endswith(IMAGE_EXTENSIONS):
-                    path = os.path.join(root, f)
+                path = os.path.join(root, f)
+                dangling = os.path.islink(path) and not os.path.exists(path)  # recorded as unreadable
+                if f.lower().endswith(IMAGE_EXTENSIONS) and (os.path.isfile(path) or dangling):
                     out.append((os.path.relpath(path, source).replace(os.sep, "/"), path))
         return sorted(out, key=lambda kp: os.fsencode(kp[0]))
     if os.path.isfile(source) and source.endswith(".csv"):
-        with open(source, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        try:
+            with open(source, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+        except UnicodeDecodeError as e:
+            raise InspectorError(f"{source}: the manifest is not UTF-8 text ({e.reason} at byte {e.start})") from e
         if rows and "image" not in rows[0]:
             raise InspectorError(f"{source}: a manifest needs an 'image' column")
-        base = os.path.dirname(os.path.abspath(source))
-        return sorted(((r["image"], os.path.join(base, r["image"])) for r in rows), key=lambda kp: os.fsencode(kp[0]))
+        base = os.path.dirname(source)
+        pairs = {r["image"]: os.path.join(base, r["image"]) for r in rows}
+        return sorted(pairs.items(), key=lambda kp: os.fsencode(kp[0]))
     raise InspectorError(f"{source}: not a folder of images nor a manifest .csv")
 
 
@@ -150,8 +162,7 @@ def run_audit(insp: Inspector, source: str, out: str, *, store_url: str | None =
         settings = settings_hash(result_settings(insp))
         scope = audit_scope(settings, source, shard)
         job = start_job(insp, store, kind="audit", out_dir=out, scope=scope, source=display_path(os.path.abspath(source)),
-                        shard=shard, retry=retry)
-        store.plan_inputs(scope, job.run_id, todo)
+                        shard=shard, retry=retry, plan=todo)
         summary = AuditSummary(total=len(todo))
         try:
             with store.heartbeats(job.run_id):

@@ -20,9 +20,10 @@ import traceback
 
 from . import __version__
 from .engine import Inspector
-from .errors import InspectorError, OutputError
+from .errors import InspectorError, Interrupted, OutputError
 from .folders import check_output_folder
 from .preprocess import IMAGE_EXTENSIONS
+from .stop import Stop
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_INCOMPLETE = 0, 1, 2, 3
 
@@ -122,14 +123,19 @@ def cmd_evaluate(args) -> int:
 
 def cmd_audit(args) -> int:
     from .audit import parse_shard, run_audit
-    from .stop import Stop
 
+    stop = Stop().install()  # before the model loads: a SIGTERM during start-up still ends in views, exit 3
     shard = parse_shard(args.shard)
     insp = Inspector.from_config(args.config)
     s = run_audit(insp, args.input, args.out, store_url=args.store, shard=shard, retry=not args.no_retry,
-                  stop=Stop().install())
-    print(f"{s.total} image(s): {s.explained} explained now, {s.reused} found in the store, {s.failed} failed, "
-          f"{s.pending} not finished; views: {os.path.join(args.out, 'results.csv')}, results.jsonl, report.html")
+                  stop=stop)
+    if s.rows or not s.stopped:
+        print(f"{s.total} image(s): {s.explained} explained now, {s.reused} found in the store, {s.failed} failed, "
+              f"{s.pending} not finished; views: {os.path.join(args.out, 'results.csv')}, results.jsonl, "
+              "report.html")
+    else:
+        print(f"{s.total} image(s): {s.explained} explained now, {s.reused} found in the store; the views could "
+              "not be written")
     _list_failures(s.rows)
     if s.stopped:
         print(f"error: {s.stopped}", file=sys.stderr)
@@ -150,7 +156,7 @@ def _list_failures(rows: list[dict], limit: int = 20) -> None:
 def cmd_audit_merge(args) -> int:
     from .merge import merge_audits
 
-    s = merge_audits(args.parts, args.out, store_url=args.store)
+    s = merge_audits(args.parts, args.out, store_url=args.store, stop=Stop().install())
     print(f"merged {len(s.rows)} image(s) into {os.path.join(args.out, 'results.csv')}; report: "
           f"{os.path.join(args.out, 'report.html')}")
     _list_failures(s.rows)
@@ -170,7 +176,8 @@ def cmd_report(args) -> int:
     url = args.store if "://" in args.store else default_url(args.store)
     check_output_folder("--out", args.out)
     with Store(url, readonly=True) as store:
-        scopes = [store.run(args.run)["scope"]] if args.run is not None else None
+        run = store.run(args.run) if args.run is not None else None
+        scopes = [run["scope"]] if run is not None and run["kind"] != "merge" else None  # a merge: all it holds
         rows = write_views(store, args.out, scopes=scopes, title=f"SISE results from {display_url(store.url)}")
     print(f"{len(rows)} image(s): {os.path.join(args.out, 'results.csv')}, results.jsonl, report.html")
     return EXIT_OK
@@ -183,7 +190,6 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_watch(args) -> int:
-    from .stop import Stop
     from .watch import watch
 
     stop = Stop().install()
@@ -198,16 +204,15 @@ def cmd_watch(args) -> int:
 
 def cmd_explain(args) -> int:
     from .record import explain_and_record, start_job
-    from .stop import Stop
     from .store import Store, default_url, display_path
 
+    stop = Stop().install()
     insp = Inspector.from_config(args.config)
     check_output_folder("--out", args.out)
     images = collect_images(args.images)
     if not images:
         raise InspectorError("no images found in " + ", ".join(args.images))
     os.makedirs(args.out, exist_ok=True)
-    stop = Stop().install()
     with Store(args.store or default_url(args.out)) as store:
         job = start_job(insp, store, kind="explain", out_dir=args.out, target=args.target)
         counts, failures = {"explained": 0, "reused": 0}, []
@@ -275,4 +280,4 @@ def main(argv: list[str] | None = None) -> int:
         else:
             message = f"unexpected {type(e).__name__}: {e} (run with --debug for the traceback)"
         print(f"error: {' '.join(message.split())}", file=sys.stderr)
-        return EXIT_INCOMPLETE if isinstance(e, OutputError) else EXIT_ERROR
+        return EXIT_INCOMPLETE if isinstance(e, (OutputError, Interrupted)) else EXIT_ERROR

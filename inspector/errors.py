@@ -26,3 +26,7 @@ class TargetError(InspectorError):
 class OutputError(InspectorError):
     """Results could not be written (disk full, permissions, the store): not the image's fault. The run
     stops; running the same command again continues where it stopped."""
+
+
+class Interrupted(InspectorError):
+    """Stopped by SIGTERM/SIGINT before the work was complete; running the same command again continues."""

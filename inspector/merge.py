@@ -17,9 +17,10 @@ import sqlalchemy as sa
 
 from . import __version__
 from .atomic import write_atomic
-from .errors import InspectorError, OutputError
+from .errors import InspectorError, Interrupted, OutputError
 from .folders import check_output_folder
 from .report import write_views
+from .stop import Stop
 from .store import Store, default_url, display_url
 from .store.schema import artifacts, images, inputs, results, runs
 from .store.store import dialect_insert
@@ -80,8 +81,12 @@ def _check_parts(parts: list[str], audit_runs: list[list[dict]]) -> tuple[str, i
 
 
 def _copy_file(src: str, dst: str, sha256: str) -> None:
-    with open(src, "rb") as f:
-        data = f.read()
+    try:
+        with open(src, "rb") as f:
+            data = f.read()
+    except FileNotFoundError as e:
+        raise InspectorError(f"{src}: recorded in its store but missing; run that shard's audit again (it "
+                             "makes missing files again), then merge") from e
     if hashlib.sha256(data).hexdigest() != sha256:
         raise InspectorError(f"{src}: content differs from what its store recorded (changed or corrupt); "
                              "re-run that shard's audit")
@@ -149,32 +154,44 @@ class _Copier:
         return new_id
 
 
-def _check_target_folder(out: str) -> None:
-    """The default target, ``<out>/results.db``, must be new or an earlier merge: merging into a shard's
-    own folder would mix the merge into that shard's results."""
+def _check_target_folder(out: str, settings: str) -> None:
+    """The default target, ``<out>/results.db``, must be new or an earlier merge of the same audit: merging
+    into a shard's own folder would mix the merge into that shard's results."""
     if not os.path.isfile(os.path.join(out, "results.db")):
         return
     with Store(default_url(out), readonly=True) as existing, existing.begin() as conn:
-        kinds = set(conn.execute(sa.select(runs.c.kind).distinct()).scalars())
-    if "merge" not in kinds:
+        found = conn.execute(sa.select(runs.c.kind, runs.c.settings_hash).distinct()).all()
+    if "merge" not in {kind for kind, _ in found}:
         raise InspectorError(f"--out {out} holds the store of an audit, not of a merge; merge into a new folder "
                              "(parts are never written)")
+    if {h for kind, h in found if kind == "audit"} - {settings}:
+        raise InspectorError(f"--out {out} holds a merge of an audit with other settings; merge into a new folder")
 
 
-def merge_audits(parts: list[str], out: str, *, store_url: str | None = None) -> MergeSummary:
+def _same_store(a: str, b: str) -> bool:
+    """Two URLs name one database (SQLite: the same file, however spelled)."""
+    ua, ub = sa.make_url(a), sa.make_url(b)
+    if ua.get_backend_name() == ub.get_backend_name() == "sqlite":
+        return os.path.realpath(ua.database or "") == os.path.realpath(ub.database or "")
+    return display_url(a) == display_url(b)
+
+
+def merge_audits(parts: list[str], out: str, *, store_url: str | None = None, stop: Stop | None = None
+                 ) -> MergeSummary:
     """Copy the parts' stores into ``out`` (its results.db, or ``store_url``) and write the views there."""
     check_output_folder("--out", out)
     urls = [part_url(p) for p in parts]
     target_url = store_url or default_url(out)
     for part, url in zip(parts, urls):
-        if display_url(url) == display_url(target_url) or ("://" not in part and os.path.realpath(part) ==
-                                                           os.path.realpath(out)):
-            raise InspectorError(f"--out {out} is the part {part}; merge into a new folder (parts are never written)")
-    if store_url is None:
-        _check_target_folder(out)
+        if _same_store(url, target_url) or ("://" not in part and os.path.realpath(part) == os.path.realpath(out)):
+            raise InspectorError(f"the target {display_url(target_url)} is the part {part}; merge into a new folder "
+                                 "(parts are never written)")
+    stop = stop or Stop()
     sources = [Store(url, readonly=True) for url in urls]
     try:
         settings, count, missing = _check_parts(parts, [_audit_runs(s, p) for s, p in zip(sources, parts)])
+        if store_url is None:
+            _check_target_folder(out, settings)
         os.makedirs(out, exist_ok=True)
         with Store(target_url) as target:
             merge_run = target.start_run(kind="merge", scope="merge", settings_hash=settings, model_sha256="",
@@ -182,6 +199,10 @@ def merge_audits(parts: list[str], out: str, *, store_url: str | None = None) ->
             scopes: set[str] = set()
             try:
                 for src in sources:
+                    if stop.requested:
+                        target.end_run(merge_run, "stopped", f"stopped by {stop.signal_name}")
+                        raise Interrupted(f"stopped by {stop.signal_name} before all parts were copied; run the "
+                                          "same merge again")
                     with target.begin() as conn:
                         scopes.update(_Copier(src, conn, out).copy())
             except OSError as e:

@@ -27,14 +27,14 @@ import numpy as np
 
 from . import __version__
 from . import preprocess as pre
-from .atomic import remove_stale_parts, write_group
+from .atomic import commit_group, discard_group, prepare_group, remove_stale_parts
 from .engine import Inspector
 from .errors import ImageError, InspectorError, OutputError
 from .explanation import Explanation
 from .outputs import ARTIFACT_SUFFIXES, render
 from .review import Review, review
 from .session import runtime_versions
-from .store import Claim, ResultKey, Store, StoreError, display_path
+from .store import Claim, ClaimLost, ResultKey, Store, StoreError, display_path
 
 log = logging.getLogger(__name__)
 ARTIFACT_DIR = "images"
@@ -97,10 +97,12 @@ class Job:
 
 
 def start_job(insp: Inspector, store: Store, *, kind: str, out_dir: str, scope: str | None = None,
-              source: str | None = None, shard: tuple[int, int] = (0, 1), target=None, retry: bool = True) -> Job:
+              source: str | None = None, shard: tuple[int, int] = (0, 1), target=None, retry: bool = True,
+              plan: list[str] | None = None) -> Job:
     """Register a run in the store and prepare its output folder. ``scope`` groups the inputs of runs that
     continue each other (an audit's resumptions); by default, runs of one kind with the same settings and
-    target share one, so a file explained again is listed once."""
+    target share one, so a file explained again is listed once. ``plan``: every input of the run, recorded
+    with it (an audit's list; the scope's inputs become exactly these)."""
     settings = result_settings(insp)
     digest = settings_hash(settings)
     key, engine_target = target_key(insp, target)
@@ -109,7 +111,8 @@ def start_job(insp: Inspector, store: Store, *, kind: str, out_dir: str, scope: 
         remove_stale_parts(folder)
     scope = scope or f"{kind}:" + hashlib.sha256(f"{digest}|{key}".encode()).hexdigest()[:32]
     run_id = store.start_run(kind=kind, scope=scope, settings_hash=digest, model_sha256=insp.model.sha256,
-                             config=settings, out_dir=out_dir, source=source, shard=shard, tool_version=__version__)
+                             config=settings, out_dir=out_dir, source=source, shard=shard, tool_version=__version__,
+                             plan=plan)
     return Job(insp=insp, store=store, run_id=run_id, scope=scope, out_dir=os.path.abspath(out_dir),
                settings_hash=digest, target_key=key, target=engine_target, retry=retry)
 
@@ -157,7 +160,10 @@ def _explain_and_record(job: Job, path: str) -> Outcome:
         return Outcome(path, "unreadable", error=message)
     sha = hashlib.sha256(data).hexdigest()
     job.store.add_image(sha, len(data), path)
-    claim = job.store.claim(ResultKey(sha, job.settings_hash, job.target_key), job.run_id, path, retry=job.retry)
+    key = ResultKey(sha, job.settings_hash, job.target_key)
+    claim = job.store.claim(key, job.run_id, path, retry=job.retry)
+    if claim.state == "done" and _files_missing(job, claim.result_id):  # e.g. images/ deleted: make them again
+        claim = job.store.claim(key, job.run_id, path, redo=True)
     if not claim.held:
         job.store.record_input(job.scope, job.run_id, path, image_sha256=sha, result_id=claim.result_id)
         state = {"failed": "skipped_failed"}.get(claim.state, claim.state)
@@ -168,6 +174,15 @@ def _explain_and_record(job: Job, path: str) -> Outcome:
     outcome.fields["seconds"] = time.perf_counter() - start
     _commit(job, claim, outcome, files)
     return outcome
+
+
+def _files_missing(job: Job, result_id: int) -> bool:
+    """A done result whose files were written into this job's folder, and are not all there any more."""
+    result = job.store.result(result_id)
+    if job.store.run(result["run_id"])["out_dir"] != job.out_dir:
+        return False  # another machine's or folder's files: not ours to judge
+    return len(result["artifacts"]) != len(ARTIFACT_SUFFIXES) or \
+        not all(os.path.isfile(p) for p in result["artifacts"].values())
 
 
 def _explain(job: Job, data: bytes, path: str, outcome: Outcome) -> dict[str, bytes]:
@@ -198,8 +213,7 @@ def _explain(job: Job, data: bytes, path: str, outcome: Outcome) -> dict[str, by
         "masks": exp.total_masks, "masks_per_layer": list(exp.masks_per_layer),
         "timings": {k: round(v, 6) for k, v in exp.timings.items()},
     }
-    extra = {"image_sha256": outcome.image_sha256, "settings_hash": job.settings_hash, "target_key": job.target_key,
-             "result_id": outcome.result_id}
+    extra = {"image_sha256": outcome.image_sha256, "settings_hash": job.settings_hash, "target_key": job.target_key}
     return render(exp, image, classes=cfg.classes, source=display_path(os.path.abspath(path)), review=rv,
                   visuals=cfg.visuals, roi=insp.roi, extra=extra)
 
@@ -215,25 +229,35 @@ def artifact_base(job: Job, sha: str, path: str) -> str:
 
 
 def _commit(job: Job, claim: Claim, outcome: Outcome, files: dict[str, bytes]) -> None:
+    """Files to temporary names, then the result in the store (only if this run still holds the claim),
+    then the files renamed into place: files are never renamed for a result this run does not own, and a
+    crash between the store and the renames leaves a done result whose missing files the next run makes."""
     base = artifact_base(job, outcome.image_sha256, outcome.path)
     named = {kind: os.path.join(job.artifact_dir, base + ARTIFACT_SUFFIXES[kind]) for kind in files}
     rows = [{"kind": kind, "path": os.path.relpath(named[kind], job.out_dir),
              "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)} for kind, data in files.items()]
-    written = False
+    temps = []
     try:
-        write_group({named[kind]: data for kind, data in files.items()})
-        written = True
+        temps = prepare_group({named[kind]: data for kind, data in files.items()})
         job.store.finish(claim, job.run_id, outcome.fields, rows, scope=job.scope, path=outcome.path,
                          image_sha256=outcome.image_sha256)
     except (OSError, StoreError) as e:
-        if written:
-            for final in named.values():
-                with contextlib.suppress(OSError):
-                    os.unlink(final)
-        with contextlib.suppress(StoreError):
-            job.store.release(claim, job.run_id)
-        reason = f"{e.strerror} ({e.filename})" if isinstance(e, OSError) and e.strerror else str(e)
-        raise OutputError(f"cannot record the result of {display_path(outcome.path)}: {reason}; fix it (free "
+        discard_group(temps)
+        if not isinstance(e, ClaimLost):
+            with contextlib.suppress(StoreError):
+                job.store.release(claim, job.run_id)
+        raise OutputError(f"cannot record the result of {display_path(outcome.path)}: {_reason(e)}; fix it (free "
                           "space, permissions, the database) and run the same command again: it continues "
                           "where it stopped") from e
+    try:
+        commit_group(temps)
+    except OSError as e:
+        raise OutputError(f"{display_path(outcome.path)} is recorded but its files could not be put in place "
+                          f"({_reason(e)}); run the same command again to make them") from e
     outcome.artifacts = named
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror} ({display_path(e.filename)})" if e.filename else e.strerror
+    return str(e)

@@ -136,7 +136,8 @@ def _scan(job, in_dir, done_dir, failed_dir, seen, settle, stop, log) -> int:
         try:
             _file_away(job, outcome, done_dir, failed_dir, log, time.perf_counter() - start)
         except OSError as e:
-            log(f"ERROR {display_path(name)}: recorded, but cannot move it ({e.strerror}: {e.filename})")
+            log(f"ERROR {display_path(name)}: recorded in the store, but moving it or writing its error file "
+                f"failed ({e.strerror}: {display_path(e.filename or '')})")
         handled += 1
     return handled
 
@@ -149,14 +150,24 @@ def _moved(name: str, moved: str) -> str:
 
 def _file_away(job, outcome: Outcome, done_dir: str, failed_dir: str, log, seconds: float) -> None:
     name = os.path.basename(outcome.path)
+    moved = move_unique(outcome.path, failed_dir if outcome.failed else done_dir)
+    job.store.rename_input(job.scope, outcome.path, moved)
     if outcome.failed:
-        moved = move_unique(outcome.path, failed_dir)
-        write_atomic(moved + ".error.txt", (outcome.error or "failed before; see the store") + "\n")
-        log(f"FAILED {_moved(name, moved)}: {outcome.error or 'failed before (same content and settings)'}")
+        error = outcome.error or "failed before (same content and settings)"
+        write_atomic(error_file(moved), error + "\n")
+        log(f"FAILED {_moved(name, moved)}: {error}")
     else:
-        moved = move_unique(outcome.path, done_dir)
         row = outcome.fields or job.store.result(outcome.result_id)
         note = "" if outcome.state == "explained" else " (already in the store)"
         log(f"OK {_moved(name, moved)}: {row['prediction_name']} {row['confidence']:.3f}, {row['region_count']} "
             f"region(s), {seconds:.2f} s{' FLAGGED' if row['flagged'] else ''}{note}")
-    job.store.rename_input(job.scope, outcome.path, moved)
+
+
+def error_file(moved: str, limit: int = 200) -> str:
+    """``<moved>.error.txt``; for a name too long for the file system, a shortened one with a hash."""
+    folder, name = os.path.split(moved)
+    raw = os.fsencode(name)
+    if len(raw) + len(".error.txt") <= limit:
+        return moved + ".error.txt"
+    short = os.fsdecode(raw[:limit - 40]) + "-" + hashlib.sha256(raw).hexdigest()[:12]
+    return os.path.join(folder, short + ".error.txt")

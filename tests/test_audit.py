@@ -459,3 +459,147 @@ def test_simulated_enospc_and_transient_failures_in_process(tmp_path, monkeypatc
     s = run_audit(insp, str(inp), str(out))
     assert s.exit_code == 0 and s.explained == 1 and s.reused == 4
     assert store_counts(sqlite_url(out))["results"] == 5
+
+
+def test_the_views_follow_the_folder_as_it_is_now(tmp_path):
+    """Files renamed or deleted between two runs leave the views; nothing is listed twice."""
+    inp = tmp_path / "in"
+    make_inputs(inp, 4)
+    cfg = config(tmp_path)
+    out = tmp_path / "out"
+    assert audit("-c", cfg, inp, "--out", out).returncode == 0
+    os.rename(inp / "part_000.png", inp / "renamed.png")
+    os.unlink(inp / "part_001.png")
+    r = audit("-c", cfg, inp, "--out", out)
+    assert r.returncode == 0 and "3 image(s): 0 explained now, 3 found in the store" in r.stdout, r.stdout
+    assert sorted(os.path.basename(row["path"]) for row in csv_rows(out)) == ["part_002.png", "part_003.png",
+                                                                            "renamed.png"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_manifest_that_lists_a_file_twice(tmp_path, backend, request):
+    inp = tmp_path / "in"
+    make_inputs(inp, 2)
+    manifest = tmp_path / "night.csv"
+    manifest.write_text("image\nin/part_000.png\nin/part_001.png\nin/part_000.png\n")
+    out = tmp_path / "out"
+    url, extra = backend_url(backend, out, request)
+    r = audit("-c", config(tmp_path), manifest, "--out", out, *extra)
+    assert r.returncode == 0, r.stderr
+    assert len(csv_rows(out)) == 2 and store_counts(url)["inputs"] == 2
+    (tmp_path / "latin1.csv").write_bytes("image\nin/caf\xe9.png\n".encode("latin-1"))
+    bad = audit("-c", config(tmp_path), tmp_path / "latin1.csv", "--out", tmp_path / "o2")
+    assert bad.returncode == 2 and "not UTF-8" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_deleted_result_files_are_made_again(tmp_path):
+    inp = tmp_path / "in"
+    make_inputs(inp, 3)
+    cfg = config(tmp_path)
+    out = tmp_path / "out"
+    assert audit("-c", cfg, inp, "--out", out).returncode == 0
+    shutil.rmtree(out / "images")
+    r = audit("-c", cfg, inp, "--out", out)
+    assert r.returncode == 0 and "3 explained now" in r.stdout, r.stdout
+    assert_artifacts_match_store(sqlite_url(out))
+    counts = store_counts(sqlite_url(out))
+    assert counts["results"] == 3 and counts["artifacts"] == 12
+
+
+def test_folder_names_with_url_syntax_get_their_own_store(tmp_path):
+    inp = tmp_path / "in"
+    make_inputs(inp, 1)
+    cfg = config(tmp_path)
+    for name in ("q?1", "q?2", "p%41", "h#1"):
+        r = audit("-c", cfg, inp, "--out", tmp_path / name)
+        assert r.returncode == 0 and "1 explained now" in r.stdout, (name, r.stdout, r.stderr)
+        assert (tmp_path / name / "results.db").is_file() and len(os.listdir(tmp_path / name / "images")) == 4
+        assert inspector("report", "--store", tmp_path / name, "--out", tmp_path / (name + "-v")).returncode == 0
+    assert sorted(os.listdir(tmp_path)) == sorted(["in", "config_0.yaml", "q?1", "q?2", "p%41", "h#1", "q?1-v",
+                                                   "q?2-v", "p%41-v", "h#1-v"])
+
+
+def test_merges_never_write_into_a_part_or_mix_audits(tmp_path):
+    inp = tmp_path / "in"
+    make_inputs(inp, 4)
+    cfg, fast = config(tmp_path), config(tmp_path, method={"preset": "fast"})
+    for i in range(2):
+        assert audit("-c", cfg, inp, "--out", tmp_path / f"s{i}", "--shard", f"{i}/2").returncode == 0
+        assert audit("-c", fast, inp, "--out", tmp_path / f"f{i}", "--shard", f"{i}/2").returncode == 0
+    spelled = "sqlite:///" + str(tmp_path) + "//s0/../s0/results.db"
+    r = inspector("audit-merge", tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "m", "--store", spelled)
+    assert r.returncode == 2 and "is the part" in r.stderr, r.stderr
+    assert inspector("audit-merge", tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "m").returncode == 0
+    r = inspector("audit-merge", tmp_path / "f0", tmp_path / "f1", "--out", tmp_path / "m")
+    assert r.returncode == 2 and "other settings" in r.stderr, r.stderr
+    merged = jsonl_rows(tmp_path / "m")
+    for row in merged:  # each copied sidecar describes the image of its row
+        with open(tmp_path / "m" / row["artifacts"]["sidecar"]) as f:
+            assert json.load(f)["image_sha256"] == row["image_sha256"]
+    os.unlink(tmp_path / "s1" / jsonl_rows(tmp_path / "s1")[0]["artifacts"]["npz"])
+    r = inspector("audit-merge", tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "m2")
+    assert r.returncode == 2 and "missing; run that shard's audit again" in r.stderr, r.stderr
+
+
+def test_a_store_on_a_read_only_file_system_can_be_reported_and_merged(tmp_path):
+    inp = tmp_path / "in"
+    make_inputs(inp, 2)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if not _can_mount_tmpfs(ro):
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root and must be able to mount a tmpfs for this test")
+        pytest.skip("needs root to mount a tmpfs")
+    try:
+        subprocess.run(["mount", "-o", "remount,size=16m", str(ro)], check=True)
+        assert audit("-c", config(tmp_path), inp, "--out", ro / "a").returncode == 0
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        r = inspector("report", "--store", ro / "a", "--out", tmp_path / "v")
+        assert r.returncode == 0 and "2 image(s)" in r.stdout, r.stderr
+        r = inspector("audit-merge", ro / "a", "--out", tmp_path / "m")
+        assert r.returncode == 0, r.stderr
+        assert_artifacts_match_store(sqlite_url(tmp_path / "m"))
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+def test_fifos_and_symbolic_links_in_the_input(tmp_path):
+    from inspector.audit import list_inputs
+
+    inp = tmp_path / "in"
+    make_inputs(inp / "real", 2)
+    os.mkfifo(inp / "camera.png")  # would block a reader forever
+    os.symlink(inp / "real", inp / "linked")  # a folder linked in: followed once
+    os.symlink(inp, inp / "real" / "loop")  # a loop: not followed forever
+    os.symlink(inp / "nowhere.png", inp / "dangling.png")  # recorded as unreadable
+    keys = [k for k, _ in list_inputs(str(inp))]
+    assert keys == ["dangling.png", "linked/part_000.png", "linked/part_001.png"] or \
+        keys == ["dangling.png", "real/part_000.png", "real/part_001.png"], keys
+
+
+def test_a_claim_taken_over_leaves_the_new_owners_files(tmp_path):
+    """A process paused past the heartbeat limit finds its claim taken over: it must not remove the files
+    the new owner wrote under the same names."""
+    from inspector.engine import Inspector
+    from inspector.errors import OutputError
+    from inspector.record import Outcome, _commit, _explain, explain_and_record, start_job
+    from inspector.store import ResultKey, Store
+
+    make_inputs(tmp_path / "in", 1)
+    path = str(tmp_path / "in" / "part_000.png")
+    data = open(path, "rb").read()
+    sha = hashlib.sha256(data).hexdigest()
+    insp = Inspector.from_config(config(tmp_path))
+    (tmp_path / "out").mkdir()
+    with Store(sqlite_url(tmp_path / "out")) as store:
+        paused, other = (start_job(insp, store, kind="explain", out_dir=str(tmp_path / "out")) for _ in range(2))
+        store.add_image(sha, len(data), path)
+        claim = store.claim(ResultKey(sha, paused.settings_hash, paused.target_key), paused.run_id, path)
+        store.end_run(paused.run_id, "stopped")  # what a missed heartbeat looks like to the other run
+        assert explain_and_record(other, path).state == "explained"
+        outcome = Outcome(path, "explained", claim.result_id, sha)
+        files = _explain(paused, data, path, outcome)
+        with pytest.raises(OutputError, match="taken over"):
+            _commit(paused, claim, outcome, files)
+        assert store.result(claim.result_id)["run_id"] == other.run_id
+    assert_artifacts_match_store(sqlite_url(tmp_path / "out"))

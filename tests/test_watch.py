@@ -121,3 +121,14 @@ def test_folders_inside_the_watched_folder_are_refused(tmp_path):
                            capture_output=True, text=True, timeout=120, check=False)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and f"{option} " in lines[0] and "inside --in" in lines[0]
+
+
+def test_error_files_of_very_long_names_fit_the_file_system(tmp_path):
+    from inspector.watch import error_file
+
+    long = tmp_path / ("x" * 240 + ".png")
+    name = error_file(str(long))
+    assert len(os.path.basename(name).encode()) <= 200 and name.endswith(".error.txt")
+    assert error_file(str(tmp_path / "a.png")) == str(tmp_path / "a.png.error.txt")
+    with open(name, "w") as f:  # the file system takes it
+        f.write("x")

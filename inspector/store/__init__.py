@@ -4,7 +4,7 @@ See :mod:`inspector.store.schema` for the tables and :class:`Store` for what can
 
 from .db import STORE_FILE, StoreError, default_url, display_url
 from .schema import SCHEMA_VERSION
-from .store import Claim, ResultKey, Store, display_path, path_bytes
+from .store import Claim, ClaimLost, ResultKey, Store, display_path, path_bytes
 
-__all__ = ["SCHEMA_VERSION", "STORE_FILE", "Claim", "ResultKey", "Store", "StoreError", "default_url",
+__all__ = ["SCHEMA_VERSION", "STORE_FILE", "Claim", "ClaimLost", "ResultKey", "Store", "StoreError", "default_url",
            "display_path", "display_url", "path_bytes"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from datetime import datetime, timezone
+from urllib.parse import quote
 
 import sqlalchemy as sa
 
@@ -20,8 +21,9 @@ class StoreError(InspectorError):
 
 
 def default_url(out_dir: str) -> str:
-    """The embedded store of an output folder: ``<out>/results.db``."""
-    return "sqlite:///" + os.path.abspath(os.path.join(out_dir, STORE_FILE))
+    """The embedded store of an output folder: ``<out>/results.db`` (URL-quoted, so that ``?``, ``#`` or
+    ``%`` in a folder name stay part of the path)."""
+    return sa.URL.create("sqlite", database=os.path.abspath(os.path.join(out_dir, STORE_FILE))).render_as_string()
 
 
 def display_url(url: str) -> str:
@@ -50,7 +52,11 @@ def _sqlite_engine(url: sa.URL, readonly: bool) -> sa.Engine:
     if readonly:
         if not os.path.isfile(path):
             raise StoreError(f"{path}: no results store here")
-        url = url.set(database=f"file:{path}?mode=ro", query={"uri": "true"})
+        # On a read-only file system nobody can be writing, and SQLite could not create the WAL index:
+        # read the file as immutable there.
+        writable = os.access(os.path.dirname(os.path.abspath(path)), os.W_OK)
+        mode = "mode=ro" if writable else "mode=ro&immutable=1"
+        url = url.set(database=f"file:{quote(os.path.abspath(path))}?{mode}", query={"uri": "true"})
     else:
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
@@ -79,7 +85,7 @@ def _sqlite_engine(url: sa.URL, readonly: bool) -> sa.Engine:
 def make_engine(url: str, *, readonly: bool = False) -> sa.Engine:
     try:
         parsed = sa.make_url(url)
-    except sa.exc.ArgumentError as e:
+    except (sa.exc.ArgumentError, ValueError) as e:
         raise StoreError(f"--store {url!r}: not a database URL (sqlite:///PATH or "
                          "postgresql+psycopg://USER@HOST:PORT/DB)") from e
     if parsed.get_backend_name() == "sqlite":
@@ -91,6 +97,9 @@ def make_engine(url: str, *, readonly: bool = False) -> sa.Engine:
     except ModuleNotFoundError as e:
         raise StoreError(f"--store {display_url(url)}: the PostgreSQL driver is missing ({e.name}); "
                          "install it with pip install 'sise-inspector[postgres]'") from e
+    except sa.exc.NoSuchModuleError as e:
+        raise StoreError(f"--store {display_url(url)}: unknown database driver; use postgresql+psycopg://"
+                         "USER@HOST:PORT/DB") from e
 
 
 def _upgrade(conn: sa.Connection, url: str) -> None:

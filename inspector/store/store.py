@@ -33,8 +33,9 @@ def path_bytes(path: str | bytes) -> bytes:
 
 
 def display_path(path: str | bytes) -> str:
-    """Printable text for a path; bytes that are not UTF-8 appear as ``\\xNN``."""
-    return path_bytes(path).decode("utf-8", "backslashreplace")
+    """Printable text for a path; bytes that are not UTF-8 appear as ``\\xNN`` and a backslash as ``\\\\``
+    (so no two names look alike)."""
+    return path_bytes(path).replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,14 @@ class ResultKey:
     target_key: str
 
 
+class ClaimLost(StoreError):
+    """Another run took this run's claim over (it presumed this one dead); its result stands."""
+
+
 @dataclass(frozen=True)
 class Claim:
-    """What :meth:`Store.claim` found: ``new`` / ``retry`` / ``takeover`` (this run now holds the result),
+    """What :meth:`Store.claim` found: ``new`` / ``retry`` / ``takeover`` / ``redo`` (this run now holds
+    the result),
     ``done`` / ``failed`` (finished before), or ``busy`` (a live run is explaining it)."""
 
     state: str
@@ -55,7 +61,7 @@ class Claim:
 
     @property
     def held(self) -> bool:
-        return self.state in ("new", "retry", "takeover")
+        return self.state in ("new", "retry", "takeover", "redo")
 
 
 def dialect_insert(conn: sa.Connection, table: sa.Table):
@@ -74,10 +80,9 @@ class Store:
         self.url = url
         self.readonly = readonly
         self.engine = open_engine(url, readonly=readonly)
-        database = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
         # an SQLite store's folder: where its artifacts are when the folder was moved or copied elsewhere
-        self.home = os.path.dirname(os.path.abspath(database.removeprefix("file:").split("?")[0])) \
-            if database else None
+        self.home = os.path.dirname(os.path.abspath(sa.make_url(url).database)) \
+            if self.engine.dialect.name == "sqlite" else None
 
     def locate(self, out_dir: str, relative: str) -> str:
         """Absolute path of an artifact written under ``out_dir``; when that folder is gone (an audit
@@ -113,14 +118,19 @@ class Store:
     # ----- runs -----------------------------------------------------------------------------------
     def start_run(self, *, kind: str, scope: str, settings_hash: str, model_sha256: str, config: dict,
                   out_dir: str, source: str | None = None, shard: tuple[int, int] = (0, 1),
-                  tool_version: str = "") -> int:
+                  tool_version: str = "", plan: list[str] | None = None) -> int:
+        """Register a run; with ``plan``, also its complete list of inputs, in the same transaction (so a
+        run in the store always has its plan): the scope's inputs become exactly these paths."""
         now = utcnow()
         with self.begin() as conn:
-            return conn.execute(sa.insert(runs).values(
+            run_id = conn.execute(sa.insert(runs).values(
                 kind=kind, scope=scope, settings_hash=settings_hash, model_sha256=model_sha256, config=config,
                 source=source, shard_index=shard[0], shard_count=shard[1], out_dir=os.path.abspath(out_dir),
                 host=HOST, pid=os.getpid(), tool_version=tool_version, started_at=now, heartbeat_at=now,
                 status="running").returning(runs.c.id)).scalar_one()
+            if plan is not None:
+                self._plan(conn, scope, run_id, plan, now)
+        return run_id
 
     def end_run(self, run_id: int, status: str, message: str | None = None) -> None:
         with self.begin() as conn:
@@ -162,16 +172,22 @@ class Store:
                 sha256=sha256, size=size, first_path=display_path(path), first_path_bytes=path_bytes(path),
                 first_seen_at=utcnow()).on_conflict_do_nothing(index_elements=["sha256"]))
 
-    def plan_inputs(self, scope: str, run_id: int, paths: list[str], batch: int = 2000) -> None:
-        """Record every input of a run before it starts, so that a report can name the ones not done."""
-        now = utcnow()
-        with self.begin() as conn:
-            for k in range(0, len(paths), batch):
-                rows = [{"scope": scope, "path": display_path(p), "path_bytes": path_bytes(p), "run_id": run_id,
-                         "seen_at": now} for p in paths[k:k + batch]]
-                stmt = dialect_insert(conn, inputs).values(rows)
-                conn.execute(stmt.on_conflict_do_update(index_elements=["scope", "path_bytes"],
-                                                        set_={"run_id": run_id, "seen_at": now}))
+    @staticmethod
+    def _plan(conn: sa.Connection, scope: str, run_id: int, paths: list[str], now, batch: int = 2000) -> None:
+        """Make the scope's inputs exactly ``paths``: new ones added (no result yet), known ones kept with
+        their results, and those no longer in the input (deleted or renamed files) dropped."""
+        wanted = list(dict.fromkeys(path_bytes(p) for p in paths))  # a manifest may list a file twice
+        for k in range(0, len(wanted), batch):
+            rows = [{"scope": scope, "path": display_path(b), "path_bytes": b, "run_id": run_id, "seen_at": now}
+                    for b in wanted[k:k + batch]]
+            stmt = dialect_insert(conn, inputs).values(rows)
+            conn.execute(stmt.on_conflict_do_update(index_elements=["scope", "path_bytes"],
+                                                    set_={"run_id": run_id, "seen_at": now}))
+        keep = set(wanted)
+        known = conn.execute(sa.select(inputs.c.id, inputs.c.path_bytes).where(inputs.c.scope == scope)).all()
+        gone = [row.id for row in known if bytes(row.path_bytes) not in keep]
+        for k in range(0, len(gone), batch):
+            conn.execute(sa.delete(inputs).where(inputs.c.id.in_(gone[k:k + batch])))
 
     def record_input(self, scope: str, run_id: int, path: str, *, image_sha256: str | None = None,
                      result_id: int | None = None, error: str | None = None) -> None:
@@ -194,8 +210,9 @@ class Store:
         conn.execute(stmt.on_conflict_do_update(index_elements=["scope", "path_bytes"], set_=values))
 
     # ----- results --------------------------------------------------------------------------------
-    def claim(self, key: ResultKey, run_id: int, path: str, *, retry: bool = True) -> Claim:
-        """Take the result ``key`` for this run, or say who has it."""
+    def claim(self, key: ResultKey, run_id: int, path: str, *, retry: bool = True, redo: bool = False) -> Claim:
+        """Take the result ``key`` for this run, or say who has it. ``redo``: take a *done* result too
+        (its files are gone and must be made again)."""
         now = utcnow()
         fresh = {"run_id": run_id, "source_path": display_path(path), "source_path_bytes": path_bytes(path),
                  "status": "running", "claimed_at": now}
@@ -213,7 +230,7 @@ class Store:
                     .join(runs, runs.c.id == results.c.run_id)
                     .where(results.c.image_sha256 == key.image_sha256, results.c.settings_hash == key.settings_hash,
                            results.c.target_key == key.target_key)).mappings().one()
-                state = self._decide(row, run_id, retry)
+                state = "redo" if redo and row["status"] == "done" else self._decide(row, run_id, retry)
                 if state in ("done", "failed", "busy"):
                     return Claim(state, row["id"])
                 took = conn.execute(sa.update(results).where(
@@ -246,8 +263,8 @@ class Store:
                 results.c.id == claim.result_id, results.c.run_id == run_id, results.c.status == "running")
                 .values(finished_at=utcnow(), **fields))
             if updated.rowcount != 1:
-                raise StoreError(f"result {claim.result_id} was taken over by another run while this one "
-                                 "explained it (no heartbeat?); its result stands")
+                raise ClaimLost(f"result {claim.result_id} was taken over by another run while this one "
+                                "explained it (no heartbeat?); its result stands")
             conn.execute(sa.delete(artifacts).where(artifacts.c.result_id == claim.result_id))
             if artifact_rows:
                 conn.execute(sa.insert(artifacts), [{"result_id": claim.result_id, **a} for a in artifact_rows])
