@@ -4,6 +4,7 @@ refused folders, exit codes, file modes."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import hashlib
@@ -376,11 +377,21 @@ def test_two_audits_at_once_write_every_result_once(tmp_path, backend, request):
     assert_artifacts_match_store(url)
 
 
-def _can_mount_tmpfs(folder) -> bool:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
-                          capture_output=True, check=False).returncode == 0
+@contextlib.contextmanager
+def tmpfs(folder, size: str):
+    """A small tmpfs mounted on ``folder`` for the block (root only: CI runs as root; elsewhere skipped)."""
+    os.makedirs(folder, exist_ok=True)
+    mounted = os.geteuid() == 0 and shutil.which("mount") is not None and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
+        check=False).returncode == 0
+    if not mounted:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root and must be able to mount a tmpfs for this test")
+        pytest.skip("needs root to mount a tmpfs (the simulated ENOSPC test runs everywhere)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def test_disk_full_stops_the_run_and_a_later_run_continues(tmp_path):
@@ -391,13 +402,7 @@ def test_disk_full_stops_the_run_and_a_later_run_continues(tmp_path):
     reference = tmp_path / "reference"
     assert audit("-c", cfg, inp, "--out", reference).returncode == 0
     out = tmp_path / "small"
-    out.mkdir()
-    if not _can_mount_tmpfs(out):
-        if os.environ.get("CI"):
-            pytest.fail("CI runs as root and must be able to mount a tmpfs for this test")
-        pytest.skip("needs root to mount a small tmpfs (the simulated ENOSPC test below runs everywhere)")
-    try:
-        subprocess.run(["mount", "-o", "remount,size=3m", str(out)], check=True)
+    with tmpfs(out, "3m"):
         full = audit("-c", cfg, inp, "--out", out)
         assert full.returncode == 3, full.stderr
         assert "No space left on device" in full.stderr or "full" in full.stderr, full.stderr
@@ -411,8 +416,6 @@ def test_disk_full_stops_the_run_and_a_later_run_continues(tmp_path):
         counts = store_counts(sqlite_url(out))
         assert counts["results"] == counts["done"] == 14 and counts["artifacts"] == 56
         assert_artifacts_match_store(sqlite_url(out))
-    finally:
-        subprocess.run(["umount", "-l", str(out)], check=False)
 
 
 def test_simulated_enospc_and_transient_failures_in_process(tmp_path, monkeypatch):
@@ -545,13 +548,7 @@ def test_a_store_on_a_read_only_file_system_can_be_reported_and_merged(tmp_path)
     inp = tmp_path / "in"
     make_inputs(inp, 2)
     ro = tmp_path / "ro"
-    ro.mkdir()
-    if not _can_mount_tmpfs(ro):
-        if os.environ.get("CI"):
-            pytest.fail("CI runs as root and must be able to mount a tmpfs for this test")
-        pytest.skip("needs root to mount a tmpfs")
-    try:
-        subprocess.run(["mount", "-o", "remount,size=16m", str(ro)], check=True)
+    with tmpfs(ro, "16m"):
         assert audit("-c", config(tmp_path), inp, "--out", ro / "a").returncode == 0
         subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
         r = inspector("report", "--store", ro / "a", "--out", tmp_path / "v")
@@ -559,8 +556,6 @@ def test_a_store_on_a_read_only_file_system_can_be_reported_and_merged(tmp_path)
         r = inspector("audit-merge", ro / "a", "--out", tmp_path / "m")
         assert r.returncode == 0, r.stderr
         assert_artifacts_match_store(sqlite_url(tmp_path / "m"))
-    finally:
-        subprocess.run(["umount", "-l", str(ro)], check=False)
 
 
 def test_fifos_and_symbolic_links_in_the_input(tmp_path):
