@@ -17,5 +17,15 @@ from .engine import Inspector
 from .errors import ConfigError, ImageError, InspectorError, ModelContractError, TargetError
 from .explanation import Explanation
 
-__all__ = ["__version__", "ConfigError", "Explanation", "ImageError", "Inspector", "InspectorConfig", "InspectorError",
-           "ModelContractError", "TargetError", "load_config"]
+__all__ = [
+    "ConfigError",
+    "Explanation",
+    "ImageError",
+    "Inspector",
+    "InspectorConfig",
+    "InspectorError",
+    "ModelContractError",
+    "TargetError",
+    "__version__",
+    "load_config",
+]

@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; run the same command again to continue", file=sys.stderr)
         return EXIT_INCOMPLETE
-    except Exception as e:  # every failure ends as one line; --debug shows where it came from
+    except Exception as e:  # noqa: BLE001 - every failure ends as one line; --debug shows where it came from
         if args.debug:
             traceback.print_exc()
         if isinstance(e, InspectorError):

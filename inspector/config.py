@@ -135,7 +135,7 @@ SCALARS = {
 }
 
 
-def _finite(key: str, value: int | float) -> float:
+def _finite(key: str, value: float) -> float:
     """``value`` as a float; ConfigError naming ``key`` for NaN, infinity or an int too large for a float."""
     try:
         number = float(value)

@@ -146,8 +146,8 @@ def html_text(rows: list[dict], out_dir: str, title: str, *, notes: list[str] = 
     for r in done:
         counts[r["prediction_name"]] = counts.get(r["prediction_name"], 0) + 1
     seconds = sum(r["seconds"] or 0.0 for r in done)
-    warn = [f"INCOMPLETE: {len(pending)} of {len(rows)} images have no result yet; run the same command again "
-            "to continue."] if pending else []
+    warn = [(f"INCOMPLETE: {len(pending)} of {len(rows)} images have no result yet; run the same command "
+             "again to continue.")] if pending else []
     banner = "".join(f"<p class=warn>{html.escape(n)}</p>" for n in [*warn, *notes])
     with_roi = any(r["roi_inside"] is not None for r in done)
     flagged = [r for r in done if r["flagged"]]

@@ -52,10 +52,11 @@ def config(tmp_path, **extra):
 
 def inspector(*args, wait=True, umask=None):
     cmd = [sys.executable, "-m", "inspector", *map(os.fsdecode, args)]
-    pre = (lambda: os.umask(umask)) if umask is not None else None
+    if umask is not None:  # the child's own umask (a shell sets it; preexec_fn is unsafe with threads)
+        cmd = ["sh", "-c", f"umask {umask:03o} && exec \"$@\"", "sh", *cmd]
     if not wait:
-        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=pre)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False, preexec_fn=pre)
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
 
 
 def audit(*args, **kw):
@@ -582,7 +583,8 @@ def test_a_claim_taken_over_leaves_the_new_owners_files(tmp_path):
 
     make_inputs(tmp_path / "in", 1)
     path = str(tmp_path / "in" / "part_000.png")
-    data = open(path, "rb").read()
+    with open(path, "rb") as f:
+        data = f.read()
     sha = hashlib.sha256(data).hexdigest()
     insp = Inspector.from_config(config(tmp_path))
     (tmp_path / "out").mkdir()

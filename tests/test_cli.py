@@ -17,8 +17,8 @@ from onnx_tools import read_contract
 
 
 def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "onnx_tools", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=120, check=False, preexec_fn=lambda: os.umask(0o022))
+    return subprocess.run(["sh", "-c", 'umask 022 && exec "$@"', "sh", sys.executable, "-m", "onnx_tools",
+                           *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120, check=False)
 
 
 def small_cnn(x_dims=(1, 3, 16, 16), extra_image_input=False) -> onnx.ModelProto:

@@ -38,7 +38,8 @@ def test_demo_writes_the_summary(tmp_path):
                  for suffix in (".npz", ".json", "_overlay.png", "_layers.png")}
         assert all(len(found) == 1 for found in files.values()), files
         assert os.path.relpath(files["_overlay.png"][0], out) in html
-        meta = json.loads(open(files[".json"][0]).read())
+        with open(files[".json"][0]) as f:
+            meta = json.load(f)
         correct += meta["prediction"]["name"] == label
         saliency = np.load(files[".npz"][0])["saliency"]
         assert saliency.shape == (128, 128) and 0.0 <= saliency.min() and saliency.max() <= 1.0

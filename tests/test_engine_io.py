@@ -183,7 +183,8 @@ def test_cli_explain_writes_outputs_and_lists_failures(models, tmp_path):
     data = np.load(f"{a}.npz")
     assert set(data.files) == {"saliency", "saliency_full", "layer_maps", "masks_per_layer", "scores"}
     assert data["saliency_full"].shape == (48, 80) and data["saliency"].shape == (64, 64)
-    meta = json.loads(open(f"{a}.json").read())
+    with open(f"{a}.json") as f:
+        meta = json.load(f)
     assert meta["target"]["name"] == "c3" and meta["target"]["index"] == 3
     assert len(meta["settings"]["model_sha256"]) == 64 and meta["settings"]["onnxruntime"]
     assert meta["settings"]["provider"] == "CPUExecutionProvider"

@@ -58,11 +58,10 @@ def test_claim_finish_and_the_unique_result(store_url):
         other_target = store.claim(ResultKey(KEY.image_sha256, KEY.settings_hash, "class:1"), run_b, "/b/y.png")
         assert other_target.state == "new" and other_target.result_id != first.result_id
         assert count(store, results) == 2
-        with pytest.raises(StoreError):  # the database itself refuses a second row for one key
-            with store.begin() as conn:
-                conn.execute(sa.insert(results).values(
-                    image_sha256=KEY.image_sha256, settings_hash=KEY.settings_hash, target_key="top", run_id=run_b,
-                    source_path="x", source_path_bytes=b"x", status="done", attempts=1, claimed_at=utcnow()))
+        with pytest.raises(StoreError), store.begin() as conn:  # the database refuses a second row for a key
+            conn.execute(sa.insert(results).values(
+                image_sha256=KEY.image_sha256, settings_hash=KEY.settings_hash, target_key="top", run_id=run_b,
+                source_path="x", source_path_bytes=b"x", status="done", attempts=1, claimed_at=utcnow()))
 
 
 def test_failed_results_are_retried_and_a_release_restores_them(store_url):

@@ -100,7 +100,7 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Store:  # noqa: PYI034 - a Store is never subclassed
         return self
 
     def __exit__(self, *exc) -> None:
