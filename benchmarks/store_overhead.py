@@ -3,11 +3,13 @@
 For the same synthetic images, in one process and interleaved image by image (machines are shared and
 noisy), it times:
   engine     decode + Inspector.explain + regions (what any caller pays)
+  rendered   the above plus the artifacts' bytes (npz compression, two PNG encodings, JSON), not written
   recorded   inspector.record.explain_and_record: the above plus hashing, claim, artifacts (npz, two PNGs,
              JSON, written and fsynced), and the result in the store
   resume     explain_and_record on an image the store already has (what a resumed audit pays per image)
 and prints medians per image and the ratio recorded / engine. ``--postgres URL`` (a server URL without
-database, e.g. postgresql+psycopg://postgres@127.0.0.1:5432) adds the same on PostgreSQL.
+database, e.g. postgresql+psycopg://postgres@127.0.0.1:5432) adds the same on PostgreSQL. SQLite runs
+with ``synchronous=FULL`` as the store sets it; a PostgreSQL server's own durability settings apply.
 
     python benchmarks/store_overhead.py [--images 40] [--postgres URL]
 """
@@ -26,6 +28,7 @@ import cv2
 from inspector import preprocess as pre
 from inspector.demo import example_dir
 from inspector.engine import Inspector
+from inspector.outputs import render
 from inspector.record import explain_and_record, start_job
 from inspector.review import review
 from inspector.store import Store, default_url
@@ -44,6 +47,13 @@ def make_images(folder: str, count: int) -> list[str]:
 def engine_only(insp: Inspector, path: str) -> None:
     image = pre.read_image(path, max_pixels=insp.config.preprocess.max_pixels)
     review(insp.explain(image), insp.config, insp.roi)
+
+
+def engine_and_render(insp: Inspector, path: str) -> None:
+    image = pre.read_image(path, max_pixels=insp.config.preprocess.max_pixels)
+    exp = insp.explain(image)
+    rv = review(exp, insp.config, insp.roi)
+    render(exp, image, classes=insp.config.classes, review=rv, visuals=insp.config.visuals, roi=insp.roi)
 
 
 def timed(fn, *args) -> float:
@@ -82,10 +92,11 @@ def main() -> int:
             os.makedirs(out, exist_ok=True)
             store = Store(url)
             jobs[name] = start_job(insp, store, kind="audit", out_dir=out)
-        times: dict[str, list[float]] = {"engine": [], **{f"recorded ({n})": [] for n in jobs},
+        times: dict[str, list[float]] = {"engine": [], "rendered": [], **{f"recorded ({n})": [] for n in jobs},
                                          **{f"resume ({n})": [] for n in jobs}}
         for path in paths:  # interleaved, image by image
             times["engine"].append(timed(engine_only, insp, path))
+            times["rendered"].append(timed(engine_and_render, insp, path))
             for name, job in jobs.items():
                 times[f"recorded ({name})"].append(timed(explain_and_record, job, path))
         for path in paths:
@@ -97,7 +108,7 @@ def main() -> int:
     print(f"{args.images} images, bundled example model, {insp.sessions.provider}; medians per image")
     for label, values in times.items():
         median = statistics.median(values)
-        ratio = f"  ({median / engine:.3f} x engine)" if label.startswith("recorded") else ""
+        ratio = f"  ({median / engine:.3f} x engine)" if label.startswith(("recorded", "rendered")) else ""
         print(f"  {label:<24} {median * 1000:8.2f} ms{ratio}")
     return 0
 
