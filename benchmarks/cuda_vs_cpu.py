@@ -22,7 +22,8 @@ from onnx_tools import export_model
 IDENTITY = {"resize": "stretch", "scale": 1.0, "mean": [0.0], "std": [1.0], "input_dtype": "float"}
 SETTINGS = {  # name -> runtime
     "cuda fp32 (engine default, use_tf32=0)": {"providers": ["CUDAExecutionProvider"]},
-    "cuda fp32 with TF32 (use_tf32=1)": {"providers": ["CUDAExecutionProvider"], "cuda_options": {"use_tf32": 1}},
+    "cuda fp32 with TF32 (use_tf32=1)": {"providers": ["CUDAExecutionProvider"],
+                                         "cuda_options": {"use_tf32": 1}},
     "cuda fp16 (sampler with TF32)": {"providers": ["CUDAExecutionProvider"], "fp16": True},
 }
 
@@ -45,10 +46,12 @@ def main() -> None:
         onnx.save(export_model(export_onnx(model, shape)).model, path)
         for seed, target in ((2, None), (5, 3)):
             image = smooth_image(shape, seed=seed)
-            cpu = Inspector.from_options(model=path, preprocess=IDENTITY, runtime={"providers": ["CPUExecutionProvider"]},
+            cpu = Inspector.from_options(model=path, preprocess=IDENTITY,
+                                         runtime={"providers": ["CPUExecutionProvider"]},
                                          method={"chunk_size": 7}).explain(image, target=target)
             for label, runtime in SETTINGS.items():
-                insp = Inspector.from_options(model=path, preprocess=IDENTITY, runtime=runtime, method={"chunk_size": 7})
+                insp = Inspector.from_options(model=path, preprocess=IDENTITY, runtime=runtime,
+                                              method={"chunk_size": 7})
                 gpu = insp.explain(image, target=target)
                 kept = [b for b, n in enumerate(cpu.masks_per_layer) if n]
                 rs = [pearson(gpu.layer_maps[b], cpu.layer_maps[b]) for b in kept]

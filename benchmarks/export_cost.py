@@ -33,7 +33,8 @@ def resnet50_from_torch() -> onnx.ModelProto:
 
 
 def resnet50_light() -> onnx.ModelProto:
-    path = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light", "light_resnet50.onnx")
+    path = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light",
+                        "light_resnet50.onnx")
     return onnx.load(path)
 
 
@@ -61,7 +62,8 @@ def main() -> None:
         times.append(time.perf_counter() - start)
     c = result.contract
     print(f"model: ResNet-50 ({args.model}), {len(source.graph.node)} nodes, opset "
-          f"{source.opset_import[0].version}; {len(c.blocks)} blocks, {sum(b.channels for b in c.blocks)} maps")
+          f"{source.opset_import[0].version}; {len(c.blocks)} blocks, "
+          f"{sum(b.channels for b in c.blocks)} maps")
     print(f"export time: median {statistics.median(times):.2f} s of 3 (bar: < 10 s)")
     plain, rewritten = session(source, args.threads), session(result.model, args.threads)
     in_name = c.input_name

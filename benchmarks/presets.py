@@ -38,18 +38,20 @@ def top_region(saliency: np.ndarray, fraction: float = 0.15) -> np.ndarray:
 def main() -> None:
     folder = tempfile.mkdtemp()
     model = os.path.join(folder, "efficientnet_lite0.onnx")
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "export_efficientnet_lite0.py"), "-o", model],
-                   check=True, capture_output=True)
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "export_efficientnet_lite0.py"),
+                    "-o", model], check=True, capture_output=True)
     threads = os.cpu_count() or 1
     common = {"model": model,
               "preprocess": {"size": [224, 224], "resize": "shorter_side_center_crop",
                              "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
               "runtime": {"providers": ["CPUExecutionProvider"], "intra_op_threads": threads}}
-    engines = {name: Inspector.from_options(**common, method={**m, "chunk_size": 64}) for name, m in VARIANTS.items()}
+    engines = {name: Inspector.from_options(**common, method={**m, "chunk_size": 64})
+               for name, m in VARIANTS.items()}
     warm = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
     for engine in engines.values():  # first runs allocate; keep them out of the timings
         engine.explain(warm)
-    print(f"EfficientNet-Lite0 (ImageNet weights), 224x224, onnxruntime {ort.__version__} CPU, {threads} threads")
+    print(f"EfficientNet-Lite0 (ImageNet weights), 224x224, onnxruntime {ort.__version__} CPU, "
+          f"{threads} threads")
     print("image | variant | class | masks | seconds | speed-up | r vs quality | top-15% IoU")
     summary = {name: [] for name in VARIANTS}
     for image_name in IMAGES:
@@ -67,12 +69,13 @@ def main() -> None:
             a, b = top_region(exp.saliency), top_region(ref.saliency)
             iou = float((a & b).sum() / (a | b).sum())
             summary[name].append((seconds, ref_seconds / seconds, r, iou, exp.total_masks))
-            print(f"{image_name:>9} | {name:<11} | {exp.predicted:>5} | {exp.total_masks:>5} | {seconds:7.2f} | "
-                  f"{ref_seconds / seconds:8.2f} | {r:12.3f} | {iou:.3f}", flush=True)
+            print(f"{image_name:>9} | {name:<11} | {exp.predicted:>5} | {exp.total_masks:>5} | "
+                  f"{seconds:7.2f} | {ref_seconds / seconds:8.2f} | {r:12.3f} | {iou:.3f}", flush=True)
     print("mean over images:")
     for name, rows in summary.items():
         m = np.mean(rows, axis=0)
-        print(f"  {name:<11} masks {m[4]:7.0f}  seconds {m[0]:6.2f}  speed-up {m[1]:5.2f}  r {m[2]:.3f}  IoU {m[3]:.3f}")
+        print(f"  {name:<11} masks {m[4]:7.0f}  seconds {m[0]:6.2f}  speed-up {m[1]:5.2f}  "
+              f"r {m[2]:.3f}  IoU {m[3]:.3f}")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ SHAPE = [8, 256, 56, 56]
 def session(nodes):
     zero = numpy_helper.from_array(np.zeros((), np.float32), "zero")
     io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, SHAPE) for n in ("y", "g")]
-    graph = helper.make_graph(nodes, "mask", io, [helper.make_tensor_value_info("o", TensorProto.FLOAT, SHAPE)],
-                              [zero])
+    graph = helper.make_graph(nodes, "mask", io,
+                              [helper.make_tensor_value_info("o", TensorProto.FLOAT, SHAPE)], [zero])
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     return ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -103,15 +103,18 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--chunk", type=int, default=64)
     parser.add_argument("--images", type=int, default=1, help="timed images (after --warmup)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed images first (default: 1 on CUDA, 0 on CPU)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed images first (default: 1 on CUDA, 0 on CPU)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-reference", action="store_true", help="skip the PyTorch reference")
     parser.add_argument("--presets", action="store_true", help="also time the balanced and fast presets")
     parser.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--fp16", action="store_true", help="runtime.fp16 (per-mask forward passes in float16)")
+    parser.add_argument("--fp16", action="store_true",
+                        help="runtime.fp16 (per-mask forward passes in float16)")
     parser.add_argument("--cuda-option", action="append", default=[], metavar="KEY=VALUE",
                         help="a CUDA provider option, e.g. prefer_nhwc=1 or cudnn_conv_algo_search=HEURISTIC")
-    parser.add_argument("--no-pad", action="store_true", help="do not pad the last chunk on CUDA (for comparison)")
+    parser.add_argument("--no-pad", action="store_true",
+                        help="do not pad the last chunk on CUDA (for comparison)")
     args = parser.parse_args()
     cuda = args.provider == "cuda"
     warmup = args.warmup if args.warmup is not None else int(cuda)
@@ -131,19 +134,22 @@ def main() -> None:
     user_options = parse_options(args.cuda_option)
     sampler_options = {**({} if args.fp16 else FP32_CUDA_DEFAULTS), **user_options}  # as the engine's sampler
     common = {"model": path,
-              "preprocess": {"resize": "stretch", "scale": 1.0, "mean": [0.0], "std": [1.0], "input_dtype": "float"},
-              "runtime": {"providers": [provider], "cuda_options": user_options, "intra_op_threads": args.threads,
-                          "fp16": args.fp16}}
+              "preprocess": {"resize": "stretch", "scale": 1.0, "mean": [0.0], "std": [1.0],
+                             "input_dtype": "float"},
+              "runtime": {"providers": [provider], "cuda_options": user_options,
+                          "intra_op_threads": args.threads, "fp16": args.fp16}}
     floor_providers = [(provider, sampler_options)] if cuda else [provider]
-    floor_per_image = forward_seconds_per_image(plain, args.size, args.chunk, args.threads, floor_providers, args.fp16)
+    floor_per_image = forward_seconds_per_image(plain, args.size, args.chunk, args.threads, floor_providers,
+                                                args.fp16)
     options = "".join(f" {k}={v}" for k, v in sampler_options.items()) if cuda else ""
-    print(f"ResNet-50 (torchvision-style, random weights), {args.size}x{args.size}, onnxruntime {ort.__version__} "
-          f"{provider}{options}{' fp16' if args.fp16 else ''}, "
+    print(f"ResNet-50 (torchvision-style, random weights), {args.size}x{args.size}, "
+          f"onnxruntime {ort.__version__} {provider}{options}{' fp16' if args.fp16 else ''}, "
           f"{args.threads} threads, chunk {args.chunk}{', no padding' if args.no_pad else ''}"
           + (f", {torch.cuda.get_device_name()}" if cuda else ""))
     print(f"model forward at batch {args.chunk}: {floor_per_image * 1e3:.3f} ms/image")
     presets = ["quality"] + (["balanced", "fast"] if args.presets else [])
-    engines = {p: Inspector.from_options(**common, method={"preset": p, "chunk_size": args.chunk}) for p in presets}
+    engines = {p: Inspector.from_options(**common, method={"preset": p, "chunk_size": args.chunk})
+               for p in presets}
     print(f"engine provider: {engines['quality'].sessions.provider}")
     rng = np.random.default_rng(0)
     for i in range(warmup):
@@ -154,8 +160,10 @@ def main() -> None:
             print(f"warm-up image {i} {preset}: {time.perf_counter() - t:.3f} s", flush=True)
         if cuda and not args.no_reference:
             print(f"warm-up PyTorch reference: "
-                  f"{reference_seconds(model, taps, image, args.chunk, cuda, args.fp16)[0]:.3f} s", flush=True)
-    print("image | preset | masks | engine s | floor s | engine/floor | torch ref s | engine/torch | r(fused)")
+                  f"{reference_seconds(model, taps, image, args.chunk, cuda, args.fp16)[0]:.3f} s",
+                  flush=True)
+    print("image | preset | masks | engine s | floor s | engine/floor | torch ref s | engine/torch "
+          "| r(fused)")
     engine_times: dict[str, list] = {p: [] for p in presets}
     ref_times = []
     for i in range(args.images):
@@ -185,7 +193,8 @@ def main() -> None:
             line += (f", PyTorch reference {statistics.median(ref_times):.3f} s, "
                      f"ratio {statistics.median(times) / statistics.median(ref_times):.3f}")
         print(line)
-    print("r(fused): Pearson r of the fused map with the PyTorch reference (quality) or with quality (presets)")
+    print("r(fused): Pearson r of the fused map with the PyTorch reference (quality) "
+          "or with quality (presets)")
 
 
 if __name__ == "__main__":

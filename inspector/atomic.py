@@ -1,8 +1,9 @@
 """The package's one way to write a file: complete or not at all, never half-written.
 
-Data goes to a hidden ``.<name>.<pid>.<random>.part`` file beside the target, is flushed to disk, and is renamed
-over the target; the folder is synced so the rename survives a power cut. The temporary file is created
-with mode 0666 and the kernel applies the umask (0644 under the usual 022), unlike ``mkstemp``'s 0600.
+Data goes to a hidden ``.<name>.<pid>.<random>.part`` file beside the target, is flushed to disk, and is
+renamed over the target; the folder is synced so the rename survives a power cut. The temporary file is
+created with mode 0666 and the kernel applies the umask (0644 under the usual 022), unlike ``mkstemp``'s
+0600.
 On any failure (disk full, permissions, a signal) every temporary file is removed and the error raised.
 """
 

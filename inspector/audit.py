@@ -57,7 +57,8 @@ def list_inputs(source: str) -> list[tuple[str, str]]:
             with open(source, newline="", encoding="utf-8") as f:
                 rows = list(csv.DictReader(f))
         except UnicodeDecodeError as e:
-            raise InspectorError(f"{source}: the manifest is not UTF-8 text ({e.reason} at byte {e.start})") from e
+            raise InspectorError(f"{source}: the manifest is not UTF-8 text "
+                                 f"({e.reason} at byte {e.start})") from e
         if rows and "image" not in rows[0]:
             raise InspectorError(f"{source}: a manifest needs an 'image' column")
         base = os.path.dirname(source)
@@ -122,7 +123,8 @@ def _progress(i: int, total: int, start: float, note: str) -> None:
     elapsed = time.perf_counter() - start
     rate = i / elapsed if elapsed > 0 else 0.0
     eta = (total - i) / rate if rate > 0 else 0.0
-    print(f"\r[{i}/{total}] {rate:.2f} img/s, eta {eta:.0f} s {note[:60]:<60}", end="", file=sys.stderr, flush=True)
+    print(f"\r[{i}/{total}] {rate:.2f} img/s, eta {eta:.0f} s {note[:60]:<60}", end="", file=sys.stderr,
+          flush=True)
 
 
 def _work(job: Job, todo: list[str], stop: Stop, summary: AuditSummary, wait_for_others: float) -> None:
@@ -150,8 +152,9 @@ def _work(job: Job, todo: list[str], stop: Stop, summary: AuditSummary, wait_for
             print(file=sys.stderr)
 
 
-def run_audit(insp: Inspector, source: str, out: str, *, store_url: str | None = None, shard: tuple[int, int] = (0, 1),
-              retry: bool = True, stop: Stop | None = None, wait_for_others: float = 3600.0) -> AuditSummary:
+def run_audit(insp: Inspector, source: str, out: str, *, store_url: str | None = None,
+              shard: tuple[int, int] = (0, 1), retry: bool = True, stop: Stop | None = None,
+              wait_for_others: float = 3600.0) -> AuditSummary:
     """Explain every image of ``source`` in this shard that the store has no finished result for."""
     check_folders(source, out)
     stop = stop or Stop()
@@ -161,8 +164,8 @@ def run_audit(insp: Inspector, source: str, out: str, *, store_url: str | None =
     try:
         settings = settings_hash(result_settings(insp))
         scope = audit_scope(settings, source, shard)
-        job = start_job(insp, store, kind="audit", out_dir=out, scope=scope, source=display_path(os.path.abspath(source)),
-                        shard=shard, retry=retry, plan=todo)
+        job = start_job(insp, store, kind="audit", out_dir=out, scope=scope,
+                        source=display_path(os.path.abspath(source)), shard=shard, retry=retry, plan=todo)
         summary = AuditSummary(total=len(todo))
         try:
             with store.heartbeats(job.run_id):
@@ -177,7 +180,8 @@ def run_audit(insp: Inspector, source: str, out: str, *, store_url: str | None =
         store.close()
 
 
-def _finish(store: Store, job: Job, out: str, source: str, shard: tuple[int, int], summary: AuditSummary) -> None:
+def _finish(store: Store, job: Job, out: str, source: str, shard: tuple[int, int],
+            summary: AuditSummary) -> None:
     status = "stopped" if summary.stopped else "finished"
     try:
         store.end_run(job.run_id, status, summary.stopped)

@@ -33,7 +33,8 @@ def collect_images(items: list[str]) -> list[str]:
     out = []
     for item in map(os.path.abspath, items):
         if os.path.isdir(item):
-            out.extend(sorted((os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(IMAGE_EXTENSIONS)
+            out.extend(sorted((os.path.join(item, f) for f in os.listdir(item)
+                               if f.lower().endswith(IMAGE_EXTENSIONS)
                                and os.path.isfile(os.path.join(item, f))), key=os.fsencode))
         elif os.path.exists(item):
             out.append(item)
@@ -44,8 +45,9 @@ def collect_images(items: list[str]) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inspector", description="SISE explanations on ONNX Runtime",
-                                     epilog="exit codes: 0 done, 1 some images failed, 2 usage/config/model/store "
-                                            "error, 3 incomplete (interrupted or output error; run again)")
+                                     epilog="exit codes: 0 done, 1 some images failed, "
+                                            "2 usage/config/model/store error, "
+                                            "3 incomplete (interrupted or output error; run again)")
     parser.add_argument("--version", action="version", version=f"sise-inspector {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -73,12 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     merge = sub.add_parser("audit-merge", help="join the stores of sharded audits into a new one")
     merge.add_argument("parts", nargs="+", help="audit output folders (or store URLs); never modified")
     merge.add_argument("--out", required=True, help="a new folder for the merged store, views and images")
-    merge.add_argument("--store", default=None, help="write the merge into this store instead of <out>/results.db")
+    merge.add_argument("--store", default=None,
+                       help="write the merge into this store instead of <out>/results.db")
     rep = sub.add_parser("report", help="write results.csv, results.jsonl and report.html from a store")
     rep.add_argument("--store", required=True, help="store URL, or a folder holding results.db")
     rep.add_argument("--out", required=True, help="folder for the three files")
-    rep.add_argument("--run", type=int, default=None, help="only the inputs of this run's audit (default: all)")
-    doc = sub.add_parser("doctor", help="check onnxruntime, providers, CUDA libraries, the model and a self-test")
+    rep.add_argument("--run", type=int, default=None,
+                     help="only the inputs of this run's audit (default: all)")
+    doc = sub.add_parser("doctor",
+                         help="check onnxruntime, providers, CUDA libraries, the model and a self-test")
     doc.add_argument("-c", "--config", default=None, help="config to check (default: the bundled example)")
     wa = sub.add_parser("watch", help="service: explain each new image in a folder once")
     wa.add_argument("-c", "--config", required=True)
@@ -130,12 +135,12 @@ def cmd_audit(args) -> int:
     s = run_audit(insp, args.input, args.out, store_url=args.store, shard=shard, retry=not args.no_retry,
                   stop=stop)
     if s.rows or not s.stopped:
-        print(f"{s.total} image(s): {s.explained} explained now, {s.reused} found in the store, {s.failed} failed, "
-              f"{s.pending} not finished; views: {os.path.join(args.out, 'results.csv')}, results.jsonl, "
-              "report.html")
+        print(f"{s.total} image(s): {s.explained} explained now, {s.reused} found in the store, "
+              f"{s.failed} failed, {s.pending} not finished; views: {os.path.join(args.out, 'results.csv')}, "
+              "results.jsonl, report.html")
     else:
-        print(f"{s.total} image(s): {s.explained} explained now, {s.reused} found in the store; the views could "
-              "not be written")
+        print(f"{s.total} image(s): {s.explained} explained now, {s.reused} found in the store; "
+              "the views could not be written")
     _list_failures(s.rows)
     if s.stopped:
         print(f"error: {s.stopped}", file=sys.stderr)
@@ -177,8 +182,9 @@ def cmd_report(args) -> int:
     check_output_folder("--out", args.out)
     with Store(url, readonly=True) as store:
         run = store.run(args.run) if args.run is not None else None
-        scopes = [run["scope"]] if run is not None and run["kind"] != "merge" else None  # a merge: all it holds
-        rows = write_views(store, args.out, scopes=scopes, title=f"SISE results from {display_url(store.url)}")
+        scopes = [run["scope"]] if run is not None and run["kind"] != "merge" else None  # merge: all it holds
+        rows = write_views(store, args.out, scopes=scopes,
+                           title=f"SISE results from {display_url(store.url)}")
     print(f"{len(rows)} image(s): {os.path.join(args.out, 'results.csv')}, results.jsonl, report.html")
     return EXIT_OK
 
@@ -236,7 +242,8 @@ def cmd_explain(args) -> int:
         for message in failures:
             print(f"  {message}", file=sys.stderr)
     if stop.requested:
-        print(f"error: interrupted by {stop.signal_name}; run the same command again to continue", file=sys.stderr)
+        print(f"error: interrupted by {stop.signal_name}; run the same command again to continue",
+              file=sys.stderr)
         return EXIT_INCOMPLETE
     return EXIT_FAILED if failures else EXIT_OK
 
@@ -245,8 +252,8 @@ def _explain_status(outcome, counts: dict, failures: list) -> str:
     from .store import display_path
 
     if outcome.failed:
-        failures.append(outcome.error or f"{display_path(outcome.path)}: failed before (same content and settings; "
-                        "the store has the error)")
+        failures.append(outcome.error or f"{display_path(outcome.path)}: failed before "
+                        "(same content and settings; the store has the error)")
         return "FAILED"
     if outcome.state == "explained":
         counts["explained"] += 1

@@ -16,7 +16,8 @@ import yaml
 from .errors import ConfigError
 
 RESIZE_MODES = ("stretch", "letterbox", "shorter_side_center_crop")
-COLORMAPS = {name[len("COLORMAP_"):].lower(): getattr(cv2, name) for name in dir(cv2) if name.startswith("COLORMAP_")}
+COLORMAPS = {name[len("COLORMAP_"):].lower(): getattr(cv2, name)
+             for name in dir(cv2) if name.startswith("COLORMAP_")}
 CHANNEL_ORDERS = ("RGB", "BGR", "GRAY")
 INPUT_DTYPES = ("uint8", "uint16", "float")
 SCORE_KINDS = ("softmax", "sigmoid", "logit", "identity")
@@ -70,9 +71,11 @@ class MethodConfig:
 @dataclass(frozen=True)
 class RuntimeConfig:
     providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
-    cuda_options: dict = field(default_factory=dict)  # e.g. {prefer_nhwc: 1, cudnn_conv_algo_search: EXHAUSTIVE}
+    # e.g. {prefer_nhwc: 1, cudnn_conv_algo_search: EXHAUSTIVE}
+    cuda_options: dict = field(default_factory=dict)
     intra_op_threads: int = 0  # 0: onnxruntime's default
-    fp16: bool = False  # run the per-mask forward passes in float16 (meant for CUDA; needs onnxconverter-common)
+    # run the per-mask forward passes in float16 (meant for CUDA; needs onnxconverter-common)
+    fp16: bool = False
 
 
 @dataclass(frozen=True)
@@ -189,7 +192,8 @@ def _build(cls, raw, prefix: str = ""):
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"unknown key(s) {', '.join(where + k for k in unknown)}; allowed: {', '.join(fields)}")
+        raise ConfigError(f"unknown key(s) {', '.join(where + k for k in unknown)}; "
+                          f"allowed: {', '.join(fields)}")
     values = {}
     for name, f in fields.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -220,7 +224,8 @@ def _validate(cfg: InspectorConfig) -> None:
     n = 1 if p.channel_order == "GRAY" else 3
     for key, values in (("preprocess.mean", p.mean), ("preprocess.std", p.std)):
         if len(values) not in (1, n):
-            raise ConfigError(f"{key}: expected 1 or {n} values for channel_order {p.channel_order}, got {len(values)}")
+            raise ConfigError(f"{key}: expected 1 or {n} values for channel_order {p.channel_order}, "
+                              f"got {len(values)}")
     if any(s == 0 for s in p.std):
         raise ConfigError("preprocess.std: values must be non-zero")
     if p.size is not None and (len(p.size) != 2 or min(p.size) <= 0):
@@ -268,6 +273,7 @@ def load_config(path: str | os.PathLike) -> InspectorConfig:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from e
     try:
-        return config_from_dict(raw if raw is not None else {}, base_dir=os.path.dirname(os.path.abspath(path)))
+        return config_from_dict(raw if raw is not None else {},
+                                base_dir=os.path.dirname(os.path.abspath(path)))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from e

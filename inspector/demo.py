@@ -27,12 +27,15 @@ def _row(name: str, result: dict, saliency: np.ndarray, mask: np.ndarray | None,
     inside = ""
     if mask is not None and mask.any():
         energy = float(saliency[mask].sum() / max(saliency.sum(), 1e-12))
-        inside = f"{100 * energy:.0f}% of the evidence lies on the defect ({100 * mask.mean():.1f}% of the image)"
+        inside = (f"{100 * energy:.0f}% of the evidence lies on the defect "
+                  f"({100 * mask.mean():.1f}% of the image)")
     link = {k: html.escape(os.path.relpath(p, out), quote=True) for k, p in result["artifacts"].items()}
-    return (f"<tr><td><b>{html.escape(name)}</b><br>predicted <b>{html.escape(result['prediction_name'])}</b> "
+    return (f"<tr><td><b>{html.escape(name)}</b><br>"
+            f"predicted <b>{html.escape(result['prediction_name'])}</b> "
             f"({result['confidence']:.3f})<br>{result['masks']} masks, {result['seconds']:.2f} s"
             f"<br>{inside}</td>"
-            f"<td><img src='{link['overlay']}' width=192></td><td><img src='{link['layers']}' height=128></td></tr>")
+            f"<td><img src='{link['overlay']}' width=192></td>"
+            f"<td><img src='{link['layers']}' height=128></td></tr>")
 
 
 def run_demo(out: str) -> tuple[str, float]:
@@ -60,7 +63,8 @@ def run_demo(out: str) -> tuple[str, float]:
             mask = cv2.imread(mask_path, cv2.IMREAD_GRAYSCALE) > 127 if os.path.isfile(mask_path) else None
             rows.append(_row(name, result, saliency, mask, out))
             print(f"[{i}/{len(samples)}] {name}: predicted {result['prediction_name']} "
-                  f"({result['confidence']:.3f}), {result['masks']} masks, {result['seconds']:.2f} s", flush=True)
+                  f"({result['confidence']:.3f}), {result['masks']} masks, {result['seconds']:.2f} s",
+                  flush=True)
         store.end_run(job.run_id, "finished")
     seconds = time.perf_counter() - start
     page = ("<!doctype html><meta charset=utf-8><title>SISE Inspector demo</title>"

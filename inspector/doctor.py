@@ -32,11 +32,14 @@ def flavour() -> str:
 
 def _tiny_model() -> bytes:
     w = numpy_helper.from_array(np.ones((2, 3, 1, 1), np.float32), "w")
-    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"])],
-                              "probe", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])],
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"]),
+                               helper.make_node("Relu", ["c"], ["y"])],
+                              "probe",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])],
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2, 4, 4])], [w])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # the IR of opset 17: what any onnxruntime >= 1.14 reads (a newer onnx writes a newer IR)
+    # the IR of opset 17: what any onnxruntime >= 1.14 reads (a newer onnx writes a newer IR)
+    model.ir_version = 8
     return model.SerializeToString()
 
 

@@ -61,14 +61,15 @@ class Inspector:
             raise ConfigError(f"preprocess.channel_order {config.preprocess.channel_order} gives {expected} "
                               f"channel(s) but the model takes {channels}")
         if config.classes is not None and len(config.classes) != c.num_classes:
-            raise ConfigError(f"classes: {len(config.classes)} names for a model with {c.num_classes} classes")
+            raise ConfigError(f"classes: {len(config.classes)} names for a model with "
+                              f"{c.num_classes} classes")
         if isinstance(c.input_shape[0], int) and c.input_shape[0] == 1 and self.method.chunk_size > 1:
             log.warning("model %s has a fixed batch of 1: masks are scored one at a time (slow); re-export "
                         "it with a dynamic batch dimension", self.model.path)
             self.method = dataclasses.replace(self.method, chunk_size=1)
         self.roi = load_roi(config.roi.mask) if config.roi is not None else None
-        self.sessions = EngineSessions(self.model.explain_bytes, self.model.sampler_bytes, self.model.scorer_bytes,
-                                       config.runtime)
+        self.sessions = EngineSessions(self.model.explain_bytes, self.model.sampler_bytes,
+                                       self.model.scorer_bytes, config.runtime)
         if config.runtime.fp16 and self.sessions.device != "cuda":
             log.warning("runtime.fp16 is meant for CUDA; on %s the float16 forward passes are usually slower",
                         self.sessions.provider)
@@ -91,7 +92,8 @@ class Inspector:
                 return self.config.classes.index(name_or_index)
             if name_or_index.isdigit():
                 return self.class_index(int(name_or_index))
-            known = ", ".join(self.config.classes) if self.config.classes else "none configured (key: classes)"
+            known = (", ".join(self.config.classes) if self.config.classes
+                     else "none configured (key: classes)")
             raise TargetError(f"unknown class name {name_or_index!r}; known names: {known}")
         index = int(name_or_index)
         if not 0 <= index < n:
@@ -110,7 +112,8 @@ class Inspector:
         else:
             weights = np.asarray(target, np.float32).reshape(-1)
             if weights.shape != (n,):
-                raise TargetError(f"target weight vector has {weights.size} values; the model has {n} classes")
+                raise TargetError(f"target weight vector has {weights.size} values; "
+                                  f"the model has {n} classes")
             return None, weights[None]
         return index, self._one_hot(index)
 
@@ -174,7 +177,8 @@ class Inspector:
         timings["fusion"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - start
         scores = confidences(explained.logits, self.contract.score)
-        layer_maps = np.stack([m if m is not None else np.zeros(self.size, np.float32) for m in result.layer_maps])
+        layer_maps = np.stack([m if m is not None else np.zeros(self.size, np.float32)
+                               for m in result.layer_maps])
         return Explanation(saliency=saliency, saliency_full=saliency_full.astype(np.float32),
                            layer_maps=layer_maps.astype(np.float32), scores=scores, target=index,
                            target_weights=weights[0], predicted=int(np.argmax(explained.logits)),

@@ -40,7 +40,8 @@ def read_manifest(data: str) -> list[dict]:
                              "`python -m inspector.synthetic --out DIR`") from e
 
 
-def evaluate_image(insp: Inspector, image_path: str, mask: np.ndarray, target: int, methods: list[str]) -> dict:
+def evaluate_image(insp: Inspector, image_path: str, mask: np.ndarray, target: int,
+                   methods: list[str]) -> dict:
     image = pre.read_image(image_path, max_pixels=insp.config.preprocess.max_pixels)  # decoded once
     tensor, _ = insp.prepare(image)
     h, w = insp.size
@@ -58,8 +59,8 @@ def evaluate_image(insp: Inspector, image_path: str, mask: np.ndarray, target: i
         drop, increase = M.drop_increase(s, base, score)
         deletion, insertion = M.deletion_insertion(s, score)
         out[method] = {"ebpg": M.ebpg(s, mask_in), "miou": M.miou(s, mask_in), "bbox": M.bbox(s, mask_in),
-                       "drop": drop, "increase": float(increase), "deletion": deletion, "insertion": insertion,
-                       "seconds": seconds, "masks": exp.total_masks}
+                       "drop": drop, "increase": float(increase), "deletion": deletion,
+                       "insertion": insertion, "seconds": seconds, "masks": exp.total_masks}
     return out
 
 
@@ -111,8 +112,8 @@ def run_evaluation(insp: Inspector, data: str, methods: list[str], out: str, *, 
         per_method = evaluate_image(insp, os.path.join(data, e["image"]), mask > 127, target, methods)
         area = float(e["area_fraction"])
         for method, values in per_method.items():
-            rows.append({"id": e["id"], "label": e["label"], "area_fraction": area, "size_bin": size_bin(area),
-                         "method": method, **values})
+            rows.append({"id": e["id"], "label": e["label"], "area_fraction": area,
+                         "size_bin": size_bin(area), "method": method, **values})
         if progress:
             progress(i, len(entries))
     os.makedirs(out, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Checks on the folders a command is given, so that no command reads its own outputs or writes into a file."""
+"""Checks on the folders a command is given, so that no command reads its own outputs or writes into
+a file."""
 
 from __future__ import annotations
 

@@ -32,7 +32,8 @@ def part_url(part: str) -> str:
         return part
     path = os.path.join(part, "results.db")
     if not os.path.isfile(path):
-        raise InspectorError(f"{part}: not an audit folder (no results.db); give audit --out folders or store URLs")
+        raise InspectorError(f"{part}: not an audit folder (no results.db); "
+                             "give audit --out folders or store URLs")
     return default_url(part)
 
 
@@ -68,13 +69,14 @@ def _audit_runs(store: Store, part: str) -> list[dict]:
 def _check_parts(parts: list[str], audit_runs: list[list[dict]]) -> tuple[str, int, list[int]]:
     settings = {r["settings_hash"] for rs in audit_runs for r in rs}
     if len(settings) != 1:
-        detail = "; ".join(f"{p}: {sorted({r['settings_hash'][:12] for r in rs})}" for p, rs in zip(parts, audit_runs))
-        raise InspectorError(f"the parts were audited with different settings ({detail}); merge only shards of "
-                             "one audit")
+        detail = "; ".join(f"{p}: {sorted({r['settings_hash'][:12] for r in rs})}"
+                           for p, rs in zip(parts, audit_runs))
+        raise InspectorError(f"the parts were audited with different settings ({detail}); "
+                             "merge only shards of one audit")
     counts = {r["shard_count"] for rs in audit_runs for r in rs}
     if len(counts) != 1:
-        raise InspectorError(f"the parts split the input differently (--shard .../{sorted(counts)}); merge only "
-                             "shards of one audit")
+        raise InspectorError(f"the parts split the input differently (--shard .../{sorted(counts)}); "
+                             "merge only shards of one audit")
     count = counts.pop()
     present = {r["shard_index"] for rs in audit_runs for r in rs}
     return settings.pop(), count, sorted(set(range(count)) - present)
@@ -118,13 +120,13 @@ class _Copier:
                 values = {k: v for k, v in row.items() if k != "id"}
                 values.update(run_id=self.run_ids[row["run_id"]], result_id=result_ids.get(row["result_id"]))
                 self.conn.execute(dialect_insert(self.conn, inputs).values(**values).on_conflict_do_update(
-                    index_elements=["scope", "path_bytes"], set_={k: values[k] for k in ("run_id", "result_id",
-                                                                                          "image_sha256", "error")}))
+                    index_elements=["scope", "path_bytes"],
+                    set_={k: values[k] for k in ("run_id", "result_id", "image_sha256", "error")}))
         return sorted(scopes)
 
     def _run(self, run: dict) -> None:
-        same = sa.and_(runs.c.host == run["host"], runs.c.pid == run["pid"], runs.c.started_at == run["started_at"],
-                       runs.c.kind == run["kind"])
+        same = sa.and_(runs.c.host == run["host"], runs.c.pid == run["pid"],
+                       runs.c.started_at == run["started_at"], runs.c.kind == run["kind"])
         existing = self.conn.execute(sa.select(runs.c.id).where(same)).scalar()
         if existing is None:
             values = {k: v for k, v in run.items() if k != "id"}
@@ -133,7 +135,8 @@ class _Copier:
         self.run_ids[run["id"]] = existing
 
     def _result(self, s: sa.Connection, row: dict) -> int:
-        key = sa.and_(results.c.image_sha256 == row["image_sha256"], results.c.settings_hash == row["settings_hash"],
+        key = sa.and_(results.c.image_sha256 == row["image_sha256"],
+                      results.c.settings_hash == row["settings_hash"],
                       results.c.target_key == row["target_key"])
         values = {k: v for k, v in row.items() if k not in ("id", "out_dir")}
         values["run_id"] = self.run_ids[row["run_id"]]
@@ -141,7 +144,8 @@ class _Copier:
         if current is not None and not (current["status"] == "failed" and row["status"] == "done"):
             return current["id"]
         if current is None:
-            new_id = self.conn.execute(sa.insert(results).values(**values).returning(results.c.id)).scalar_one()
+            new_id = self.conn.execute(sa.insert(results).values(**values)
+                                       .returning(results.c.id)).scalar_one()
         else:
             new_id = current["id"]
             self.conn.execute(sa.update(results).where(results.c.id == new_id).values(**values))
@@ -162,10 +166,11 @@ def _check_target_folder(out: str, settings: str) -> None:
     with Store(default_url(out), readonly=True) as existing, existing.begin() as conn:
         found = conn.execute(sa.select(runs.c.kind, runs.c.settings_hash).distinct()).all()
     if "merge" not in {kind for kind, _ in found}:
-        raise InspectorError(f"--out {out} holds the store of an audit, not of a merge; merge into a new folder "
-                             "(parts are never written)")
+        raise InspectorError(f"--out {out} holds the store of an audit, not of a merge; "
+                             "merge into a new folder (parts are never written)")
     if {h for kind, h in found if kind == "audit"} - {settings}:
-        raise InspectorError(f"--out {out} holds a merge of an audit with other settings; merge into a new folder")
+        raise InspectorError(f"--out {out} holds a merge of an audit with other settings; "
+                             "merge into a new folder")
 
 
 def _same_store(a: str, b: str) -> bool:
@@ -183,9 +188,10 @@ def merge_audits(parts: list[str], out: str, *, store_url: str | None = None, st
     urls = [part_url(p) for p in parts]
     target_url = store_url or default_url(out)
     for part, url in zip(parts, urls):
-        if _same_store(url, target_url) or ("://" not in part and os.path.realpath(part) == os.path.realpath(out)):
-            raise InspectorError(f"the target {display_url(target_url)} is the part {part}; merge into a new folder "
-                                 "(parts are never written)")
+        if (_same_store(url, target_url)
+                or ("://" not in part and os.path.realpath(part) == os.path.realpath(out))):
+            raise InspectorError(f"the target {display_url(target_url)} is the part {part}; "
+                                 "merge into a new folder (parts are never written)")
     stop = stop or Stop()
     sources = [Store(url, readonly=True) for url in urls]
     try:
@@ -201,16 +207,16 @@ def merge_audits(parts: list[str], out: str, *, store_url: str | None = None, st
                 for src in sources:
                     if stop.requested:
                         target.end_run(merge_run, "stopped", f"stopped by {stop.signal_name}")
-                        raise Interrupted(f"stopped by {stop.signal_name} before all parts were copied; run the "
-                                          "same merge again")
+                        raise Interrupted(f"stopped by {stop.signal_name} before all parts were copied; "
+                                          "run the same merge again")
                     with target.begin() as conn:
                         scopes.update(_Copier(src, conn, out).copy())
             except OSError as e:
-                raise OutputError(f"{out}: cannot copy artifacts ({e.strerror}: {e.filename}); fix it and run "
-                                  "the merge again") from e
+                raise OutputError(f"{out}: cannot copy artifacts ({e.strerror}: {e.filename}); "
+                                  "fix it and run the merge again") from e
             summary = MergeSummary(shard_count=count, missing_shards=missing)
-            notes = [f"INCOMPLETE: shard(s) {', '.join(f'{i}/{count}' for i in missing)} missing from this merge"] \
-                if missing else []
+            notes = [(f"INCOMPLETE: shard(s) {', '.join(f'{i}/{count}' for i in missing)} "
+                      "missing from this merge")] if missing else []
             summary.rows = write_views(target, out, scopes=sorted(scopes), notes=notes,
                                        title=f"SISE audit, merged from {len(parts)} of {count} shard(s)")
             target.end_run(merge_run, "finished" if summary.exit_code != 3 else "stopped",

@@ -63,7 +63,8 @@ def _export_cached(path: str, cfg: InspectorConfig) -> str:
                                  "the config's model at the result") from e
     except OSError as e:
         raise ModelContractError(f"model {path}: cannot write the exported copy {out} ({e}); export it with "
-                                 "`python -m onnx_tools export` and point the config's model at the result") from e
+                                 "`python -m onnx_tools export` and point the config's model "
+                                 "at the result") from e
     return out
 
 
@@ -77,8 +78,9 @@ def load_model(cfg: InspectorConfig) -> LoadedModel:
         proto = _load_proto(path)
     contract = onnx_tools.read_contract(proto)
     if contract is None:
-        raise ModelContractError(f"model {path} has no SISE contract; run `python -m onnx_tools export` on the "
-                                 "original model, or point the config at the plain model to export it on the fly")
+        raise ModelContractError(f"model {path} has no SISE contract; run `python -m onnx_tools export` "
+                                 "on the original model, or point the config at the plain model "
+                                 "to export it on the fly")
     half = cfg.runtime.fp16
     try:
         sampler = onnx_tools.build_sampler(proto, fp16=half)

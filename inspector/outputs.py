@@ -45,7 +45,8 @@ def overlay(image: np.ndarray, saliency: np.ndarray, *, alpha: float = 0.5, colo
         cv2.drawContours(out, contours, -1, (0, 255, 0), 1)
     if label:
         scale = max(0.35, min(out.shape[:2]) / 500)
-        while scale > 0.25 and cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] + 8 > out.shape[1]:
+        while (scale > 0.25
+               and cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] + 8 > out.shape[1]):
             scale -= 0.05  # shrink the caption to the image's width (small images)
         (tw, th), base_line = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         cv2.rectangle(out, (0, 0), (tw + 8, th + base_line + 6), (0, 0, 0), -1)
@@ -92,11 +93,13 @@ def render(exp: Explanation, image: np.ndarray, *, classes=None, source: str | N
     """The bytes of every artifact of one explanation, by kind (see ``ARTIFACT_SUFFIXES``); ``extra`` is
     merged into the JSON sidecar."""
     npz = io.BytesIO()
-    np.savez_compressed(npz, saliency=exp.saliency, saliency_full=exp.saliency_full, layer_maps=exp.layer_maps,
-                        masks_per_layer=np.asarray(exp.masks_per_layer, np.int64), scores=exp.scores)
+    np.savez_compressed(npz, saliency=exp.saliency, saliency_full=exp.saliency_full,
+                        layer_maps=exp.layer_maps, masks_per_layer=np.asarray(exp.masks_per_layer, np.int64),
+                        scores=exp.scores)
     colormap, alpha = (visuals.colormap, visuals.opacity) if visuals is not None else ("jet", 0.5)
     if roi is not None and roi.shape != exp.saliency_full.shape:
-        roi = cv2.resize(roi.astype(np.uint8), exp.saliency_full.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+        roi = cv2.resize(roi.astype(np.uint8), exp.saliency_full.shape[::-1],
+                         interpolation=cv2.INTER_NEAREST) > 0
     picture = overlay(image, exp.saliency_full, alpha=alpha, colormap=colormap, label=caption(exp, classes),
                       regions=review.regions if review is not None else (), roi=roi)
     meta = {**sidecar(exp, classes, source, review), **(extra or {})}

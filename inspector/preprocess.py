@@ -254,7 +254,8 @@ def _channels(image: np.ndarray, order: str, name: str) -> np.ndarray:
     else:
         if c == 1:
             raise ImageError(f"{name}: single-channel (grayscale) image but the model expects {order}; "
-                             "convert the image to colour, or set preprocess.channel_order: GRAY for a gray model")
+                             "convert the image to colour, or set preprocess.channel_order: GRAY "
+                             "for a gray model")
         if c in (3, 4):
             rgb = image[:, :, :3]
             return rgb[:, :, ::-1] if order == "BGR" else rgb

@@ -111,8 +111,8 @@ def start_job(insp: Inspector, store: Store, *, kind: str, out_dir: str, scope: 
         remove_stale_parts(folder)
     scope = scope or f"{kind}:" + hashlib.sha256(f"{digest}|{key}".encode()).hexdigest()[:32]
     run_id = store.start_run(kind=kind, scope=scope, settings_hash=digest, model_sha256=insp.model.sha256,
-                             config=settings, out_dir=out_dir, source=source, shard=shard, tool_version=__version__,
-                             plan=plan)
+                             config=settings, out_dir=out_dir, source=source, shard=shard,
+                             tool_version=__version__, plan=plan)
     return Job(insp=insp, store=store, run_id=run_id, scope=scope, out_dir=os.path.abspath(out_dir),
                settings_hash=digest, target_key=key, target=engine_target, retry=retry)
 
@@ -162,8 +162,8 @@ def _explain_and_record(job: Job, path: str) -> Outcome:
     job.store.add_image(sha, len(data), path)
     key = ResultKey(sha, job.settings_hash, job.target_key)
     claim = job.store.claim(key, job.run_id, path, retry=job.retry)
-    if claim.state == "done" and _files_missing(job, claim.result_id):  # e.g. images/ deleted: make them again
-        claim = job.store.claim(key, job.run_id, path, redo=True)
+    if claim.state == "done" and _files_missing(job, claim.result_id):
+        claim = job.store.claim(key, job.run_id, path, redo=True)  # e.g. images/ deleted: make them again
     if not claim.held:
         job.store.record_input(job.scope, job.run_id, path, image_sha256=sha, result_id=claim.result_id)
         state = {"failed": "skipped_failed"}.get(claim.state, claim.state)
@@ -213,14 +213,15 @@ def _explain(job: Job, data: bytes, path: str, outcome: Outcome) -> dict[str, by
         "masks": exp.total_masks, "masks_per_layer": list(exp.masks_per_layer),
         "timings": {k: round(v, 6) for k, v in exp.timings.items()},
     }
-    extra = {"image_sha256": outcome.image_sha256, "settings_hash": job.settings_hash, "target_key": job.target_key}
+    extra = {"image_sha256": outcome.image_sha256, "settings_hash": job.settings_hash,
+             "target_key": job.target_key}
     return render(exp, image, classes=cfg.classes, source=display_path(os.path.abspath(path)), review=rv,
                   visuals=cfg.visuals, roi=insp.roi, extra=extra)
 
 
-_RESULT_COLUMNS = ("prediction", "prediction_name", "confidence", "scores", "target", "target_name", "regions",
-                   "region_count", "evidence_peak", "evidence_mean", "roi_inside", "flagged", "masks",
-                   "masks_per_layer", "timings")
+_RESULT_COLUMNS = ("prediction", "prediction_name", "confidence", "scores", "target", "target_name",
+                   "regions", "region_count", "evidence_peak", "evidence_mean", "roi_inside", "flagged",
+                   "masks", "masks_per_layer", "timings")
 
 
 def artifact_base(job: Job, sha: str, path: str) -> str:
@@ -246,9 +247,9 @@ def _commit(job: Job, claim: Claim, outcome: Outcome, files: dict[str, bytes]) -
         if not isinstance(e, ClaimLost):
             with contextlib.suppress(StoreError):
                 job.store.release(claim, job.run_id)
-        raise OutputError(f"cannot record the result of {display_path(outcome.path)}: {_reason(e)}; fix it (free "
-                          "space, permissions, the database) and run the same command again: it continues "
-                          "where it stopped") from e
+        raise OutputError(f"cannot record the result of {display_path(outcome.path)}: {_reason(e)}; "
+                          "fix it (free space, permissions, the database) and run the same command again: "
+                          "it continues where it stopped") from e
     try:
         commit_group(temps)
     except OSError as e:

@@ -40,7 +40,8 @@ def threshold_of(saliency: np.ndarray, how: str, value: float) -> float:
     raise ValueError(f"unknown threshold {how!r}; use one of {', '.join(THRESHOLDS)}")
 
 
-def find_regions(saliency: np.ndarray, *, how: str = "otsu", value: float = 0.5, min_area: int = 16) -> list[Region]:
+def find_regions(saliency: np.ndarray, *, how: str = "otsu", value: float = 0.5,
+                 min_area: int = 16) -> list[Region]:
     """Connected regions (8-connectivity) of ``saliency > threshold``, largest evidence first.
 
     Args:

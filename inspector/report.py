@@ -17,8 +17,8 @@ from .store import Store
 from .store.schema import artifacts, inputs, results, runs
 
 CSV_FIELDS = ("path", "image_sha256", "status", "prediction", "confidence", "target", "regions",
-              "evidence_peak", "evidence_mean", "roi_inside", "flagged", "masks", "seconds", "error", "retryable",
-              "shard", "result_id")
+              "evidence_peak", "evidence_mean", "roi_inside", "flagged", "masks", "seconds", "error",
+              "retryable", "shard", "result_id")
 VIEW_FILES = ("results.csv", "results.jsonl", "report.html")
 
 
@@ -26,11 +26,12 @@ def report_rows(store: Store, scopes: list[str] | None = None) -> list[dict]:
     """One dict per input of ``scopes`` (all inputs when None), sorted by path, with its result, status
     (done | failed | pending) and artifacts (kind -> absolute path)."""
     r = results.c
-    query = (sa.select(inputs.c.path, inputs.c.path_bytes, inputs.c.image_sha256, inputs.c.error.label("input_error"),
+    query = (sa.select(inputs.c.path, inputs.c.path_bytes, inputs.c.image_sha256,
+                       inputs.c.error.label("input_error"),
                        inputs.c.scope, runs.c.shard_index, runs.c.shard_count, r.id.label("result_id"),
-                       r.status, r.prediction_name, r.confidence, r.target_name, r.region_count, r.evidence_peak,
-                       r.evidence_mean, r.roi_inside, r.flagged, r.masks, r.seconds, r.error, r.retryable, r.scores,
-                       r.regions, r.timings, r.versions, r.finished_at)
+                       r.status, r.prediction_name, r.confidence, r.target_name, r.region_count,
+                       r.evidence_peak, r.evidence_mean, r.roi_inside, r.flagged, r.masks, r.seconds, r.error,
+                       r.retryable, r.scores, r.regions, r.timings, r.versions, r.finished_at)
              .select_from(inputs.join(runs, runs.c.id == inputs.c.run_id)
                           .outerjoin(results, results.c.id == inputs.c.result_id))
              .order_by(inputs.c.path_bytes, inputs.c.scope))
@@ -97,9 +98,10 @@ def csv_text(rows: list[dict]) -> str:
     for r in rows:
         writer.writerow([r["path"], _cell(r["image_sha256"]), r["status"], _cell(r["prediction_name"]),
                          _cell(r["confidence"], 4), _cell(r["target_name"]), _cell(r["region_count"]),
-                         _cell(r["evidence_peak"], 4), _cell(r["evidence_mean"], 4), _cell(r["roi_inside"], 4),
-                         _cell(r["flagged"]), _cell(r["masks"]), _cell(r["seconds"], 3), _cell(r["error"]),
-                         _cell(r["retryable"]), r["shard"], _cell(r["result_id"])])
+                         _cell(r["evidence_peak"], 4), _cell(r["evidence_mean"], 4),
+                         _cell(r["roi_inside"], 4), _cell(r["flagged"]), _cell(r["masks"]),
+                         _cell(r["seconds"], 3), _cell(r["error"]), _cell(r["retryable"]), r["shard"],
+                         _cell(r["result_id"])])
     return buf.getvalue()
 
 
@@ -124,10 +126,12 @@ def _thumbs(rows: list[dict], out_dir: str) -> str:
     cells = []
     for r in rows:
         overlay = r["artifacts"].get("overlay")
-        picture = (f"<a href='{_link(overlay, out_dir)}'><img src='{_link(overlay, out_dir)}' width=160 alt=''></a>"
+        picture = (f"<a href='{_link(overlay, out_dir)}'>"
+                   f"<img src='{_link(overlay, out_dir)}' width=160 alt=''></a>"
                    if overlay else "")
         cells.append(f"<figure>{picture}<figcaption>{html.escape(r['path'])}<br>"
-                     f"{html.escape(r['prediction_name'] or '')} {r['confidence'] or 0:.3f}</figcaption></figure>")
+                     f"{html.escape(r['prediction_name'] or '')} {r['confidence'] or 0:.3f}"
+                     "</figcaption></figure>")
     return "".join(cells)
 
 
@@ -152,19 +156,22 @@ def html_text(rows: list[dict], out_dir: str, title: str, *, notes: list[str] = 
     with_roi = any(r["roi_inside"] is not None for r in done)
     flagged = [r for r in done if r["flagged"]]
     least = sorted(done, key=lambda r: r["confidence"])[:lowest]
-    errors = _listing([r["error"] if (r["error"] or "").startswith(r["path"]) else f"{r['path']}: {r['error']}"
-                       for r in failed])
+    errors = _listing([r["error"] if (r["error"] or "").startswith(r["path"])
+                       else f"{r['path']}: {r['error']}" for r in failed])
     missing = _listing([r["path"] for r in pending])
     return ("<!doctype html><meta charset=utf-8><title>SISE audit</title><style>body{font-family:sans-serif}"
             "figure{display:inline-block;margin:4px;font-size:11px;max-width:170px;overflow-wrap:anywhere}"
             ".warn{background:#fde2e1;border:1px solid #c0392b;padding:6px}"
-            ".runs td,.runs th{border-bottom:1px solid #ddd;padding:2px 6px;font-size:12px;text-align:left}</style>"
+            ".runs td,.runs th{border-bottom:1px solid #ddd;padding:2px 6px;font-size:12px;"
+            "text-align:left}</style>"
             f"<h1>{html.escape(title)}</h1>{banner}<p>{len(rows)} images: {len(done)} explained, "
             f"{len(failed)} failed, {len(pending)} not finished; {seconds:.1f} s of explanation time "
             f"({seconds / max(len(done), 1):.2f} s per image).</p><h2>Predicted classes</h2><table>"
-            + "".join(f"<tr><td>{html.escape(str(k))}</td><td>{v}</td></tr>" for k, v in sorted(counts.items()))
+            + "".join(f"<tr><td>{html.escape(str(k))}</td><td>{v}</td></tr>"
+                      for k, v in sorted(counts.items()))
             + "</table>"
-            + (f"<h2>Flagged: evidence mostly outside the ROI ({len(flagged)})</h2>{_thumbs(flagged, out_dir)}"
+            + (f"<h2>Flagged: evidence mostly outside the ROI ({len(flagged)})</h2>"
+               f"{_thumbs(flagged, out_dir)}"
                if with_roi else "")
             + f"<h2>Least confident ({len(least)})</h2>{_thumbs(least, out_dir)}"
             f"<h2>Failed ({len(failed)})</h2><ul>{errors}</ul>"

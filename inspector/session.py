@@ -125,7 +125,8 @@ class EngineSessions:
         self.device = DEVICE_OF.get(self.provider, "cpu")
         self._scorer_bytes, self._cfg, self._scorer = scorer_bytes, cfg, None
 
-    def score_masks(self, image: np.ndarray, masks: np.ndarray, target: np.ndarray, *, chunk: int) -> np.ndarray:
+    def score_masks(self, image: np.ndarray, masks: np.ndarray, target: np.ndarray, *,
+                    chunk: int) -> np.ndarray:
         """psi of the target for image * mask, for float32 masks [K, H, W] (in chunks); returns [K]."""
         if self._scorer is None:  # built on first use (RISE, metrics)
             self._scorer = make_session(self._scorer_bytes, self._cfg, "mask scorer", fp32=not self._cfg.fp16,
@@ -148,7 +149,8 @@ class EngineSessions:
             binding.bind_output(b.grad_output, "cpu")
             binding.bind_output(b.range_output, "cpu")
         self.explain.run_with_iobinding(binding)
-        values = dict(zip([output_name] + [n for b in blocks for n in (b.act_output, b.grad_output, b.range_output)],
+        values = dict(zip([output_name]
+                          + [n for b in blocks for n in (b.act_output, b.grad_output, b.range_output)],
                           binding.get_outputs()))
         return ExplainOutputs(
             logits=values[output_name].numpy().reshape(-1),
@@ -160,7 +162,8 @@ class EngineSessions:
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
 
     def run_sampler(self, feeds: dict, device_feeds: dict, outputs: list[str]) -> list[np.ndarray]:
-        """One sampler run: ``feeds`` are host arrays (tiny), ``device_feeds`` OrtValues already on the device."""
+        """One sampler run: ``feeds`` are host arrays (tiny), ``device_feeds`` OrtValues already on
+        the device."""
         binding = self.sampler.io_binding()
         for name, value in device_feeds.items():
             binding.bind_ortvalue_input(name, value)

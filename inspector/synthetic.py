@@ -44,7 +44,8 @@ class Sample:
     def box(self) -> tuple[int, int, int, int]:
         """(x0, y0, x1, y1), exclusive ends; (0, 0, 0, 0) without a defect."""
         ys, xs = np.nonzero(self.mask)
-        return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if xs.size else (0, 0, 0, 0)
+        return ((int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if xs.size
+                else (0, 0, 0, 0))
 
 
 def _noise(rng, size, blur):
@@ -193,7 +194,8 @@ def write_dataset(out: str, count: int, seed: int, size: int = 128, progress=Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inspector.synthetic", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m inspector.synthetic",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--count", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)

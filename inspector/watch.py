@@ -31,7 +31,8 @@ RETRY_PAUSE = 10.0  # seconds to wait after an output error before trying again
 
 
 def _candidates(folder: str) -> list[str]:
-    return sorted((f for f in os.listdir(folder) if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
+    return sorted((f for f in os.listdir(folder)
+                   if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
                    and os.path.isfile(os.path.join(folder, f))), key=os.fsencode)
 
 
@@ -65,9 +66,9 @@ def check_folders(in_dir: str, out_dir: str, done_dir: str, failed_dir: str) -> 
             raise InspectorError(f"{option} {folder} lies inside --in {in_dir}; choose a folder outside it")
 
 
-def watch(insp: Inspector, in_dir: str, out_dir: str, done_dir: str | None = None, failed_dir: str | None = None, *,
-          store_url: str | None = None, poll: float = 1.0, settle: float = 2.0, stop: Stop | None = None,
-          log=print) -> int:
+def watch(insp: Inspector, in_dir: str, out_dir: str, done_dir: str | None = None,
+          failed_dir: str | None = None, *, store_url: str | None = None, poll: float = 1.0,
+          settle: float = 2.0, stop: Stop | None = None, log=print) -> int:
     """Run until ``stop.requested``; returns the number of images handled. Done/failed folders default to
     ``<out>/done`` and ``<out>/failed``."""
     if not os.path.isdir(in_dir):
@@ -159,8 +160,8 @@ def _file_away(job, outcome: Outcome, done_dir: str, failed_dir: str, log, secon
     else:
         row = outcome.fields or job.store.result(outcome.result_id)
         note = "" if outcome.state == "explained" else " (already in the store)"
-        log(f"OK {_moved(name, moved)}: {row['prediction_name']} {row['confidence']:.3f}, {row['region_count']} "
-            f"region(s), {seconds:.2f} s{' FLAGGED' if row['flagged'] else ''}{note}")
+        log(f"OK {_moved(name, moved)}: {row['prediction_name']} {row['confidence']:.3f}, "
+            f"{row['region_count']} region(s), {seconds:.2f} s{' FLAGGED' if row['flagged'] else ''}{note}")
 
 
 def error_file(moved: str, limit: int = 200) -> str:

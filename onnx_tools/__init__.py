@@ -9,4 +9,5 @@ from .errors import ExportError
 from .export import analyse, export_file, export_model
 from .sampler import build_mask_scorer, build_sampler
 
-__all__ = ["Contract", "ExportError", "analyse", "build_mask_scorer", "build_sampler", "export_file", "export_model", "read_contract"]
+__all__ = ["Contract", "ExportError", "analyse", "build_mask_scorer", "build_sampler", "export_file",
+           "export_model", "read_contract"]

@@ -89,8 +89,8 @@ def discover_blocks(index: GraphIndex, source: str, sink: str) -> list[str]:
     if not chosen:
         raise BlockDiscoveryError(
             f"no convolutional block found between input '{source}' and output '{sink}' (no channels-first "
-            "tensor with spatial size > 1 lies on every path); name the block tensors with --blocks NAME,NAME,... "
-            "(`python -m onnx_tools inspect MODEL` lists the tensors)")
+            "tensor with spatial size > 1 lies on every path); name the block tensors with "
+            "--blocks NAME,NAME,... (`python -m onnx_tools inspect MODEL` lists the tensors)")
     return sorted(chosen, key=pos.__getitem__)
 
 

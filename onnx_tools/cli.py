@@ -52,7 +52,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blocks", default="auto", type=_blocks_arg,
                    help="'auto' (default) or comma-separated tensor names, one per block")
     p.add_argument("--input-shape", type=_shape_arg, default=None,
-                   help="image input dims in the model's own layout, e.g. 1,3,224,224 (needed for dynamic H/W)")
+                   help="image input dims in the model's own layout, e.g. 1,3,224,224 "
+                        "(needed for dynamic H/W)")
     p.add_argument("--output", default=None, help="class-score output name when the model has several")
 
 
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="on an error, show the traceback instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
-    ex = sub.add_parser("export", help="rewrite a classifier so it also returns block activations and gradients")
+    ex = sub.add_parser("export",
+                        help="rewrite a classifier so it also returns block activations and gradients")
     ex.add_argument("model", help="input ONNX model (never modified)")
     ex.add_argument("-o", "--out", required=True, help="output path, e.g. model.sise.onnx")
     ex.add_argument("--score", default="softmax", choices=C.SCORE_KINDS,
@@ -118,11 +120,13 @@ def cmd_inspect(args) -> int:
 def cmd_example(args) -> int:
     import onnx  # the bundled example ships inside the onnx wheel
 
-    src = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light", "light_resnet50.onnx")
+    src = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light",
+                       "light_resnet50.onnx")
     os.makedirs(args.out, exist_ok=True)
     out = os.path.join(args.out, "resnet50.sise.onnx")
     print(f"example: {src} (ResNet-50 graph, constant weights, ends in Softmax -> --score identity)")
-    args = argparse.Namespace(model=src, out=out, blocks="auto", score="identity", input_shape=None, output=None)
+    args = argparse.Namespace(model=src, out=out, blocks="auto", score="identity", input_shape=None,
+                              output=None)
     return cmd_export(args)
 
 

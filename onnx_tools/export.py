@@ -49,16 +49,16 @@ def _refuse_exported(model: onnx.ModelProto) -> None:
                                    "sise_* inputs/outputs); use it as it is, or export the original model")
 
 
-def analyse(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", input_shape: tuple[int, ...] | None = None,
-            output: str | None = None) -> Analysis:
+def analyse(model: onnx.ModelProto, *, blocks: str | list[str] = "auto",
+            input_shape: tuple[int, ...] | None = None, output: str | None = None) -> Analysis:
     """Find the image input, the class output and the block tensors (automatic or explicit)."""
     check_topological(model)
     model = fix_input_shape(model, input_shape)
     index = GraphIndex(analysis_copy(model))
     image = find_image_input(model)
     output_name, num_classes = find_class_output(index, output)
-    io = ModelIO(input_name=image.name, layout=detect_layout(index, image.name), input_dims=tuple(dims_of(image)),
-                 output_name=output_name, num_classes=num_classes)
+    io = ModelIO(input_name=image.name, layout=detect_layout(index, image.name),
+                 input_dims=tuple(dims_of(image)), output_name=output_name, num_classes=num_classes)
     if blocks == "auto" or blocks is None:
         chosen = discover_blocks(index, io.input_name, io.output_name)
     else:
@@ -94,18 +94,19 @@ def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", sc
     grad_names = add_gradients(out, a.index, blocks=a.blocks, logits=a.io.output_name,
                                num_classes=a.io.num_classes, score=score, batch_dim=batch_dim)
     exposed = expose_blocks(out, a.index, a.blocks, batch_dim)  # last: it renames the block tensors
-    infos = tuple(C.BlockInfo(index=i, tensor=t, shape=tuple(a.index.shape(t)), act_output=act, grad_output=grad,
-                              range_output=spread)
+    infos = tuple(C.BlockInfo(index=i, tensor=t, shape=tuple(a.index.shape(t)), act_output=act,
+                              grad_output=grad, range_output=spread)
                   for i, (t, (act, spread), grad) in enumerate(zip(a.blocks, exposed, grad_names)))
     contract = C.Contract(input_name=a.io.input_name, input_layout=a.io.layout, input_shape=a.io.input_dims,
-                          output_name=a.io.output_name, num_classes=a.io.num_classes, score=score, blocks=infos,
-                          source_opset=default_opset(model))
+                          output_name=a.io.output_name, num_classes=a.io.num_classes, score=score,
+                          blocks=infos, source_opset=default_opset(model))
     C.write_contract(out, contract)
     if check:
         try:
             onnx.checker.check_model(out, full_check=True)
         except Exception as e:
-            raise ExportError(f"internal error: the rewritten model fails onnx.checker ({e}); please report it") from e
+            raise ExportError(f"internal error: the rewritten model fails onnx.checker ({e}); "
+                              "please report it") from e
     return ExportResult(model=out, contract=contract, seconds=time.perf_counter() - start)
 
 

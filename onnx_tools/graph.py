@@ -15,7 +15,8 @@ from onnx import numpy_helper, shape_inference
 
 from .errors import ModelInputError, ModelLoadError
 
-FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+               onnx.TensorProto.BFLOAT16}
 # Ops whose outputs describe shapes, not values: no gradient flows through them.
 SHAPE_OPS = {"Shape", "Size", "NonZero", "ArgMax", "ArgMin", "EyeLike", "ConstantOfShape", "RandomNormalLike",
              "RandomUniformLike", "RandomNormal", "RandomUniform", "Range"}
@@ -38,7 +39,8 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise ModelLoadError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e}); "
                              "check that the file is complete") from e
     if not model.graph.node or not model.opset_import:
-        raise ModelLoadError(f"{path}: not an ONNX model (no graph nodes or opset); check that the file is complete")
+        raise ModelLoadError(f"{path}: not an ONNX model (no graph nodes or opset); "
+                             "check that the file is complete")
     if _uses_external_data(model):
         raise ModelLoadError(
             f"{path}: the model keeps its weights in external data files, which this tool does not read; "
@@ -221,8 +223,8 @@ def check_topological(model: onnx.ModelProto) -> None:
     for node in model.graph.node:
         for name in node.input:
             if name and name not in known:
-                raise ModelLoadError(f"node '{node.name}' ({node.op_type}) reads '{name}' before it is produced; "
-                                     "the graph is not topologically sorted")
+                raise ModelLoadError(f"node '{node.name}' ({node.op_type}) reads '{name}' "
+                                     "before it is produced; the graph is not topologically sorted")
         known.update(node.output)
 
 
@@ -246,8 +248,8 @@ def find_image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
     return candidates[0]
 
 
-NONDETERMINISTIC_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-                        "Bernoulli"}
+NONDETERMINISTIC_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                        "Multinomial", "Bernoulli"}
 
 
 def fold_constants(model: onnx.ModelProto, max_rounds: int = 6) -> onnx.ModelProto:
@@ -293,7 +295,8 @@ def fold_constants(model: onnx.ModelProto, max_rounds: int = 6) -> onnx.ModelPro
 
 
 def helper_constant(output: str, value: np.ndarray, name: str = "") -> onnx.NodeProto:
-    return onnx.helper.make_node("Constant", [], [output], name=name, value=numpy_helper.from_array(np.asarray(value)))
+    return onnx.helper.make_node("Constant", [], [output], name=name,
+                                 value=numpy_helper.from_array(np.asarray(value)))
 
 
 def _evaluate(index: GraphIndex, fold: list[int], shape_values: dict, evaluator_cls) -> dict[str, np.ndarray]:

@@ -64,8 +64,8 @@ def fix_input_shape(model: onnx.ModelProto, input_shape: tuple[int, ...] | None)
         return model
     for i, (have, want) in enumerate(zip(dims, input_shape)):
         if i > 0 and isinstance(have, int) and have != want:
-            raise ModelInputError(f"--input-shape {list(input_shape)} contradicts input '{vi.name}' dims {dims} "
-                                  f"at axis {i}")
+            raise ModelInputError(f"--input-shape {list(input_shape)} contradicts input '{vi.name}' "
+                                  f"dims {dims} at axis {i}")
     for i, d in enumerate(vi.type.tensor_type.shape.dim):
         if i > 0:
             d.Clear()
@@ -117,7 +117,8 @@ def find_class_output(index: GraphIndex, requested: str | None) -> tuple[str, in
 
     if requested is not None:
         if requested not in index.graph_outputs:
-            raise ModelInputError(f"--output '{requested}' is not a graph output; outputs: {index.graph_outputs}")
+            raise ModelInputError(f"--output '{requested}' is not a graph output; "
+                                  f"outputs: {index.graph_outputs}")
         k = classes_of(requested)
         if k is None:
             raise ModelInputError(f"output '{requested}' is not shaped [N, num_classes] "

@@ -88,14 +88,15 @@ def _score(emit: Emitter, logits: str, score: str) -> str:
     return logits
 
 
-def _half_precision(nodes: list, inits: list, exported: onnx.ModelProto, contract: Contract) -> tuple[list, list]:
+def _half_precision(nodes: list, inits: list, exported: onnx.ModelProto,
+                    contract: Contract) -> tuple[list, list]:
     """The forward nodes computing in float16 between float32 input and output (casts at both ends),
     via onnxconverter-common, which knows which inputs must stay float32 (Resize scales, ...)."""
     try:
         from onnxconverter_common import float16
     except ImportError as e:
-        raise ModelInputError("fp16 needs the onnxconverter-common package (pip install onnxconverter-common; "
-                              "it comes with the gpu extra)") from e
+        raise ModelInputError("fp16 needs the onnxconverter-common package "
+                              "(pip install onnxconverter-common; it comes with the gpu extra)") from e
     image = helper.make_tensor_value_info(contract.input_name, onnx.TensorProto.FLOAT,
                                           ["K"] + list(contract.input_shape[1:]))
     logits = helper.make_tensor_value_info(contract.output_name, onnx.TensorProto.FLOAT, None)
@@ -170,7 +171,8 @@ def build_sampler(exported: onnx.ModelProto, *, fp16: bool = False) -> onnx.Mode
         _, channels, h, w = block.shape
         inputs += [helper.make_tensor_value_info(act_input(b), onnx.TensorProto.FLOAT, [1, channels, h, w]),
                    helper.make_tensor_value_info(idx_input(b), onnx.TensorProto.INT64, [f"K{b}"])]
-        chosen = emit.op("Reshape", [emit.op("Gather", [act_input(b), idx_input(b)], axis=1), emit.ints([-1, h, w])])
+        chosen = emit.op("Reshape", [emit.op("Gather", [act_input(b), idx_input(b)], axis=1),
+                                     emit.ints([-1, h, w])])
         # rows @ chosen @ cols as 2-D MatMuls only: a block with no map in this chunk gives an empty batch,
         # and onnxruntime before 1.32 refuses to broadcast a batched MatMul (or FusedMatMul) over it.
         # The transposes swap the leading axes, which onnxruntime does not fold into the MatMuls.
@@ -196,7 +198,8 @@ def build_sampler(exported: onnx.ModelProto, *, fp16: bool = False) -> onnx.Mode
     forward = _masked_forward(emit, exported, contract, masks, fp16)
     inputs.append(helper.make_tensor_value_info(KEEP, onnx.TensorProto.FLOAT, ["K"]))
     weights = emit.op("Mul", [emit.op("Div", [SCORES, mass]), KEEP])
-    layer_weights = emit.op("Mul", [emit.op("Concat", assign, axis=0), emit.unsqueeze(weights, [1])])  # [K, B]
+    layer_weights = emit.op("Mul", [emit.op("Concat", assign, axis=0),
+                                    emit.unsqueeze(weights, [1])])  # [K, B]
     flat_masks = emit.op("Reshape", [masks, emit.ints([-1, height * width])])
     maps = emit.op("MatMul", [emit.op("Transpose", [layer_weights], perm=[1, 0]), flat_masks])
     emit.op("Reshape", [maps, emit.ints([n_blocks, height, width])], outputs=[LAYER_MAPS])

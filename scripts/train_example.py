@@ -35,8 +35,8 @@ EXAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "inspec
 class Block(nn.Module):
     def __init__(self, cin, cout, stride):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
-                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                                  nn.ReLU(), nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
         self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
         self.relu = nn.ReLU()
 
@@ -139,7 +139,8 @@ def write_example(model, args, acc, per_class) -> None:
     for k, label in enumerate(CLASSES):  # one held-out sample per class, past the evaluated ones
         s = sample(args.seed + 1000, args.heldout + k, SIZE)
         assert s.label == label
-        cv2.imwrite(os.path.join(args.out, "samples", f"{label}.png"), cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(os.path.join(args.out, "samples", f"{label}.png"),
+                    cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR))
         cv2.imwrite(os.path.join(args.out, "samples", f"{label}_mask.png"), s.mask.astype(np.uint8) * 255)
     with open(os.path.join(args.out, "training.json"), "w") as f:
         json.dump({"script": "scripts/train_example.py", "seed": args.seed, "epochs": args.epochs,

@@ -54,7 +54,8 @@ def forward_model(case: OpCase) -> onnx.ModelProto:
         used = outs[: case.use_outputs or case.outputs]
         final = "y"
         nodes.append(helper.make_node("Concat", used, [final], axis=case.concat_axis))
-    inputs = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, case.values[n].shape) for n in case.wrt]
+    inputs = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, case.values[n].shape)
+              for n in case.wrt]
     inits = [numpy_helper.from_array(np.asarray(v), n) for n, v in case.values.items() if n not in case.wrt]
     probe = helper.make_graph(nodes + [helper.make_node("Identity", [final], ["probe"])], case.id, inputs,
                               [helper.make_tensor_value_info("probe", onnx.TensorProto.FLOAT, None)], inits)
@@ -78,9 +79,10 @@ def backward_model(fwd: onnx.ModelProto, wrt: list[str]) -> onnx.ModelProto:
     for name in wrt:
         emit.op("Identity", [result.grads[name]], outputs=[f"grad_{name}"])
     attach(model, emit, result)
-    model.graph.input.append(helper.make_tensor_value_info("g", onnx.TensorProto.FLOAT, index.shape(out.name)))
-    model.graph.output.extend(helper.make_tensor_value_info(f"grad_{n}", onnx.TensorProto.FLOAT, index.shape(n))
-                              for n in wrt)
+    model.graph.input.append(helper.make_tensor_value_info("g", onnx.TensorProto.FLOAT,
+                                                           index.shape(out.name)))
+    model.graph.output.extend(
+        helper.make_tensor_value_info(f"grad_{n}", onnx.TensorProto.FLOAT, index.shape(n)) for n in wrt)
     onnx.checker.check_model(model, full_check=True)
     return model
 

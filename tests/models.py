@@ -126,7 +126,8 @@ class MobileNetV2Style(nn.Module):
     def __init__(self, num_classes=10):
         super().__init__()
         self.stem = conv_bn(3, 16, 3, 2, act=nn.ReLU6)
-        spec = [(16, 1, 6), (24, 2, 6), (24, 1, 6), (32, 2, 6), (32, 1, 6), (48, 2, 6), (64, 2, 6), (64, 1, 6)]
+        spec = [(16, 1, 6), (24, 2, 6), (24, 1, 6), (32, 2, 6), (32, 1, 6), (48, 2, 6), (64, 2, 6),
+                (64, 1, 6)]
         blocks, cin, self.taps = [], 16, []
         for i, (c, s, t) in enumerate(spec):
             if s == 2:
@@ -146,7 +147,8 @@ class MobileNetV2Style(nn.Module):
 class DenseLayer(nn.Module):
     def __init__(self, cin, growth):
         super().__init__()
-        self.f = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(), nn.Conv2d(cin, growth, 3, padding=1, bias=False))
+        self.f = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(),
+                               nn.Conv2d(cin, growth, 3, padding=1, bias=False))
 
     def forward(self, x):
         return torch.cat([x, self.f(x)], 1)

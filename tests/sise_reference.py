@@ -52,7 +52,8 @@ def sise_reference(model, taps, x: np.ndarray, target: int, *, mu: float = 0.0, 
     modules = dict(model.named_modules())
     calls: dict[str, list] = {}
     names = {t.split("#")[0] for t in taps}
-    hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: calls.setdefault(n, []).append(o)) for n in names]
+    hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: calls.setdefault(n, []).append(o))
+             for n in names]
     try:
         psi = torch.softmax(model(x), 1)[0, target]
     finally:
@@ -96,4 +97,5 @@ def sise_reference(model, taps, x: np.ndarray, target: int, *, mu: float = 0.0, 
     fused = present[0]
     for v in present[1:]:
         fused = (fused + v) * (v > otsu_reference(v)).to(fused.dtype)
-    return ([None if v is None else v.cpu().numpy() for v in layer_maps], normalise(fused).cpu().numpy(), counts)
+    return ([None if v is None else v.cpu().numpy() for v in layer_maps], normalise(fused).cpu().numpy(),
+            counts)

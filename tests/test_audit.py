@@ -86,8 +86,8 @@ def store_counts(db_url: str) -> dict:
                for t in ("results", "inputs", "images", "artifacts")}
         out["done"] = conn.execute(sa.text("SELECT count(*) FROM results WHERE status = 'done'")).scalar_one()
         out["dupes"] = conn.execute(sa.text(
-            "SELECT count(*) FROM (SELECT image_sha256 FROM results GROUP BY image_sha256, settings_hash, target_key "
-            "HAVING count(*) > 1) d")).scalar_one()
+            "SELECT count(*) FROM (SELECT image_sha256 FROM results "
+            "GROUP BY image_sha256, settings_hash, target_key HAVING count(*) > 1) d")).scalar_one()
     engine.dispose()
     return out
 
@@ -132,11 +132,13 @@ def test_bad_files_are_recorded_and_the_run_goes_on(tmp_path):
     assert r.returncode == 1, r.stderr  # some images failed
     rows = {os.path.basename(row["path"]): row for row in csv_rows(out)}
     assert len(rows) == 6
-    assert {k for k, v in rows.items() if v["status"] == "failed"} == {"truncated.jpg", "text.png", "empty.png"}
+    assert ({k for k, v in rows.items() if v["status"] == "failed"}
+            == {"truncated.jpg", "text.png", "empty.png"})
     assert "empty" in rows["empty.png"]["error"] and rows["empty.png"]["retryable"] == "false"
     assert rows["part_000.png"]["flagged"] == "false" and rows["part_000.png"]["retryable"] == ""
     assert len(rows["part_000.png"]["confidence"].split(".")[1]) == 4  # rounded
-    assert rows["part_000.png"]["image_sha256"] == hashlib.sha256((inp / "part_000.png").read_bytes()).hexdigest()
+    assert (rows["part_000.png"]["image_sha256"]
+            == hashlib.sha256((inp / "part_000.png").read_bytes()).hexdigest())
     report = (out / "report.html").read_text()
     assert "3 failed" in report and "part_000" in report and "Flagged" not in report  # no ROI configured
     assert len(jsonl_rows(out)) == 6
@@ -228,7 +230,8 @@ def test_two_shards_merged_equal_one_run_and_partial_merges_say_what_is_missing(
     assert onto.returncode == 2 and "holds the store of an audit" in onto.stderr
     same = inspector("audit-merge", tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "s0")
     assert same.returncode == 2 and "is the part" in same.stderr
-    shutil.copytree(tmp_path / "s1", tmp_path / "copied" / "s1")  # a shard folder brought from another machine
+    # a shard folder brought from another machine
+    shutil.copytree(tmp_path / "s1", tmp_path / "copied" / "s1")
     shutil.rmtree(tmp_path / "s1")
     r = inspector("audit-merge", tmp_path / "s0", tmp_path / "copied" / "s1", "--out", tmp_path / "merged")
     assert r.returncode == 0, r.stderr
@@ -272,7 +275,8 @@ def test_roi_evidence_and_flag(tmp_path):
     near = cv2.dilate(defect, np.ones((25, 25), np.uint8))
     cv2.imwrite(str(tmp_path / "roi_on.png"), near)
     cv2.imwrite(str(tmp_path / "roi_off.png"), 255 - near)
-    on = audit("-c", config(tmp_path, roi={"mask": str(tmp_path / "roi_on.png")}), inp, "--out", tmp_path / "on")
+    on = audit("-c", config(tmp_path, roi={"mask": str(tmp_path / "roi_on.png")}), inp,
+               "--out", tmp_path / "on")
     off = audit("-c", config(tmp_path, roi={"mask": str(tmp_path / "roi_off.png"), "flag_below": 0.5}), inp,
                 "--out", tmp_path / "off")
     assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
@@ -293,8 +297,8 @@ def test_folders_that_would_mix_inputs_and_outputs_are_refused(tmp_path):
         assert r.returncode == 2 and len(lines) == 1 and expect in lines[0], r.stderr
     (tmp_path / "file.txt").write_text("x")
     r = audit("-c", cfg, inp, "--out", tmp_path / "file.txt")
-    assert r.returncode == 2 and r.stderr.strip() == f"error: --out {tmp_path / 'file.txt'}: is a file; give a " \
-                                                    "folder (created if missing)"
+    assert r.returncode == 2 and r.stderr.strip() == (f"error: --out {tmp_path / 'file.txt'}: is a file; "
+                                                      "give a folder (created if missing)")
     assert sorted(os.listdir(inp)) == [f"part_{i:03d}.png" for i in range(3)]
 
 
@@ -345,7 +349,8 @@ def test_sigterm_stops_after_the_current_image_and_writes_the_views(tmp_path):
     assert len(rows) == 30 and 2 <= len(done) < 30
     assert all(r["status"] in ("done", "pending") for r in rows)
     assert "INCOMPLETE" in (out / "report.html").read_text()
-    assert store_counts(sqlite_url(out))["results"] == len(done)  # the image in flight was finished, none half
+    # the image in flight was finished, none half
+    assert store_counts(sqlite_url(out))["results"] == len(done)
 
 
 def test_outputs_are_readable_by_others_under_the_usual_umask(tmp_path):
@@ -518,9 +523,10 @@ def test_folder_names_with_url_syntax_get_their_own_store(tmp_path):
         r = audit("-c", cfg, inp, "--out", tmp_path / name)
         assert r.returncode == 0 and "1 explained now" in r.stdout, (name, r.stdout, r.stderr)
         assert (tmp_path / name / "results.db").is_file() and len(os.listdir(tmp_path / name / "images")) == 4
-        assert inspector("report", "--store", tmp_path / name, "--out", tmp_path / (name + "-v")).returncode == 0
-    assert sorted(os.listdir(tmp_path)) == sorted(["in", "config_0.yaml", "q?1", "q?2", "p%41", "h#1", "q?1-v",
-                                                   "q?2-v", "p%41-v", "h#1-v"])
+        assert inspector("report", "--store", tmp_path / name,
+                         "--out", tmp_path / (name + "-v")).returncode == 0
+    assert sorted(os.listdir(tmp_path)) == sorted(["in", "config_0.yaml", "q?1", "q?2", "p%41", "h#1",
+                                                   "q?1-v", "q?2-v", "p%41-v", "h#1-v"])
 
 
 def test_merges_never_write_into_a_part_or_mix_audits(tmp_path):
@@ -531,7 +537,8 @@ def test_merges_never_write_into_a_part_or_mix_audits(tmp_path):
         assert audit("-c", cfg, inp, "--out", tmp_path / f"s{i}", "--shard", f"{i}/2").returncode == 0
         assert audit("-c", fast, inp, "--out", tmp_path / f"f{i}", "--shard", f"{i}/2").returncode == 0
     spelled = "sqlite:///" + str(tmp_path) + "//s0/../s0/results.db"
-    r = inspector("audit-merge", tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "m", "--store", spelled)
+    r = inspector("audit-merge", tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "m",
+                  "--store", spelled)
     assert r.returncode == 2 and "is the part" in r.stderr, r.stderr
     assert inspector("audit-merge", tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "m").returncode == 0
     r = inspector("audit-merge", tmp_path / "f0", tmp_path / "f1", "--out", tmp_path / "m")
@@ -589,7 +596,8 @@ def test_a_claim_taken_over_leaves_the_new_owners_files(tmp_path):
     insp = Inspector.from_config(config(tmp_path))
     (tmp_path / "out").mkdir()
     with Store(sqlite_url(tmp_path / "out")) as store:
-        paused, other = (start_job(insp, store, kind="explain", out_dir=str(tmp_path / "out")) for _ in range(2))
+        paused, other = (start_job(insp, store, kind="explain", out_dir=str(tmp_path / "out"))
+                         for _ in range(2))
         store.add_image(sha, len(data), path)
         claim = store.claim(ResultKey(sha, paused.settings_hash, paused.target_key), paused.run_id, path)
         store.end_run(paused.run_id, "stopped")  # what a missed heartbeat looks like to the other run

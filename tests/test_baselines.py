@@ -37,7 +37,8 @@ def test_gradcam_matches_torch(resnet):
     exp = Inspector.from_options(model=path, preprocess=IDENTITY_PREPROCESS, runtime=CPU).explain(
         image, target=4, method="gradcam")
     acts = {}
-    hook = dict(model.named_modules())[taps[-1]].register_forward_hook(lambda m, i, o: acts.setdefault("a", o))
+    hook = dict(model.named_modules())[taps[-1]].register_forward_hook(
+        lambda m, i, o: acts.setdefault("a", o))
     x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)[None]))
     psi = torch.softmax(model(x), 1)[0, 4]
     hook.remove()
@@ -52,13 +53,14 @@ def test_rise_matches_torch_scoring(resnet):
     model, _, shape, path = resnet
     image = smooth_image(shape, seed=6)
     method = {"rise_masks": 300, "rise_grid": 5, "rise_p": 0.5, "seed": 3, "chunk_size": 64}
-    exp = Inspector.from_options(model=path, preprocess=IDENTITY_PREPROCESS, runtime=CPU, method=method).explain(
-        image, target=2, method="rise")
+    exp = Inspector.from_options(model=path, preprocess=IDENTITY_PREPROCESS, runtime=CPU,
+                                 method=method).explain(image, target=2, method="rise")
     masks = rise_masks(300, shape[2:], grid=5, p=0.5, seed=3)
     assert masks.min() >= 0 and masks.max() <= 1 and abs(masks.mean() - 0.5) < 0.1
     x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)[None]))
     with torch.no_grad():
-        scores = torch.softmax(model(x * torch.from_numpy(masks)[:, None]), 1)[:, 2].numpy().astype(np.float64)
+        scores = (torch.softmax(model(x * torch.from_numpy(masks)[:, None]), 1)[:, 2]
+                  .numpy().astype(np.float64))
     sal = np.tensordot(scores, masks, axes=1)
     sal = (sal - sal.min()) / (sal.max() - sal.min())
     np.testing.assert_allclose(exp.saliency, sal, atol=1e-4)

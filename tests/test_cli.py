@@ -18,7 +18,8 @@ from onnx_tools import read_contract
 
 def cli(*args, cwd=None):
     return subprocess.run(["sh", "-c", 'umask 022 && exec "$@"', "sh", sys.executable, "-m", "onnx_tools",
-                           *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120, check=False)
+                           *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120,
+                          check=False)
 
 
 def small_cnn(x_dims=(1, 3, 16, 16), extra_image_input=False) -> onnx.ModelProto:
@@ -40,7 +41,8 @@ def small_cnn(x_dims=(1, 3, 16, 16), extra_image_input=False) -> onnx.ModelProto
         nodes[0].input[0] = "xm"
         nodes.insert(0, helper.make_node("Mul", ["x", "mask"], ["xm"]))
     graph = helper.make_graph(nodes, "small", inputs,
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [x_dims[0], 5])], inits)
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [x_dims[0], 5])],
+                              inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8  # what exporters write for opset 17; onnx's newest IR needs onnxruntime >= 1.32
     return model
@@ -116,15 +118,17 @@ def test_empty_and_missing_files(tmp_path):
 
 def test_external_data(tmp_path):
     path = tmp_path / "ext.onnx"
-    onnx.save(small_cnn(), path, save_as_external_data=True, all_tensors_to_one_file=True, location="ext.data",
-              size_threshold=0)
-    assert_clean_failure(cli("export", path, "-o", tmp_path / "o.sise.onnx"), tmp_path, expect="external data")
+    onnx.save(small_cnn(), path, save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.data", size_threshold=0)
+    assert_clean_failure(cli("export", path, "-o", tmp_path / "o.sise.onnx"), tmp_path,
+                         expect="external data")
 
 
 def test_dynamic_spatial_dims_need_input_shape(tmp_path):
     path = tmp_path / "dyn.onnx"
     onnx.save(small_cnn(x_dims=("N", 3, "H", "W")), path)
-    assert_clean_failure(cli("export", path, "-o", tmp_path / "o.sise.onnx"), tmp_path, expect="--input-shape")
+    assert_clean_failure(cli("export", path, "-o", tmp_path / "o.sise.onnx"), tmp_path,
+                         expect="--input-shape")
     r = cli("export", path, "-o", tmp_path / "dyn.sise.onnx", "--input-shape", "1,3,16,16")
     assert r.returncode == 0, r.stderr
     c = read_contract(onnx.load(tmp_path / "dyn.sise.onnx"))

@@ -16,8 +16,9 @@ torch = pytest.importorskip("torch")
 from .sise_reference import sise_reference
 from .test_engine import CPU, inspector_for, pearson, smooth_image
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
-                                                  reason="onnxruntime has no CUDAExecutionProvider")]
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
+                                 reason="onnxruntime has no CUDAExecutionProvider")]
 CUDA = {"providers": ["CUDAExecutionProvider"]}
 
 

@@ -15,7 +15,8 @@ def test_edge_install_script_cpu(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "doctor: all good" in r.stdout and "CPUExecutionProvider     works" in r.stdout
     assert os.path.isfile(prefix / "bin" / "inspector")
-    freeze = subprocess.run([str(prefix / "bin" / "pip"), "freeze"], capture_output=True, text=True, check=True).stdout
+    freeze = subprocess.run([str(prefix / "bin" / "pip"), "freeze"], capture_output=True, text=True,
+                            check=True).stdout
     assert "onnxruntime==" in freeze and "onnxruntime-gpu" not in freeze and "torch" not in freeze
 
 

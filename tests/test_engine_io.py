@@ -133,7 +133,8 @@ def test_huge_image_is_refused(models):
 
 
 def test_sixteen_bit_images_when_configured(models):
-    insp = Inspector.from_config(write_config(models, preprocess={"input_dtype": "uint16", "scale": 1 / 65535}))
+    insp = Inspector.from_config(write_config(models, preprocess={"input_dtype": "uint16",
+                                                                  "scale": 1 / 65535}))
     img16 = (np.random.default_rng(1).integers(0, 256, (64, 64, 3)) * 257).astype(np.uint16)
     exp16 = insp.explain(img16, target=1)
     exp8 = Inspector.from_config(write_config(models)).explain((img16 // 257).astype(np.uint8), target=1)
@@ -156,8 +157,8 @@ def test_model_without_contract(models, tmp_path):
 
 # ------------------------------------------------------------------------------------ CLI
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "inspector", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, check=False)
+    return subprocess.run([sys.executable, "-m", "inspector", *map(str, args)], capture_output=True,
+                          text=True, timeout=300, check=False)
 
 
 def test_cli_explain_writes_outputs_and_lists_failures(models, tmp_path):
@@ -175,11 +176,13 @@ def test_cli_explain_writes_outputs_and_lists_failures(models, tmp_path):
     assert "1 image(s) failed" in r.stderr and "broken.png" in r.stderr
     assert "[3/3]" in r.stderr
     assert "wrote 2 explanation(s)" in r.stdout
-    names = sorted(n.split("_", 2)[2] for n in os.listdir(out / "images"))  # <image hash>_<settings>_<stem>...
+    # <image hash>_<settings>_<stem>...
+    names = sorted(n.split("_", 2)[2] for n in os.listdir(out / "images"))
     assert names == ["part_a.json", "part_a.npz", "part_a_layers.png", "part_a_overlay.png", "part_b.json",
                      "part_b.npz", "part_b_layers.png", "part_b_overlay.png"]
     assert sorted(os.listdir(out)) == ["images", "results.db"]
-    (a,) = [out / "images" / n[:-len(".json")] for n in os.listdir(out / "images") if n.endswith("part_a.json")]
+    (a,) = [out / "images" / n[:-len(".json")] for n in os.listdir(out / "images")
+            if n.endswith("part_a.json")]
     data = np.load(f"{a}.npz")
     assert set(data.files) == {"saliency", "saliency_full", "layer_maps", "masks_per_layer", "scores"}
     assert data["saliency_full"].shape == (48, 80) and data["saliency"].shape == (64, 64)
@@ -220,12 +223,14 @@ def test_provider_fallback_is_logged(models, caplog):
         pytest.skip("this onnxruntime build has CUDA; the fallback path is not taken")
     with caplog.at_level("WARNING"):
         insp = Inspector.from_options(model=str(models / "r18.sise.onnx"),
-                                      runtime={"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]})
+                                      runtime={"providers": ["CUDAExecutionProvider",
+                                                             "CPUExecutionProvider"]})
     assert insp.sessions.provider == "CPUExecutionProvider"
     assert any("CUDAExecutionProvider" in r.getMessage() and "not available" in r.getMessage()
                for r in caplog.records)
     with pytest.raises(ConfigError, match="runtime.providers"):
-        Inspector.from_options(model=str(models / "r18.sise.onnx"), runtime={"providers": ["CUDAExecutionProvider"]})
+        Inspector.from_options(model=str(models / "r18.sise.onnx"),
+                               runtime={"providers": ["CUDAExecutionProvider"]})
 
 
 def test_cuda_libraries_preloaded_once_with_the_output_logged(monkeypatch, caplog):
@@ -259,9 +264,11 @@ def test_cuda_options_float32_sessions_default_to_no_tf32(monkeypatch):
     from inspector import session
     from inspector.config import RuntimeConfig
 
-    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(session, "_preloaded", True)
-    cfg = RuntimeConfig(providers=("CUDAExecutionProvider", "CPUExecutionProvider"), cuda_options={"prefer_nhwc": 1})
+    cfg = RuntimeConfig(providers=("CUDAExecutionProvider", "CPUExecutionProvider"),
+                        cuda_options={"prefer_nhwc": 1})
     assert session.resolve_providers(cfg) == [("CUDAExecutionProvider", {"use_tf32": "0", "prefer_nhwc": 1}),
                                               "CPUExecutionProvider"]
     assert session.resolve_providers(cfg, fp32=False)[0] == ("CUDAExecutionProvider", {"prefer_nhwc": 1})
@@ -300,7 +307,8 @@ def test_sampler_matmuls_multiply_matrices_only():
     for fp16 in (False, True):
         graph = shape_inference.infer_shapes(build_sampler(model, fp16=fp16)).graph
         ranks = {v.name: len(v.type.tensor_type.shape.dim)
-                 for v in [*graph.value_info, *graph.input, *graph.output] if v.type.tensor_type.HasField("shape")}
+                 for v in [*graph.value_info, *graph.input, *graph.output]
+                 if v.type.tensor_type.HasField("shape")}
         ranks.update({t.name: len(t.dims) for t in graph.initializer})
         matmuls = [n for n in graph.node if n.op_type == "MatMul" and n.name.startswith("sampler/")]
         assert len(matmuls) >= 2 * 5 + 2  # two per block for upsampling, scores, layer maps

@@ -57,7 +57,8 @@ def test_contract_is_recorded(resnet18_onnx):
     assert [b.act_output for b in c.blocks] == [f"sise/act/{i}" for i in range(5)]
     assert [b.grad_output for b in c.blocks] == [f"sise/grad/{i}" for i in range(5)]
     assert [b.range_output for b in c.blocks] == [f"sise/range/{i}" for i in range(5)]
-    assert [b.shape[1:] for b in c.blocks] == [(16, 32, 32), (16, 16, 16), (32, 8, 8), (64, 4, 4), (128, 2, 2)]
+    assert ([b.shape[1:] for b in c.blocks]
+            == [(16, 32, 32), (16, 16, 16), (32, 8, 8), (64, 4, 4), (128, 2, 2)])
     outputs = {vi.name for vi in result.model.graph.output}
     assert {b.act_output for b in c.blocks} | {b.grad_output for b in c.blocks} <= outputs
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
@@ -120,7 +121,8 @@ def test_every_unsupported_op_is_listed():
              helper.make_node("Flatten", ["p"], ["f"]),
              helper.make_node("MatMul", ["f", "fc"], ["y"])]
     w2 = numpy_helper.from_array(np.ones((4, 4, 3, 3), np.float32), "w2")
-    model = _graph(nodes, [_image()], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [w, w2, fc])
+    model = _graph(nodes, [_image()], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+                   [w, w2, fc])
     with pytest.raises(UnsupportedOpError) as err:
         export_model(model, blocks=["c"])
     msg = str(err.value)
@@ -130,7 +132,8 @@ def test_every_unsupported_op_is_listed():
 def test_shape_subgraphs_carry_no_gradient():
     """A Reshape whose target shape is computed from the image (Shape -> Gather -> Concat) exports, and
     the shape path is not differentiated."""
-    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    w = numpy_helper.from_array(
+        np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
     fc = numpy_helper.from_array(np.random.default_rng(1).standard_normal((256, 3)).astype(np.float32), "fc")
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c"], ["r"]),

@@ -16,7 +16,8 @@ from .models import export_onnx, fixture, torch_block_gradients
 TOL = 1e-4
 
 
-def check_parity(name: str, *, dynamo: bool, score: str = "softmax", opset: int | None = None, batch: int = 2):
+def check_parity(name: str, *, dynamo: bool, score: str = "softmax", opset: int | None = None,
+                 batch: int = 2):
     model, taps, shape = fixture(name)
     onnx_model = export_onnx(model, shape, dynamo=dynamo, opset=opset)
     if dynamo:
@@ -41,7 +42,8 @@ def check_parity(name: str, *, dynamo: bool, score: str = "softmax", opset: int 
     return onnx_model, result
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50", "vgg16", "mobilenetv2", "densenet", "resnet18-nhwc"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "vgg16", "mobilenetv2", "densenet",
+                                  "resnet18-nhwc"])
 def test_legacy_export_gradients_match_torch(name):
     check_parity(name, dynamo=False)
 

@@ -18,8 +18,8 @@ CONFIG = os.path.join(example_dir(), "config.yaml")
 
 
 def inspector(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "inspector", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, check=False, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "inspector", *map(str, args)], capture_output=True,
+                          text=True, timeout=300, check=False, cwd=cwd)
 
 
 def write(path, seed, i, ext=".png"):
@@ -50,8 +50,8 @@ def test_repeated_names_never_overwrite_and_the_count_is_the_files_written(tmp_p
         "day2/001.png": write(tmp_path / "day2" / "001.png", 3, 0),
     }
     out = tmp_path / "out"
-    r = inspector("explain", "-c", CONFIG, tmp_path / "lot", tmp_path / "lot" / "a" / "b.png", tmp_path / "day1",
-                  tmp_path / "day2", "--out", out)
+    r = inspector("explain", "-c", CONFIG, tmp_path / "lot", tmp_path / "lot" / "a" / "b.png",
+                  tmp_path / "day1", tmp_path / "day2", "--out", out)
     assert r.returncode == 0, r.stderr
     assert "wrote 6 explanation(s)" in r.stdout
     assert len(os.listdir(out / "images")) == 6 * 4
@@ -68,7 +68,8 @@ def test_repeated_names_never_overwrite_and_the_count_is_the_files_written(tmp_p
     assert "2 were already in the store" in again.stdout
     assert len(os.listdir(out / "images")) == 24
     other = inspector("explain", "-c", CONFIG, tmp_path / "day1", "--out", out, "--target", "crack")
-    assert other.returncode == 0 and "wrote 1 explanation(s)" in other.stdout  # another target, another result
+    # another target, another result
+    assert other.returncode == 0 and "wrote 1 explanation(s)" in other.stdout
     assert len(os.listdir(out / "images")) == 28
 
 
@@ -85,7 +86,8 @@ def test_report_from_a_store_into_another_folder(tmp_path):
     for line in lines:
         row = json.loads(line)
         assert (tmp_path / "views" / row["artifacts"]["overlay"]).is_file()
-    r = inspector("report", "--store", "sqlite:///" + str(out / "results.db"), "--out", tmp_path / "one", "--run", 1)
+    r = inspector("report", "--store", "sqlite:///" + str(out / "results.db"), "--out", tmp_path / "one",
+                  "--run", 1)
     assert r.returncode == 0 and "1 image(s)" in r.stdout
 
 
@@ -105,7 +107,8 @@ def test_every_failure_is_one_line_and_debug_shows_the_traceback(tmp_path):
         (("explain", "-c", CONFIG, tmp_path / "in", "--out", tmp_path / "o", "--store",
           "sqlite:///" + str(tmp_path / "garbage.db")), "garbage.db"),
         (("explain", "-c", CONFIG, tmp_path / "in", "--out", tmp_path / "in" / "p.png"), "is a file"),
-        (("explain", "-c", CONFIG, tmp_path / "nothing-here", "--out", tmp_path / "o"), "no such file or folder"),
+        (("explain", "-c", CONFIG, tmp_path / "nothing-here", "--out", tmp_path / "o"),
+         "no such file or folder"),
         (("explain", "-c", CONFIG, tmp_path / "o", "--out", tmp_path / "o2"), "no images found"),
         (("audit", "-c", CONFIG, tmp_path / "in", "--out", tmp_path / "o", "--store",
           "postgresql+psycopg://nobody@127.0.0.1:1/none"), "cannot open the results store"),
@@ -118,5 +121,6 @@ def test_every_failure_is_one_line_and_debug_shows_the_traceback(tmp_path):
     assert debug.returncode == 2 and "Traceback" in debug.stderr and debug.stderr.strip().endswith(
         "no results store here")
     for cli in ("inspector", "onnx_tools"):
-        v = subprocess.run([sys.executable, "-m", cli, "--version"], capture_output=True, text=True, check=False)
+        v = subprocess.run([sys.executable, "-m", cli, "--version"], capture_output=True, text=True,
+                           check=False)
         assert v.returncode == 0 and v.stdout.split()[-1][0].isdigit(), v.stdout

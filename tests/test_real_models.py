@@ -95,7 +95,8 @@ def perturbable(model: onnx.ModelProto, tensor: str, channels: int) -> onnx.Mode
             if name == tensor:
                 node.input[i] = shifted
     model.graph.node.append(helper.make_node("Add", [tensor, "delta"], [shifted]))
-    model.graph.input.append(helper.make_tensor_value_info("delta", onnx.TensorProto.FLOAT, [1, channels, 1, 1]))
+    model.graph.input.append(helper.make_tensor_value_info("delta", onnx.TensorProto.FLOAT,
+                                                           [1, channels, 1, 1]))
     return model
 
 

@@ -29,8 +29,8 @@ def new_run(store: Store, kind: str = "audit") -> int:
 
 
 def done_fields(prediction: int = 3) -> dict:
-    return {"status": "done", "prediction": prediction, "prediction_name": f"class{prediction}", "confidence": 0.5,
-            "error": None, "retryable": None}
+    return {"status": "done", "prediction": prediction, "prediction_name": f"class{prediction}",
+            "confidence": 0.5, "error": None, "retryable": None}
 
 
 def dead_pid() -> int:
@@ -52,16 +52,19 @@ def test_claim_finish_and_the_unique_result(store_url):
         first = store.claim(KEY, run_a, "/a/x.png")
         assert first.state == "new" and first.held
         assert store.claim(KEY, run_b, "/b/y.png").state == "busy"  # run_a's process (this one) is alive
-        store.finish(first, run_a, done_fields(), [], scope="scope", path="/a/x.png", image_sha256=KEY.image_sha256)
+        store.finish(first, run_a, done_fields(), [], scope="scope", path="/a/x.png",
+                     image_sha256=KEY.image_sha256)
         again = store.claim(KEY, run_b, "/b/y.png")
         assert (again.state, again.result_id) == ("done", first.result_id)
-        other_target = store.claim(ResultKey(KEY.image_sha256, KEY.settings_hash, "class:1"), run_b, "/b/y.png")
+        other_target = store.claim(ResultKey(KEY.image_sha256, KEY.settings_hash, "class:1"), run_b,
+                                   "/b/y.png")
         assert other_target.state == "new" and other_target.result_id != first.result_id
         assert count(store, results) == 2
         with pytest.raises(StoreError), store.begin() as conn:  # the database refuses a second row for a key
             conn.execute(sa.insert(results).values(
-                image_sha256=KEY.image_sha256, settings_hash=KEY.settings_hash, target_key="top", run_id=run_b,
-                source_path="x", source_path_bytes=b"x", status="done", attempts=1, claimed_at=utcnow()))
+                image_sha256=KEY.image_sha256, settings_hash=KEY.settings_hash, target_key="top",
+                run_id=run_b, source_path="x", source_path_bytes=b"x", status="done", attempts=1,
+                claimed_at=utcnow()))
 
 
 def test_failed_results_are_retried_and_a_release_restores_them(store_url):
@@ -90,7 +93,8 @@ def test_claims_of_dead_or_silent_runs_are_taken_over(store_url):
         with store.begin() as conn:
             conn.execute(sa.update(runs).where(runs.c.id == killed).values(pid=dead_pid()))
             conn.execute(sa.update(runs).where(runs.c.id == remote).values(
-                host="other-machine", heartbeat_at=utcnow() - store_module.STALE_AFTER - timedelta(seconds=5)))
+                host="other-machine",
+                heartbeat_at=utcnow() - store_module.STALE_AFTER - timedelta(seconds=5)))
             conn.execute(sa.update(runs).where(runs.c.id == alive).values(host="other-machine"))
         for owner, expected in ((killed, "takeover"), (remote, "takeover"), (alive, "busy")):
             key = ResultKey(KEY.image_sha256, KEY.settings_hash, f"class:{owner}")

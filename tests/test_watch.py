@@ -23,7 +23,8 @@ def service(tmp_path, log_name, *extra):
     """The watch service as a subprocess; leaving the block sends SIGTERM and expects exit status 0."""
     cfg = os.path.join(example_dir(), "config.yaml")
     with open(tmp_path / log_name, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "inspector", "watch", "-c", cfg, "--in", str(tmp_path / "in"),
+        proc = subprocess.Popen([sys.executable, "-m", "inspector", "watch", "-c", cfg,
+                                 "--in", str(tmp_path / "in"),
                                  "--out", str(tmp_path / "out"), "--poll", "0.1", "--settle", "0.6", *extra],
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -49,7 +50,8 @@ def png_bytes(i):
 
 
 def artifacts(out, stem):
-    return sorted(n.split("_", 2)[2] for n in os.listdir(out / "images") if n.split("_", 2)[2].startswith(stem))
+    return sorted(n.split("_", 2)[2] for n in os.listdir(out / "images")
+                  if n.split("_", 2)[2].startswith(stem))
 
 
 def test_watch_service(tmp_path):
@@ -68,12 +70,15 @@ def test_watch_service(tmp_path):
         assert wait_for(lambda: (done / "slow.png").exists() and (done / "a.png").exists()
                         and (failed / "broken.png").exists())
     text = (tmp_path / "run1.log").read_text()
-    assert text.count("OK a.png") == 1 and text.count("OK slow.png") == 1 and text.count("FAILED broken.png") == 1
+    assert (text.count("OK a.png") == 1 and text.count("OK slow.png") == 1
+            and text.count("FAILED broken.png") == 1)
     assert "stopping after 3 image(s)" in text
-    assert text.index("warmed up in") < text.index("watching") < text.index("OK a.png")  # warm before the line
+    # warm before the line
+    assert text.index("warmed up in") < text.index("watching") < text.index("OK a.png")
     assert "not a readable image" in (failed / "broken.png.error.txt").read_text()
     for stem in ("a", "slow"):
-        assert artifacts(out, stem) == [f"{stem}{s}" for s in (".json", ".npz", "_layers.png", "_overlay.png")]
+        assert artifacts(out, stem) == [f"{stem}{s}"
+                                        for s in (".json", ".npz", "_layers.png", "_overlay.png")]
     assert os.listdir(inp) == []
 
     with service(tmp_path, "run2.log"):  # a restart handles only what is new
@@ -103,8 +108,8 @@ def test_the_same_name_dropped_twice_overwrites_nothing(tmp_path):
                                       "part_layers.png", "part_overlay.png", "part_overlay.png"]
     engine = sa.create_engine("sqlite:///" + str(out / "results.db"))
     with engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT i.path, r.image_sha256 FROM inputs i JOIN results r ON r.id = i.result_id "
-                                    "ORDER BY i.path")).all()
+        rows = conn.execute(sa.text("SELECT i.path, r.image_sha256 FROM inputs i "
+                                    "JOIN results r ON r.id = i.result_id ORDER BY i.path")).all()
     engine.dispose()
     digest = {k: hashlib.sha256(v).hexdigest() for k, v in (("first", first), ("second", second))}
     assert [(os.path.basename(p), h) for p, h in rows] == [
@@ -115,12 +120,13 @@ def test_folders_inside_the_watched_folder_are_refused(tmp_path):
     cfg = os.path.join(example_dir(), "config.yaml")
     inp = tmp_path / "in"
     inp.mkdir()
-    for args, option in (([ "--out", str(inp)], "--out"), (["--out", str(tmp_path / "o"), "--done", str(inp / "d")],
-                                                           "--done")):
+    for args, option in (([ "--out", str(inp)], "--out"),
+                         (["--out", str(tmp_path / "o"), "--done", str(inp / "d")], "--done")):
         r = subprocess.run([sys.executable, "-m", "inspector", "watch", "-c", cfg, "--in", str(inp), *args],
                            capture_output=True, text=True, timeout=120, check=False)
         lines = r.stderr.strip().splitlines()
-        assert r.returncode == 2 and len(lines) == 1 and f"{option} " in lines[0] and "inside --in" in lines[0]
+        assert (r.returncode == 2 and len(lines) == 1 and f"{option} " in lines[0]
+                and "inside --in" in lines[0])
 
 
 def test_error_files_of_very_long_names_fit_the_file_system(tmp_path):

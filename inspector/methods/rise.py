@@ -31,4 +31,5 @@ def rise(sessions, explained, image, target, *, method, size, progress=None) -> 
     scores = sessions.score_masks(image, masks, target, chunk=method.chunk_size)
     saliency = minmax(np.tensordot(scores.astype(np.float64), masks, axes=1) / (len(masks) * method.rise_p))
     n = len(explained.alphas)
-    return MethodResult(saliency=saliency, layer_maps=[None] * n, masks_per_layer=(0,) * (n - 1) + (len(masks),))
+    return MethodResult(saliency=saliency, layer_maps=[None] * n,
+                        masks_per_layer=(0,) * (n - 1) + (len(masks),))

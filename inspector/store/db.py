@@ -23,7 +23,8 @@ class StoreError(InspectorError):
 def default_url(out_dir: str) -> str:
     """The embedded store of an output folder: ``<out>/results.db`` (URL-quoted, so that ``?``, ``#`` or
     ``%`` in a folder name stay part of the path)."""
-    return sa.URL.create("sqlite", database=os.path.abspath(os.path.join(out_dir, STORE_FILE))).render_as_string()
+    return sa.URL.create("sqlite",
+                         database=os.path.abspath(os.path.join(out_dir, STORE_FILE))).render_as_string()
 
 
 def display_url(url: str) -> str:
@@ -130,7 +131,8 @@ def check_version(conn: sa.Connection, url: str) -> None:
     version = conn.execute(sa.select(schema_version.c.version)).scalar_one()
     if version != SCHEMA_VERSION:
         raise StoreError(f"{display_url(url)}: schema version {version}, this sise-inspector reads "
-                         f"{SCHEMA_VERSION}; open it once for writing with the newer of the two to upgrade it")
+                         f"{SCHEMA_VERSION}; open it once for writing with the newer of the two "
+                         "to upgrade it")
 
 
 def open_engine(url: str, *, readonly: bool = False) -> sa.Engine:

@@ -26,7 +26,7 @@ runs = sa.Table(
     "runs", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("kind", sa.String(16), nullable=False),          # explain | audit | watch | merge | demo
-    sa.Column("scope", sa.String(64), nullable=False),         # which inputs belong together (an audit's series)
+    sa.Column("scope", sa.String(64), nullable=False),         # which inputs go together (an audit's series)
     sa.Column("settings_hash", sa.String(64), nullable=False),
     sa.Column("model_sha256", sa.String(64), nullable=False),
     sa.Column("config", sa.JSON, nullable=False),              # the resolved settings that went into the hash
@@ -60,7 +60,7 @@ results = sa.Table(
     sa.Column("image_sha256", sa.String(64), sa.ForeignKey("images.sha256"), nullable=False),
     sa.Column("settings_hash", sa.String(64), nullable=False),
     sa.Column("target_key", sa.String(80), nullable=False),   # top | class:<i> | weights:<sha256>
-    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id"), nullable=False),  # the run that holds/finished it
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id"), nullable=False),  # run that holds/finished it
     sa.Column("source_path", sa.Text, nullable=False),
     sa.Column("source_path_bytes", sa.LargeBinary, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),        # running | done | failed
@@ -86,7 +86,8 @@ results = sa.Table(
     sa.Column("retryable", sa.Boolean),
     sa.Column("claimed_at", TS, nullable=False),
     sa.Column("finished_at", TS),
-    sa.UniqueConstraint("image_sha256", "settings_hash", "target_key", name="uq_results_image_settings_target"),
+    sa.UniqueConstraint("image_sha256", "settings_hash", "target_key",
+                        name="uq_results_image_settings_target"),
     sa.Index("ix_results_run", "run_id"),
 )
 

@@ -178,7 +178,8 @@ class Store:
         their results, and those no longer in the input (deleted or renamed files) dropped."""
         wanted = list(dict.fromkeys(path_bytes(p) for p in paths))  # a manifest may list a file twice
         for k in range(0, len(wanted), batch):
-            rows = [{"scope": scope, "path": display_path(b), "path_bytes": b, "run_id": run_id, "seen_at": now}
+            rows = [{"scope": scope, "path": display_path(b), "path_bytes": b, "run_id": run_id,
+                     "seen_at": now}
                     for b in wanted[k:k + batch]]
             stmt = dialect_insert(conn, inputs).values(rows)
             conn.execute(stmt.on_conflict_do_update(index_elements=["scope", "path_bytes"],
@@ -198,19 +199,22 @@ class Store:
     def rename_input(self, scope: str, old: str, new: str) -> None:
         """The input file moved (watch's done/failed folders): its row follows it."""
         with self.begin() as conn:
-            conn.execute(sa.delete(inputs).where(inputs.c.scope == scope, inputs.c.path_bytes == path_bytes(new)))
-            conn.execute(sa.update(inputs).where(inputs.c.scope == scope, inputs.c.path_bytes == path_bytes(old))
+            conn.execute(sa.delete(inputs).where(inputs.c.scope == scope,
+                                                 inputs.c.path_bytes == path_bytes(new)))
+            conn.execute(sa.update(inputs).where(inputs.c.scope == scope,
+                                                 inputs.c.path_bytes == path_bytes(old))
                          .values(path=display_path(new), path_bytes=path_bytes(new)))
 
     @staticmethod
     def _upsert_input(conn, scope: str, run_id: int, path: str, **values) -> None:
         values = {"run_id": run_id, "seen_at": utcnow(), **values}
-        stmt = dialect_insert(conn, inputs).values(scope=scope, path=display_path(path), path_bytes=path_bytes(path),
-                                            **values)
+        stmt = dialect_insert(conn, inputs).values(scope=scope, path=display_path(path),
+                                            path_bytes=path_bytes(path), **values)
         conn.execute(stmt.on_conflict_do_update(index_elements=["scope", "path_bytes"], set_=values))
 
     # ----- results --------------------------------------------------------------------------------
-    def claim(self, key: ResultKey, run_id: int, path: str, *, retry: bool = True, redo: bool = False) -> Claim:
+    def claim(self, key: ResultKey, run_id: int, path: str, *, retry: bool = True,
+              redo: bool = False) -> Claim:
         """Take the result ``key`` for this run, or say who has it. ``redo``: take a *done* result too
         (its files are gone and must be made again)."""
         now = utcnow()
@@ -221,14 +225,16 @@ class Store:
                 stmt = dialect_insert(conn, results).values(
                     image_sha256=key.image_sha256, settings_hash=key.settings_hash, target_key=key.target_key,
                     attempts=1, **fresh).on_conflict_do_nothing(
-                        index_elements=["image_sha256", "settings_hash", "target_key"]).returning(results.c.id)
+                        index_elements=["image_sha256", "settings_hash", "target_key"]
+                    ).returning(results.c.id)
                 new_id = conn.execute(stmt).scalar()
                 if new_id is not None:
                     return Claim("new", new_id)
                 row = conn.execute(
                     sa.select(results, runs.c.host, runs.c.pid, runs.c.heartbeat_at, runs.c.ended_at)
                     .join(runs, runs.c.id == results.c.run_id)
-                    .where(results.c.image_sha256 == key.image_sha256, results.c.settings_hash == key.settings_hash,
+                    .where(results.c.image_sha256 == key.image_sha256,
+                           results.c.settings_hash == key.settings_hash,
                            results.c.target_key == key.target_key)).mappings().one()
                 state = "redo" if redo and row["status"] == "done" else self._decide(row, run_id, retry)
                 if state in ("done", "failed", "busy"):
@@ -267,9 +273,10 @@ class Store:
                                 "explained it (no heartbeat?); its result stands")
             conn.execute(sa.delete(artifacts).where(artifacts.c.result_id == claim.result_id))
             if artifact_rows:
-                conn.execute(sa.insert(artifacts), [{"result_id": claim.result_id, **a} for a in artifact_rows])
-            self._upsert_input(conn, scope, run_id, path, image_sha256=image_sha256, result_id=claim.result_id,
-                               error=None)
+                conn.execute(sa.insert(artifacts),
+                             [{"result_id": claim.result_id, **a} for a in artifact_rows])
+            self._upsert_input(conn, scope, run_id, path, image_sha256=image_sha256,
+                               result_id=claim.result_id, error=None)
 
     def release(self, claim: Claim, run_id: int) -> None:
         """Give a held claim back unfinished (the outputs could not be written): a new result disappears,

@@ -106,7 +106,8 @@ class VjpContext:
             return None
         value = self.index.const_value(name)
         if value is None:
-            raise UnsupportedVariant(f"its {what} input '{name}' is computed at run time; it must be a constant")
+            raise UnsupportedVariant(f"its {what} input '{name}' is computed at run time; "
+                                     "it must be a constant")
         return value
 
     def scalar(self, value: float) -> str:

@@ -54,7 +54,8 @@ def add_gradients(model: onnx.ModelProto, index: GraphIndex, *, blocks: list[str
             mean = emit.reduce("ReduceMean", result.grads[tensor], [2, 3], keepdims=False)
             emit.op("Cast", [mean], outputs=[name], to=onnx.TensorProto.FLOAT)
         channels = index.info[tensor].shape[1]
-        model.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [batch_dim, channels]))
+        model.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
+                                                                [batch_dim, channels]))
         names.append(name)
     attach(model, emit, result)
     return names

@@ -29,7 +29,8 @@ def rename_tensor(model: onnx.ModelProto, old: str, new: str) -> None:
                     seq[i] = new
 
 
-def expose_blocks(model: onnx.ModelProto, index: GraphIndex, blocks: list[str], batch_dim) -> list[tuple[str, str]]:
+def expose_blocks(model: onnx.ModelProto, index: GraphIndex, blocks: list[str],
+                  batch_dim) -> list[tuple[str, str]]:
     """Make each block tensor a graph output named ``sise/act/<i>`` and add ``sise/range/<i>``;
     returns the (activation, range) output names per block.
 

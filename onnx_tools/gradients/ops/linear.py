@@ -12,7 +12,8 @@ from .window import conv_transpose_back, window_attrs
 def conv(ctx: VjpContext) -> list:
     """dx = ConvTranspose(g, W) with the same strides, dilations, groups and pads."""
     if any(ctx.needs[1:]):
-        raise UnsupportedVariant("its weights or bias depend on the image; only constant weights are supported")
+        raise UnsupportedVariant("its weights or bias depend on the image; "
+                                 "only constant weights are supported")
     weight = ctx.node.input[1]
     kernel = list(ctx.attr("kernel_shape", ctx.shape(weight)[2:]))
     group = ctx.attr("group", 1)

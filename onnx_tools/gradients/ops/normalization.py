@@ -22,8 +22,8 @@ def batch_norm(ctx: VjpContext) -> list:
     e = ctx.emit
     s_val, v_val = ctx.index.const_value(scale), ctx.index.const_value(var)
     if s_val is not None and v_val is not None:
-        factor = e.const((s_val / np.sqrt(v_val.astype(np.float64) + eps)).astype(ctx.dtype).reshape(channel_shape),
-                         hint="bn_factor")
+        factor = e.const((s_val / np.sqrt(v_val.astype(np.float64) + eps)).astype(ctx.dtype)
+                         .reshape(channel_shape), hint="bn_factor")
     else:
         root = e.op("Sqrt", [e.op("Add", [var, ctx.scalar(eps)])])
         factor = e.op("Reshape", [e.op("Div", [scale, root]), e.ints(channel_shape)])

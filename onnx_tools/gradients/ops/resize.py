@@ -86,7 +86,8 @@ def resize(ctx: VjpContext) -> list:
     for axis in (2, 3):
         n_in, n_out = in_shape[axis], out_shape[axis]
         scale = scales[axis] if scales is not None else n_out / n_in
-        r = interpolation_matrix(n_in, n_out, scale, mode=mode, coord_mode=coord_mode, nearest_mode=nearest_mode)
+        r = interpolation_matrix(n_in, n_out, scale, mode=mode, coord_mode=coord_mode,
+                                 nearest_mode=nearest_mode)
         if n_in == n_out and np.array_equal(r, np.eye(n_in)):
             continue
         if axis == 2:

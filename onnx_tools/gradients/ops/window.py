@@ -55,7 +55,8 @@ def conv_transpose_back(ctx: VjpContext, g: str, weight: str, kernel: list[int],
     strides, dilations, pads = window_attrs(ctx, kernel)
     in_sp, out_sp = ctx.shape(ctx.x)[2:], ctx.shape(ctx.y)[2:]
     t_pads, out_pad = transpose_geometry(in_sp, out_sp, kernel, strides, dilations, pads)
-    attrs = {"strides": strides, "dilations": dilations, "pads": t_pads, "group": group, "kernel_shape": list(kernel)}
+    attrs = {"strides": strides, "dilations": dilations, "pads": t_pads, "group": group,
+             "kernel_shape": list(kernel)}
     if any(out_pad):
         attrs["output_padding"] = out_pad
     return ctx.emit.op("ConvTranspose", [g, weight], **attrs)
