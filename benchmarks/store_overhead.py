@@ -92,8 +92,8 @@ def main() -> int:
             os.makedirs(out, exist_ok=True)
             store = Store(url)
             jobs[name] = start_job(insp, store, kind="audit", out_dir=out)
-        times: dict[str, list[float]] = {"engine": [], "rendered": [], **{f"recorded ({n})": [] for n in jobs},
-                                         **{f"resume ({n})": [] for n in jobs}}
+        times: dict[str, list[float]] = {"engine": [], "rendered": []}
+        times.update({f"{step} ({n})": [] for step in ("recorded", "resume") for n in jobs})
         for path in paths:  # interleaved, image by image
             times["engine"].append(timed(engine_only, insp, path))
             times["rendered"].append(timed(engine_and_render, insp, path))
