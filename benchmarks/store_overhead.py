@@ -53,7 +53,7 @@ def engine_and_render(insp: Inspector, path: str) -> None:
     image = pre.read_image(path, max_pixels=insp.config.preprocess.max_pixels)
     exp = insp.explain(image)
     rv = review(exp, insp.config, insp.roi)
-    render(exp, image, classes=insp.config.classes, review=rv, visuals=insp.config.visuals, roi=insp.roi)
+    render(exp, image, insp.config, review=rv, roi=insp.roi)
 
 
 def timed(fn, *args) -> float:

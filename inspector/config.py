@@ -100,6 +100,19 @@ class RegionsConfig:
 class VisualsConfig:
     colormap: str = "jet"  # any OpenCV colormap name: jet, turbo, inferno, viridis, hot, ...
     opacity: float = 0.5
+    good_opacity: float = 0.15  # the muted heatmap of a part predicted good (classes in good_classes)
+
+
+OVERLAY_FORMATS = ("png", "jpg")
+
+
+@dataclass(frozen=True)
+class OutputsConfig:
+    """Which files each explanation gets: the overlay as PNG or JPEG, and whether to keep the npz maps."""
+
+    overlay: str = "png"
+    jpeg_quality: int = 90
+    npz: bool = True
 
 
 @dataclass(frozen=True)
@@ -116,11 +129,13 @@ class InspectorConfig:
     model: str
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     classes: tuple[str, ...] | None = None
+    good_classes: tuple[str, ...] = ()  # names of classes that mean "no defect": no boxes, muted overlay
     method: MethodConfig = field(default_factory=MethodConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     regions: RegionsConfig = field(default_factory=RegionsConfig)
     visuals: VisualsConfig = field(default_factory=VisualsConfig)
+    outputs: OutputsConfig = field(default_factory=OutputsConfig)
     roi: RoiConfig | None = None
 
 
@@ -216,6 +231,13 @@ def _validate(cfg: InspectorConfig) -> None:
     _check_choice("visuals.colormap", cfg.visuals.colormap.lower(), tuple(COLORMAPS))
     if not 0.0 <= cfg.visuals.opacity <= 1.0:
         raise ConfigError(f"visuals.opacity: must be in [0, 1], got {cfg.visuals.opacity}")
+    _check_range("visuals.good_opacity", cfg.visuals.good_opacity, 0, 1)
+    _check_choice("outputs.overlay", cfg.outputs.overlay, OVERLAY_FORMATS)
+    _check_range("outputs.jpeg_quality", cfg.outputs.jpeg_quality, 1, 100)
+    unknown = [c for c in cfg.good_classes if cfg.classes is None or c not in cfg.classes]
+    if unknown:
+        known = ", ".join(cfg.classes) if cfg.classes else "none configured: add the key classes"
+        raise ConfigError(f"good_classes: {unknown} not among classes ({known})")
     _validate_regions(cfg.regions)
     if cfg.roi is not None:
         _check_range("roi.flag_below", cfg.roi.flag_below, 0, 1)

@@ -1,6 +1,6 @@
-"""What one explanation is turned into: ``<name>.npz`` (maps and scores), ``<name>_overlay.png``,
-``<name>_layers.png`` and ``<name>.json`` (the sidecar). Rendering only; :mod:`inspector.record` names
-and writes the files."""
+"""What one explanation is turned into: ``<name>.npz`` (maps and scores; optional), ``<name>_overlay.png``
+(or ``.jpg``), ``<name>_layers.png`` and ``<name>.json`` (the sidecar). Rendering only;
+:mod:`inspector.record` names and writes the files."""
 
 from __future__ import annotations
 
@@ -30,28 +30,80 @@ def display_rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img[:, :, :3])
 
 
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def stroke(shape: tuple[int, ...]) -> int:
+    """Line width in pixels that stays visible once an image is scaled to a screen: 1 px per 400 px of
+    the shorter side (a 2448x2048 camera image gets 5)."""
+    return max(1, round(min(shape[:2]) / 400))
+
+
+def _text_scale(shape: tuple[int, ...]) -> float:
+    return max(0.4, min(shape[:2]) / 700)
+
+
+def caption_height(shape: tuple[int, ...]) -> int:
+    """Height of the caption bar above the image in an overlay of an image of this shape."""
+    (_, th), base_line = cv2.getTextSize("Ag", FONT, _text_scale(shape), stroke(shape))
+    return th + base_line + 4 * stroke(shape) + 4
+
+
+def _put(canvas: np.ndarray, text: str, origin: tuple[int, int], scale: float, thick: int,
+         color=(255, 255, 255)) -> None:
+    cv2.putText(canvas, text, origin, FONT, scale, color, thick, cv2.LINE_AA)
+
+
+def _colour_bar(height: int, shape: tuple[int, ...], colormap: str) -> np.ndarray:
+    """A vertical scale beside the image: the colour of full evidence at the top, of none at the bottom."""
+    scale, thick = _text_scale(shape) * 0.8, stroke(shape)
+    (lw, _), _ = cv2.getTextSize("high", FONT, scale, thick)
+    bar_w = max(10, shape[1] // 30)
+    panel = np.full((height, bar_w + lw + 12, 3), 40, np.uint8)
+    ramp = np.linspace(255, 0, height).astype(np.uint8)[:, None].repeat(bar_w, axis=1)
+    panel[:, 4:4 + bar_w] = cv2.applyColorMap(ramp, COLORMAPS[colormap.lower()])
+    (_, th), _ = cv2.getTextSize("high", FONT, scale, thick)
+    _put(panel, "high", (bar_w + 8, th + 2), scale, thick)
+    _put(panel, "low", (bar_w + 8, height - 4), scale, thick)
+    return panel
+
+
+def _draw_regions(out: np.ndarray, regions, total: float) -> None:
+    """Thick boxes (white on a black edge, visible on any colour) labelled with their number and their
+    share of the map's evidence."""
+    width, scale = stroke(out.shape), _text_scale(out.shape) * 0.8
+    for i, r in enumerate(regions, 1):
+        x0, y0, x1, y1 = r.box
+        cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), (0, 0, 0), 3 * width)
+        cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), (255, 255, 255), width)
+        label = f"{i}: {r.mean * r.area / total:.0%}" if total > 0 else str(i)
+        (tw, th), base_line = cv2.getTextSize(label, FONT, scale, width)
+        top = y0 - th - base_line - 2 * width if y0 >= th + base_line + 2 * width else y0 + width
+        cv2.rectangle(out, (x0, top), (x0 + tw + 2 * width, top + th + base_line + 2 * width), (0, 0, 0), -1)
+        _put(out, label, (x0 + width, top + th + width), scale, width)
+
+
 def overlay(image: np.ndarray, saliency: np.ndarray, *, alpha: float = 0.5, colormap: str = "jet",
             label: str | None = None, regions=(), roi: np.ndarray | None = None) -> np.ndarray:
-    """BGR uint8 image: a heatmap of ``saliency`` blended over ``image`` (RGB) with opacity ``alpha``,
-    region boxes (white), the ROI outline (green) and a caption."""
+    """BGR uint8 picture: a caption bar on top, the image with a heatmap of ``saliency`` blended over it
+    (opacity ``alpha``), region boxes labelled with their share of the evidence, the ROI outline (green),
+    and a colour bar on the right. The image starts at row ``caption_height(image.shape)``, column 0."""
     base = cv2.cvtColor(display_rgb(image), cv2.COLOR_RGB2BGR)
     heat = cv2.applyColorMap((np.clip(saliency, 0, 1) * 255).astype(np.uint8), COLORMAPS[colormap.lower()])
-    out = cv2.addWeighted(base, 1.0 - alpha, heat, alpha, 0.0)
-    for r in regions:
-        x0, y0, x1, y1 = r.box
-        cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), (255, 255, 255), 1)
+    picture = cv2.addWeighted(base, 1.0 - alpha, heat, alpha, 0.0)
+    _draw_regions(picture, regions, float(np.clip(saliency, 0, 1).sum()))
     if roi is not None:
         contours, _ = cv2.findContours(roi.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(out, contours, -1, (0, 255, 0), 1)
+        cv2.drawContours(picture, contours, -1, (0, 255, 0), stroke(base.shape))
+    picture = np.concatenate([picture, _colour_bar(picture.shape[0], base.shape, colormap)], axis=1)
+    bar = np.zeros((caption_height(base.shape), picture.shape[1], 3), np.uint8)
     if label:
-        scale = max(0.35, min(out.shape[:2]) / 500)
-        while (scale > 0.25
-               and cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] + 8 > out.shape[1]):
-            scale -= 0.05  # shrink the caption to the image's width (small images)
-        (tw, th), base_line = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        cv2.rectangle(out, (0, 0), (tw + 8, th + base_line + 6), (0, 0, 0), -1)
-        cv2.putText(out, label, (4, th + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
-    return out
+        scale, thick = _text_scale(base.shape), stroke(base.shape)
+        while scale > 0.25 and cv2.getTextSize(label, FONT, scale, thick)[0][0] + 8 > bar.shape[1]:
+            scale -= 0.05  # shrink the caption to the picture's width (small images)
+        (_, th), base_line = cv2.getTextSize(label, FONT, scale, thick)
+        _put(bar, label, (4, (bar.shape[0] + th - base_line) // 2 + 1), scale, thick)
+    return np.concatenate([bar, picture], axis=0)
 
 
 def sidecar(exp: Explanation, classes, source: str | None, review=None) -> dict:
@@ -71,56 +123,73 @@ def sidecar(exp: Explanation, classes, source: str | None, review=None) -> dict:
     return out
 
 
-def caption(exp: Explanation, classes) -> str:
+def caption(exp: Explanation, classes, *, good: bool = False) -> str:
     pred = classes[exp.predicted] if classes else str(exp.predicted)
+    if good:
+        return f"{pred} {exp.scores[exp.predicted]:.2f} | good part"
     tgt = (classes[exp.target] if classes else str(exp.target)) if exp.target is not None else "weights"
     return f"{pred} {exp.scores[exp.predicted]:.2f} | target {tgt}"
 
 
-def _encode_png(img: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", img)
+def _encode(img: np.ndarray, ext: str, params=()) -> bytes:
+    ok, buf = cv2.imencode(ext, img, list(params))
     if not ok:
-        raise OSError("PNG encoding failed")
+        raise OSError(f"{ext} encoding failed")
     return buf.tobytes()
 
 
-# Artifact kinds and the file name suffix of each; one place, read by the writers and the reports.
-ARTIFACT_SUFFIXES = {"npz": ".npz", "overlay": "_overlay.png", "layers": "_layers.png", "sidecar": ".json"}
+def artifact_suffixes(outputs) -> dict[str, str]:
+    """Artifact kinds and the file name suffix of each, for an ``OutputsConfig``: the one place that says
+    which files an explanation gets (the writer, the store's checks and the reports read it)."""
+    kinds = {"npz": ".npz"} if outputs.npz else {}
+    kinds.update(overlay=f"_overlay.{outputs.overlay}", layers="_layers.png", sidecar=".json")
+    return kinds
 
 
-def render(exp: Explanation, image: np.ndarray, *, classes=None, source: str | None = None, review=None,
-           visuals=None, roi: np.ndarray | None = None, extra: dict | None = None) -> dict[str, bytes]:
-    """The bytes of every artifact of one explanation, by kind (see ``ARTIFACT_SUFFIXES``); ``extra`` is
-    merged into the JSON sidecar."""
-    npz = io.BytesIO()
-    np.savez_compressed(npz, saliency=exp.saliency, saliency_full=exp.saliency_full,
-                        layer_maps=exp.layer_maps, masks_per_layer=np.asarray(exp.masks_per_layer, np.int64),
-                        scores=exp.scores)
-    colormap, alpha = (visuals.colormap, visuals.opacity) if visuals is not None else ("jet", 0.5)
+def is_good(exp: Explanation, cfg) -> bool:
+    """The part is predicted as one of ``good_classes``."""
+    return bool(cfg.classes) and cfg.classes[exp.predicted] in cfg.good_classes
+
+
+def render(exp: Explanation, image: np.ndarray, cfg, *, source: str | None = None, review=None,
+           roi: np.ndarray | None = None, extra: dict | None = None) -> dict[str, bytes]:
+    """The bytes of every artifact of one explanation, by kind (``artifact_suffixes(cfg.outputs)``), for
+    an ``InspectorConfig``; ``extra`` is merged into the JSON sidecar. A part predicted good gets a muted
+    heatmap without region boxes."""
+    good = is_good(exp, cfg)
     if roi is not None and roi.shape != exp.saliency_full.shape:
         roi = cv2.resize(roi.astype(np.uint8), exp.saliency_full.shape[::-1],
                          interpolation=cv2.INTER_NEAREST) > 0
-    picture = overlay(image, exp.saliency_full, alpha=alpha, colormap=colormap, label=caption(exp, classes),
-                      regions=review.regions if review is not None else (), roi=roi)
-    meta = {**sidecar(exp, classes, source, review), **(extra or {})}
-    return {
-        "npz": npz.getvalue(),
-        "overlay": _encode_png(picture),
-        "layers": _encode_png(layer_strip(exp, image)),
-        "sidecar": json.dumps(meta, indent=2).encode(),
-    }
+    v = cfg.visuals
+    picture = overlay(image, exp.saliency_full, alpha=v.good_opacity if good else v.opacity,
+                      colormap=v.colormap, label=caption(exp, cfg.classes, good=good), roi=roi,
+                      regions=review.regions if review is not None and not good else ())
+    meta = {**sidecar(exp, cfg.classes, source, review), "good": good, **(extra or {})}
+    out = {}
+    if cfg.outputs.npz:
+        npz = io.BytesIO()
+        np.savez_compressed(npz, saliency=exp.saliency, saliency_full=exp.saliency_full,
+                            layer_maps=exp.layer_maps, scores=exp.scores,
+                            masks_per_layer=np.asarray(exp.masks_per_layer, np.int64))
+        out["npz"] = npz.getvalue()
+    out["overlay"] = (_encode(picture, ".png") if cfg.outputs.overlay == "png" else
+                      _encode(picture, ".jpg", (cv2.IMWRITE_JPEG_QUALITY, cfg.outputs.jpeg_quality)))
+    out["layers"] = _encode(layer_strip(exp, image, colormap=v.colormap), ".png")
+    out["sidecar"] = json.dumps(meta, indent=2).encode()
+    return out
 
 
-def layer_strip(exp: Explanation, image: np.ndarray, *, tile: int = 128) -> np.ndarray:
-    """BGR uint8 strip: the model-resolution input, each block's map (shallow to deep), the fused map."""
+def layer_strip(exp: Explanation, image: np.ndarray, *, tile: int = 128, colormap: str = "jet") -> np.ndarray:
+    """BGR uint8 strip: the model-resolution input, each block's map (shallow to deep), the fused map, in
+    ``colormap``."""
     h, w = exp.saliency.shape
     base = cv2.resize(display_rgb(image), (w, h), interpolation=cv2.INTER_AREA)
     tiles = [cv2.cvtColor(base, cv2.COLOR_RGB2BGR)]
     names = ["input"]
     for b, m in enumerate(exp.layer_maps):
-        tiles.append(cv2.applyColorMap((m * 255).astype(np.uint8), cv2.COLORMAP_JET))
+        tiles.append(cv2.applyColorMap((m * 255).astype(np.uint8), COLORMAPS[colormap.lower()]))
         names.append(f"block {b} ({exp.masks_per_layer[b]})")
-    tiles.append(cv2.applyColorMap((exp.saliency * 255).astype(np.uint8), cv2.COLORMAP_JET))
+    tiles.append(cv2.applyColorMap((exp.saliency * 255).astype(np.uint8), COLORMAPS[colormap.lower()]))
     names.append("fused")
     out = []
     for t, name in zip(tiles, names):

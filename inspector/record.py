@@ -31,7 +31,7 @@ from .atomic import commit_group, discard_group, prepare_group, remove_stale_par
 from .engine import Inspector
 from .errors import ImageError, InspectorError, OutputError
 from .explanation import Explanation
-from .outputs import ARTIFACT_SUFFIXES, render
+from .outputs import artifact_suffixes, render
 from .review import Review, review
 from .session import runtime_versions
 from .store import Claim, ClaimLost, ResultKey, Store, StoreError, display_path
@@ -181,8 +181,7 @@ def _files_missing(job: Job, result_id: int) -> bool:
     result = job.store.result(result_id)
     if job.store.run(result["run_id"])["out_dir"] != job.out_dir:
         return False  # another machine's or folder's files: not ours to judge
-    return len(result["artifacts"]) != len(ARTIFACT_SUFFIXES) or \
-        not all(os.path.isfile(p) for p in result["artifacts"].values())
+    return not result["artifacts"] or not all(os.path.isfile(p) for p in result["artifacts"].values())
 
 
 def _explain(job: Job, data: bytes, path: str, outcome: Outcome) -> dict[str, bytes]:
@@ -215,8 +214,8 @@ def _explain(job: Job, data: bytes, path: str, outcome: Outcome) -> dict[str, by
     }
     extra = {"image_sha256": outcome.image_sha256, "settings_hash": job.settings_hash,
              "target_key": job.target_key}
-    return render(exp, image, classes=cfg.classes, source=display_path(os.path.abspath(path)), review=rv,
-                  visuals=cfg.visuals, roi=insp.roi, extra=extra)
+    return render(exp, image, cfg, source=display_path(os.path.abspath(path)), review=rv, roi=insp.roi,
+                  extra=extra)
 
 
 _RESULT_COLUMNS = ("prediction", "prediction_name", "confidence", "scores", "target", "target_name",
@@ -234,7 +233,8 @@ def _commit(job: Job, claim: Claim, outcome: Outcome, files: dict[str, bytes]) -
     then the files renamed into place: files are never renamed for a result this run does not own, and a
     crash between the store and the renames leaves a done result whose missing files the next run makes."""
     base = artifact_base(job, outcome.image_sha256, outcome.path)
-    named = {kind: os.path.join(job.artifact_dir, base + ARTIFACT_SUFFIXES[kind]) for kind in files}
+    suffixes = artifact_suffixes(job.insp.config.outputs)
+    named = {kind: os.path.join(job.artifact_dir, base + suffixes[kind]) for kind in files}
     rows = [{"kind": kind, "path": os.path.relpath(named[kind], job.out_dir),
              "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)} for kind, data in files.items()]
     temps = []

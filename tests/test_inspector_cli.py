@@ -124,3 +124,26 @@ def test_every_failure_is_one_line_and_debug_shows_the_traceback(tmp_path):
         v = subprocess.run([sys.executable, "-m", cli, "--version"], capture_output=True, text=True,
                            check=False)
         assert v.returncode == 0 and v.stdout.split()[-1][0].isdigit(), v.stdout
+
+
+def test_jpeg_overlays_without_npz_are_recorded_and_kept_on_resume(tmp_path):
+    import yaml
+
+    with open(CONFIG) as f:
+        raw = yaml.safe_load(f)
+    raw["model"] = os.path.join(example_dir(), raw["model"])
+    raw["outputs"] = {"overlay": "jpg", "npz": False}
+    cfg = tmp_path / "jpg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    write(tmp_path / "in" / "p.png", 6, 0)
+    out = tmp_path / "out"
+    r = inspector("audit", "-c", cfg, tmp_path / "in", "--out", out)
+    assert r.returncode == 0, r.stderr
+    names = sorted(n.split("_", 2)[2] for n in os.listdir(out / "images"))
+    assert names == ["p.json", "p_layers.png", "p_overlay.jpg"]
+    row = json.loads((out / "results.jsonl").read_text())
+    assert sorted(row["artifacts"]) == ["layers", "overlay", "sidecar"]
+    assert row["artifacts"]["overlay"].endswith("_overlay.jpg")
+    assert "_overlay.jpg" in (out / "report.html").read_text()
+    again = inspector("audit", "-c", cfg, tmp_path / "in", "--out", out)
+    assert again.returncode == 0 and "0 explained now, 1 found in the store" in again.stdout
