@@ -12,6 +12,7 @@ import sys
 import cv2
 
 from inspector.demo import example_dir
+from inspector.outputs import caption_height
 from inspector.synthetic import sample
 
 CONFIG = os.path.join(example_dir(), "config.yaml")
@@ -57,11 +58,12 @@ def test_repeated_names_never_overwrite_and_the_count_is_the_files_written(tmp_p
     assert len(os.listdir(out / "images")) == 6 * 4
     found = sidecars(out)
     assert {os.path.relpath(k, tmp_path): v["image_sha256"] for k, v in found.items()} == digests
-    for meta in found.values():  # each overlay belongs to its own image: same size as its source
+    for meta in found.values():  # each overlay belongs to its own image: its size follows its source's
         name = [n for n in os.listdir(out / "images") if n.startswith(meta["image_sha256"][:16])
                 and n.endswith("_overlay.png")]
         assert len(name) == 1
-        assert cv2.imread(str(out / "images" / name[0])).shape[:2] == cv2.imread(meta["source"]).shape[:2]
+        shown, source = cv2.imread(str(out / "images" / name[0])).shape, cv2.imread(meta["source"]).shape
+        assert shown[0] == caption_height(source) + source[0] and shown[1] > source[1]
 
     again = inspector("explain", "-c", CONFIG, tmp_path / "day1", tmp_path / "day2", "--out", out)
     assert again.returncode == 0 and "wrote 0 explanation(s)" in again.stdout
