@@ -120,11 +120,15 @@ class AuditSummary:
 
 
 def _progress(i: int, total: int, start: float, note: str) -> None:
+    """One line rewritten in place on a terminal; in a log file (cron, systemd) a line per 5 % instead."""
     elapsed = time.perf_counter() - start
     rate = i / elapsed if elapsed > 0 else 0.0
     eta = (total - i) / rate if rate > 0 else 0.0
-    print(f"\r[{i}/{total}] {rate:.2f} img/s, eta {eta:.0f} s {note[:60]:<60}", end="", file=sys.stderr,
-          flush=True)
+    line = f"[{i}/{total}] {rate:.2f} img/s, eta {eta:.0f} s"
+    if sys.stderr.isatty():
+        print(f"\r{line} {note[:60]:<60}", end="", file=sys.stderr, flush=True)
+    elif i == total or i % max(1, total // 20) == 0:
+        print(line, file=sys.stderr, flush=True)
 
 
 def _work(job: Job, todo: list[str], stop: Stop, summary: AuditSummary, wait_for_others: float) -> None:
@@ -148,7 +152,7 @@ def _work(job: Job, todo: list[str], stop: Stop, summary: AuditSummary, wait_for
             summary.reused += sum(o.state == "done" for o in outcomes)
             busy = [o.path for o in outcomes if o.state == "busy"]
     finally:
-        if todo:
+        if todo and sys.stderr.isatty():
             print(file=sys.stderr)
 
 

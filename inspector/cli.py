@@ -92,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     wa.add_argument("--done", default=None, help="where handled images go (default: <out>/done)")
     wa.add_argument("--failed", default=None, help="where failed images go (default: <out>/failed)")
     wa.add_argument("--store", default=None, help=store_help)
-    wa.add_argument("--poll", type=float, default=1.0, help="seconds between folder scans")
-    wa.add_argument("--settle", type=float, default=2.0, help="seconds a file must stay unchanged before use")
+    wa.add_argument("--poll", type=float, default=1.0, help="seconds between folder scans (default 1)")
+    wa.add_argument("--settle", type=float, default=2.0,
+                    help="seconds a file must stay unchanged before use (default 2)")
     demo = sub.add_parser("demo", help="explain the bundled defect samples with the bundled example model")
     demo.add_argument("--out", default="sise-demo", help="output folder (default ./sise-demo)")
     return parser
@@ -214,6 +215,8 @@ def cmd_explain(args) -> int:
 
     stop = Stop().install()
     insp = Inspector.from_config(args.config)
+    if args.target is not None:
+        insp.class_index(args.target)  # an unknown class is a usage error before anything is created
     check_output_folder("--out", args.out)
     images = collect_images(args.images)
     if not images:

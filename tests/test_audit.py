@@ -344,6 +344,7 @@ def test_sigterm_stops_after_the_current_image_and_writes_the_views(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 3, err
     assert "stopped by SIGTERM" in err
+    assert "\r" not in err and "[" in err  # progress in a log is whole lines, not carriage returns
     rows = csv_rows(out)
     done = [r for r in rows if r["status"] == "done"]
     assert len(rows) == 30 and 2 <= len(done) < 30

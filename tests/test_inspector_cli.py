@@ -119,6 +119,8 @@ def test_every_failure_is_one_line_and_debug_shows_the_traceback(tmp_path):
     ]
     for args, expect in cases:
         assert expect in one_error_line(inspector(*args)), args
+    target = inspector("explain", "-c", CONFIG, tmp_path / "in", "--out", tmp_path / "t", "--target", "no")
+    assert "unknown class name 'no'" in one_error_line(target) and not (tmp_path / "t").exists()
     debug = inspector("--debug", "report", "--store", tmp_path / "empty", "--out", tmp_path / "v")
     assert debug.returncode == 2 and "Traceback" in debug.stderr and debug.stderr.strip().endswith(
         "no results store here")
