@@ -149,12 +149,13 @@ def cmd_audit(args) -> int:
 
 
 def _list_failures(rows: list[dict], limit: int = 20) -> None:
+    from .report import failure_line
+
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
         print(f"{len(failed)} image(s) failed:", file=sys.stderr)
     for r in failed[:limit]:
-        error = r["error"] or ""
-        print(f"  {error if error.startswith(r['path']) else r['path'] + ': ' + error}", file=sys.stderr)
+        print(f"  {failure_line(r)}", file=sys.stderr)
     if len(failed) > limit:
         print(f"  and {len(failed) - limit} more (results.csv lists them all)", file=sys.stderr)
 

@@ -135,6 +135,12 @@ def _thumbs(rows: list[dict], out_dir: str) -> str:
     return "".join(cells)
 
 
+def failure_line(row: dict) -> str:
+    """``path: error``, naming the path once (most errors start with it already)."""
+    error = row["error"] or ""
+    return error if error.startswith(row["path"]) else f"{row['path']}: {error}"
+
+
 def _listing(lines: list[str], limit: int = 200) -> str:
     items = "".join(f"<li>{html.escape(line)}</li>" for line in lines[:limit])
     more = f"<li>and {len(lines) - limit} more: see results.csv</li>" if len(lines) > limit else ""
@@ -156,8 +162,7 @@ def html_text(rows: list[dict], out_dir: str, title: str, *, notes: list[str] = 
     with_roi = any(r["roi_inside"] is not None for r in done)
     flagged = [r for r in done if r["flagged"]]
     least = sorted(done, key=lambda r: r["confidence"])[:lowest]
-    errors = _listing([r["error"] if (r["error"] or "").startswith(r["path"])
-                       else f"{r['path']}: {r['error']}" for r in failed])
+    errors = _listing([failure_line(r) for r in failed])
     missing = _listing([r["path"] for r in pending])
     return ("<!doctype html><meta charset=utf-8><title>SISE audit</title><style>body{font-family:sans-serif}"
             "figure{display:inline-block;margin:4px;font-size:11px;max-width:170px;overflow-wrap:anywhere}"

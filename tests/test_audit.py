@@ -129,7 +129,8 @@ def test_bad_files_are_recorded_and_the_run_goes_on(tmp_path):
     (inp / "empty.png").write_bytes(b"")
     out = tmp_path / "out"
     r = audit("-c", config(tmp_path), inp, "--out", out)
-    assert r.returncode == 1, r.stderr  # some images failed
+    assert r.returncode == 1, r.stderr  # some images failed, each named on stderr
+    assert "3 image(s) failed" in r.stderr and f"{inp / 'text.png'}: not a readable image" in r.stderr
     rows = {os.path.basename(row["path"]): row for row in csv_rows(out)}
     assert len(rows) == 6
     assert ({k for k, v in rows.items() if v["status"] == "failed"}
