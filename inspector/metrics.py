@@ -1,4 +1,5 @@
-"""Explanation-quality metrics (SISE paper, section 8 of docs/sise_method.md). numpy only.
+"""Explanation-quality metrics of the SISE paper's evaluation (EBPG, mIoU, Bbox, Drop/Increase,
+deletion/insertion). numpy only.
 
 S is a saliency map (higher = more evidence), G a binary ground-truth mask of the same shape.
 Metrics that re-score the model take a ``score`` callable: float32 masks [K, H, W] -> scores [K]
