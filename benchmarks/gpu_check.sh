@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA checks, in one go, on a GPU machine (about 6 minutes on an H100): `inspector doctor` and
 # `inspector explain` with CUDA first, the gpu-marked tests, and benchmarks/sise_engine.py in the
-# configurations the README quotes. Needs onnxruntime-gpu, a CUDA build of torch and onnxconverter-common
-# importable, and runs from the repository root:
+# configurations docs/benchmarks.md quotes. Needs onnxruntime-gpu, a CUDA build of torch,
+# onnxconverter-common and sqlalchemy (the results store) importable, and runs from the repository root:
 #     bash benchmarks/gpu_check.sh [OUTDIR]        # log in OUTDIR/gpu_check.log (default: gpu-check/)
 # Every step has a time limit and the script goes on after a failing step (each one's exit code is logged).
 set -u
@@ -32,7 +32,7 @@ step 120 python3 -m inspector explain -c "$out/cuda.yaml" $(ls inspector/example
     --out "$explained"
 python3 - "$explained" <<'EOF'
 import json, pathlib, sys
-for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
+for f in sorted(pathlib.Path(sys.argv[1]).glob("images/*.json")):  # explain writes its files into <out>/images
     j = json.loads(f.read_text())
     print(f.name, j.get("settings", {}).get("provider"), j["prediction"]["name"], j["timings_s"])
 EOF
