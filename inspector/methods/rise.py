@@ -27,9 +27,10 @@ def rise_masks(n: int, size: tuple[int, int], *, grid: int, p: float, seed: int)
 
 
 def rise(sessions, explained, image, target, *, method, size, progress=None) -> MethodResult:
-    masks = rise_masks(method.rise_masks, size, grid=method.rise_grid, p=method.rise_p, seed=method.seed)
+    rise = method.rise
+    masks = rise_masks(rise.masks, size, grid=rise.grid, p=rise.p, seed=rise.seed)
     scores = sessions.score_masks(image, masks, target, chunk=method.chunk_size)
-    saliency = minmax(np.tensordot(scores.astype(np.float64), masks, axes=1) / (len(masks) * method.rise_p))
+    saliency = minmax(np.tensordot(scores.astype(np.float64), masks, axes=1) / (len(masks) * rise.p))
     n = len(explained.alphas)
     return MethodResult(saliency=saliency, layer_maps=[None] * n,
                         masks_per_layer=(0,) * (n - 1) + (len(masks),))
