@@ -4,6 +4,7 @@ missing required keys and wrong types are errors that name the key."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import types
@@ -15,6 +16,7 @@ import yaml
 
 from .errors import ConfigError
 
+log = logging.getLogger(__name__)
 RESIZE_MODES = ("stretch", "letterbox", "shorter_side_center_crop")
 COLORMAPS = {name[len("COLORMAP_"):].lower(): getattr(cv2, name)
              for name in dir(cv2) if name.startswith("COLORMAP_")}
@@ -46,26 +48,51 @@ class PreprocessConfig:
 
 
 @dataclass(frozen=True)
+class RiseConfig:
+    """The RISE baseline's settings (YAML ``method: {rise: {...}}``): number of random masks, grid cells
+    per side, keep probability, and the seed of the masks (None: ``method.seed``)."""
+
+    masks: int = 4000
+    grid: int = 7
+    p: float = 0.5
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.masks < 1:
+            raise ConfigError(f"method.rise.masks: must be >= 1, got {self.masks}")
+        if self.grid < 1:
+            raise ConfigError(f"method.rise.grid: must be >= 1, got {self.grid}")
+        if not 0 < self.p <= 1:
+            raise ConfigError(f"method.rise.p: must be in (0, 1], got {self.p:g}")
+
+
+# The RISE keys before they moved into method.rise, accepted (with a warning) for one release.
+LEGACY_METHOD_KEYS = {"rise_masks": "masks", "rise_grid": "grid", "rise_p": "p"}
+
+
+@dataclass(frozen=True)
 class MethodConfig:
+    """The ``method`` section: which method, SISE's settings (preset, mu, adaptive, max_masks_per_layer),
+    what every method shares (chunk_size, seed) and the other methods' own settings (rise)."""
+
     name: str = "sise"
     preset: str = "quality"
     mu: float | None = None  # None: from the preset
     adaptive: bool | None = None  # Ada-SISE: Otsu on the positive max-normalised gradients, per layer
     max_masks_per_layer: int | None = None
     chunk_size: int = 64
-    rise_masks: int = 4000  # RISE baseline: number of random masks, grid cells, keep probability
-    rise_grid: int = 7
-    rise_p: float = 0.5
-    seed: int = 0
+    seed: int = 0  # seed of the seeded methods (RISE's masks) unless their own settings name one
+    rise: RiseConfig = field(default_factory=RiseConfig)
 
     def resolved(self) -> MethodConfig:
-        """A copy with the preset's values filled in where a field is None."""
+        """A copy with the preset's values filled in where a field is None, and RISE's seed."""
         base = PRESETS[self.preset]
         return dataclasses.replace(
             self, mu=base["mu"] if self.mu is None else self.mu,
             adaptive=base["adaptive"] if self.adaptive is None else self.adaptive,
             max_masks_per_layer=(base["max_masks_per_layer"] if self.max_masks_per_layer is None
-                                 else self.max_masks_per_layer))
+                                 else self.max_masks_per_layer),
+            rise=dataclasses.replace(self.rise, seed=self.seed if self.rise.seed is None else self.rise.seed))
 
 
 @dataclass(frozen=True)
@@ -254,8 +281,6 @@ def _validate(cfg: InspectorConfig) -> None:
         raise ConfigError(f"preprocess.size: expected [H, W] with positive values, got {list(p.size)}")
     if m.mu is not None and m.mu < 0:
         raise ConfigError(f"method.mu: must be >= 0, got {m.mu}")
-    if m.rise_masks < 1 or m.rise_grid < 1 or not 0 < m.rise_p <= 1:
-        raise ConfigError("method.rise_masks and method.rise_grid must be >= 1 and method.rise_p in (0, 1]")
     if m.chunk_size < 1:
         raise ConfigError(f"method.chunk_size: must be >= 1, got {m.chunk_size}")
     if m.max_masks_per_layer is not None and m.max_masks_per_layer < 1:
@@ -271,10 +296,33 @@ def _validate_regions(r: RegionsConfig) -> None:
         _check_range("regions.value", r.value, 0, 100, " for regions.threshold: percentile")
 
 
+def _move_legacy_keys(raw):
+    """``method.rise_masks`` / ``rise_grid`` / ``rise_p`` -> ``method.rise.masks`` / ``grid`` / ``p``, each
+    with a warning naming the new key; both spellings at once is an error. Returns a new mapping."""
+    method = raw.get("method") if isinstance(raw, dict) else None
+    if not isinstance(method, dict) or not set(method) & set(LEGACY_METHOD_KEYS):
+        return raw
+    method = dict(method)
+    rise = method.get("rise")
+    rise = dict(rise) if isinstance(rise, dict) else {} if rise is None else rise
+    if not isinstance(rise, dict):
+        return raw  # _build reports method.rise's type
+    for old, new in LEGACY_METHOD_KEYS.items():
+        if old not in method:
+            continue
+        if new in rise:
+            raise ConfigError(f"method.{old} and method.rise.{new} are both set; keep method.rise.{new}")
+        rise[new] = method.pop(old)
+        log.warning("config key method.%s is deprecated and will be removed; use method.rise.%s "
+                    "(method: {rise: {%s: %r}})", old, new, new, rise[new])
+    method["rise"] = rise
+    return {**raw, "method": method}
+
+
 def config_from_dict(raw: dict, *, base_dir: str | None = None) -> InspectorConfig:
     """Validate a mapping (parsed YAML or keyword options); relative paths (model, roi.mask) resolve
-    against ``base_dir``."""
-    cfg = _build(InspectorConfig, raw)
+    against ``base_dir``. Deprecated keys are moved to their new place with a warning."""
+    cfg = _build(InspectorConfig, _move_legacy_keys(raw))
     if base_dir and not os.path.isabs(cfg.model):
         cfg = dataclasses.replace(cfg, model=os.path.normpath(os.path.join(base_dir, cfg.model)))
     if base_dir and cfg.roi is not None and not os.path.isabs(cfg.roi.mask):

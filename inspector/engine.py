@@ -1,7 +1,10 @@
 """The public entry point: ``Inspector`` turns images into :class:`Explanation` objects.
 
-image -> preprocess -> explain-model run (logits, alphas, ranges, activations on the device)
-      -> selection -> sampler runs (one [B, H, W] partial per chunk) -> fusion -> Explanation
+image -> preprocess -> target weights -> explain-model run (logits, alphas, ranges, activations on the
+      device) -> method.explain (SISE: selection -> sampler runs, one [B, H, W] partial per chunk -> fusion)
+      -> per-block padding, mapping back onto the image -> Explanation
+
+The engine knows no method's internals: see :mod:`inspector.methods` for the protocol and the registry.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from . import preprocess as pre
 from .config import InspectorConfig, config_from_dict, load_config
 from .errors import ConfigError, ImageError, InspectorError, TargetError
 from .explanation import Explanation
-from .methods import get_method
+from .methods import MethodContext, MethodResult, get_method
 from .model import load_model
 from .review import load_roi
 from .session import EngineSessions, runtime_versions
@@ -47,7 +50,7 @@ class Inspector:
     def __init__(self, config: InspectorConfig):
         self.config = config
         self.method = config.method.resolved()
-        self._run_method = get_method(self.method.name)
+        self._method = get_method(self.method.name)
         self.model = load_model(config)
         c = self.contract = self.model.contract
         self.size = (c.input_shape[2], c.input_shape[3]) if c.input_layout == "NCHW" else \
@@ -100,7 +103,8 @@ class Inspector:
             raise TargetError(f"class index {index} out of range 0..{n - 1}")
         return index
 
-    def _target_weights(self, target, tensor: np.ndarray, timings: dict):
+    def _target_weights(self, target, tensor: np.ndarray, timings: dict) -> tuple[int | None, np.ndarray]:
+        """(class index or None for a weight vector, float32 target weights [1, num_classes])."""
         n = self.contract.num_classes
         if target is None:
             start = time.perf_counter()
@@ -110,22 +114,24 @@ class Inspector:
         elif isinstance(target, (str, int, np.integer)):
             index = self.class_index(target)
         else:
-            weights = np.asarray(target, np.float32).reshape(-1)
-            if weights.shape != (n,):
-                raise TargetError(f"target weight vector has {weights.size} values; "
+            target_weights = np.asarray(target, np.float32).reshape(-1)
+            if target_weights.shape != (n,):
+                raise TargetError(f"target weight vector has {target_weights.size} values; "
                                   f"the model has {n} classes")
-            return None, weights[None]
+            return None, target_weights[None]
         return index, self._one_hot(index)
 
     def _one_hot(self, index: int) -> np.ndarray:
-        weights = np.zeros((1, self.contract.num_classes), np.float32)
-        weights[0, index] = 1.0
-        return weights
+        """float32 target weights [1, num_classes] for one class."""
+        target_weights = np.zeros((1, self.contract.num_classes), np.float32)
+        target_weights[0, index] = 1.0
+        return target_weights
 
-    def _explain_run(self, tensor, weights):
+    def _explain_run(self, tensor, target_weights):
         c = self.contract
-        return self.sessions.run_explain(tensor, weights, input_name=c.input_name, target_name=c.target_input,
-                                         output_name=c.output_name, blocks=c.blocks)
+        return self.sessions.run_explain(tensor, target_weights, input_name=c.input_name,
+                                         target_name=c.target_input, output_name=c.output_name,
+                                         blocks=c.blocks)
 
     # ----- explanations ---------------------------------------------------------------------------
     def prepare(self, image, *, name: str | None = None) -> tuple[np.ndarray, pre.Geometry]:
@@ -144,7 +150,8 @@ class Inspector:
     def score_masks(self, tensor: np.ndarray, masks: np.ndarray, target: int) -> np.ndarray:
         """The model's confidence in ``target`` for ``tensor`` times each mask [K, H, W] (the masking
         convention of the explanations); returns [K]."""
-        return self.sessions.score_masks(tensor, masks, self._one_hot(target), chunk=self.method.chunk_size)
+        target_weights = self._one_hot(target)
+        return self.sessions.score_masks(tensor, masks, target_weights, chunk=self.method.chunk_size)
 
     def explain(self, image, *, target=None, method: str | None = None, progress=None,
                 name: str | None = None) -> Explanation:
@@ -153,7 +160,8 @@ class Inspector:
         Args:
             image: a file path, or an HxW / HxWxC array (RGB order) of the configured input dtype.
             target: None (the top class), a class index, a class name, or a weight vector [num_classes].
-            method: a registered method name (sise, gradcam, rise); default: the configured one.
+            method: a registered method name (``inspector.methods.METHODS``: sise, gradcam, rise);
+                default: the configured one.
             progress: optional callable(done_chunks, total_chunks).
             name: what error messages call an array image (e.g. the file it was decoded from).
         """
@@ -162,28 +170,45 @@ class Inspector:
         source = os.fspath(image) if isinstance(image, (str, os.PathLike)) else None
         tensor, geometry = self.prepare(image, name=name)
         timings["preprocess"] = time.perf_counter() - t0
-        index, weights = self._target_weights(target, tensor, timings)
+        chosen = self._method if method is None else get_method(method)
+        index, target_weights = self._target_weights(target, tensor, timings)
         t0 = time.perf_counter()
-        explained = self._explain_run(tensor, weights)
+        explained = self._explain_run(tensor, target_weights)
         timings["explain_model"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        run = self._run_method if method is None else get_method(method)
-        result = run(self.sessions, explained, tensor, weights, method=self.method, size=self.size,
-                     progress=progress)
+        context = MethodContext(sessions=self.sessions, explained=explained, tensor=tensor,
+                                target_weights=target_weights[0], size=self.size,
+                                chunk_size=self.method.chunk_size, settings=chosen.settings(self.method),
+                                progress=progress)
+        result = chosen.explain(context)
         timings["sampling"] = time.perf_counter() - t0
+        layer_maps, masks_per_layer = self._per_block(result, chosen.name)
         t0 = time.perf_counter()
         saliency = result.saliency
         saliency_full = np.clip(pre.to_original(saliency, geometry), 0.0, 1.0)
         timings["fusion"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - start
         scores = confidences(explained.logits, self.contract.score)
-        layer_maps = np.stack([m if m is not None else np.zeros(self.size, np.float32)
-                               for m in result.layer_maps])
         return Explanation(saliency=saliency, saliency_full=saliency_full.astype(np.float32),
-                           layer_maps=layer_maps.astype(np.float32), scores=scores, target=index,
-                           target_weights=weights[0], predicted=int(np.argmax(explained.logits)),
-                           masks_per_layer=result.masks_per_layer, timings=timings,
+                           layer_maps=layer_maps, scores=scores, target=index,
+                           target_weights=target_weights[0], predicted=int(np.argmax(explained.logits)),
+                           masks_per_layer=masks_per_layer, timings=timings,
                            settings={**self.settings(), "method": method or self.method.name}, source=source)
+
+    def _per_block(self, result: MethodResult, name: str) -> tuple[np.ndarray, tuple[int, ...]]:
+        """A method's layer maps and forward passes as the Explanation shows them: one per block of the
+        model, shallow to deep; what the method gave describes the deepest blocks, the rest are zero maps
+        and 0 passes (see MethodResult)."""
+        blocks = len(self.contract.blocks)
+        maps = list(result.layer_maps) if result.layer_maps is not None else []
+        counts = tuple(int(c) for c in result.masks_per_layer)
+        if len(maps) > blocks or len(counts) > blocks:
+            raise InspectorError(f"method {name}: {len(maps)} layer maps and {len(counts)} mask counts for a "
+                                 f"model with {blocks} blocks")
+        maps = [None] * (blocks - len(maps)) + maps
+        zeros = np.zeros(self.size, np.float32)
+        layer_maps = np.stack([zeros if m is None else m for m in maps]).astype(np.float32)
+        return layer_maps, (0,) * (blocks - len(counts)) + counts
 
     def warm_up(self) -> float:
         """Explain one seeded noise image at the model's input size and return the seconds it took.

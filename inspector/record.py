@@ -44,7 +44,11 @@ def result_settings(insp: Inspector) -> dict:
     """Everything that decides a stored result (not how fast it is computed: chunk size, threads and the
     provider are left out)."""
     cfg = insp.config
-    method = {k: v for k, v in dataclasses.asdict(insp.method).items() if k != "chunk_size"}
+    method = {k: v for k, v in dataclasses.asdict(insp.method).items() if k not in ("chunk_size", "rise")}
+    # RISE's settings under their names before they moved into method.rise (and the seed its masks use),
+    # so that results stored before the move keep their settings hash
+    rise = insp.method.rise
+    method.update(rise_masks=rise.masks, rise_grid=rise.grid, rise_p=rise.p, seed=rise.seed)
     roi = None
     if insp.roi is not None:
         roi = {"mask_sha256": hashlib.sha256(np.packbits(insp.roi).tobytes()

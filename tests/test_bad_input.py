@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("visuals", {"opacity": float("nan")}, "visuals.opacity"),
     ("roi", {"mask": "roi.png", "flag_below": float("nan")}, "roi.flag_below"),
     ("method", {"mu": float("inf")}, "method.mu"),
-    ("method", {"rise_p": float("nan")}, "method.rise_p"),
+    ("method", {"rise": {"p": float("nan")}}, "method.rise.p"),
     ("regions", {"value": float("-inf")}, "regions.value"),
     ("regions", {"threshold": "otsu", "value": float("nan")}, "regions.value"),  # unused but still a number
     ("preprocess", {"scale": 10 ** 400}, "preprocess.scale"),  # an int too large for a float

@@ -52,7 +52,7 @@ def test_gradcam_matches_torch(resnet):
 def test_rise_matches_torch_scoring(resnet):
     model, _, shape, path = resnet
     image = smooth_image(shape, seed=6)
-    method = {"rise_masks": 300, "rise_grid": 5, "rise_p": 0.5, "seed": 3, "chunk_size": 64}
+    method = {"rise": {"masks": 300, "grid": 5, "p": 0.5}, "seed": 3, "chunk_size": 64}
     exp = Inspector.from_options(model=path, preprocess=IDENTITY_PREPROCESS, runtime=CPU,
                                  method=method).explain(image, target=2, method="rise")
     masks = rise_masks(300, shape[2:], grid=5, p=0.5, seed=3)

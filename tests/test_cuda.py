@@ -65,7 +65,7 @@ def test_cuda_mask_scorer_methods_agree_with_cpu(exported):
     """Grad-CAM (explain model only) and RISE (the mask scorer) on CUDA give the CPU provider's maps."""
     _, _, shape, path = exported("resnet18")
     image = smooth_image(shape, seed=6)
-    method = {"rise_masks": 200, "rise_grid": 5, "seed": 3, "chunk_size": 64}
+    method = {"rise": {"masks": 200, "grid": 5}, "seed": 3, "chunk_size": 64}
     for name in ("gradcam", "rise"):
         gpu = inspector_for(path, CUDA, **method).explain(image, target=2, method=name)
         cpu = inspector_for(path, CPU, **method).explain(image, target=2, method=name)

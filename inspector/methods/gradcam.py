@@ -9,14 +9,19 @@ import numpy as np
 from onnx_tools.sampler import upsample_matrix
 
 from ..fusion import minmax
-from .base import MethodResult
+from .base import Method, MethodContext, MethodResult
 
 
-def gradcam(sessions, explained, image, target, *, method, size, progress=None) -> MethodResult:
-    acts = explained.activations[-1].numpy()[0]  # [C, h, w]
-    cam = np.maximum(np.tensordot(explained.alphas[-1], acts, axes=1), 0.0)  # [h, w]
-    h, w = cam.shape
-    up = upsample_matrix(h, size[0]) @ cam @ upsample_matrix(w, size[1]).T
-    saliency = minmax(up)
-    n = len(explained.alphas)
-    return MethodResult(saliency=saliency, layer_maps=[None] * (n - 1) + [saliency], masks_per_layer=(0,) * n)
+class GradCam(Method):
+    name = "gradcam"
+    needs_gradients = True
+
+    def explain(self, context: MethodContext) -> MethodResult:
+        explained, size = context.explained, context.size
+        acts = explained.activations[-1].numpy()[0]  # [C, h, w]
+        cam = np.maximum(np.tensordot(explained.alphas[-1], acts, axes=1), 0.0)  # [h, w]
+        h, w = cam.shape
+        up = upsample_matrix(h, size[0]) @ cam @ upsample_matrix(w, size[1]).T
+        saliency = minmax(up)
+        # the deepest block's map, no forward pass of its own
+        return MethodResult(saliency=saliency, layer_maps=[saliency], masks_per_layer=(0,))

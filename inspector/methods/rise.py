@@ -1,14 +1,16 @@
 """RISE (Petsiuk et al. 2018): N random smooth masks (a grid x grid Bernoulli(p) pattern, bilinearly
 upsampled to (grid + 1) cells and randomly shifted), scored through the mask-scorer graph;
-saliency = sum_k s_k m_k / (N p), min-max normalised. Seeded, so runs repeat."""
+saliency = sum_k s_k m_k / (N p), min-max normalised. Seeded, so runs repeat. Needs no gradients;
+its masks are its own, not a block's (one entry in masks_per_layer)."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
+from ..config import RiseConfig
 from ..fusion import minmax
-from .base import MethodResult
+from .base import Method, MethodContext, MethodResult
 
 
 def rise_masks(n: int, size: tuple[int, int], *, grid: int, p: float, seed: int) -> np.ndarray:
@@ -26,10 +28,18 @@ def rise_masks(n: int, size: tuple[int, int], *, grid: int, p: float, seed: int)
     return out
 
 
-def rise(sessions, explained, image, target, *, method, size, progress=None) -> MethodResult:
-    masks = rise_masks(method.rise_masks, size, grid=method.rise_grid, p=method.rise_p, seed=method.seed)
-    scores = sessions.score_masks(image, masks, target, chunk=method.chunk_size)
-    saliency = minmax(np.tensordot(scores.astype(np.float64), masks, axes=1) / (len(masks) * method.rise_p))
-    n = len(explained.alphas)
-    return MethodResult(saliency=saliency, layer_maps=[None] * n,
-                        masks_per_layer=(0,) * (n - 1) + (len(masks),))
+class Rise(Method):
+    """Settings: :class:`~inspector.config.RiseConfig` (``method.rise``)."""
+
+    name = "rise"
+    needs_gradients = False
+    settings_type = RiseConfig
+
+    def explain(self, context: MethodContext) -> MethodResult:
+        rise = context.settings
+        masks = rise_masks(rise.masks, context.size, grid=rise.grid, p=rise.p,
+                           seed=0 if rise.seed is None else rise.seed)
+        scores = context.sessions.score_masks(context.tensor, masks, context.target_weights[None],
+                                              chunk=context.chunk_size)
+        saliency = minmax(np.tensordot(scores.astype(np.float64), masks, axes=1) / (len(masks) * rise.p))
+        return MethodResult(saliency=saliency, layer_maps=None, masks_per_layer=(len(masks),))

@@ -14,9 +14,10 @@ import numpy as np
 
 from onnx_tools.sampler import IMAGE, KEEP, LAYER_MAPS, SCORES, TARGET, act_input, idx_input
 
+from ..config import MethodConfig
 from ..fusion import fuse, minmax
 from ..selection import select_maps
-from .base import MethodResult
+from .base import Method, MethodContext, MethodResult
 
 # Devices where every sampler run gets the same batch size: cuDNN searches convolution algorithms once
 # per input shape, so a last chunk of a new size would pay that search again (the CPU provider does not).
@@ -46,32 +47,36 @@ def plan_chunks(selected: list[np.ndarray], chunk_size: int, *, pad: bool = Fals
     return chunks
 
 
-def sise(sessions, explained, image: np.ndarray, target: np.ndarray, *, method, size,
-         progress=None) -> MethodResult:
-    """Run SISE's sampling for one image.
+class Sise(Method):
+    """SISE and Ada-SISE. Its settings are the ``method`` section's own keys (preset, mu, adaptive,
+    max_masks_per_layer)."""
 
-    Args:
-        sessions: the EngineSessions.
-        explained: ExplainOutputs of the explain-model run (alphas, spreads, device activations).
-        image: the pre-processed tensor (batch 1).
-        target: float32 [1, num_classes] class weights.
-        method: resolved MethodConfig.
-        size: (H, W) of the model input.
-    """
-    selected = [select_maps(a, s, mu=method.mu, adaptive=method.adaptive, cap=method.max_masks_per_layer)
-                for a, s in zip(explained.alphas, explained.spreads)]
-    chunks = plan_chunks(selected, method.chunk_size, pad=sessions.device in PAD_DEVICES)
-    total = np.zeros((len(selected), *size), np.float64)
-    device_feeds = {act_input(b): act for b, act in enumerate(explained.activations)}
-    device_feeds[IMAGE] = sessions.device_value(image)
-    for i, chunk in enumerate(chunks):
-        feeds = {idx_input(b): idx for b, idx in enumerate(chunk.indices)}
-        feeds[TARGET] = target
-        feeds[KEEP] = chunk.keep
-        layer_maps, _ = sessions.run_sampler(feeds, device_feeds, [LAYER_MAPS, SCORES])
-        total += layer_maps
-        if progress is not None:
-            progress(i + 1, len(chunks))
-    maps = [minmax(total[b]) if len(idx) else None for b, idx in enumerate(selected)]
-    return MethodResult(saliency=fuse(maps, size), layer_maps=maps,
-                        masks_per_layer=tuple(len(idx) for idx in selected))
+    name = "sise"
+    needs_gradients = True
+    settings_type = MethodConfig
+
+    def settings(self, config: MethodConfig) -> MethodConfig:
+        return config
+
+    def explain(self, context: MethodContext) -> MethodResult:
+        """Select maps per block, score them through the sampler graph chunk by chunk, fuse the layer maps."""
+        explained, method = context.explained, context.settings
+        sessions, size = context.sessions, context.size
+        selected = [select_maps(a, s, mu=method.mu, adaptive=method.adaptive, cap=method.max_masks_per_layer)
+                    for a, s in zip(explained.alphas, explained.spreads)]
+        chunks = plan_chunks(selected, context.chunk_size, pad=sessions.device in PAD_DEVICES)
+        total = np.zeros((len(selected), *size), np.float64)
+        device_feeds = {act_input(b): act for b, act in enumerate(explained.activations)}
+        device_feeds[IMAGE] = sessions.device_value(context.tensor)
+        target_weights = context.target_weights[None]
+        for i, chunk in enumerate(chunks):
+            feeds = {idx_input(b): idx for b, idx in enumerate(chunk.indices)}
+            feeds[TARGET] = target_weights
+            feeds[KEEP] = chunk.keep
+            layer_maps, _ = sessions.run_sampler(feeds, device_feeds, [LAYER_MAPS, SCORES])
+            total += layer_maps
+            if context.progress is not None:
+                context.progress(i + 1, len(chunks))
+        maps = [minmax(total[b]) if len(idx) else None for b, idx in enumerate(selected)]
+        return MethodResult(saliency=fuse(maps, size), layer_maps=maps,
+                            masks_per_layer=tuple(len(idx) for idx in selected))
