@@ -30,7 +30,7 @@ from onnx import helper
 from .contract import Contract, read_contract
 from .errors import ModelInputError
 from .gradients import Emitter
-from .gradients.ops.resize import interpolation_matrix
+from .interpolation import upsample_matrix
 
 IMAGE, TARGET, LAYER_MAPS, SCORES = "sampler/image", "sampler/target", "sampler/layer_maps", "sampler/scores"
 KEEP = "sampler/keep"
@@ -44,12 +44,6 @@ def act_input(b: int) -> str:
 
 def idx_input(b: int) -> str:
     return f"sampler/idx/{b}"
-
-
-def upsample_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """Bilinear, half-pixel centres, edges clamped (PyTorch ``align_corners=False``): [n_out, n_in]."""
-    return interpolation_matrix(n_in, n_out, n_out / n_in, mode="linear", coord_mode="half_pixel",
-                                nearest_mode="floor")
 
 
 def image_size(contract: Contract) -> tuple[int, int]:
