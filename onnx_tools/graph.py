@@ -60,11 +60,27 @@ def _uses_external_data(model: onnx.ModelProto) -> bool:
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors)
 
 
+# The names of ONNX's default operator domain; its opset is "the model's opset" everywhere in onnx_tools.
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
 def default_opset(model: onnx.ModelProto) -> int:
+    """The model's default-domain (ai.onnx) opset version."""
     for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
+        if imp.domain in DEFAULT_DOMAINS:
             return imp.version
     raise ModelLoadError("the model imports no default-domain (ai.onnx) opset")
+
+
+def taken_names(model: onnx.ModelProto) -> set[str]:
+    """Every tensor name the graph already uses (node inputs and outputs, initializers, graph inputs and
+    outputs): what an :class:`~onnx_tools.gradients.Emitter` adding nodes to it must never reuse."""
+    graph = model.graph
+    names = {n for node in graph.node for n in list(node.input) + list(node.output)}
+    names |= {t.name for t in graph.initializer}
+    names |= {vi.name for vi in list(graph.input) + list(graph.output)}
+    names.discard("")
+    return names
 
 
 def dims_of(value_info: onnx.ValueInfoProto) -> list:
@@ -269,7 +285,7 @@ def fold_constants(model: onnx.ModelProto, max_rounds: int = 6) -> onnx.ModelPro
         fold: list[int] = []
         shape_values: dict[int, np.ndarray] = {}
         for p, node in enumerate(index.nodes):
-            if node.op_type == "Constant" or len(node.output) != 1 or node.domain not in ("", "ai.onnx"):
+            if node.op_type == "Constant" or len(node.output) != 1 or node.domain not in DEFAULT_DOMAINS:
                 continue
             if node.op_type in NONDETERMINISTIC_OPS:
                 continue

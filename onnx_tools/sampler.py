@@ -30,6 +30,7 @@ from onnx import helper
 from .contract import Contract, read_contract
 from .errors import ModelInputError
 from .gradients import Emitter
+from .graph import default_opset, taken_names
 from .interpolation import upsample_matrix
 
 IMAGE, TARGET, LAYER_MAPS, SCORES = "sampler/image", "sampler/target", "sampler/layer_maps", "sampler/scores"
@@ -145,9 +146,7 @@ def _start(exported: onnx.ModelProto, prefix: str) -> tuple[Contract, Emitter]:
     contract = read_contract(exported)
     if contract is None:
         raise ModelInputError("the model has no SISE contract; run `python -m onnx_tools export` first")
-    opset = next(i.version for i in exported.opset_import if i.domain in ("", "ai.onnx"))
-    taken = {n for node in exported.graph.node for n in list(node.input) + list(node.output)}
-    return contract, Emitter(opset, prefix, taken)
+    return contract, Emitter(default_opset(exported), prefix, taken_names(exported))
 
 
 def build_sampler(exported: onnx.ModelProto, *, fp16: bool = False) -> onnx.ModelProto:

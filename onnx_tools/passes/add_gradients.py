@@ -9,7 +9,7 @@ from onnx import helper
 
 from ..contract import TARGET_INPUT, grad_output
 from ..gradients import Emitter, attach, build_gradients
-from ..graph import GraphIndex
+from ..graph import GraphIndex, taken_names
 
 
 def _score_seed(emit: Emitter, index: GraphIndex, logits: str, target: str, score: str) -> str:
@@ -38,9 +38,7 @@ def _score_seed(emit: Emitter, index: GraphIndex, logits: str, target: str, scor
 def add_gradients(model: onnx.ModelProto, index: GraphIndex, *, blocks: list[str], logits: str,
                   num_classes: int, score: str, batch_dim) -> list[str]:
     """Append the backward part to ``model``; returns the gradient output names."""
-    taken = {n for node in model.graph.node for n in list(node.input) + list(node.output)}
-    taken |= {t.name for t in model.graph.initializer} | {vi.name for vi in model.graph.input}
-    emit = Emitter(index.opset, "sise/bw", taken)
+    emit = Emitter(index.opset, "sise/bw", taken_names(model))
     model.graph.input.append(helper.make_tensor_value_info(TARGET_INPUT, onnx.TensorProto.FLOAT,
                                                            [batch_dim, num_classes]))
     seed = _score_seed(emit, index, logits, TARGET_INPUT, score)

@@ -17,7 +17,7 @@ from onnx import helper
 from ..contract import act_output, range_output
 from ..gradients import Emitter
 from ..gradients.builder import append_emitted
-from ..graph import GraphIndex
+from ..graph import GraphIndex, taken_names
 
 
 def rename_tensor(model: onnx.ModelProto, old: str, new: str) -> None:
@@ -38,8 +38,7 @@ def expose_blocks(model: onnx.ModelProto, index: GraphIndex, blocks: list[str],
         batch_dim: the image input's batch dim (int or symbolic name) for the output types.
     """
     interface = {vi.name for vi in model.graph.input} | {vi.name for vi in model.graph.output}
-    taken = {n for node in model.graph.node for n in list(node.input) + list(node.output)}
-    emit = Emitter(index.opset, "sise/range_ops", taken)
+    emit = Emitter(index.opset, "sise/range_ops", taken_names(model))
     names = []
     for i, tensor in enumerate(blocks):
         name = act_output(i)
