@@ -20,6 +20,7 @@ from .graph import GraphIndex, check_topological, default_opset, dims_of, find_i
 from .model_io import ModelIO, analysis_copy, detect_layout, find_class_output, fix_input_shape
 from .passes.add_gradients import add_gradients
 from .passes.expose_blocks import expose_blocks
+from .scores import score_op
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", sc
     out = a.model  # already a copy (fix_input_shape deep-copies)
     producer = a.index.producer.get(a.io.output_name)
     last_op = a.index.nodes[producer].op_type if producer is not None else None
-    if last_op in ("Softmax", "Sigmoid") and score in ("softmax", "sigmoid"):
+    if score_op(score) is not None and last_op in {op for op in C.SCORE_OPS.values() if op}:
         log.warning("the class output '%s' is already produced by %s; --score identity is probably meant",
                     a.io.output_name, last_op)
     batch_dim = a.io.input_dims[0] if a.io.input_dims[0] is not None else "N"

@@ -32,6 +32,7 @@ from .errors import ModelInputError
 from .gradients import Emitter
 from .graph import default_opset, taken_names
 from .interpolation import upsample_matrix
+from .scores import emit_score
 
 IMAGE, TARGET, LAYER_MAPS, SCORES = "sampler/image", "sampler/target", "sampler/layer_maps", "sampler/scores"
 KEEP = "sampler/keep"
@@ -75,14 +76,6 @@ def _forward_nodes(model: onnx.ModelProto, output: str) -> list[onnx.NodeProto]:
     return out
 
 
-def _score(emit: Emitter, logits: str, score: str) -> str:
-    if score == "softmax":
-        return emit.op("Softmax", [logits], axis=1 if emit.opset < 13 else -1)
-    if score == "sigmoid":
-        return emit.op("Sigmoid", [logits])
-    return logits
-
-
 def _half_precision(nodes: list, inits: list, exported: onnx.ModelProto,
                     contract: Contract) -> tuple[list, list]:
     """The forward nodes computing in float16 between float32 input and output (casts at both ends),
@@ -123,7 +116,7 @@ def _masked_forward(emit: Emitter, exported: onnx.ModelProto, contract: Contract
     for node in forward:
         node.input[:] = [masked if i == contract.input_name else i for i in node.input]
     flat = emit.op("Flatten", [contract.output_name], axis=1)
-    psi = _score(emit, flat, contract.score)
+    psi = emit_score(emit, flat, contract.score)
     scores = emit.op("MatMul", [psi, emit.op("Transpose", [TARGET], perm=[1, 0])])
     emit.op("Reshape", [scores, emit.ints([-1])], outputs=[SCORES])
     return forward, inits, position

@@ -10,6 +10,7 @@ from onnx import helper
 from ..contract import TARGET_INPUT, grad_output
 from ..gradients import Emitter, attach, build_gradients
 from ..graph import GraphIndex, taken_names
+from ..scores import emit_score_seed
 
 
 def _score_seed(emit: Emitter, index: GraphIndex, logits: str, target: str, score: str) -> str:
@@ -20,16 +21,7 @@ def _score_seed(emit: Emitter, index: GraphIndex, logits: str, target: str, scor
     g = target
     if dtype != np.float32:
         g = emit.op("Cast", [g], to=index.info[logits].elem_type)
-    if score == "softmax":
-        s = emit.op("Softmax", [flat], axis=1 if emit.opset < 13 else -1)
-        dot = emit.reduce("ReduceSum", emit.op("Mul", [g, s]), [1], keepdims=True)
-        seed = emit.op("Mul", [s, emit.op("Sub", [g, dot])])
-    elif score == "sigmoid":
-        s = emit.op("Sigmoid", [flat])
-        one = emit.const(np.ones((), dtype=dtype), hint="one")
-        seed = emit.op("Mul", [g, emit.op("Mul", [s, emit.op("Sub", [one, s])])])
-    else:  # logit / identity: psi is the output itself
-        seed = g
+    seed = emit_score_seed(emit, flat, g, score, dtype)
     if rank != 2:
         seed = emit.op("Reshape", [seed, emit.op("Shape", [logits])])
     return seed
