@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
-from .errors import ModelInputError, ModelLoadError
+from .errors import AlignmentError, ModelInputError, ModelLoadError
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                onnx.TensorProto.BFLOAT16}
@@ -274,7 +274,8 @@ def fold_constants(model: onnx.ModelProto, max_rounds: int = 6) -> onnx.ModelPro
 
     Exporters compute pads, shapes and axes with small integer subgraphs (torch's F.pad builds its
     pads with ConstantOfShape/Concat/Slice/Transpose); folding them makes the downstream shapes and
-    these values static. Node positions are unchanged, so the copy stays aligned with the original.
+    these values static. Node positions are unchanged (a folded node becomes a Constant with the same
+    output in the same place), so the copy stays aligned with the original: :func:`check_aligned`.
     """
     from onnx.reference import ReferenceEvaluator
 
@@ -308,6 +309,33 @@ def fold_constants(model: onnx.ModelProto, max_rounds: int = 6) -> onnx.ModelPro
             const = helper_constant(out, values[out], name=index.nodes[p].name)
             model.graph.node[p].CopyFrom(const)
     return infer_shapes(model)
+
+
+def check_aligned(model: onnx.ModelProto, index: GraphIndex, positions: list[int] | None = None) -> None:
+    """Raise :class:`AlignmentError` unless ``model``'s nodes line up with ``index``'s nodes (the batch-1
+    analysis copy) at ``positions`` (default: all, and the node counts must match too).
+
+    The gradient builder finds nodes by their position in the copy and writes extra outputs (MaxPool
+    Indices) into ``model`` at those positions. Aligned means: the same outputs, and the same op type
+    unless :func:`fold_constants` replaced the node by a Constant in the copy.
+    """
+    nodes, copied = model.graph.node, index.nodes
+    broken = "node positions read in the batch-1 analysis copy do not hold in the model"
+    if positions is None:
+        if len(nodes) != len(copied):
+            raise AlignmentError(f"internal error: the analysis copy has {len(copied)} nodes but the model "
+                                 f"has {len(nodes)}: {broken}; please report it")
+        positions = range(len(copied))
+    for p in positions:
+        if not 0 <= p < min(len(nodes), len(copied)):
+            raise AlignmentError(f"internal error: node position {p} is outside the model ({len(nodes)} "
+                                 f"nodes) or its analysis copy ({len(copied)}): {broken}; please report it")
+        have, want = nodes[p], copied[p]
+        same_op = have.op_type == want.op_type or want.op_type == "Constant"  # folded in the copy
+        if list(have.output) != list(want.output) or not same_op:
+            raise AlignmentError(f"internal error: node {p} is {have.op_type} -> {list(have.output)} in the "
+                                 f"model but {want.op_type} -> {list(want.output)} in the analysis copy: "
+                                 f"{broken}; please report it")
 
 
 def helper_constant(output: str, value: np.ndarray, name: str = "") -> onnx.NodeProto:
