@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from onnx_tools.sampler import IMAGE, MASKS, SCORES, TARGET
+from onnx_tools import IMAGE, MASKS, SCORES, TARGET
 
 from .config import RuntimeConfig
 from .errors import ConfigError

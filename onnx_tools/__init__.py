@@ -1,13 +1,28 @@
 """Export step of SISE Inspector: rewrite an ONNX classifier so that it also returns each
 convolutional block's activation and the class-score gradients (ONNX Runtime has no autograd).
 
-Imports onnx and numpy only.
+Imports onnx and numpy only. The names below are the public API; the engine imports nothing else.
+The upper-case sampler names are the tensor names of the graphs :func:`build_sampler` and
+:func:`build_mask_scorer` build (``act_input(b)`` / ``idx_input(b)``: block b's inputs).
 """
 
-from .contract import Contract, read_contract
+from .contract import SCORE_KINDS, Contract, read_contract
 from .errors import ExportError
 from .export import analyse, export_file, export_model
-from .sampler import build_mask_scorer, build_sampler
+from .interpolation import upsample_matrix
+from .sampler import (
+    IMAGE,
+    KEEP,
+    LAYER_MAPS,
+    MASKS,
+    SCORES,
+    TARGET,
+    act_input,
+    build_mask_scorer,
+    build_sampler,
+    idx_input,
+)
 
-__all__ = ["Contract", "ExportError", "analyse", "build_mask_scorer", "build_sampler", "export_file",
-           "export_model", "read_contract"]
+__all__ = ["IMAGE", "KEEP", "LAYER_MAPS", "MASKS", "SCORES", "SCORE_KINDS", "TARGET", "Contract",
+           "ExportError", "act_input", "analyse", "build_mask_scorer", "build_sampler", "export_file",
+           "export_model", "idx_input", "read_contract", "upsample_matrix"]

@@ -13,7 +13,10 @@ import onnx
 CONTRACT_KEY = "sise.contract"
 CONTRACT_VERSION = 1
 TARGET_INPUT = "sise_target"
-SCORE_KINDS = ("softmax", "sigmoid", "logit", "identity")
+# psi, the score of the explained class, per score kind: the ONNX op applied over the class axis of the
+# class output (None: the output itself). The one list of score kinds; emitted by onnx_tools.scores.
+SCORE_OPS = {"softmax": "Softmax", "sigmoid": "Sigmoid", "logit": None, "identity": None}
+SCORE_KINDS = tuple(SCORE_OPS)
 
 
 def act_output(index: int) -> str:

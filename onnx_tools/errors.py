@@ -25,3 +25,12 @@ class UnsupportedOpError(ExportError):
 
 class AlreadyExportedError(ExportError):
     """The model already carries the SISE contract."""
+
+
+class PassConditionError(ExportError):
+    """An export pass found its precondition or postcondition broken (the message names the pass and the
+    condition): passes run in the wrong order, or an internal error of the export step."""
+
+
+class AlignmentError(ExportError):
+    """The batch-1 analysis copy's nodes no longer line up, position by position, with the model's."""

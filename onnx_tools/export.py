@@ -9,17 +9,25 @@ import logging
 import os
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import onnx
 
 from . import contract as C
 from .blocks import check_explicit_blocks, discover_blocks
 from .errors import AlreadyExportedError, ExportError, ModelInputError
-from .graph import GraphIndex, check_topological, default_opset, dims_of, find_image_input, load_model
+from .graph import (
+    GraphIndex,
+    check_aligned,
+    check_topological,
+    default_opset,
+    dims_of,
+    find_image_input,
+    load_model,
+)
 from .model_io import ModelIO, analysis_copy, detect_layout, find_class_output, fix_input_shape
-from .passes.add_gradients import add_gradients
-from .passes.expose_blocks import expose_blocks
+from .passes import AddGradients, ExportState, ExposeBlocks, PassManager
+from .scores import score_op
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +47,7 @@ class ExportResult:
     model: onnx.ModelProto
     contract: C.Contract
     seconds: float
+    passes: dict[str, bool] = field(default_factory=dict)  # pass name -> whether it modified the model
 
 
 def _refuse_exported(model: onnx.ModelProto) -> None:
@@ -55,6 +64,7 @@ def analyse(model: onnx.ModelProto, *, blocks: str | list[str] = "auto",
     check_topological(model)
     model = fix_input_shape(model, input_shape)
     index = GraphIndex(analysis_copy(model))
+    check_aligned(model, index)  # the passes read node positions in the copy and write them in the model
     image = find_image_input(model)
     output_name, num_classes = find_class_output(index, output)
     io = ModelIO(input_name=image.name, layout=detect_layout(index, image.name),
@@ -87,16 +97,19 @@ def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", sc
     out = a.model  # already a copy (fix_input_shape deep-copies)
     producer = a.index.producer.get(a.io.output_name)
     last_op = a.index.nodes[producer].op_type if producer is not None else None
-    if last_op in ("Softmax", "Sigmoid") and score in ("softmax", "sigmoid"):
+    if score_op(score) is not None and last_op in {op for op in C.SCORE_OPS.values() if op}:
         log.warning("the class output '%s' is already produced by %s; --score identity is probably meant",
                     a.io.output_name, last_op)
     batch_dim = a.io.input_dims[0] if a.io.input_dims[0] is not None else "N"
-    grad_names = add_gradients(out, a.index, blocks=a.blocks, logits=a.io.output_name,
-                               num_classes=a.io.num_classes, score=score, batch_dim=batch_dim)
-    exposed = expose_blocks(out, a.index, a.blocks, batch_dim)  # last: it renames the block tensors
-    infos = tuple(C.BlockInfo(index=i, tensor=t, shape=tuple(a.index.shape(t)), act_output=act,
-                              grad_output=grad, range_output=spread)
-                  for i, (t, (act, spread), grad) in enumerate(zip(a.blocks, exposed, grad_names)))
+    state = ExportState(index=a.index, blocks=tuple(a.blocks), batch_dim=batch_dim)
+    # ExposeBlocks renames the block tensors; its precondition (the gradient outputs exist) keeps it last
+    passes = PassManager([AddGradients(logits=a.io.output_name, num_classes=a.io.num_classes, score=score),
+                          ExposeBlocks()])
+    run = passes(out, state)
+    out = run.model
+    infos = tuple(C.BlockInfo(index=i, tensor=t, shape=tuple(a.index.shape(t)), act_output=C.act_output(i),
+                              grad_output=C.grad_output(i), range_output=C.range_output(i))
+                  for i, t in enumerate(a.blocks))  # the names the passes' postconditions checked
     contract = C.Contract(input_name=a.io.input_name, input_layout=a.io.layout, input_shape=a.io.input_dims,
                           output_name=a.io.output_name, num_classes=a.io.num_classes, score=score,
                           blocks=infos, source_opset=default_opset(model))
@@ -107,7 +120,8 @@ def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", sc
         except Exception as e:
             raise ExportError(f"internal error: the rewritten model fails onnx.checker ({e}); "
                               "please report it") from e
-    return ExportResult(model=out, contract=contract, seconds=time.perf_counter() - start)
+    return ExportResult(model=out, contract=contract, seconds=time.perf_counter() - start,
+                        passes=run.modified_by)
 
 
 def export_file(in_path: str | os.PathLike, out_path: str | os.PathLike, **options) -> ExportResult:

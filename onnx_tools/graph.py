@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
-from .errors import ModelInputError, ModelLoadError
+from .errors import AlignmentError, ModelInputError, ModelLoadError
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                onnx.TensorProto.BFLOAT16}
@@ -60,11 +60,27 @@ def _uses_external_data(model: onnx.ModelProto) -> bool:
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors)
 
 
+# The names of ONNX's default operator domain; its opset is "the model's opset" everywhere in onnx_tools.
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
 def default_opset(model: onnx.ModelProto) -> int:
+    """The model's default-domain (ai.onnx) opset version."""
     for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
+        if imp.domain in DEFAULT_DOMAINS:
             return imp.version
     raise ModelLoadError("the model imports no default-domain (ai.onnx) opset")
+
+
+def taken_names(model: onnx.ModelProto) -> set[str]:
+    """Every tensor name the graph already uses (node inputs and outputs, initializers, graph inputs and
+    outputs): what an :class:`~onnx_tools.gradients.Emitter` adding nodes to it must never reuse."""
+    graph = model.graph
+    names = {n for node in graph.node for n in list(node.input) + list(node.output)}
+    names |= {t.name for t in graph.initializer}
+    names |= {vi.name for vi in list(graph.input) + list(graph.output)}
+    names.discard("")
+    return names
 
 
 def dims_of(value_info: onnx.ValueInfoProto) -> list:
@@ -258,7 +274,8 @@ def fold_constants(model: onnx.ModelProto, max_rounds: int = 6) -> onnx.ModelPro
 
     Exporters compute pads, shapes and axes with small integer subgraphs (torch's F.pad builds its
     pads with ConstantOfShape/Concat/Slice/Transpose); folding them makes the downstream shapes and
-    these values static. Node positions are unchanged, so the copy stays aligned with the original.
+    these values static. Node positions are unchanged (a folded node becomes a Constant with the same
+    output in the same place), so the copy stays aligned with the original: :func:`check_aligned`.
     """
     from onnx.reference import ReferenceEvaluator
 
@@ -269,7 +286,7 @@ def fold_constants(model: onnx.ModelProto, max_rounds: int = 6) -> onnx.ModelPro
         fold: list[int] = []
         shape_values: dict[int, np.ndarray] = {}
         for p, node in enumerate(index.nodes):
-            if node.op_type == "Constant" or len(node.output) != 1 or node.domain not in ("", "ai.onnx"):
+            if node.op_type == "Constant" or len(node.output) != 1 or node.domain not in DEFAULT_DOMAINS:
                 continue
             if node.op_type in NONDETERMINISTIC_OPS:
                 continue
@@ -292,6 +309,33 @@ def fold_constants(model: onnx.ModelProto, max_rounds: int = 6) -> onnx.ModelPro
             const = helper_constant(out, values[out], name=index.nodes[p].name)
             model.graph.node[p].CopyFrom(const)
     return infer_shapes(model)
+
+
+def check_aligned(model: onnx.ModelProto, index: GraphIndex, positions: list[int] | None = None) -> None:
+    """Raise :class:`AlignmentError` unless ``model``'s nodes line up with ``index``'s nodes (the batch-1
+    analysis copy) at ``positions`` (default: all, and the node counts must match too).
+
+    The gradient builder finds nodes by their position in the copy and writes extra outputs (MaxPool
+    Indices) into ``model`` at those positions. Aligned means: the same outputs, and the same op type
+    unless :func:`fold_constants` replaced the node by a Constant in the copy.
+    """
+    nodes, copied = model.graph.node, index.nodes
+    broken = "node positions read in the batch-1 analysis copy do not hold in the model"
+    if positions is None:
+        if len(nodes) != len(copied):
+            raise AlignmentError(f"internal error: the analysis copy has {len(copied)} nodes but the model "
+                                 f"has {len(nodes)}: {broken}; please report it")
+        positions = range(len(copied))
+    for p in positions:
+        if not 0 <= p < min(len(nodes), len(copied)):
+            raise AlignmentError(f"internal error: node position {p} is outside the model ({len(nodes)} "
+                                 f"nodes) or its analysis copy ({len(copied)}): {broken}; please report it")
+        have, want = nodes[p], copied[p]
+        same_op = have.op_type == want.op_type or want.op_type == "Constant"  # folded in the copy
+        if list(have.output) != list(want.output) or not same_op:
+            raise AlignmentError(f"internal error: node {p} is {have.op_type} -> {list(have.output)} in the "
+                                 f"model but {want.op_type} -> {list(want.output)} in the analysis copy: "
+                                 f"{broken}; please report it")
 
 
 def helper_constant(output: str, value: np.ndarray, name: str = "") -> onnx.NodeProto:

@@ -76,7 +76,8 @@ def fix_input_shape(model: onnx.ModelProto, input_shape: tuple[int, ...] | None)
 def analysis_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     """A shape-inferred, constant-folded copy with batch 1, used only to read static shapes and values.
 
-    Its nodes stay at the same positions as in ``model`` (folded ones become Constant nodes).
+    Its nodes stay at the same positions as in ``model`` (folded ones become Constant nodes); the
+    export checks that with :func:`~onnx_tools.graph.check_aligned` where it relies on it.
     """
     model = copy.deepcopy(model)
     vi = find_image_input(model)

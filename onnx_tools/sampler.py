@@ -30,7 +30,9 @@ from onnx import helper
 from .contract import Contract, read_contract
 from .errors import ModelInputError
 from .gradients import Emitter
-from .gradients.ops.resize import interpolation_matrix
+from .graph import default_opset, taken_names
+from .interpolation import upsample_matrix
+from .scores import emit_score
 
 IMAGE, TARGET, LAYER_MAPS, SCORES = "sampler/image", "sampler/target", "sampler/layer_maps", "sampler/scores"
 KEEP = "sampler/keep"
@@ -44,12 +46,6 @@ def act_input(b: int) -> str:
 
 def idx_input(b: int) -> str:
     return f"sampler/idx/{b}"
-
-
-def upsample_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """Bilinear, half-pixel centres, edges clamped (PyTorch ``align_corners=False``): [n_out, n_in]."""
-    return interpolation_matrix(n_in, n_out, n_out / n_in, mode="linear", coord_mode="half_pixel",
-                                nearest_mode="floor")
 
 
 def image_size(contract: Contract) -> tuple[int, int]:
@@ -78,14 +74,6 @@ def _forward_nodes(model: onnx.ModelProto, output: str) -> list[onnx.NodeProto]:
                 node.output.pop()
         out.append(node)
     return out
-
-
-def _score(emit: Emitter, logits: str, score: str) -> str:
-    if score == "softmax":
-        return emit.op("Softmax", [logits], axis=1 if emit.opset < 13 else -1)
-    if score == "sigmoid":
-        return emit.op("Sigmoid", [logits])
-    return logits
 
 
 def _half_precision(nodes: list, inits: list, exported: onnx.ModelProto,
@@ -128,7 +116,7 @@ def _masked_forward(emit: Emitter, exported: onnx.ModelProto, contract: Contract
     for node in forward:
         node.input[:] = [masked if i == contract.input_name else i for i in node.input]
     flat = emit.op("Flatten", [contract.output_name], axis=1)
-    psi = _score(emit, flat, contract.score)
+    psi = emit_score(emit, flat, contract.score)
     scores = emit.op("MatMul", [psi, emit.op("Transpose", [TARGET], perm=[1, 0])])
     emit.op("Reshape", [scores, emit.ints([-1])], outputs=[SCORES])
     return forward, inits, position
@@ -151,9 +139,7 @@ def _start(exported: onnx.ModelProto, prefix: str) -> tuple[Contract, Emitter]:
     contract = read_contract(exported)
     if contract is None:
         raise ModelInputError("the model has no SISE contract; run `python -m onnx_tools export` first")
-    opset = next(i.version for i in exported.opset_import if i.domain in ("", "ai.onnx"))
-    taken = {n for node in exported.graph.node for n in list(node.input) + list(node.output)}
-    return contract, Emitter(opset, prefix, taken)
+    return contract, Emitter(default_opset(exported), prefix, taken_names(exported))
 
 
 def build_sampler(exported: onnx.ModelProto, *, fp16: bool = False) -> onnx.ModelProto:

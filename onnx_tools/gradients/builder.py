@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import onnx
 
 from ..errors import UnsupportedOpError
-from ..graph import GraphIndex
+from ..graph import GraphIndex, check_aligned
 from . import ops  # noqa: F401  (registers the VJP builders)
 from .emitter import Emitter
 from .registry import UnsupportedVariant, VjpContext, lookup
@@ -25,16 +25,24 @@ class Gradients:
     Attributes:
         grads: requested tensor -> name of its gradient tensor (same shape).
         extra_outputs: (node position, output slot, name) forward outputs the backward part reads and
-            that the forward graph must start producing (MaxPool Indices).
+            that the forward graph must start producing (MaxPool Indices); positions are in the index
+            the gradients were built from (see :func:`attach`).
     """
 
     grads: dict[str, str]
     extra_outputs: list
 
 
-def attach(model: onnx.ModelProto, emit: Emitter, result: Gradients) -> None:
+def attach(model: onnx.ModelProto, emit: Emitter, result: Gradients, index: GraphIndex | None = None) -> None:
     """Append what ``emit`` collected to ``model`` and make the forward nodes produce the extra outputs
-    the backward part reads. Before IR version 4 new initializers are also declared as graph inputs."""
+    the backward part reads. Before IR version 4 new initializers are also declared as graph inputs.
+
+    The extra outputs' positions are positions in the index the gradients were built from; when that is
+    another model's (the export's batch-1 analysis copy), pass it as ``index``: it is checked that
+    ``model`` has the same nodes there (:func:`~onnx_tools.graph.check_aligned`).
+    """
+    if index is not None and index.model is not model:
+        check_aligned(model, index, sorted({position for position, _, _ in result.extra_outputs}))
     for position, slot, name in result.extra_outputs:
         outputs = model.graph.node[position].output
         while len(outputs) <= slot:

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..graph import GraphIndex
+from ..graph import DEFAULT_DOMAINS, GraphIndex
 from .emitter import Emitter
 
 VjpFn = Callable[["VjpContext"], list]
@@ -34,7 +34,7 @@ def register(*op_types: str) -> Callable[[VjpFn], VjpFn]:
 
 
 def lookup(node: onnx.NodeProto) -> VjpFn | None:
-    if node.domain not in ("", "ai.onnx"):
+    if node.domain not in DEFAULT_DOMAINS:
         return None
     return _REGISTRY.get(node.op_type)
 

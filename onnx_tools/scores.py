@@ -1,0 +1,46 @@
+"""The score psi the explained class is measured with, as ONNX nodes: the one place that switches on
+the score kinds of :data:`onnx_tools.contract.SCORE_KINDS` (the export's gradient seed and the sampler's
+per-mask scores both go through here)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .contract import SCORE_KINDS, SCORE_OPS
+from .errors import ModelInputError
+
+
+def score_op(kind: str) -> str | None:
+    """The ONNX op psi applies over the class axis ("Softmax", "Sigmoid"), or None when psi is the class
+    output itself (logit, identity).
+
+    Raises:
+        ModelInputError: ``kind`` is not one of :data:`~onnx_tools.contract.SCORE_KINDS`.
+    """
+    if kind not in SCORE_OPS:
+        raise ModelInputError(f"score kind '{kind}' is not one of {', '.join(SCORE_KINDS)}")
+    return SCORE_OPS[kind]
+
+
+def emit_score(emit, logits: str, kind: str) -> str:
+    """psi(logits) over axis 1 of a [N, K] tensor; returns ``logits`` itself for logit / identity."""
+    op = score_op(kind)
+    if op == "Softmax":
+        return emit.op("Softmax", [logits], axis=1 if emit.opset < 13 else -1)
+    if op == "Sigmoid":
+        return emit.op("Sigmoid", [logits])
+    return logits
+
+
+def emit_score_seed(emit, logits: str, target: str, kind: str, dtype: np.dtype) -> str:
+    """d(loss)/d(logits) for loss = sum(target * psi(logits)), ``logits`` [N, K] and ``target`` of the
+    same shape and element type ``dtype``."""
+    s = emit_score(emit, logits, kind)
+    op = score_op(kind)
+    if op == "Softmax":
+        dot = emit.reduce("ReduceSum", emit.op("Mul", [target, s]), [1], keepdims=True)
+        return emit.op("Mul", [s, emit.op("Sub", [target, dot])])
+    if op == "Sigmoid":
+        one = emit.const(np.ones((), dtype=dtype), hint="one")
+        return emit.op("Mul", [target, emit.op("Mul", [s, emit.op("Sub", [one, s])])])
+    return target  # psi is the output itself
