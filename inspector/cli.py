@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", required=True, help="folder for the three files")
     rep.add_argument("--run", type=int, default=None,
                      help="only the inputs of this run's audit (default: all)")
+    sub.add_parser("schema", help="print the config's JSON Schema (configs/inspector-config.schema.json)")
     doc = sub.add_parser("doctor",
                          help="check onnxruntime, providers, CUDA libraries, the model and a self-test")
     doc.add_argument("-c", "--config", default=None, help="config to check (default: the bundled example)")
@@ -191,6 +192,15 @@ def cmd_report(args) -> int:
     return EXIT_OK
 
 
+def cmd_schema(args) -> int:
+    import json
+
+    from .config import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
 def cmd_doctor(args) -> int:
     from .doctor import run_doctor
 
@@ -268,7 +278,8 @@ def _explain_status(outcome, counts: dict, failures: list) -> str:
 
 
 COMMANDS = {"explain": cmd_explain, "demo": cmd_demo, "evaluate": cmd_evaluate, "audit": cmd_audit,
-            "audit-merge": cmd_audit_merge, "report": cmd_report, "doctor": cmd_doctor, "watch": cmd_watch}
+            "audit-merge": cmd_audit_merge, "report": cmd_report, "doctor": cmd_doctor, "watch": cmd_watch,
+            "schema": cmd_schema}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,7 @@
 """Configuration: frozen dataclasses are the only schema. YAML keys equal field names; unknown keys,
-missing required keys and wrong types are errors that name the key."""
+missing required keys, wrong types and values outside a ``Literal``'s choices are errors that name the
+key. :func:`json_schema` derives a JSON Schema from the same dataclasses (for editors; ``inspector
+schema`` prints it)."""
 
 from __future__ import annotations
 
@@ -10,19 +12,28 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
+from typing import Literal
 
 import cv2
 import yaml
 
+from onnx_tools import SCORE_KINDS
+
 from .errors import ConfigError
+from .regions import THRESHOLDS
 
 log = logging.getLogger(__name__)
-RESIZE_MODES = ("stretch", "letterbox", "shorter_side_center_crop")
+ResizeMode = Literal["stretch", "letterbox", "shorter_side_center_crop"]
+ChannelOrder = Literal["RGB", "BGR", "GRAY"]
+InputDtype = Literal["uint8", "uint16", "float"]
+ScoreKind = Literal[SCORE_KINDS]  # the export's list, one place
+Threshold = Literal[THRESHOLDS]  # what regions.find_regions knows
+OverlayFormat = Literal["png", "jpg"]
+RESIZE_MODES = typing.get_args(ResizeMode)
 COLORMAPS = {name[len("COLORMAP_"):].lower(): getattr(cv2, name)
              for name in dir(cv2) if name.startswith("COLORMAP_")}
-CHANNEL_ORDERS = ("RGB", "BGR", "GRAY")
-INPUT_DTYPES = ("uint8", "uint16", "float")
-SCORE_KINDS = ("softmax", "sigmoid", "logit", "identity")
+CHANNEL_ORDERS = typing.get_args(ChannelOrder)
+INPUT_DTYPES = typing.get_args(InputDtype)
 # Speed/quality trade-offs, chosen from benchmarks/presets.py (EfficientNet-Lite0, 4 natural images):
 # Ada-SISE agreed better with full SISE than mu = 0.3 at a similar speed-up, and Ada-SISE capped at 16
 # maps per layer better than mu = 0.5 capped at 32 at a similar speed-up. The README has the table.
@@ -31,6 +42,7 @@ PRESETS = {
     "balanced": {"mu": 0.0, "adaptive": True, "max_masks_per_layer": None},
     "fast": {"mu": 0.0, "adaptive": True, "max_masks_per_layer": 16},
 }
+Preset = Literal[tuple(PRESETS)]
 
 
 @dataclass(frozen=True)
@@ -38,12 +50,12 @@ class PreprocessConfig:
     """Image -> model tensor. ``scale`` multiplies raw pixel values, then (x - mean) / std per channel."""
 
     size: tuple[int, int] | None = None  # (H, W); default: the model's input size
-    resize: str = "stretch"
+    resize: ResizeMode = "stretch"
     scale: float = 1.0 / 255.0
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    channel_order: str = "RGB"
-    input_dtype: str = "uint8"  # the bit depth images are expected in; others are refused
+    channel_order: ChannelOrder = "RGB"
+    input_dtype: InputDtype = "uint8"  # the bit depth images are expected in; others are refused
     max_pixels: int = 50_000_000
 
 
@@ -76,7 +88,7 @@ class MethodConfig:
     what every method shares (chunk_size, seed) and the other methods' own settings (rise)."""
 
     name: str = "sise"
-    preset: str = "quality"
+    preset: Preset = "quality"
     mu: float | None = None  # None: from the preset
     adaptive: bool | None = None  # Ada-SISE: Otsu on the positive max-normalised gradients, per layer
     max_masks_per_layer: int | None = None
@@ -109,7 +121,7 @@ class RuntimeConfig:
 class ExportConfig:
     """Used only when ``model`` is a plain ONNX classifier (exported on first use, cached beside it)."""
 
-    score: str = "softmax"
+    score: ScoreKind = "softmax"
     blocks: tuple[str, ...] | None = None  # None: automatic discovery
 
 
@@ -118,7 +130,7 @@ class RegionsConfig:
     """Regions of evidence on the fused map: threshold otsu | fixed (value in [0, 1]) | percentile
     (value in [0, 100]); components smaller than min_area pixels (original resolution) are dropped."""
 
-    threshold: str = "otsu"
+    threshold: Threshold = "otsu"
     value: float = 0.5
     min_area: int = 16
 
@@ -130,14 +142,14 @@ class VisualsConfig:
     good_opacity: float = 0.15  # the muted heatmap of a part predicted good (classes in good_classes)
 
 
-OVERLAY_FORMATS = ("png", "jpg")
+OVERLAY_FORMATS = typing.get_args(OverlayFormat)
 
 
 @dataclass(frozen=True)
 class OutputsConfig:
     """Which files each explanation gets: the overlay as PNG or JPEG, and whether to keep the npz maps."""
 
-    overlay: str = "png"
+    overlay: OverlayFormat = "png"
     jpeg_quality: int = 90
     npz: bool = True
 
@@ -206,6 +218,9 @@ def _convert(key: str, value, hint):
         return _convert(key, value, args[0])
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key)
+    if origin is Literal:
+        _check_choice(key, value, typing.get_args(hint))
+        return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
@@ -249,17 +264,10 @@ def _build(cls, raw, prefix: str = ""):
 
 def _validate(cfg: InspectorConfig) -> None:
     p, m = cfg.preprocess, cfg.method
-    _check_choice("preprocess.resize", p.resize, RESIZE_MODES)
-    _check_choice("preprocess.channel_order", p.channel_order, CHANNEL_ORDERS)
-    _check_choice("preprocess.input_dtype", p.input_dtype, INPUT_DTYPES)
-    _check_choice("method.preset", m.preset, tuple(PRESETS))
-    _check_choice("export.score", cfg.export.score, SCORE_KINDS)
-    _check_choice("regions.threshold", cfg.regions.threshold, ("otsu", "fixed", "percentile"))
     _check_choice("visuals.colormap", cfg.visuals.colormap.lower(), tuple(COLORMAPS))
     if not 0.0 <= cfg.visuals.opacity <= 1.0:
         raise ConfigError(f"visuals.opacity: must be in [0, 1], got {cfg.visuals.opacity}")
     _check_range("visuals.good_opacity", cfg.visuals.good_opacity, 0, 1)
-    _check_choice("outputs.overlay", cfg.outputs.overlay, OVERLAY_FORMATS)
     _check_range("outputs.jpeg_quality", cfg.outputs.jpeg_quality, 1, 100)
     unknown = [c for c in cfg.good_classes if cfg.classes is None or c not in cfg.classes]
     if unknown:
@@ -287,6 +295,11 @@ def _validate(cfg: InspectorConfig) -> None:
         raise ConfigError(f"method.max_masks_per_layer: must be >= 1, got {m.max_masks_per_layer}")
     if p.max_pixels < 1:
         raise ConfigError("preprocess.max_pixels: must be >= 1")
+    if p.scale <= 0:
+        raise ConfigError(f"preprocess.scale: must be > 0, got {p.scale:g}")
+    if cfg.runtime.intra_op_threads < 0:
+        raise ConfigError(f"runtime.intra_op_threads: must be >= 0 (0: onnxruntime's default), got "
+                          f"{cfg.runtime.intra_op_threads}")
 
 
 def _validate_regions(r: RegionsConfig) -> None:
@@ -347,3 +360,49 @@ def load_config(path: str | os.PathLike) -> InspectorConfig:
                                 base_dir=os.path.dirname(os.path.abspath(path)))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from e
+
+
+def _schema_of(hint) -> dict:
+    """JSON Schema of one annotated type (the same types ``_convert`` accepts)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return {"anyOf": [_schema_of(inner), {"type": "null"}]}
+    if dataclasses.is_dataclass(hint):
+        return _schema_of_dataclass(hint)
+    if origin is Literal:
+        return {"enum": list(typing.get_args(hint))}
+    if origin is tuple:
+        args = typing.get_args(hint)
+        items = {"type": "array", "items": _schema_of(args[0])}
+        if len(args) > 1 and args[1] is not Ellipsis:
+            items.update(minItems=len(args), maxItems=len(args))
+        return items
+    if hint is dict or origin is dict:
+        return {"type": "object"}
+    return {"type": {bool: "boolean", int: "integer", float: "number", str: "string"}[hint]}
+
+
+def _schema_of_dataclass(cls) -> dict:
+    hints = typing.get_type_hints(cls)
+    properties, required = {}, []
+    for f in dataclasses.fields(cls):
+        prop = _schema_of(hints[f.name])
+        if f.default is not dataclasses.MISSING and not dataclasses.is_dataclass(f.default):
+            prop["default"] = list(f.default) if isinstance(f.default, tuple) else f.default
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            required.append(f.name)
+        properties[f.name] = prop
+    out = {"type": "object", "properties": properties, "additionalProperties": False}
+    if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "("):
+        out["description"] = " ".join(cls.__doc__.split())
+    if required:
+        out["required"] = required
+    return out
+
+
+def json_schema() -> dict:
+    """A JSON Schema (draft 2020-12) of the YAML config, derived from the dataclasses: types, choices and
+    defaults. Ranges and cross-key rules are checked by :func:`config_from_dict` only."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "SISE Inspector config",
+            **_schema_of_dataclass(InspectorConfig)}

@@ -17,7 +17,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from .config import InspectorConfig, load_config
-from .session import CUDA_LIBRARIES, cuda_libraries, preload_cuda_libraries
+from .session import CUDA_LIBRARIES, cuda_libraries, probe_session
 
 
 def flavour() -> str:
@@ -45,13 +45,8 @@ def _tiny_model() -> bytes:
 
 def probe_provider(name: str, options: dict | None = None) -> tuple[bool, str]:
     """(works, detail): run a tiny Conv+Relu session on ``name`` alone and check it really ran there."""
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4
     try:
-        if name == "CUDAExecutionProvider":
-            preload_cuda_libraries()  # as the engine does
-        providers = [(name, options or {})] if name == "CUDAExecutionProvider" else [name]
-        sess = ort.InferenceSession(_tiny_model(), opts, providers=providers)
+        sess = probe_session(_tiny_model(), name, options)
         y = sess.run(None, {"x": np.ones((1, 3, 4, 4), np.float32)})[0]
     except Exception as e:  # noqa: BLE001 - onnxruntime's errors (Fail, EPFail, ...) derive from Exception only
         return False, f"session failed: {str(e).splitlines()[0][:200]}"

@@ -105,6 +105,17 @@ def make_session(model_bytes: bytes, cfg: RuntimeConfig, what: str, *, fp32: boo
     return session
 
 
+def probe_session(model_bytes: bytes, provider: str, options: dict | None = None) -> ort.InferenceSession:
+    """A silent session on ``provider`` alone (``inspector doctor``'s probes); onnxruntime's error is
+    raised as it is."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    if provider == "CUDAExecutionProvider":
+        preload_cuda_libraries()  # as the engine does
+    providers = [(provider, options or {})] if provider == "CUDAExecutionProvider" else [provider]
+    return ort.InferenceSession(model_bytes, opts, providers=providers)
+
+
 @dataclass
 class ExplainOutputs:
     """Host copies of the small outputs and device handles of the activations (one image)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnx_tools.sampler import upsample_matrix
+from onnx_tools import upsample_matrix
 
 from ..fusion import minmax
 from .base import Method, MethodContext, MethodResult

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnx_tools.sampler import IMAGE, KEEP, LAYER_MAPS, SCORES, TARGET, act_input, idx_input
+from onnx_tools import IMAGE, KEEP, LAYER_MAPS, SCORES, TARGET, act_input, idx_input
 
 from ..config import MethodConfig
 from ..fusion import fuse, minmax
