@@ -17,6 +17,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from onnx_tools import scores_of
+
 from . import preprocess as pre
 from .config import InspectorConfig, config_from_dict, load_config
 from .errors import ConfigError, ImageError, InspectorError, TargetError
@@ -31,13 +33,7 @@ log = logging.getLogger(__name__)
 
 def confidences(logits: np.ndarray, score: str) -> np.ndarray:
     """The model's confidence per class, as the export's score kind defines it."""
-    z = logits.astype(np.float64)
-    if score == "softmax":
-        e = np.exp(z - z.max())
-        return (e / e.sum()).astype(np.float32)
-    if score == "sigmoid":
-        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
-    return z.astype(np.float32)
+    return scores_of(logits, score)
 
 
 class Inspector:

@@ -22,7 +22,8 @@ from .sampler import (
     build_sampler,
     idx_input,
 )
+from .scores import scores_of
 
 __all__ = ["IMAGE", "KEEP", "LAYER_MAPS", "MASKS", "SCORES", "SCORE_KINDS", "TARGET", "Contract",
            "ExportError", "act_input", "analyse", "build_mask_scorer", "build_sampler", "export_file",
-           "export_model", "idx_input", "read_contract", "upsample_matrix"]
+           "export_model", "idx_input", "read_contract", "scores_of", "upsample_matrix"]

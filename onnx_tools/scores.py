@@ -1,6 +1,6 @@
-"""The score psi the explained class is measured with, as ONNX nodes: the one place that switches on
-the score kinds of :data:`onnx_tools.contract.SCORE_KINDS` (the export's gradient seed and the sampler's
-per-mask scores both go through here)."""
+"""The score psi the explained class is measured with: the one place that switches on the score kinds of
+:data:`onnx_tools.contract.SCORE_KINDS`, as ONNX nodes (the export's gradient seed, the sampler's per-mask
+scores) and in numpy (:func:`scores_of`, the engine's confidences)."""
 
 from __future__ import annotations
 
@@ -44,3 +44,15 @@ def emit_score_seed(emit, logits: str, target: str, kind: str, dtype: np.dtype) 
         one = emit.const(np.ones((), dtype=dtype), hint="one")
         return emit.op("Mul", [target, emit.op("Mul", [s, emit.op("Sub", [one, s])])])
     return target  # psi is the output itself
+
+
+def scores_of(logits: np.ndarray, kind: str) -> np.ndarray:
+    """psi over the last axis of a model's class output, in numpy (float64 inside, float32 out)."""
+    op = score_op(kind)
+    z = np.asarray(logits, np.float64)
+    if op == "Softmax":
+        e = np.exp(z - z.max(axis=-1, keepdims=True))
+        return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    if op == "Sigmoid":
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+    return z.astype(np.float32)
