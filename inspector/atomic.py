@@ -1,7 +1,7 @@
 """The package's one way to write a file: complete or not at all, never half-written.
 
-Data goes to a hidden ``.<name>.<pid>.<random>.part`` file beside the target, is flushed to disk, and is
-renamed over the target; the folder is synced so the rename survives a power cut. The temporary file is
+Data goes to a hidden ``.<name>.<host>-<pid>.<random>.part`` file beside the target, is flushed to disk,
+and is renamed over the target; the folder is synced so the rename survives a power cut. The temporary file is
 created with mode 0666 and the kernel applies the umask (0644 under the usual 022), unlike ``mkstemp``'s
 0600.
 On any failure (disk full, permissions, a signal) every temporary file is removed and the error raised.
@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
+import socket
 
 PART_SUFFIX = ".part"
 
 
+# whose temporary files these are: machine and process (an output folder may be shared over the network)
+_WRITER = f"{re.sub(r'[^A-Za-z0-9-]', '-', socket.gethostname())[:24]}-{os.getpid()}"
+
+
 def _temp_name(final: str) -> str:
     folder, name = os.path.split(final)
-    return os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}{PART_SUFFIX}")
+    return os.path.join(folder, f".{name}.{_WRITER}.{secrets.token_hex(4)}{PART_SUFFIX}")
 
 
 def _write_temp(final: str, data: bytes) -> str:
@@ -101,15 +107,18 @@ def process_alive(pid: int) -> bool:
 
 
 def remove_stale_parts(folder: str) -> int:
-    """Delete temporary files that killed writers left in ``folder`` (those of live processes on this
-    machine, e.g. a second audit writing into the same folder, are kept); returns how many."""
+    """Delete the temporary files that killed writers of this machine left in ``folder``; those of live
+    processes (a second audit writing into the same folder) and of other machines are kept. Returns how
+    many were removed."""
+    host = _WRITER.rsplit("-", 1)[0]
     removed = 0
     with contextlib.suppress(FileNotFoundError):
         for name in os.listdir(folder):
-            if not (name.startswith(".") and name.endswith(PART_SUFFIX)):
+            parts = name.rsplit(".", 3)
+            if not (name.startswith(".") and name.endswith(PART_SUFFIX) and len(parts) == 4):
                 continue
-            pid = name.rsplit(".", 3)[-3]
-            if not (pid.isdigit() and process_alive(int(pid))):
+            writer_host, _, pid = parts[1].rpartition("-")
+            if writer_host == host and pid.isdigit() and not process_alive(int(pid)):
                 _remove(os.path.join(folder, name))
                 removed += 1
     return removed

@@ -14,6 +14,7 @@ moment loses at most the image in flight.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import os
@@ -28,7 +29,7 @@ from .preprocess import IMAGE_EXTENSIONS
 from .record import Job, explain_and_record, result_settings, settings_hash, start_job
 from .report import write_views
 from .stop import Stop
-from .store import Store, default_url, display_path
+from .store import Store, StoreError, default_url, display_path
 
 
 def list_inputs(source: str) -> list[tuple[str, str]]:
@@ -176,6 +177,10 @@ def run_audit(insp: Inspector, source: str, out: str, *, store_url: str | None =
                 _work(job, todo, stop, summary, wait_for_others)
         except OutputError as e:
             summary.stopped = str(e)
+        except BaseException as e:  # a bug or an interrupt: the run is noted as stopped, then it goes up
+            with contextlib.suppress(StoreError):
+                store.end_run(job.run_id, "stopped", f"{type(e).__name__}: {e}")
+            raise
         if stop.requested and not summary.stopped:
             summary.stopped = f"stopped by {stop.signal_name or 'request'}"
         _finish(store, job, out, source, shard, summary)

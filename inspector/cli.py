@@ -12,6 +12,7 @@ Exit codes, the same for every command:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -235,8 +236,9 @@ def cmd_explain(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     with Store(args.store or default_url(args.out)) as store:
         job = start_job(insp, store, kind="explain", out_dir=args.out, target=args.target)
-        counts, failures = {"explained": 0, "reused": 0}, []
+        counts, failures = {"explained": 0, "reused": 0, "busy": 0}, []
         start = time.perf_counter()
+        status = "finished"
         try:
             with store.heartbeats(job.run_id):
                 for i, path in enumerate(images, 1):
@@ -247,10 +249,17 @@ def cmd_explain(args) -> int:
                     elapsed = time.perf_counter() - start
                     print(f"[{i}/{len(images)}] {display_path(path)}: {status} (elapsed {elapsed:.1f} s, eta "
                           f"{elapsed / i * (len(images) - i):.1f} s)", file=sys.stderr, flush=True)
+        except BaseException:
+            status = "stopped"
+            raise
         finally:
-            store.end_run(job.run_id, "stopped" if stop.requested else "finished")
+            with contextlib.suppress(InspectorError):  # noted if the store can take it
+                store.end_run(job.run_id, "stopped" if stop.requested else status)
     print(f"wrote {counts['explained']} explanation(s) to {os.path.join(args.out, 'images')}"
           + (f"; {counts['reused']} were already in the store" if counts["reused"] else ""))
+    if counts["busy"]:
+        print(f"error: {counts['busy']} image(s) are being explained by another process right now; run the "
+              "same command again later to get their results", file=sys.stderr)
     if failures:
         print(f"{len(failures)} image(s) failed:", file=sys.stderr)
         for message in failures:
@@ -258,6 +267,7 @@ def cmd_explain(args) -> int:
     if stop.requested:
         print(f"error: interrupted by {stop.signal_name}; run the same command again to continue",
               file=sys.stderr)
+    if stop.requested or counts["busy"]:
         return EXIT_INCOMPLETE
     return EXIT_FAILED if failures else EXIT_OK
 
@@ -273,8 +283,11 @@ def _explain_status(outcome, counts: dict, failures: list) -> str:
         counts["explained"] += 1
         exp = outcome.explanation
         return f"{exp.timings['total']:.2f} s, {exp.total_masks} masks"
-    counts["reused"] += 1
-    return "already in the store" if outcome.state == "done" else "being explained by another process"
+    if outcome.state == "done":
+        counts["reused"] += 1
+        return "already in the store"
+    counts["busy"] += 1
+    return "being explained by another process"
 
 
 COMMANDS = {"explain": cmd_explain, "demo": cmd_demo, "evaluate": cmd_evaluate, "audit": cmd_audit,

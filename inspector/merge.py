@@ -9,9 +9,11 @@ unfinished images instead of calling a partial night complete.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import sqlalchemy as sa
 
@@ -21,7 +23,8 @@ from .errors import InspectorError, Interrupted, OutputError
 from .folders import check_output_folder
 from .report import write_views
 from .stop import Stop
-from .store import Store, default_url, display_url
+from .store import Store, StoreError, default_url, display_path, display_url
+from .store.db import as_utc, sqlite_path
 from .store.schema import artifacts, images, inputs, results, runs
 from .store.store import dialect_insert
 
@@ -82,6 +85,11 @@ def _check_parts(parts: list[str], audit_runs: list[list[dict]]) -> tuple[str, i
     return settings.pop(), count, sorted(set(range(count)) - present)
 
 
+def _utc(row: dict) -> dict:
+    """A copied row with its timestamps in UTC (SQLite gives them back without a zone; written in UTC)."""
+    return {k: as_utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
+
+
 def _copy_file(src: str, dst: str, sha256: str) -> None:
     try:
         with open(src, "rb") as f:
@@ -108,8 +116,8 @@ class _Copier:
             for run in s.execute(sa.select(runs)).mappings():
                 self._run(dict(run))
             for image in s.execute(sa.select(images)).mappings():
-                self.conn.execute(dialect_insert(self.conn, images).values(**image).on_conflict_do_nothing(
-                    index_elements=["sha256"]))
+                insert = dialect_insert(self.conn, images).values(**_utc(image))
+                self.conn.execute(insert.on_conflict_do_nothing(index_elements=["sha256"]))
             result_ids = {}
             for row in s.execute(sa.select(results, runs.c.out_dir).join(runs, runs.c.id == results.c.run_id)
                                  .where(results.c.status.in_(("done", "failed")))).mappings():
@@ -117,7 +125,7 @@ class _Copier:
             scopes = set()
             for row in s.execute(sa.select(inputs)).mappings():
                 scopes.add(row["scope"])
-                values = {k: v for k, v in row.items() if k != "id"}
+                values = _utc({k: v for k, v in row.items() if k != "id"})
                 values.update(run_id=self.run_ids[row["run_id"]], result_id=result_ids.get(row["result_id"]))
                 self.conn.execute(dialect_insert(self.conn, inputs).values(**values).on_conflict_do_update(
                     index_elements=["scope", "path_bytes"],
@@ -126,11 +134,12 @@ class _Copier:
 
     def _run(self, run: dict) -> None:
         same = sa.and_(runs.c.host == run["host"], runs.c.pid == run["pid"],
-                       runs.c.started_at == run["started_at"], runs.c.kind == run["kind"])
+                       runs.c.started_at == as_utc(run["started_at"]), runs.c.kind == run["kind"])
         existing = self.conn.execute(sa.select(runs.c.id).where(same)).scalar()
         if existing is None:
-            values = {k: v for k, v in run.items() if k != "id"}
-            values["out_dir"] = self.out_dir  # its artifacts are copied here, under the same relative paths
+            values = _utc({k: v for k, v in run.items() if k != "id"})
+            # its artifacts are copied here, under the same relative paths
+            values["out_dir"] = display_path(self.out_dir)
             existing = self.conn.execute(sa.insert(runs).values(**values).returning(runs.c.id)).scalar_one()
         self.run_ids[run["id"]] = existing
 
@@ -138,7 +147,7 @@ class _Copier:
         key = sa.and_(results.c.image_sha256 == row["image_sha256"],
                       results.c.settings_hash == row["settings_hash"],
                       results.c.target_key == row["target_key"])
-        values = {k: v for k, v in row.items() if k not in ("id", "out_dir")}
+        values = _utc({k: v for k, v in row.items() if k not in ("id", "out_dir")})
         values["run_id"] = self.run_ids[row["run_id"]]
         current = self.conn.execute(sa.select(results.c.id, results.c.status).where(key)).mappings().first()
         if current is not None and not (current["status"] == "failed" and row["status"] == "done"):
@@ -177,7 +186,7 @@ def _same_store(a: str, b: str) -> bool:
     """Two URLs name one database (SQLite: the same file, however spelled)."""
     ua, ub = sa.make_url(a), sa.make_url(b)
     if ua.get_backend_name() == ub.get_backend_name() == "sqlite":
-        return os.path.realpath(ua.database or "") == os.path.realpath(ub.database or "")
+        return os.path.realpath(sqlite_path(a)) == os.path.realpath(sqlite_path(b))
     return display_url(a) == display_url(b)
 
 
@@ -206,14 +215,17 @@ def merge_audits(parts: list[str], out: str, *, store_url: str | None = None, st
             try:
                 for src in sources:
                     if stop.requested:
-                        target.end_run(merge_run, "stopped", f"stopped by {stop.signal_name}")
                         raise Interrupted(f"stopped by {stop.signal_name} before all parts were copied; "
                                           "run the same merge again")
                     with target.begin() as conn:
                         scopes.update(_Copier(src, conn, out).copy())
-            except OSError as e:
-                raise OutputError(f"{out}: cannot copy artifacts ({e.strerror}: {e.filename}); "
-                                  "fix it and run the merge again") from e
+            except BaseException as e:  # the merge run is noted as stopped, whatever stopped it
+                with contextlib.suppress(StoreError):
+                    target.end_run(merge_run, "stopped", f"{type(e).__name__}: {e}")
+                if isinstance(e, OSError):
+                    raise OutputError(f"{out}: cannot copy artifacts ({e.strerror}: {e.filename}); "
+                                      "fix it and run the merge again") from e
+                raise
             summary = MergeSummary(shard_count=count, missing_shards=missing)
             notes = [(f"INCOMPLETE: shard(s) {', '.join(f'{i}/{count}' for i in missing)} "
                       "missing from this merge")] if missing else []

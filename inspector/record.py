@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -176,14 +177,22 @@ def _explain_and_record(job: Job, path: str) -> Outcome:
     outcome = Outcome(path, "explained", claim.result_id, sha)
     files = _explain(job, data, path, outcome)
     outcome.fields["seconds"] = time.perf_counter() - start
-    _commit(job, claim, outcome, files)
+    try:
+        _commit(job, claim, outcome, files)
+    except ClaimLost:  # another run presumed this one dead and took the image: its outcome is the image's
+        log.warning("%s: taken over by another run while this one explained it", display_path(path))
+        again = job.store.claim(key, job.run_id, path, retry=False)
+        if again.held:  # the other run gave it back unfinished; leave it for the next run
+            job.store.release(again, job.run_id)
+            return Outcome(path, "busy", again.result_id, sha)
+        return Outcome(path, {"failed": "skipped_failed"}.get(again.state, again.state), again.result_id, sha)
     return outcome
 
 
 def _files_missing(job: Job, result_id: int) -> bool:
     """A done result whose files were written into this job's folder, and are not all there any more."""
     result = job.store.result(result_id)
-    if job.store.run(result["run_id"])["out_dir"] != job.out_dir:
+    if job.store.run(result["run_id"])["out_dir"] != display_path(job.out_dir):
         return False  # another machine's or folder's files: not ours to judge
     return not result["artifacts"] or not all(os.path.isfile(p) for p in result["artifacts"].values())
 
@@ -197,6 +206,10 @@ def _explain(job: Job, data: bytes, path: str, outcome: Outcome) -> dict[str, by
         image = pre.decode_image(data, display_path(path), max_pixels=cfg.preprocess.max_pixels)
         exp = insp.explain(image, target=job.target, name=display_path(path))
         rv = review(exp, cfg, insp.roi)
+        extra = {"image_sha256": outcome.image_sha256, "settings_hash": job.settings_hash,
+                 "target_key": job.target_key}
+        files = render(exp, image, cfg, source=display_path(os.path.abspath(path)), review=rv, roi=insp.roi,
+                       extra=extra)
     except Exception as e:  # the image failed, not the run: recorded, and the run goes on
         message = str(e) if isinstance(e, InspectorError) else f"{type(e).__name__}: {e}"
         log.debug("explaining %s failed", display_path(path), exc_info=True)
@@ -209,17 +222,20 @@ def _explain(job: Job, data: bytes, path: str, outcome: Outcome) -> dict[str, by
     outcome.fields = {
         "status": "done", "error": None, "retryable": None, "versions": versions,
         "prediction": exp.predicted, "prediction_name": name(exp.predicted),
-        "confidence": float(exp.scores[exp.predicted]), "scores": [float(v) for v in exp.scores],
+        "confidence": _finite(exp.scores[exp.predicted]), "scores": [_finite(v) for v in exp.scores],
         "target": exp.target, "target_name": name(exp.target), "regions": [r.to_dict() for r in rv.regions],
         "region_count": len(rv.regions), "evidence_peak": max((r.peak for r in rv.regions), default=0.0),
         "evidence_mean": float(exp.saliency_full.mean()), "roi_inside": rv.roi_inside, "flagged": rv.flagged,
         "masks": exp.total_masks, "masks_per_layer": list(exp.masks_per_layer),
         "timings": {k: round(v, 6) for k, v in exp.timings.items()},
     }
-    extra = {"image_sha256": outcome.image_sha256, "settings_hash": job.settings_hash,
-             "target_key": job.target_key}
-    return render(exp, image, cfg, source=display_path(os.path.abspath(path)), review=rv, roi=insp.roi,
-                  extra=extra)
+    return files
+
+
+def _finite(value) -> float | None:
+    """A score for the store: JSON (PostgreSQL's above all) has no NaN or infinity; they become null."""
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 _RESULT_COLUMNS = ("prediction", "prediction_name", "confidence", "scores", "target", "target_name",
@@ -246,11 +262,13 @@ def _commit(job: Job, claim: Claim, outcome: Outcome, files: dict[str, bytes]) -
         temps = prepare_group({named[kind]: data for kind, data in files.items()})
         job.store.finish(claim, job.run_id, outcome.fields, rows, scope=job.scope, path=outcome.path,
                          image_sha256=outcome.image_sha256)
+    except ClaimLost:
+        discard_group(temps)  # the result and its files are the new owner's
+        raise
     except (OSError, StoreError) as e:
         discard_group(temps)
-        if not isinstance(e, ClaimLost):
-            with contextlib.suppress(StoreError):
-                job.store.release(claim, job.run_id)
+        with contextlib.suppress(StoreError):
+            job.store.release(claim, job.run_id)
         raise OutputError(f"cannot record the result of {display_path(outcome.path)}: {_reason(e)}; "
                           "fix it (free space, permissions, the database) and run the same command again: "
                           "it continues where it stopped") from e

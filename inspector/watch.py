@@ -12,6 +12,7 @@ One log line per image on stdout.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -25,7 +26,7 @@ from .folders import check_output_folder, is_inside
 from .preprocess import IMAGE_EXTENSIONS
 from .record import Outcome, explain_and_record, result_settings, settings_hash, start_job
 from .stop import Stop
-from .store import Store, default_url, display_path, display_url
+from .store import Store, StoreError, default_url, display_path, display_url
 
 RETRY_PAUSE = 10.0  # seconds to wait after an output error before trying again
 
@@ -54,6 +55,10 @@ def move_unique(src: str, folder: str) -> str:
                     shutil.copyfileobj(a, b)
             except FileExistsError:
                 continue
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(dst)  # a half copy never stays in the done folder
+                raise
         os.unlink(src)
         return dst
     raise OSError(errno.EEXIST, "no free name", os.path.join(folder, stem + ext))
@@ -87,17 +92,18 @@ def watch(insp: Inspector, in_dir: str, out_dir: str, done_dir: str | None = Non
     job = start_job(insp, store, kind="watch", out_dir=out_dir, scope=scope, source=display_path(in_dir))
     seen: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime_ns, first time seen unchanged)
     handled = 0
-    log(f"warmed up in {insp.warm_up():.2f} s ({insp.sessions.provider})")
-    log(f"watching {display_path(in_dir)} -> {display_path(out_dir)} (done: {display_path(done_dir)}, "
-        f"failed: {display_path(failed_dir)}, store: {display_url(store.url)})")
     try:
+        log(f"warmed up in {insp.warm_up():.2f} s ({insp.sessions.provider})")
+        log(f"watching {display_path(in_dir)} -> {display_path(out_dir)} (done: {display_path(done_dir)}, "
+            f"failed: {display_path(failed_dir)}, store: {display_url(store.url)})")
         with store.heartbeats(job.run_id):
             while not stop.requested:
                 handled += _scan(job, in_dir, done_dir, failed_dir, seen, settle, stop, log)
                 if not stop.requested:
                     time.sleep(poll)
     finally:
-        store.end_run(job.run_id, "finished", f"{handled} image(s)")
+        with contextlib.suppress(StoreError):  # the run's end is noted if the store can take it
+            store.end_run(job.run_id, "finished" if stop.requested else "stopped", f"{handled} image(s)")
         store.close()
     log(f"stopping after {handled} image(s)")
     return handled
@@ -139,6 +145,8 @@ def _scan(job, in_dir, done_dir, failed_dir, seen, settle, stop, log) -> int:
         except OSError as e:
             log(f"ERROR {display_path(name)}: recorded in the store, but moving it or writing its error file "
                 f"failed ({e.strerror}: {display_path(e.filename or '')})")
+        except StoreError as e:  # the database went away for a moment: the file is handled, its row waits
+            log(f"ERROR {display_path(name)}: moved, but the store could not note where ({e})")
         handled += 1
     return handled
 

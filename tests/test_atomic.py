@@ -40,11 +40,14 @@ def test_modes_follow_the_umask(tmp_path):
 def test_only_the_temporaries_of_dead_writers_are_removed(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    dead = tmp_path / f".x.png.{proc.pid}.0a0b.part"
-    live = tmp_path / f".y.png.{os.getpid()}.0c0d.part"
-    foreign = tmp_path / ".z.png.part"  # not ours: no pid
-    for path in (dead, live, foreign):
+    host = atomic._WRITER.rsplit("-", 1)[0]
+    dead = tmp_path / f".x.png.{host}-{proc.pid}.0a0b.part"
+    live = tmp_path / f".y.png.{host}-{os.getpid()}.0c0d.part"
+    elsewhere = tmp_path / f".w.png.other-machine-{proc.pid}.0e0f.part"  # another machine's writer
+    odd = [tmp_path / ".z.png.part", tmp_path / ".part"]  # not named by this module
+    for path in (dead, live, elsewhere, *odd):
         path.write_bytes(b"")
     (tmp_path / "keep.png").write_bytes(b"")
-    assert atomic.remove_stale_parts(str(tmp_path)) == 2
-    assert sorted(os.listdir(tmp_path)) == [live.name, "keep.png"]
+    assert atomic.remove_stale_parts(str(tmp_path)) == 1
+    kept = [live.name, elsewhere.name, *(p.name for p in odd), "keep.png"]
+    assert sorted(os.listdir(tmp_path)) == sorted(kept)

@@ -586,9 +586,8 @@ def test_a_claim_taken_over_leaves_the_new_owners_files(tmp_path):
     """A process paused past the heartbeat limit finds its claim taken over: it must not remove the files
     the new owner wrote under the same names."""
     from inspector.engine import Inspector
-    from inspector.errors import OutputError
     from inspector.record import Outcome, _commit, _explain, explain_and_record, start_job
-    from inspector.store import ResultKey, Store
+    from inspector.store import ClaimLost, ResultKey, Store
 
     make_inputs(tmp_path / "in", 1)
     path = str(tmp_path / "in" / "part_000.png")
@@ -606,7 +605,37 @@ def test_a_claim_taken_over_leaves_the_new_owners_files(tmp_path):
         assert explain_and_record(other, path).state == "explained"
         outcome = Outcome(path, "explained", claim.result_id, sha)
         files = _explain(paused, data, path, outcome)
-        with pytest.raises(OutputError, match="taken over"):
+        with pytest.raises(ClaimLost, match="taken over"):
             _commit(paused, claim, outcome, files)
         assert store.result(claim.result_id)["run_id"] == other.run_id
     assert_artifacts_match_store(sqlite_url(tmp_path / "out"))
+
+
+def test_an_image_whose_files_cannot_be_encoded_is_a_failed_image_not_a_stuck_run(tmp_path):
+    """A 66000 px wide image passes max_pixels but no JPEG can hold it: that image fails, the run goes on."""
+    inp = tmp_path / "in"
+    make_inputs(inp, 2)
+    wide = np.tile(cv2.resize(sample(3, 0).image, (600, 40)), (1, 110, 1))  # 40 x 66000
+    cv2.imwrite(str(inp / "wide.png"), cv2.cvtColor(wide, cv2.COLOR_RGB2BGR))
+    cfg = config(tmp_path, outputs={"overlay": "jpg"})
+    out = tmp_path / "out"
+    for _ in range(2):  # and the next run does not get stuck on it either
+        r = audit("-c", cfg, inp, "--out", out)
+        assert r.returncode == 1, r.stderr
+        rows = {os.path.basename(row["path"]): row for row in csv_rows(out)}
+        assert rows["wide.png"]["status"] == "failed" and "error" in rows["wide.png"]["error"].lower()
+        assert [rows[f"part_00{i}.png"]["status"] for i in range(2)] == ["done", "done"]
+    counts = store_counts(sqlite_url(out))
+    assert counts["results"] == 3 and counts["done"] == 2
+
+
+def test_an_output_folder_whose_name_is_not_utf8(tmp_path):
+    inp = tmp_path / "in"
+    make_inputs(inp, 1)
+    out = os.path.join(os.fsencode(str(tmp_path)), b"out \xe9\xff")
+    r = audit("-c", config(tmp_path), inp, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert os.path.isfile(os.path.join(out, b"results.db"))
+    assert len(os.listdir(os.path.join(out, b"images"))) == 4
+    again = audit("-c", config(tmp_path), inp, "--out", out)
+    assert again.returncode == 0 and "1 found in the store" in again.stdout

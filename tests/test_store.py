@@ -100,6 +100,13 @@ def test_claims_of_dead_or_silent_runs_are_taken_over(store_url):
             key = ResultKey(KEY.image_sha256, KEY.settings_hash, f"class:{owner}")
             assert store.claim(key, owner, "/a/x.png").state == "new"
             assert store.claim(key, me, "/a/x.png").state == expected, owner
+        slow = new_run(store)  # this machine, a live process, an old heartbeat (a long lock wait): not dead
+        with store.begin() as conn:
+            conn.execute(sa.update(runs).where(runs.c.id == slow).values(
+                heartbeat_at=utcnow() - store_module.STALE_AFTER * 10))
+        key = ResultKey(KEY.image_sha256, KEY.settings_hash, "slow")
+        assert store.claim(key, slow, "/a/x.png").state == "new"
+        assert store.claim(key, me, "/a/x.png").state == "busy"
         ended = new_run(store)
         key = ResultKey(KEY.image_sha256, KEY.settings_hash, "ended")
         store.claim(key, ended, "/a/x.png")

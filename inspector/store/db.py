@@ -4,8 +4,9 @@ line, and creating or upgrading the schema."""
 from __future__ import annotations
 
 import os
+import sqlite3
 from datetime import datetime, timezone
-from urllib.parse import quote
+from urllib.parse import quote, unquote_to_bytes
 
 import sqlalchemy as sa
 
@@ -21,10 +22,16 @@ class StoreError(InspectorError):
 
 
 def default_url(out_dir: str) -> str:
-    """The embedded store of an output folder: ``<out>/results.db`` (URL-quoted, so that ``?``, ``#`` or
-    ``%`` in a folder name stay part of the path)."""
-    return sa.URL.create("sqlite",
-                         database=os.path.abspath(os.path.join(out_dir, STORE_FILE))).render_as_string()
+    """The embedded store of an output folder: ``<out>/results.db``, the path's bytes percent-encoded (so
+    that ``?``, ``#``, ``%`` and bytes that are not UTF-8 stay part of the path)."""
+    return "sqlite:///" + quote(os.fsencode(os.path.abspath(os.path.join(out_dir, STORE_FILE))), safe="/")
+
+
+def sqlite_path(url: str) -> str:
+    """The file path of an ``sqlite:///`` URL, exactly (percent-escapes decoded to bytes, then to the
+    file system's str form), or "" for an in-memory database."""
+    rest = url.split(":///", 1)[1] if ":///" in url else ""
+    return os.fsdecode(unquote_to_bytes(rest.split("?", 1)[0])) if rest else ""
 
 
 def display_url(url: str) -> str:
@@ -46,23 +53,39 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=timezone.utc)
 
 
-def _sqlite_engine(url: sa.URL, readonly: bool) -> sa.Engine:
-    path = url.database or ""
+def _read_only_uri(path: str) -> str:
+    """``file:`` URI for reading a store. On a read-only file system nobody can be writing and SQLite
+    cannot create the WAL index, so the file is read as immutable there, unless changes still sit in its
+    WAL file (an audit killed before a checkpoint), which immutable reading would miss."""
+    folder = os.path.dirname(os.path.abspath(path))
+    mode = "mode=ro"
+    if os.statvfs(folder).f_flag & os.ST_RDONLY:
+        wal = path + "-wal"
+        if os.path.exists(wal) and os.path.getsize(wal) > 0:
+            raise StoreError(f"{display_path_of(path)}: its latest changes are in {os.path.basename(wal)} "
+                             "and the file system is read-only; copy the folder somewhere writable and read "
+                             "it there")
+        mode += "&immutable=1"
+    return f"file:{quote(os.fsencode(os.path.abspath(path)))}?{mode}"
+
+
+def display_path_of(path: str) -> str:
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _sqlite_engine(url: str, readonly: bool) -> sa.Engine:
+    path = sqlite_path(url)
     if not path or path == ":memory:":
         raise StoreError(f"{url}: give a file path, e.g. sqlite:////data/line3/results.db")
-    if readonly:
-        if not os.path.isfile(path):
-            raise StoreError(f"{path}: no results store here")
-        # On a read-only file system nobody can be writing, and SQLite could not create the WAL index:
-        # read the file as immutable there.
-        writable = os.access(os.path.dirname(os.path.abspath(path)), os.W_OK)
-        mode = "mode=ro" if writable else "mode=ro&immutable=1"
-        url = url.set(database=f"file:{quote(os.path.abspath(path))}?{mode}", query={"uri": "true"})
-    else:
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            raise StoreError(f"{path}: the folder {folder} does not exist")
-    engine = sa.create_engine(url, connect_args={"timeout": 120})
+    if readonly and not os.path.isfile(path):
+        raise StoreError(f"{display_path_of(path)}: no results store here")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise StoreError(f"{display_path_of(path)}: the folder {display_path_of(folder)} does not exist")
+    target = _read_only_uri(path) if readonly else os.fsencode(os.path.abspath(path))
+    # the driver opens the exact path (bytes: any file name works); SQLAlchemy only sees the dialect
+    engine = sa.create_engine("sqlite://", poolclass=sa.pool.QueuePool, creator=lambda: sqlite3.connect(
+        target, timeout=120, uri=readonly, check_same_thread=False))
 
     @sa.event.listens_for(engine, "connect")
     def _configure(dbapi_connection, _record):
@@ -90,7 +113,7 @@ def make_engine(url: str, *, readonly: bool = False) -> sa.Engine:
         raise StoreError(f"--store {url!r}: not a database URL (sqlite:///PATH or "
                          "postgresql+psycopg://USER@HOST:PORT/DB)") from e
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, readonly)
+        return _sqlite_engine(url, readonly)
     if parsed.get_backend_name() != "postgresql":
         raise StoreError(f"--store {display_url(url)}: only SQLite and PostgreSQL stores are supported")
     try:

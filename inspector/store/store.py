@@ -14,17 +14,30 @@ import os
 import socket
 import threading
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
 from ..atomic import process_alive
-from .db import StoreError, as_utc, describe, display_url, open_engine, utcnow
+from .db import StoreError, as_utc, describe, display_url, open_engine, sqlite_path, utcnow
 from .schema import artifacts, images, inputs, results, reviews, runs
 
 HEARTBEAT_SECONDS = 30.0
 STALE_AFTER = timedelta(seconds=180)  # a run that sent no heartbeat for this long is presumed dead
-HOST = socket.gethostname()
+
+
+def _machine() -> str:
+    """This process's machine as other runs see it: the host name, plus the boot and the PID namespace
+    (two containers with one host name do not share process ids; a reboot reuses them)."""
+    parts = [socket.gethostname()]
+    with contextlib.suppress(OSError):
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            parts.append(f.read().strip()[:8])
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    return " ".join(parts)
+
+
+HOST = _machine()  # runs on the same HOST are judged by their process id, others by their heartbeat
 
 
 def path_bytes(path: str | bytes) -> bytes:
@@ -64,6 +77,14 @@ class Claim:
         return self.state in ("new", "retry", "takeover", "redo")
 
 
+def _db_now(conn: sa.Connection) -> datetime:
+    """The database's clock in UTC: every run's heartbeats are written and judged on one clock."""
+    if conn.dialect.name == "sqlite":
+        text = conn.execute(sa.text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")).scalar_one()
+        return datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=timezone.utc)
+    return as_utc(conn.execute(sa.select(sa.func.now())).scalar_one())
+
+
 def dialect_insert(conn: sa.Connection, table: sa.Table):
     """INSERT that can say ON CONFLICT DO NOTHING on both SQLite and PostgreSQL."""
     if conn.dialect.name == "postgresql":
@@ -81,7 +102,7 @@ class Store:
         self.readonly = readonly
         self.engine = open_engine(url, readonly=readonly)
         # an SQLite store's folder: where its artifacts are when the folder was moved or copied elsewhere
-        self.home = os.path.dirname(os.path.abspath(sa.make_url(url).database)) \
+        self.home = os.path.dirname(os.path.abspath(sqlite_path(url))) \
             if self.engine.dialect.name == "sqlite" else None
 
     def locate(self, out_dir: str, relative: str) -> str:
@@ -121,11 +142,12 @@ class Store:
                   tool_version: str = "", plan: list[str] | None = None) -> int:
         """Register a run; with ``plan``, also its complete list of inputs, in the same transaction (so a
         run in the store always has its plan): the scope's inputs become exactly these paths."""
-        now = utcnow()
         with self.begin() as conn:
+            now = _db_now(conn)
             run_id = conn.execute(sa.insert(runs).values(
                 kind=kind, scope=scope, settings_hash=settings_hash, model_sha256=model_sha256, config=config,
-                source=source, shard_index=shard[0], shard_count=shard[1], out_dir=os.path.abspath(out_dir),
+                source=source, shard_index=shard[0], shard_count=shard[1],
+                out_dir=display_path(os.path.abspath(out_dir)),
                 host=HOST, pid=os.getpid(), tool_version=tool_version, started_at=now, heartbeat_at=now,
                 status="running").returning(runs.c.id)).scalar_one()
             if plan is not None:
@@ -135,11 +157,11 @@ class Store:
     def end_run(self, run_id: int, status: str, message: str | None = None) -> None:
         with self.begin() as conn:
             conn.execute(sa.update(runs).where(runs.c.id == run_id).values(
-                status=status, message=message, ended_at=utcnow(), heartbeat_at=utcnow()))
+                status=status, message=message, ended_at=utcnow(), heartbeat_at=_db_now(conn)))
 
     def heartbeat(self, run_id: int) -> None:
         with self.begin() as conn:
-            conn.execute(sa.update(runs).where(runs.c.id == run_id).values(heartbeat_at=utcnow()))
+            conn.execute(sa.update(runs).where(runs.c.id == run_id).values(heartbeat_at=_db_now(conn)))
 
     @contextlib.contextmanager
     def heartbeats(self, run_id: int, every: float = HEARTBEAT_SECONDS):
@@ -235,8 +257,11 @@ class Store:
                     .join(runs, runs.c.id == results.c.run_id)
                     .where(results.c.image_sha256 == key.image_sha256,
                            results.c.settings_hash == key.settings_hash,
-                           results.c.target_key == key.target_key)).mappings().one()
-                state = "redo" if redo and row["status"] == "done" else self._decide(row, run_id, retry)
+                           results.c.target_key == key.target_key)).mappings().first()
+                if row is None:  # released by its owner between our insert and our read: try again
+                    continue
+                state = "redo" if redo and row["status"] == "done" else \
+                    self._decide(row, run_id, retry, _db_now(conn))
                 if state in ("done", "failed", "busy"):
                     return Claim(state, row["id"])
                 took = conn.execute(sa.update(results).where(
@@ -248,16 +273,22 @@ class Store:
                          "contention); run again")
 
     @staticmethod
-    def _decide(row, run_id: int, retry: bool) -> str:
+    def _decide(row, run_id: int, retry: bool, now) -> str:
+        """What to do with a result another run holds. On this machine the owner's process id decides
+        (a live process is never presumed dead, however slow); elsewhere its heartbeats, on the
+        database's clock (machines' clocks may disagree)."""
         if row["status"] == "done":
             return "done"
         if row["status"] == "failed":
             return "retry" if retry else "failed"
         if row["run_id"] == run_id:
             return "busy"
-        dead = (row["ended_at"] is not None
-                or (row["host"] == HOST and not process_alive(row["pid"]))
-                or utcnow() - as_utc(row["heartbeat_at"]) > STALE_AFTER)
+        if row["ended_at"] is not None:
+            dead = True
+        elif row["host"] == HOST:
+            dead = not process_alive(row["pid"])
+        else:
+            dead = as_utc(now) - as_utc(row["heartbeat_at"]) > STALE_AFTER
         return "takeover" if dead else "busy"
 
     def finish(self, claim: Claim, run_id: int, fields: dict, artifact_rows: list[dict] = (), *,
