@@ -112,6 +112,10 @@ class AuditSummary:
     stopped: str | None = None  # why the run stopped early
     rows: list[dict] = field(default_factory=list)
 
+    def count(self, outcome) -> None:
+        self.explained += outcome.state == "explained"
+        self.reused += outcome.state == "done"
+
     @property
     def exit_code(self) -> int:
         """0 all done, 1 some images failed, 3 incomplete (stopped or images left): run again."""
@@ -142,15 +146,14 @@ def _work(job: Job, todo: list[str], stop: Stop, summary: AuditSummary, wait_for
             outcome = explain_and_record(job, path)
             if outcome.state == "busy":
                 busy.append(path)
-            summary.explained += outcome.state == "explained"
-            summary.reused += outcome.state == "done"
+            summary.count(outcome)
             _progress(i, len(todo), start, outcome.state)
         deadline = time.monotonic() + wait_for_others
         while busy and not stop.requested and time.monotonic() < deadline:  # images another run is explaining
             time.sleep(0.5)
             outcomes = [explain_and_record(job, p) for p in busy]
-            summary.explained += sum(o.state == "explained" for o in outcomes)
-            summary.reused += sum(o.state == "done" for o in outcomes)
+            for o in outcomes:
+                summary.count(o)
             busy = [o.path for o in outcomes if o.state == "busy"]
     finally:
         if todo and sys.stderr.isatty():

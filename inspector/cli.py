@@ -150,16 +150,20 @@ def cmd_audit(args) -> int:
     return s.exit_code
 
 
-def _list_failures(rows: list[dict], limit: int = 20) -> None:
+def _list_failures(rows: list[dict]) -> None:
     from .report import failure_line
 
-    failed = [r for r in rows if r["status"] == "failed"]
-    if failed:
-        print(f"{len(failed)} image(s) failed:", file=sys.stderr)
-    for r in failed[:limit]:
-        print(f"  {failure_line(r)}", file=sys.stderr)
-    if len(failed) > limit:
-        print(f"  and {len(failed) - limit} more (results.csv lists them all)", file=sys.stderr)
+    _print_failures([failure_line(r) for r in rows if r["status"] == "failed"], limit=20)
+
+
+def _print_failures(messages: list[str], limit: int | None = None) -> None:
+    """``N image(s) failed:`` and one line each (at most ``limit``; the views list them all)."""
+    if messages:
+        print(f"{len(messages)} image(s) failed:", file=sys.stderr)
+    for message in messages[:limit]:
+        print(f"  {message}", file=sys.stderr)
+    if limit is not None and len(messages) > limit:
+        print(f"  and {len(messages) - limit} more (results.csv lists them all)", file=sys.stderr)
 
 
 def cmd_audit_merge(args) -> int:
@@ -260,10 +264,7 @@ def cmd_explain(args) -> int:
     if counts["busy"]:
         print(f"error: {counts['busy']} image(s) are being explained by another process right now; run the "
               "same command again later to get their results", file=sys.stderr)
-    if failures:
-        print(f"{len(failures)} image(s) failed:", file=sys.stderr)
-        for message in failures:
-            print(f"  {message}", file=sys.stderr)
+    _print_failures(failures)
     if stop.requested:
         print(f"error: interrupted by {stop.signal_name}; run the same command again to continue",
               file=sys.stderr)

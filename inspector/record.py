@@ -111,8 +111,9 @@ def start_job(insp: Inspector, store: Store, *, kind: str, out_dir: str, scope: 
     settings = result_settings(insp)
     digest = settings_hash(settings)
     key, engine_target = target_key(insp, target)
-    os.makedirs(os.path.join(out_dir, ARTIFACT_DIR), exist_ok=True)
-    for folder in (out_dir, os.path.join(out_dir, ARTIFACT_DIR)):  # temporary files of killed runs
+    artifact_dir = os.path.join(out_dir, ARTIFACT_DIR)
+    os.makedirs(artifact_dir, exist_ok=True)
+    for folder in (out_dir, artifact_dir):  # temporary files of killed runs
         remove_stale_parts(folder)
     scope = scope or f"{kind}:" + hashlib.sha256(f"{digest}|{key}".encode()).hexdigest()[:32]
     run_id = store.start_run(kind=kind, scope=scope, settings_hash=digest, model_sha256=insp.model.sha256,
@@ -171,8 +172,7 @@ def _explain_and_record(job: Job, path: str) -> Outcome:
         claim = job.store.claim(key, job.run_id, path, redo=True)  # e.g. images/ deleted: make them again
     if not claim.held:
         job.store.record_input(job.scope, job.run_id, path, image_sha256=sha, result_id=claim.result_id)
-        state = {"failed": "skipped_failed"}.get(claim.state, claim.state)
-        return Outcome(path, state, claim.result_id, sha)
+        return _found(path, claim, sha)
     start = time.perf_counter()
     outcome = Outcome(path, "explained", claim.result_id, sha)
     files = _explain(job, data, path, outcome)
@@ -185,14 +185,19 @@ def _explain_and_record(job: Job, path: str) -> Outcome:
         if again.held:  # the other run gave it back unfinished; leave it for the next run
             job.store.release(again, job.run_id)
             return Outcome(path, "busy", again.result_id, sha)
-        return Outcome(path, {"failed": "skipped_failed"}.get(again.state, again.state), again.result_id, sha)
+        return _found(path, again, sha)
     return outcome
+
+
+def _found(path: str, claim: Claim, sha: str) -> Outcome:
+    """The outcome of an image this run did not explain: done or failed before, or busy elsewhere."""
+    return Outcome(path, {"failed": "skipped_failed"}.get(claim.state, claim.state), claim.result_id, sha)
 
 
 def _files_missing(job: Job, result_id: int) -> bool:
     """A done result whose files were written into this job's folder, and are not all there any more."""
     result = job.store.result(result_id)
-    if job.store.run(result["run_id"])["out_dir"] != display_path(job.out_dir):
+    if result["out_dir"] != display_path(job.out_dir):
         return False  # another machine's or folder's files: not ours to judge
     return not result["artifacts"] or not all(os.path.isfile(p) for p in result["artifacts"].values())
 

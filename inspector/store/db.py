@@ -21,6 +21,17 @@ class StoreError(InspectorError):
     """The results store cannot be opened, read or written."""
 
 
+def path_bytes(path: str | bytes) -> bytes:
+    """A path exactly as the file system spells it (undecodable names included)."""
+    return os.fsencode(path)
+
+
+def display_path(path: str | bytes) -> str:
+    """Printable text for a path; bytes that are not UTF-8 appear as ``\\xNN`` and a backslash as ``\\\\``
+    (so no two names look alike)."""
+    return path_bytes(path).replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+
+
 def default_url(out_dir: str) -> str:
     """The embedded store of an output folder: ``<out>/results.db``, the path's bytes percent-encoded (so
     that ``?``, ``#``, ``%`` and bytes that are not UTF-8 stay part of the path)."""
@@ -62,15 +73,11 @@ def _read_only_uri(path: str) -> str:
     if os.statvfs(folder).f_flag & os.ST_RDONLY:
         wal = path + "-wal"
         if os.path.exists(wal) and os.path.getsize(wal) > 0:
-            raise StoreError(f"{display_path_of(path)}: its latest changes are in {os.path.basename(wal)} "
+            raise StoreError(f"{display_path(path)}: its latest changes are in {os.path.basename(wal)} "
                              "and the file system is read-only; copy the folder somewhere writable and read "
                              "it there")
         mode += "&immutable=1"
     return f"file:{quote(os.fsencode(os.path.abspath(path)))}?{mode}"
-
-
-def display_path_of(path: str) -> str:
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _sqlite_engine(url: str, readonly: bool) -> sa.Engine:
@@ -78,10 +85,10 @@ def _sqlite_engine(url: str, readonly: bool) -> sa.Engine:
     if not path or path == ":memory:":
         raise StoreError(f"{url}: give a file path, e.g. sqlite:////data/line3/results.db")
     if readonly and not os.path.isfile(path):
-        raise StoreError(f"{display_path_of(path)}: no results store here")
+        raise StoreError(f"{display_path(path)}: no results store here")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise StoreError(f"{display_path_of(path)}: the folder {display_path_of(folder)} does not exist")
+        raise StoreError(f"{display_path(path)}: the folder {display_path(folder)} does not exist")
     target = _read_only_uri(path) if readonly else os.fsencode(os.path.abspath(path))
     # the driver opens the exact path (bytes: any file name works); SQLAlchemy only sees the dialect
     engine = sa.create_engine("sqlite://", poolclass=sa.pool.QueuePool, creator=lambda: sqlite3.connect(

@@ -19,7 +19,17 @@ from datetime import datetime, timedelta, timezone
 import sqlalchemy as sa
 
 from ..atomic import process_alive
-from .db import StoreError, as_utc, describe, display_url, open_engine, sqlite_path, utcnow
+from .db import (
+    StoreError,
+    as_utc,
+    describe,
+    display_path,
+    display_url,
+    open_engine,
+    path_bytes,
+    sqlite_path,
+    utcnow,
+)
 from .schema import artifacts, images, inputs, results, reviews, runs
 
 HEARTBEAT_SECONDS = 30.0
@@ -38,17 +48,6 @@ def _machine() -> str:
 
 
 HOST = _machine()  # runs on the same HOST are judged by their process id, others by their heartbeat
-
-
-def path_bytes(path: str | bytes) -> bytes:
-    """A path exactly as the file system spells it (undecodable names included)."""
-    return os.fsencode(path)
-
-
-def display_path(path: str | bytes) -> str:
-    """Printable text for a path; bytes that are not UTF-8 appear as ``\\xNN`` and a backslash as ``\\\\``
-    (so no two names look alike)."""
-    return path_bytes(path).replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)
@@ -327,7 +326,8 @@ class Store:
             arts = conn.execute(sa.select(artifacts.c.kind, artifacts.c.path, artifacts.c.sha256)
                                 .where(artifacts.c.result_id == result_id)).mappings().all()
             out_dir = conn.execute(sa.select(runs.c.out_dir).where(runs.c.id == row["run_id"])).scalar_one()
-        return {**row, "artifacts": {a["kind"]: self.locate(out_dir, a["path"]) for a in arts}}
+        files = {a["kind"]: self.locate(out_dir, a["path"]) for a in arts}
+        return {**row, "out_dir": out_dir, "artifacts": files}
 
     # ----- reviews --------------------------------------------------------------------------------
     def add_review(self, result_id: int, *, verdict: str, reviewer: str, label: str | None = None,
