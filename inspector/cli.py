@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     wa.add_argument("--poll", type=float, default=1.0, help="seconds between folder scans (default 1)")
     wa.add_argument("--settle", type=float, default=2.0,
                     help="seconds a file must stay unchanged before use (default 2)")
+    from .station.cli import add_parser as add_station_parser
+    add_station_parser(sub, store_help)
     demo = sub.add_parser("demo", help="explain the bundled defect samples with the bundled example model")
     demo.add_argument("--out", default="sise-demo", help="output folder (default ./sise-demo)")
     return parser
@@ -291,9 +293,15 @@ def _explain_status(outcome, counts: dict, failures: list) -> str:
     return "being explained by another process"
 
 
+def cmd_station(args) -> int:
+    from .station.cli import run
+
+    return run(args)
+
+
 COMMANDS = {"explain": cmd_explain, "demo": cmd_demo, "evaluate": cmd_evaluate, "audit": cmd_audit,
             "audit-merge": cmd_audit_merge, "report": cmd_report, "doctor": cmd_doctor, "watch": cmd_watch,
-            "schema": cmd_schema}
+            "schema": cmd_schema, "station": cmd_station}
 
 
 def main(argv: list[str] | None = None) -> int:

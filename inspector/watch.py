@@ -73,9 +73,10 @@ def check_folders(in_dir: str, out_dir: str, done_dir: str, failed_dir: str) -> 
 
 def watch(insp: Inspector, in_dir: str, out_dir: str, done_dir: str | None = None,
           failed_dir: str | None = None, *, store_url: str | None = None, poll: float = 1.0,
-          settle: float = 2.0, stop: Stop | None = None, log=print) -> int:
+          settle: float = 2.0, stop: Stop | None = None, log=print, engine_lock=None, observe=None) -> int:
     """Run until ``stop.requested``; returns the number of images handled. Done/failed folders default to
-    ``<out>/done`` and ``<out>/failed``."""
+    ``<out>/done`` and ``<out>/failed``. A service that shares ``insp`` with other threads (the review
+    station) passes the lock they all hold while explaining, and ``observe(outcome, seconds)`` to count."""
     if not os.path.isdir(in_dir):
         raise InspectorError(f"--in {in_dir}: no such folder; create it or check the path (the camera or "
                              "line PC writes images there)")
@@ -98,7 +99,8 @@ def watch(insp: Inspector, in_dir: str, out_dir: str, done_dir: str | None = Non
             f"failed: {display_path(failed_dir)}, store: {display_url(store.url)})")
         with store.heartbeats(job.run_id):
             while not stop.requested:
-                handled += _scan(job, in_dir, done_dir, failed_dir, seen, settle, stop, log)
+                handled += _scan(job, in_dir, done_dir, failed_dir, seen, settle, stop, log,
+                                 engine_lock or contextlib.nullcontext(), observe)
                 if not stop.requested:
                     time.sleep(poll)
     finally:
@@ -109,7 +111,7 @@ def watch(insp: Inspector, in_dir: str, out_dir: str, done_dir: str | None = Non
     return handled
 
 
-def _scan(job, in_dir, done_dir, failed_dir, seen, settle, stop, log) -> int:
+def _scan(job, in_dir, done_dir, failed_dir, seen, settle, stop, log, engine_lock, observe) -> int:
     now = time.monotonic()
     names = _candidates(in_dir)
     for name in list(seen):
@@ -133,13 +135,16 @@ def _scan(job, in_dir, done_dir, failed_dir, seen, settle, stop, log) -> int:
         del seen[name]
         start = time.perf_counter()
         try:
-            outcome = explain_and_record(job, path)
+            with engine_lock:
+                outcome = explain_and_record(job, path)
         except OutputError as e:
             log(f"ERROR {display_path(name)}: {e}; trying again in {RETRY_PAUSE:.0f} s")
             time.sleep(RETRY_PAUSE)
             continue
         if outcome.state == "busy":  # another process is explaining the same content right now
             continue
+        if observe is not None:
+            observe(outcome, time.perf_counter() - start)
         try:
             _file_away(job, outcome, done_dir, failed_dir, log, time.perf_counter() - start)
         except OSError as e:

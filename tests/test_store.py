@@ -157,12 +157,23 @@ def test_paths_that_are_not_utf8_are_kept_byte_for_byte(store_url):
     assert row["source_path"] == "/line3/lot\\xff\\xfe #7/caf\\xe9.png"
 
 
+LATER_TABLES = ("reviews", "users", "sessions")  # made by the upgrades to versions 2 and 3
+
+
+def _back_to_version_1(conn: sa.Connection) -> None:
+    for name in ("sessions", "users", "reviews"):
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
+    conn.execute(sa.text("DROP INDEX IF EXISTS ix_results_finished"))
+    conn.execute(sa.update(schema_version).values(version=1))
+
+
 def _make_version_1(url: str) -> None:
-    """A store as version 1 of the schema made it: every table but reviews, version 1."""
+    """A store as version 1 of the schema made it: runs, images, results, artifacts, inputs; version 1."""
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        metadata.create_all(conn, tables=[t for t in metadata.sorted_tables if t.name != "reviews"])
+        metadata.create_all(conn, tables=[t for t in metadata.sorted_tables if t.name not in LATER_TABLES])
         conn.execute(sa.insert(schema_version).values(version=1))
+        _back_to_version_1(conn)
     engine.dispose()
 
 
@@ -175,15 +186,17 @@ def test_a_version_1_store_is_upgraded_with_its_data(store_url):
         store.finish(claim, run, done_fields(), scope="scope", path="/x.png", image_sha256=KEY.image_sha256)
     engine = sa.create_engine(store_url)
     with engine.begin() as conn:  # put it back to version 1, with a result in it
-        reviews.drop(conn)
-        conn.execute(sa.update(schema_version).values(version=1))
+        _back_to_version_1(conn)
     engine.dispose()
     with Store(store_url) as store:
         with store.begin() as conn:
-            assert conn.execute(sa.select(schema_version.c.version)).scalar_one() == SCHEMA_VERSION == 2
+            assert conn.execute(sa.select(schema_version.c.version)).scalar_one() == SCHEMA_VERSION == 3
+            assert "ix_results_finished" in {i["name"] for i in sa.inspect(conn).get_indexes("results")}
         assert store.result(claim.result_id)["prediction_name"] == "class3"
-        store.add_review(claim.result_id, verdict="confirm", reviewer="operator 7")
-        assert count(store, reviews) == 1
+        first = store.add_review(claim.result_id, verdict="overrule", label="ok", reviewer="operator 7")
+        second = store.add_review(claim.result_id, verdict="confirm", label="ok", reviewer="operator 9")
+        assert count(store, reviews) == 2
+        assert (first["previous_label"], second["previous_label"]) == ("class3", "ok")
 
 
 def test_newer_or_foreign_databases_are_refused(store_url):

@@ -3,6 +3,8 @@
 Version history (``schema_version.version``):
     1. runs, images, results, artifacts, inputs.
     2. reviews: append-only operator verdicts on a result (who, when, verdict, note).
+    3. the review station: users (KDF-hashed passwords, roles), login sessions, each verdict's previous
+       label, and an index for the newest-first queue.
 
 A new store is created at the newest version; one made by an older version is upgraded step by step
 when it is opened for writing; a store made by
@@ -125,7 +127,28 @@ reviews = sa.Table(
     sa.Column("reviewer", sa.Text, nullable=False),
     sa.Column("note", sa.Text),
     sa.Column("created_at", TS, nullable=False),
+    sa.Column("previous_label", sa.Text),                      # the label in force before this verdict
     sa.Index("ix_reviews_result", "result_id"),
+)
+sa.Index("ix_results_finished", results.c.finished_at)
+
+users = sa.Table(
+    "users", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("username", sa.String(64), nullable=False, unique=True),
+    sa.Column("password_hash", sa.Text, nullable=False),       # scrypt$n$r$p$salt$hash (hex)
+    sa.Column("role", sa.String(16), nullable=False),          # viewer | reviewer | admin
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("disabled", sa.Boolean, nullable=False, default=False),
+)
+
+sessions = sa.Table(
+    "sessions", metadata,
+    sa.Column("token_sha256", sa.String(64), primary_key=True),  # the cookie's token itself is never stored
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("csrf_token", sa.String(64), nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("expires_at", TS, nullable=False),
 )
 
 
@@ -151,7 +174,37 @@ def _add_reviews(conn: sa.Connection) -> None:
 
 # UPGRADES[k - 1] brings a store from version k to k + 1. A new store is created from ``metadata`` at the
 # newest version directly. Never edit a released step; append a new one and bump the tables above.
+def _add_station(conn: sa.Connection) -> None:
+    """Version 2 -> 3: users, sessions, reviews.previous_label and the queue's index (frozen as at 3)."""
+    frozen = sa.MetaData()
+    sa.Table("results", frozen, sa.Column("id", sa.Integer, primary_key=True),
+             sa.Column("finished_at", TS), sa.Index("ix_results_finished", "finished_at"))
+    user_table = sa.Table(
+        "users", frozen,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("username", sa.String(64), nullable=False, unique=True),
+        sa.Column("password_hash", sa.Text, nullable=False),
+        sa.Column("role", sa.String(16), nullable=False),
+        sa.Column("created_at", TS, nullable=False),
+        sa.Column("disabled", sa.Boolean, nullable=False, default=False),
+    )
+    session_table = sa.Table(
+        "sessions", frozen,
+        sa.Column("token_sha256", sa.String(64), primary_key=True),
+        sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False),
+        sa.Column("csrf_token", sa.String(64), nullable=False),
+        sa.Column("created_at", TS, nullable=False),
+        sa.Column("expires_at", TS, nullable=False),
+    )
+    user_table.create(conn)
+    session_table.create(conn)
+    conn.execute(sa.text("ALTER TABLE reviews ADD COLUMN previous_label TEXT"))
+    for index in frozen.tables["results"].indexes:
+        index.create(conn)
+
+
 UPGRADES: list[Callable[[sa.Connection], None]] = [
     _add_reviews,
+    _add_station,
 ]
 SCHEMA_VERSION = len(UPGRADES) + 1

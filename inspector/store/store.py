@@ -331,8 +331,19 @@ class Store:
 
     # ----- reviews --------------------------------------------------------------------------------
     def add_review(self, result_id: int, *, verdict: str, reviewer: str, label: str | None = None,
-                   note: str | None = None) -> int:
+                   note: str | None = None) -> dict:
+        """Append a verdict (never an update): the row notes the label in force before it (the previous
+        verdict's, or the model's prediction for a first verdict), read under a lock on the result so two
+        reviewers at once each see the other's verdict as previous."""
         with self.begin() as conn:
-            return conn.execute(sa.insert(reviews).values(
-                result_id=result_id, verdict=verdict, label=label, reviewer=reviewer, note=note,
-                created_at=utcnow()).returning(reviews.c.id)).scalar_one()
+            found = conn.execute(sa.select(results.c.prediction_name, results.c.status)
+                                 .where(results.c.id == result_id).with_for_update()).first()
+            if found is None or found.status != "done":
+                raise StoreError(f"result {result_id}: no such explained result")
+            last = conn.execute(sa.select(reviews.c.label).where(reviews.c.result_id == result_id)
+                                .order_by(reviews.c.id.desc()).limit(1)).first()
+            previous = found.prediction_name if last is None else last.label
+            row = {"result_id": result_id, "verdict": verdict, "label": label, "reviewer": reviewer,
+                   "note": note, "created_at": utcnow(), "previous_label": previous}
+            row["id"] = conn.execute(sa.insert(reviews).values(row).returning(reviews.c.id)).scalar_one()
+        return row

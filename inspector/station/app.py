@@ -1,0 +1,679 @@
+"""The review station's web app (FastAPI): server-rendered pages for operators, a versioned API for the
+line, health and metrics. All state is in the results store; the app keeps none of its own.
+
+Pages (log-in needed): ``/queue``, ``/parts/{id}``, ``/shift``, ``/export.zip`` (admin).
+API: ``/api/v1/...`` (session cookie + ``X-CSRF-Token`` header, or HTTP Basic). Open: ``/healthz``,
+``/metrics``, ``/login``, ``/docs`` (OpenAPI, served from local files).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hmac
+import os
+import secrets
+from datetime import datetime, timedelta, timezone
+from importlib.resources import files as package_files
+from typing import Annotated
+from urllib.parse import quote, urlencode
+
+import sqlalchemy as sa
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from .. import __version__
+from ..errors import InspectorError
+from ..store import StoreError, display_path
+from . import auth, files, queries
+from .export import dataset_zip
+from .metrics import prometheus_text
+from .service import Station, UploadRefused
+from .shifts import parse_shifts, shift_of
+from .verdicts import VERDICTS, VerdictError, label_for
+
+COOKIE = "sise_session"
+LOGIN_COOKIE = "sise_login"  # double-submit token of the login form (no session exists yet)
+HERE = package_files("inspector.station")
+CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+class LoginNeeded(Exception):
+    def __init__(self, path: str):
+        self.path = path
+
+
+# ----- who is asking ------------------------------------------------------------------------------------
+def current_user(request: Request) -> auth.User | None:
+    store = request.app.state.station.store
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("basic "):
+        try:
+            name, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return auth.check_password(store, name, password)
+    return auth.session_user(store, request.cookies.get(COOKIE))
+
+
+def csrf_ok(request: Request, user: auth.User, sent: str | None) -> bool:
+    if request.headers.get("authorization", "").lower().startswith("basic "):
+        return True  # browsers never send Basic credentials on their own: the station never asks for them
+    return bool(sent) and hmac.compare_digest(sent, user.csrf_token)
+
+
+class PageUser:
+    """A logged-in user with at least ``role``; others are sent to the log-in page (403 for a lower role)."""
+
+    def __init__(self, role: str):
+        self.role = role
+
+    def __call__(self, request: Request) -> auth.User:
+        user = current_user(request)
+        if user is None:
+            raise LoginNeeded(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
+        if not user.may(self.role):
+            raise HTTPException(403, f"this needs the {self.role} role; you are {user.role}")
+        return user
+
+
+class ApiUser:
+    """As :class:`PageUser` for the API: 401 without credentials; a POST with the session cookie must
+    carry the session's ``X-CSRF-Token``."""
+
+    def __init__(self, role: str):
+        self.role = role
+
+    def __call__(self, request: Request) -> auth.User:
+        user = current_user(request)
+        if user is None:
+            raise HTTPException(401, "log in: HTTP Basic with a station user, or the session cookie")
+        if not user.may(self.role):
+            raise HTTPException(403, f"this needs the {self.role} role; you are {user.role}")
+        if request.method == "POST" and not csrf_ok(request, user, request.headers.get("x-csrf-token")):
+            raise HTTPException(403, "missing or wrong X-CSRF-Token header (see the page's csrf meta tag)")
+        return user
+
+
+Viewer = Annotated[auth.User, Depends(PageUser("viewer"))]
+Reviewer = Annotated[auth.User, Depends(PageUser("reviewer"))]
+Admin = Annotated[auth.User, Depends(PageUser("admin"))]
+ApiViewer = Annotated[auth.User, Depends(ApiUser("viewer"))]
+ApiReviewer = Annotated[auth.User, Depends(ApiUser("reviewer"))]
+Page = Annotated[int, Query(ge=0)]
+
+
+def read_filters(
+    cls: str | None,
+    flagged: str | None,
+    unreviewed: str | None,
+    since: str | None,
+    until: str | None,
+    order: str | None,
+) -> queries.Filters:
+    return queries.Filters(
+        cls=cls or None,
+        flagged=flagged == "1",
+        unreviewed=unreviewed == "1",
+        since=_parse_local(since, "since"),
+        until=_parse_local(until, "until"),
+        rejects_first=order != "newest",
+    )
+
+
+def read_filter_query(
+    cls: str | None = None,
+    flagged: str | None = None,
+    unreviewed: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    order: str | None = None,
+):
+    return read_filters(cls, flagged, unreviewed, since, until, order)
+
+
+QueueFilters = Annotated[queries.Filters, Depends(read_filter_query)]
+
+
+def create_app(station: Station) -> FastAPI:
+    """The app around a :class:`Station`; the station is started and stopped with the app."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        station.start()
+        try:
+            yield
+        finally:
+            station.stop()
+
+    app = FastAPI(
+        title="SISE Inspector review station",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Explanations of a defect classifier's verdicts, operator verdicts on them, and "
+        "the line's API. Authenticate with HTTP Basic (a station user) or a session "
+        "cookie plus the X-CSRF-Token header.",
+    )
+    app.state.station = station
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.filters["local"] = _local
+    templates.env.filters["q"] = lambda s: quote(str(s), safe="")
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    with contextlib.suppress(ImportError):
+        import swagger_ui_bundle
+
+        app.mount("/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
+    shift_starts = parse_shifts(",".join(station.settings.shifts))
+    store = station.store
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        if not request.url.path.startswith("/docs"):
+            response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "same-origin"
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.exception_handler(LoginNeeded)
+    async def to_login(_request: Request, exc: LoginNeeded):
+        return RedirectResponse("/login?" + urlencode({"next": exc.path}), status_code=303)
+
+    @app.exception_handler(StoreError)
+    async def store_down(_request: Request, exc: StoreError):
+        return JSONResponse({"detail": f"the results store failed: {exc}"}, status_code=503)
+
+    def render(request: Request, name: str, user: auth.User | None, **context):
+        context.update(
+            user=user,
+            version=__version__,
+            classes=station.classes,
+            good_classes=station.good_classes,
+            watching=station.settings.watch_dir is not None,
+        )
+        return templates.TemplateResponse(request, name, context)
+
+    # ----- log-in ---------------------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    def home():
+        return RedirectResponse("/queue", status_code=303)
+
+    @app.get("/login", include_in_schema=False)
+    def login_page(request: Request, next: str = "/queue", error: str | None = None):
+        token = secrets.token_urlsafe(24)
+        response = render(request, "login.html", None, next=_safe_next(next), token=token, error=error)
+        response.set_cookie(
+            LOGIN_COOKIE,
+            token,
+            httponly=True,
+            samesite="strict",
+            secure=station.settings.secure_cookies,
+            max_age=3600,
+        )
+        return response
+
+    @app.post("/login", include_in_schema=False)
+    def login(
+        request: Request,
+        username: Annotated[str, Form()],
+        password: Annotated[str, Form()],
+        token: Annotated[str, Form()] = "",
+        next: Annotated[str, Form()] = "/queue",
+    ):
+        expected = request.cookies.get(LOGIN_COOKIE, "")
+        if not expected or not hmac.compare_digest(token, expected):
+            return RedirectResponse(
+                "/login?" + urlencode({"next": next, "error": "the form expired; try again"}), status_code=303
+            )
+        user = auth.check_password(store, username, password)
+        if user is None:
+            return RedirectResponse(
+                "/login?" + urlencode({"next": next, "error": "wrong user name or password"}), status_code=303
+            )
+        response = RedirectResponse(_safe_next(next), status_code=303)
+        response.set_cookie(
+            COOKIE,
+            auth.open_session(store, user),
+            httponly=True,
+            samesite="strict",
+            secure=station.settings.secure_cookies,
+            max_age=int(auth.SESSION_HOURS * 3600),
+        )
+        response.delete_cookie(LOGIN_COOKIE)
+        return response
+
+    @app.post("/logout", include_in_schema=False)
+    def logout(user: Viewer, request: Request, csrf_token: Annotated[str, Form()] = ""):
+        if not csrf_ok(request, user, csrf_token):
+            raise HTTPException(403, "missing or wrong CSRF token; reload the page")
+        auth.close_session(store, request.cookies.get(COOKIE))
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE)
+        return response
+
+    # ----- queue ----------------------------------------------------------------------------------------
+    @app.get("/queue", response_class=HTMLResponse, include_in_schema=False)
+    def queue_page(f: QueueFilters, user: Viewer, request: Request, page: Page = 0):
+        rows, total = queries.queue(store, f, station.good_classes, page)
+        return render(
+            request,
+            "queue.html",
+            user,
+            rows=rows,
+            total=total,
+            page=page,
+            f=f,
+            pages=(total + queries.PAGE - 1) // queries.PAGE,
+            qs=f.query_string(),
+            failed_total=_count_failed(store),
+            waiting=station.waiting_files(),
+        )
+
+    @app.get("/queue/rows", response_class=HTMLResponse, include_in_schema=False)
+    def queue_rows(f: QueueFilters, user: Viewer, request: Request, page: Page = 0):
+        rows, total = queries.queue(store, f, station.good_classes, page)
+        response = render(request, "queue_rows.html", user, rows=rows, qs=f.query_string())
+        response.headers["X-Queue-Total"] = str(total)
+        return response
+
+    # ----- one part -------------------------------------------------------------------------------------
+    def load_part(result_id: int) -> dict:
+        row = queries.part(store, result_id)
+        if row is None:
+            raise HTTPException(404, f"no part {result_id}")
+        return row
+
+    @app.get("/parts/{result_id}", response_class=HTMLResponse, include_in_schema=False)
+    def part_page(
+        f: QueueFilters,
+        user: Viewer,
+        request: Request,
+        result_id: int,
+        saved: int | None = None,
+    ):
+        row = load_part(result_id)
+        previous, following = queries.neighbours(store, result_id, f, station.good_classes)
+        scores = _named_scores(row.get("scores"), station.classes)
+        saved_part = queries.part(store, saved) if saved else None
+        return render(
+            request,
+            "part.html",
+            user,
+            part=row,
+            scores=scores,
+            prev_id=previous,
+            next_id=following,
+            qs=f.query_string(),
+            verdicts=VERDICTS,
+            saved=saved_part,
+            part_name=_name(row["source_path"]),
+            has_original=files.original_bytes(row) is not None,
+            error=request.query_params.get("error"),
+        )
+
+    @app.post("/parts/{result_id}/review", include_in_schema=False)
+    def review_form(
+        user: Reviewer,
+        request: Request,
+        result_id: int,
+        verdict: Annotated[str, Form()],
+        label: Annotated[str, Form()] = "",
+        comment: Annotated[str, Form()] = "",
+        csrf_token: Annotated[str, Form()] = "",
+        qs: Annotated[str, Form()] = "",
+    ):
+        if not csrf_ok(request, user, csrf_token):
+            raise HTTPException(403, "missing or wrong CSRF token; reload the page")
+        row = load_part(result_id)
+        try:
+            record_verdict(row, verdict, label, comment, user)
+        except VerdictError as e:
+            return RedirectResponse(f"/parts/{result_id}?{_qs(qs, error=str(e))}", status_code=303)
+        _, following = queries.neighbours(
+            store, result_id, read_filters(**_filter_args(qs)), station.good_classes
+        )
+        goes_to = following if following is not None else result_id
+        return RedirectResponse(f"/parts/{goes_to}?{_qs(qs, saved=result_id)}", status_code=303)
+
+    def record_verdict(row: dict, verdict: str, label: str | None, comment: str | None, user: auth.User):
+        if row["status"] != "done":
+            raise VerdictError(f"part {row['id']} has no explanation (it failed); nothing to review")
+        stored, new_label = label_for(
+            verdict, row["prediction_name"], label or None, station.classes, station.good_classes
+        )
+        note = (comment or "").strip()[:2000] or None
+        return store.add_review(row["id"], verdict=stored, label=new_label, reviewer=user.username, note=note)
+
+    @app.get("/parts/{result_id}/original", include_in_schema=False)
+    def original(user: Viewer, result_id: int):
+        data = files.original_bytes(load_part(result_id))
+        if data is None:
+            raise HTTPException(404, "the original image is no longer where it was explained")
+        body, kind = files.for_browser(data, station.config.preprocess.max_pixels)
+        return Response(body, media_type=kind, headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/parts/{result_id}/overlay-cut", include_in_schema=False)
+    def overlay_cut(user: Viewer, result_id: int):
+        row = load_part(result_id)
+        path = files.artifact_file(store, row, "overlay")
+        data = files.original_bytes(row)
+        if path is None or data is None:
+            raise HTTPException(404, "the overlay or the original image is missing")
+        try:
+            body = files.overlay_cut(path, data, station.config.preprocess.max_pixels)
+        except (OSError, InspectorError) as e:
+            raise HTTPException(404, str(e)) from e
+        return Response(body, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/artifacts/{result_id}/{kind}", include_in_schema=False)
+    def artifact(user: Viewer, result_id: int, kind: str):
+        path = files.artifact_file(store, load_part(result_id), kind)
+        if path is None:
+            raise HTTPException(404, f"part {result_id} has no {kind} file in its folder")
+        with open(path, "rb") as fh:
+            body = fh.read()
+        return Response(
+            body, media_type=files.media_type(path), headers={"Cache-Control": "private, max-age=3600"}
+        )
+
+    @app.get("/colourbar.png", include_in_schema=False)
+    def colour_bar():
+        return Response(
+            files.colour_bar(station.config.visuals.colormap),
+            media_type="image/png",
+            headers={"Cache-Control": "max-age=86400"},
+        )
+
+    # ----- shift ----------------------------------------------------------------------------------------
+    @app.get("/shift", response_class=HTMLResponse, include_in_schema=False)
+    def shift_page(user: Viewer, request: Request, at: str | None = None):
+        moment = _parse_local(at, "at") or datetime.now(timezone.utc)
+        start, end = shift_of(moment, shift_starts)
+        rows = queries.shift_rows(store, start.astimezone(timezone.utc), end.astimezone(timezone.utc))
+        figures = _shift_figures(rows, start, end, station.classes, station.good_classes)
+        previous = start - timedelta(minutes=1)
+        return render(
+            request,
+            "shift.html",
+            user,
+            start=start,
+            end=end,
+            s=figures,
+            prev_at=previous.strftime("%Y-%m-%dT%H:%M"),
+            next_at=end.strftime("%Y-%m-%dT%H:%M"),
+            is_current=start <= datetime.now(timezone.utc) < end,
+        )
+
+    # ----- export ---------------------------------------------------------------------------------------
+    @app.get("/export.zip", include_in_schema=False)
+    def export(user: Admin):
+        stamp = datetime.now().strftime("%Y%m%d-%H%M")
+        return StreamingResponse(
+            dataset_zip(store, f"sise-reviewed-{stamp}"),
+            media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="sise-reviewed-{stamp}.zip"'},
+        )
+
+    # ----- the line's API -------------------------------------------------------------------------------
+    @app.post("/api/v1/explain", status_code=201, tags=["line"])
+    def api_explain(
+        user: ApiReviewer,
+        request: Request,
+        image: Annotated[UploadFile, File(description="the part's image file")],
+    ):
+        """Explain one image (PNG, JPEG, BMP, TIFF, WebP, PNM) and record it; the same image sent again
+        returns the stored result. 413: too many bytes or pixels; 422: not a readable image (recorded as a
+        failed part)."""
+        limit = station.settings.max_upload_bytes
+        declared = request.headers.get("content-length")
+        if declared is None:
+            raise HTTPException(411, "send a Content-Length header")
+        if int(declared) > limit + 64 * 1024:
+            raise HTTPException(413, f"upload of {declared} bytes is over the limit of {limit} bytes")
+        data = image.file.read(limit + 1)
+        try:
+            outcome = station.explain_upload(data, image.filename)
+        except UploadRefused as e:
+            raise HTTPException(e.status, str(e)) from e
+        except InspectorError as e:
+            raise HTTPException(503, str(e)) from e
+        row = load_part(outcome.result_id)
+        body = _api_result(row, station.classes)
+        body["state"] = outcome.state
+        if row["status"] == "failed":
+            return JSONResponse(body, status_code=422)
+        return JSONResponse(body, status_code=201 if outcome.state == "explained" else 200)
+
+    @app.get("/api/v1/results", tags=["line"])
+    def api_results(
+        user: ApiViewer,
+        since: Annotated[str | None, Query(description="ISO 8601 time; results finished after it")] = None,
+        after_id: Annotated[
+            int,
+            Query(
+                description="with since: results finished exactly at since with a "
+                "larger id (use the response's next link)"
+            ),
+        ] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ):
+        """Finished results in the order they finished, each with its newest verdict; follow ``next``."""
+        moment = _parse_utc(since, "since")
+        rows = queries.results_since(store, moment, after_id, limit)
+        items = [_api_result(r, station.classes) for r in rows]
+        following = None
+        if len(rows) == limit:
+            last = rows[-1]
+            following = "/api/v1/results?" + urlencode(
+                {"since": last["finished_at"].isoformat(), "after_id": last["id"], "limit": limit}
+            )
+        return {"results": items, "next": following}
+
+    @app.get("/api/v1/results/{result_id}", tags=["line"])
+    def api_result(user: ApiViewer, result_id: int):
+        row = load_part(result_id)
+        body = _api_result(row, station.classes)
+        body["history"] = [_api_review(h) for h in row["history"]]
+        return body
+
+    @app.post("/api/v1/results/{result_id}/review", status_code=201, tags=["line"])
+    def api_review(user: ApiReviewer, result_id: int, payload: dict):
+        """Body: ``{"verdict": "confirm" | "overrule_good" | "overrule" | "inconclusive", "label": class
+        (overrule), "comment": text}``. Appends a verdict; nothing is ever changed in place."""
+        row = load_part(result_id)
+        try:
+            review = record_verdict(
+                row, str(payload.get("verdict", "")), payload.get("label"), payload.get("comment"), user
+            )
+        except VerdictError as e:
+            raise HTTPException(422, str(e)) from e
+        return _api_review(review)
+
+    @app.get("/api/v1/reviews", tags=["line"])
+    def api_reviews(user: ApiViewer, after_id: int = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100):
+        """Verdicts in the order they were given, after ``after_id``."""
+        return {
+            "reviews": [
+                {**_api_review(r), "image_sha256": r["image_sha256"], "model_label": r["prediction_name"]}
+                for r in queries.reviews_after(store, after_id, limit)
+            ]
+        }
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz():
+        """200 when the store answers and (with --watch) the folder is being watched; 503 otherwise."""
+        problems = []
+        try:
+            with store.begin() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except StoreError as e:
+            problems.append(f"store: {e}")
+        if station.settings.watch_dir and not station.watching:
+            problems.append(f"watch: {station.watch_error or 'not running'}")
+        body = {
+            "status": "ok" if not problems else "failing",
+            "problems": problems,
+            "version": __version__,
+            "provider": station.insp.sessions.provider,
+        }
+        return JSONResponse(body, status_code=200 if not problems else 503)
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    def metrics():
+        """Prometheus text format."""
+        return Response(prometheus_text(station), media_type="text/plain; version=0.0.4")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="SISE Inspector station API",
+            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger/swagger-ui.css",
+            swagger_favicon_url="/static/swagger/favicon-32x32.png",
+        )
+
+    return app
+
+
+# ----- helpers ----------------------------------------------------------------------------------------------
+def _local(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    return value.astimezone().strftime(fmt) if value is not None else ""
+
+
+def _parse_local(text: str | None, name: str) -> datetime | None:
+    """A time from a form (``YYYY-MM-DDTHH:MM``, the station's local clock) as an aware datetime."""
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as e:
+        raise HTTPException(422, f"{name}={text!r}: not a time like 2026-11-27T06:00") from e
+    return value.astimezone() if value.tzinfo is None else value
+
+
+def _parse_utc(text: str | None, name: str) -> datetime | None:
+    value = _parse_local(text, name)
+    return value.astimezone(timezone.utc) if value is not None else None
+
+
+def _safe_next(target: str) -> str:
+    """Only a path on this station (never another site) after logging in."""
+    return (
+        target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/queue"
+    )
+
+
+def _qs(qs: str, **extra) -> str:
+    from urllib.parse import parse_qsl
+
+    items = dict(parse_qsl(qs))
+    items.update({k: str(v) for k, v in extra.items()})
+    return urlencode(items)
+
+
+def _filter_args(qs: str) -> dict:
+    from urllib.parse import parse_qsl
+
+    items = dict(parse_qsl(qs))
+    return {k: items.get(k) for k in ("cls", "flagged", "unreviewed", "since", "until", "order")}
+
+
+def _name(source_path: str) -> str:
+    return os.path.basename(source_path) or source_path
+
+
+def _named_scores(scores, classes) -> list[tuple[str, float | None]]:
+    if not scores:
+        return []
+    return [(classes[i] if i < len(classes) else str(i), s) for i, s in enumerate(scores)]
+
+
+def _count_failed(store) -> int:
+    from ..store.schema import results
+
+    with store.begin() as conn:
+        return conn.execute(sa.select(sa.func.count()).where(results.c.status == "failed")).scalar_one()
+
+
+def _api_result(row: dict, classes) -> dict:
+    rid = row["id"]
+    return {
+        "result_id": rid,
+        "image_sha256": row["image_sha256"],
+        "status": row["status"],
+        "source": display_path(row["source_path"]),
+        "prediction": row["prediction_name"],
+        "confidence": row["confidence"],
+        "scores": dict(_named_scores(row.get("scores"), classes)),
+        "regions": row.get("regions") or [],
+        "flagged": row.get("flagged"),
+        "roi_inside": row.get("roi_inside"),
+        "error": row.get("error"),
+        "finished_at": row["finished_at"].isoformat() if row.get("finished_at") else None,
+        "verdict": row.get("verdict"),
+        "review_label": row.get("review_label"),
+        "part_url": f"/parts/{rid}",
+        "artifacts": {kind: f"/artifacts/{rid}/{kind}" for kind in row.get("artifacts", {})},
+    }
+
+
+def _api_review(r: dict) -> dict:
+    return {
+        "review_id": r["id"],
+        "result_id": r["result_id"],
+        "verdict": r["verdict"],
+        "label": r["label"],
+        "previous_label": r["previous_label"],
+        "reviewer": r["reviewer"],
+        "comment": r["note"],
+        "created_at": r["created_at"].isoformat(),
+    }
+
+
+def _shift_figures(rows: list[dict], start: datetime, end: datetime, classes, good_classes) -> dict:
+    done = [r for r in rows if r["status"] == "done"]
+    reviewed = [r for r in done if r["verdict"] is not None]
+    overruled = [r for r in reviewed if r["verdict"] == "overrule"]
+    per_class = {c: 0 for c in classes}
+    for r in done:
+        per_class[r["prediction_name"]] = per_class.get(r["prediction_name"], 0) + 1
+    labels = list(per_class) + ["inconclusive"]
+    confusion = {m: {lab: 0 for lab in labels} for m in per_class}
+    for r in reviewed:
+        confusion[r["prediction_name"]][
+            r["review_label"] if r["review_label"] is not None else "inconclusive"
+        ] += 1
+    hours = max(1, round((end - start).total_seconds() / 3600))
+    per_hour = [0] * hours
+    for r in rows:
+        k = int((r["finished_at"] - start).total_seconds() // 3600)
+        if 0 <= k < hours:
+            per_hour[k] += 1
+    return {
+        "total": len(rows),
+        "done": len(done),
+        "failed": len(rows) - len(done),
+        "per_class": per_class,
+        "rejects": sum(v for c, v in per_class.items() if c not in good_classes),
+        "reviewed": len(reviewed),
+        "reviewed_share": len(reviewed) / len(done) if done else None,
+        "overruled": len(overruled),
+        "overrule_rate": len(overruled) / len(reviewed) if reviewed else None,
+        "labels": labels,
+        "confusion": confusion,
+        "per_hour": [
+            ((start + timedelta(hours=k)).astimezone().strftime("%H:%M"), n) for k, n in enumerate(per_hour)
+        ],
+    }

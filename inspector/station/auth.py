@@ -1,0 +1,166 @@
+"""Users, passwords and login sessions of the review station, kept in the results store.
+
+Passwords are hashed with scrypt (``hashlib.scrypt``, a memory-hard KDF) and a random salt per user; a
+login session is a random token in an HttpOnly cookie of which the store keeps only the SHA-256, with its
+own CSRF token that every form and every cookie-authenticated API call must send back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from ..errors import InspectorError
+from ..store import Store
+from ..store.db import as_utc, utcnow
+from ..store.schema import sessions, users
+
+ROLES = ("viewer", "reviewer", "admin")  # each role may do what the ones before it may
+SESSION_HOURS = 12.0  # a shift and a half: an operator logs in once per shift
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+_USERNAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+MIN_PASSWORD = 8
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    username: str
+    role: str
+    csrf_token: str = ""  # of the login session the request came with (empty for HTTP Basic)
+
+    def may(self, role: str) -> bool:
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
+    return f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${salt.hex()}${digest.hex()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        kind, n, r, p, salt, digest = stored.split("$")
+        if kind != "scrypt":
+            return False
+        got = hashlib.scrypt(
+            password.encode(), salt=bytes.fromhex(salt), dklen=len(digest) // 2, n=int(n), r=int(r), p=int(p)
+        )
+    except ValueError:
+        return False
+    return hmac.compare_digest(got.hex(), digest)
+
+
+_DUMMY_HASH = hash_password(secrets.token_hex(8))  # unknown users cost as much time as wrong passwords
+
+
+def add_user(store: Store, username: str, password: str, role: str, *, update: bool = False) -> None:
+    if not _USERNAME.fullmatch(username):
+        raise InspectorError(f"user name {username!r}: use 1-64 letters, digits and . _ @ -")
+    if role not in ROLES:
+        raise InspectorError(f"--role {role}: choose one of {', '.join(ROLES)}")
+    if len(password) < MIN_PASSWORD:
+        raise InspectorError(f"the password must have at least {MIN_PASSWORD} characters")
+    row = {"password_hash": hash_password(password), "role": role, "disabled": False}
+    with store.begin() as conn:
+        exists = conn.execute(sa.select(users.c.id).where(users.c.username == username)).scalar()
+        if exists is not None and not update:
+            raise InspectorError(f"user {username} exists; add --update to change the password or role")
+        if exists is None:
+            conn.execute(sa.insert(users).values(username=username, created_at=utcnow(), **row))
+        else:
+            conn.execute(sa.update(users).where(users.c.id == exists).values(row))
+            conn.execute(sa.delete(sessions).where(sessions.c.user_id == exists))  # log them out everywhere
+
+
+def disable_user(store: Store, username: str) -> None:
+    with store.begin() as conn:
+        uid = conn.execute(sa.select(users.c.id).where(users.c.username == username)).scalar()
+        if uid is None:
+            raise InspectorError(f"no user {username}; `inspector station list-users` lists them")
+        conn.execute(sa.update(users).where(users.c.id == uid).values(disabled=True))
+        conn.execute(sa.delete(sessions).where(sessions.c.user_id == uid))
+
+
+def list_users(store: Store) -> list[dict]:
+    with store.begin() as conn:
+        return [
+            dict(r)
+            for r in conn.execute(
+                sa.select(users.c.username, users.c.role, users.c.disabled, users.c.created_at).order_by(
+                    users.c.username
+                )
+            ).mappings()
+        ]
+
+
+def check_password(store: Store, username: str, password: str) -> User | None:
+    """The user, when the name and password are right and the user is not disabled."""
+    with store.begin() as conn:
+        row = conn.execute(sa.select(users).where(users.c.username == username)).mappings().first()
+    if row is None:
+        verify_password(password, _DUMMY_HASH)
+        return None
+    if not verify_password(password, row["password_hash"]) or row["disabled"]:
+        return None
+    return User(row["id"], row["username"], row["role"])
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def open_session(store: Store, user: User) -> str:
+    """A new login session for ``user``; returns the cookie's token."""
+    token = secrets.token_urlsafe(32)
+    now = utcnow()
+    with store.begin() as conn:
+        conn.execute(sa.delete(sessions).where(sessions.c.expires_at < now))
+        conn.execute(
+            sa.insert(sessions).values(
+                token_sha256=_token_hash(token),
+                user_id=user.id,
+                csrf_token=secrets.token_urlsafe(32),
+                created_at=now,
+                expires_at=now + timedelta(hours=SESSION_HOURS),
+            )
+        )
+    return token
+
+
+def session_user(store: Store, token: str | None) -> User | None:
+    if not token:
+        return None
+    with store.begin() as conn:
+        row = (
+            conn.execute(
+                sa.select(
+                    users.c.id,
+                    users.c.username,
+                    users.c.role,
+                    users.c.disabled,
+                    sessions.c.csrf_token,
+                    sessions.c.expires_at,
+                )
+                .select_from(sessions.join(users, users.c.id == sessions.c.user_id))
+                .where(sessions.c.token_sha256 == _token_hash(token))
+            )
+            .mappings()
+            .first()
+        )
+    if row is None or row["disabled"] or as_utc(row["expires_at"]) < utcnow():
+        return None
+    return User(row["id"], row["username"], row["role"], row["csrf_token"])
+
+
+def close_session(store: Store, token: str | None) -> None:
+    if token:
+        with store.begin() as conn:
+            conn.execute(sa.delete(sessions).where(sessions.c.token_sha256 == _token_hash(token)))

@@ -1,0 +1,128 @@
+"""Reviewed parts as a dataset for retraining: one folder per label the reviewers gave (their newest
+verdict; inconclusive parts are left out) holding the original images, plus ``labels.csv`` with the image
+hash, source path, model label, reviewer label, reviewer and time. As a ZIP download (the station) or a
+folder (`inspector station export`), written so that a half export never looks like a whole one."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator
+
+from ..errors import InspectorError
+from ..store import Store, display_path
+from . import queries
+from .files import original_bytes
+
+CSV_FIELDS = (
+    "file",
+    "image_sha256",
+    "source_path",
+    "model_label",
+    "reviewer_label",
+    "verdict",
+    "reviewer",
+    "reviewed_at",
+    "note",
+)
+
+
+def _folder_name(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "label"
+
+
+def entries(store: Store) -> Iterator[tuple[str | None, bytes | None, dict]]:
+    """(file name in the dataset or None, its bytes, its CSV row) per reviewed part."""
+    for row in queries.reviewed_parts(store):
+        data = original_bytes(queries.part(store, row["id"]))
+        name = os.path.basename(row["source_path"])
+        stem, ext = os.path.splitext(name)
+        arcname = (
+            (
+                f"{_folder_name(row['review_label'])}/{row['image_sha256'][:16]}_"
+                f"{re.sub(r'[^A-Za-z0-9._-]+', '_', stem)[:48]}{ext.lower()}"
+            )
+            if data is not None
+            else None
+        )
+        yield (
+            arcname,
+            data,
+            {
+                "file": arcname or "",
+                "image_sha256": row["image_sha256"],
+                "source_path": display_path(row["source_path"]),
+                "model_label": row["prediction_name"],
+                "reviewer_label": row["review_label"],
+                "verdict": row["verdict"],
+                "reviewer": row["reviewer"],
+                "reviewed_at": row["created_at"].isoformat(),
+                "note": ""
+                if data is not None
+                else "original image not found (moved or deleted); not in the dataset",
+            },
+        )
+
+
+def _csv(rows: list[dict]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def dataset_zip(store: Store, top: str) -> Iterator[bytes]:
+    """The dataset as a ZIP file, built in a temporary file first (so a store error never ends a download
+    with a valid-looking partial ZIP), then streamed."""
+    with tempfile.TemporaryFile() as tmp:
+        rows = []
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+            for arcname, data, row in entries(store):
+                if data is not None:
+                    zf.writestr(f"{top}/{arcname}", data)
+                rows.append(row)
+            zf.writestr(f"{top}/labels.csv", _csv(rows))
+        tmp.seek(0)
+        while chunk := tmp.read(1 << 20):
+            yield chunk
+
+
+def export_folder(store: Store, out: str) -> tuple[int, int]:
+    """Write the dataset into the new folder ``out``; returns (images written, parts without an image)."""
+    out = os.path.abspath(out)
+    if os.path.exists(out):
+        raise InspectorError(f"--out {display_path(out)} exists; export into a new folder")
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        rows, written = [], 0
+        for arcname, data, row in entries(store):
+            if data is not None:
+                os.makedirs(os.path.join(work, os.path.dirname(arcname)), exist_ok=True)
+                with open(os.path.join(work, arcname), "wb") as f:
+                    f.write(data)
+                    os.fsync(f.fileno())
+                written += 1
+            rows.append(row)
+        with open(os.path.join(work, "labels.csv"), "wb") as f:
+            f.write(_csv(rows))
+            os.fsync(f.fileno())
+        os.chmod(work, 0o777 & ~_umask())
+        os.rename(work, out)  # the folder appears whole, or not at all
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return written, len(rows) - written
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,299 @@
+"""What the station's pages and API read from the results store: the queue, one part with its verdict
+history, a shift's figures, results and verdicts since a point (for the line), and reviewed parts to
+export. Every function takes a :class:`~inspector.store.Store` and returns plain dicts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from ..store import Store
+from ..store.db import as_utc
+from ..store.schema import artifacts, inputs, results, reviews, runs
+
+PAGE = 100
+SHOWN = ("done", "failed")  # results still running are not parts yet
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The queue's filters (also the context of a part page's next/previous)."""
+
+    cls: str | None = None  # predicted class name
+    flagged: bool = False  # evidence mostly outside the ROI
+    unreviewed: bool = False  # no verdict yet
+    since: datetime | None = None  # finished at or after
+    until: datetime | None = None  # finished before
+    rejects_first: bool = True  # parts not predicted good (and failures) before good ones
+
+    def query_string(self) -> str:
+        from urllib.parse import urlencode
+
+        items = {
+            "cls": self.cls or None,
+            "flagged": "1" if self.flagged else None,
+            "unreviewed": "1" if self.unreviewed else None,
+            "since": self.since.isoformat(timespec="minutes") if self.since else None,
+            "until": self.until.isoformat(timespec="minutes") if self.until else None,
+            "order": None if self.rejects_first else "newest",
+        }
+        return urlencode({k: v for k, v in items.items() if v is not None})
+
+
+def _latest_review():
+    """One row per reviewed result: its newest verdict."""
+    newest = (
+        sa.select(reviews.c.result_id, sa.func.max(reviews.c.id).label("review_id"))
+        .group_by(reviews.c.result_id)
+        .subquery("newest")
+    )
+    return (
+        sa.select(
+            reviews.c.result_id, reviews.c.verdict, reviews.c.label, reviews.c.reviewer, reviews.c.created_at
+        )
+        .join(newest, newest.c.review_id == reviews.c.id)
+        .subquery("latest")
+    )
+
+
+def _category(good_classes):
+    """0 for a part to look at (predicted not good, or failed), 1 for a good part."""
+    if not good_classes:
+        return sa.literal(0)
+    return sa.case(
+        (sa.and_(results.c.status == "done", results.c.prediction_name.in_(list(good_classes))), 1), else_=0
+    )
+
+
+def _queue_select(f: Filters, good_classes):
+    latest = _latest_review()
+    category = _category(good_classes).label("category")
+    query = (
+        sa.select(
+            results.c.id,
+            results.c.status,
+            results.c.source_path,
+            results.c.prediction_name,
+            results.c.confidence,
+            results.c.flagged,
+            results.c.region_count,
+            results.c.error,
+            results.c.finished_at,
+            category,
+            latest.c.verdict,
+            latest.c.label.label("review_label"),
+            latest.c.reviewer,
+            latest.c.created_at.label("reviewed_at"),
+        )
+        .select_from(results.outerjoin(latest, latest.c.result_id == results.c.id))
+        .where(results.c.status.in_(SHOWN))
+    )
+    if f.cls:
+        query = query.where(results.c.prediction_name == f.cls)
+    if f.flagged:
+        query = query.where(results.c.flagged.is_(True))
+    if f.unreviewed:
+        query = query.where(latest.c.verdict.is_(None))
+    if f.since:
+        query = query.where(results.c.finished_at >= f.since)
+    if f.until:
+        query = query.where(results.c.finished_at < f.until)
+    return query, category
+
+
+def _ordered(query, category, f: Filters):
+    keys = [results.c.finished_at.desc(), results.c.id.desc()]
+    return query.order_by(*([category.asc()] if f.rejects_first else []), *keys)
+
+
+def queue(store: Store, f: Filters, good_classes=(), page: int = 0) -> tuple[list[dict], int]:
+    """(one page of parts in queue order, how many parts match)."""
+    query, category = _queue_select(f, good_classes)
+    with store.begin() as conn:
+        total = conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
+        rows = conn.execute(_ordered(query, category, f).limit(PAGE).offset(page * PAGE)).mappings().all()
+    return [_with_utc(r) for r in rows], total
+
+
+def neighbours(store: Store, result_id: int, f: Filters, good_classes=()) -> tuple[int | None, int | None]:
+    """(previous, next) part in queue order around ``result_id``, with the same filters."""
+    query, category = _queue_select(f, good_classes)
+    with store.begin() as conn:
+        me = conn.execute(query.where(results.c.id == result_id)).mappings().first()
+        if me is None:
+            return None, None
+        cat, fin, rid = me["category"], me["finished_at"], me["id"]
+        cat_expr = _category(good_classes)
+        same_cat = cat_expr == cat if f.rejects_first else sa.true()
+        later = sa.or_(results.c.finished_at > fin, sa.and_(results.c.finished_at == fin, results.c.id > rid))
+        earlier = sa.or_(
+            results.c.finished_at < fin, sa.and_(results.c.finished_at == fin, results.c.id < rid)
+        )
+        before = sa.and_(same_cat, later)
+        after = sa.and_(same_cat, earlier)
+        if f.rejects_first:
+            before = sa.or_(cat_expr < cat, before)
+            after = sa.or_(cat_expr > cat, after)
+        prev_row = conn.execute(_reverse(query.where(before), category, f).limit(1)).first()
+        next_row = conn.execute(_ordered(query.where(after), category, f).limit(1)).first()
+    return (prev_row.id if prev_row else None), (next_row.id if next_row else None)
+
+
+def _reverse(query, category, f: Filters):
+    keys = [results.c.finished_at.asc(), results.c.id.asc()]
+    return query.order_by(*([category.desc()] if f.rejects_first else []), *keys)
+
+
+def part(store: Store, result_id: int) -> dict | None:
+    """One result with its run's folder, artifacts (kind -> (relative path, sha256)), input paths and
+    verdict history (oldest first)."""
+    with store.begin() as conn:
+        row = (
+            conn.execute(
+                sa.select(results, runs.c.out_dir, runs.c.kind.label("run_kind"))
+                .join(runs, runs.c.id == results.c.run_id)
+                .where(results.c.id == result_id)
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            return None
+        arts = conn.execute(
+            sa.select(artifacts.c.kind, artifacts.c.path, artifacts.c.sha256).where(
+                artifacts.c.result_id == result_id
+            )
+        ).all()
+        paths = [
+            bytes(p)
+            for (p,) in conn.execute(
+                sa.select(inputs.c.path_bytes).where(inputs.c.image_sha256 == row["image_sha256"])
+            )
+        ]
+        history = (
+            conn.execute(sa.select(reviews).where(reviews.c.result_id == result_id).order_by(reviews.c.id))
+            .mappings()
+            .all()
+        )
+    out = _with_utc(row)
+    out["artifacts"] = {a.kind: (a.path, a.sha256) for a in arts}
+    out["input_paths"] = [bytes(row["source_path_bytes"]), *paths]
+    out["history"] = [_with_utc(h) for h in history]
+    return out
+
+
+def results_since(store: Store, since: datetime | None, after_id: int, limit: int) -> list[dict]:
+    """Finished results in (finished_at, id) order after the cursor, each with its newest verdict."""
+    latest = _latest_review()
+    query = (
+        sa.select(
+            results.c.id,
+            results.c.image_sha256,
+            results.c.status,
+            results.c.source_path,
+            results.c.prediction_name,
+            results.c.confidence,
+            results.c.scores,
+            results.c.regions,
+            results.c.flagged,
+            results.c.roi_inside,
+            results.c.error,
+            results.c.finished_at,
+            latest.c.verdict,
+            latest.c.label.label("review_label"),
+            latest.c.reviewer,
+        )
+        .select_from(results.outerjoin(latest, latest.c.result_id == results.c.id))
+        .where(results.c.status.in_(SHOWN))
+    )
+    if since is not None:
+        query = query.where(
+            sa.or_(
+                results.c.finished_at > since,
+                sa.and_(results.c.finished_at == since, results.c.id > after_id),
+            )
+        )
+    with store.begin() as conn:
+        rows = conn.execute(query.order_by(results.c.finished_at, results.c.id).limit(limit)).mappings().all()
+    return [_with_utc(r) for r in rows]
+
+
+def reviews_after(store: Store, after_id: int, limit: int) -> list[dict]:
+    """Verdicts in the order they were given (ids only grow: the table is append-only)."""
+    with store.begin() as conn:
+        rows = (
+            conn.execute(
+                sa.select(reviews, results.c.image_sha256, results.c.prediction_name)
+                .join(results, results.c.id == reviews.c.result_id)
+                .where(reviews.c.id > after_id)
+                .order_by(reviews.c.id)
+                .limit(limit)
+            )
+            .mappings()
+            .all()
+        )
+    return [_with_utc(r) for r in rows]
+
+
+def shift_rows(store: Store, start: datetime, end: datetime) -> list[dict]:
+    """Every part finished in [start, end) with its newest verdict."""
+    latest = _latest_review()
+    query = (
+        sa.select(
+            results.c.id,
+            results.c.status,
+            results.c.prediction_name,
+            results.c.finished_at,
+            latest.c.verdict,
+            latest.c.label.label("review_label"),
+        )
+        .select_from(results.outerjoin(latest, latest.c.result_id == results.c.id))
+        .where(results.c.status.in_(SHOWN), results.c.finished_at >= start, results.c.finished_at < end)
+    )
+    with store.begin() as conn:
+        return [_with_utc(r) for r in conn.execute(query).mappings()]
+
+
+def reviewed_parts(store: Store) -> list[dict]:
+    """Every explained part whose newest verdict gives a label, with what the export needs."""
+    latest = _latest_review()
+    query = (
+        sa.select(
+            results.c.id,
+            results.c.image_sha256,
+            results.c.source_path,
+            results.c.source_path_bytes,
+            results.c.prediction_name,
+            latest.c.verdict,
+            latest.c.label.label("review_label"),
+            latest.c.reviewer,
+            latest.c.created_at,
+        )
+        .join(latest, latest.c.result_id == results.c.id)
+        .where(results.c.status == "done", latest.c.label.is_not(None))
+        .order_by(results.c.id)
+    )
+    with store.begin() as conn:
+        return [_with_utc(r) for r in conn.execute(query).mappings()]
+
+
+def counts(store: Store) -> dict:
+    """Figures for /metrics that live in the store: parts by status, parts without a verdict."""
+    latest = _latest_review()
+    with store.begin() as conn:
+        by_status = dict(
+            conn.execute(sa.select(results.c.status, sa.func.count()).group_by(results.c.status)).all()
+        )
+        unreviewed = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(results.outerjoin(latest, latest.c.result_id == results.c.id))
+            .where(results.c.status == "done", latest.c.verdict.is_(None))
+        ).scalar_one()
+    return {"by_status": by_status, "unreviewed": unreviewed}
+
+
+def _with_utc(row) -> dict:
+    """A row as a dict with its timestamps in UTC (SQLite gives them back without a zone)."""
+    return {k: as_utc(v) if isinstance(v, datetime) else v for k, v in dict(row).items()}

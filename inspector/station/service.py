@@ -1,0 +1,210 @@
+"""The station's engine side: one :class:`Inspector` shared by uploads and the watched folder (one image at
+a time, under one lock), the run that uploads are recorded under, and the counters behind ``/metrics``."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ..atomic import write_atomic
+from ..engine import Inspector
+from ..errors import InspectorError
+from ..preprocess import IMAGE_EXTENSIONS, image_size
+from ..record import Outcome, explain_and_record, safe_stem, start_job
+from ..stop import Stop
+from ..store import Store, StoreError, default_url, display_path
+from ..watch import _candidates, watch
+
+log = logging.getLogger("inspector.station")
+UPLOAD_DIR = "uploads"
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class Metrics:
+    """What this process did since it started (the store's own figures are read at each scrape)."""
+
+    explained: int = 0
+    failed: int = 0
+    in_flight: int = 0
+    buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
+    seconds_sum: float = 0.0
+    seconds_count: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def observe(self, outcome: Outcome, seconds: float) -> None:
+        with self.lock:
+            if outcome.state == "explained":
+                self.explained += 1
+                self.seconds_sum += seconds
+                self.seconds_count += 1
+                for i, bound in enumerate(LATENCY_BUCKETS):
+                    if seconds <= bound:
+                        self.buckets[i] += 1
+            elif outcome.state == "failed":
+                self.failed += 1
+
+
+@dataclass(frozen=True)
+class StationSettings:
+    config: str
+    out_dir: str
+    store_url: str | None = None
+    watch_dir: str | None = None
+    max_upload_bytes: int = 50 * 2**20
+    shifts: tuple[str, ...] = ("06:00", "14:00", "22:00")
+    secure_cookies: bool = False  # set behind a TLS reverse proxy: the session cookie is sent over HTTPS only
+    poll: float = 1.0
+    settle: float = 2.0
+
+
+class UploadRefused(InspectorError):
+    """An upload the station will not store: too many bytes or pixels, or no image at all."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+class Station:
+    """Owns the engine and the store for the web app; :meth:`start` and :meth:`stop` bracket its life."""
+
+    def __init__(self, settings: StationSettings, insp: Inspector | None = None):
+        self.settings = settings
+        self.out_dir = os.path.abspath(settings.out_dir)
+        os.makedirs(os.path.join(self.out_dir, UPLOAD_DIR), exist_ok=True)
+        self.insp = insp or Inspector.from_config(settings.config)
+        self.config = self.insp.config
+        self.store_url = settings.store_url or default_url(self.out_dir)
+        self.store = Store(self.store_url)
+        self.job = start_job(
+            self.insp,
+            self.store,
+            kind="station",
+            out_dir=self.out_dir,
+            source="uploads (POST /api/v1/explain)",
+        )
+        self.engine_lock = threading.Lock()
+        self.metrics = Metrics()
+        self._stop = Stop()
+        self._threads: list[threading.Thread] = []
+        self._heartbeats = None
+        self.watch_error: str | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.config.classes or [])
+
+    @property
+    def good_classes(self) -> list[str]:
+        return list(self.config.good_classes)
+
+    def start(self) -> None:
+        with self.engine_lock:
+            seconds = self.insp.warm_up()
+        log.info("warmed up in %.2f s (%s)", seconds, self.insp.sessions.provider)
+        self._heartbeats = self.store.heartbeats(self.job.run_id)
+        self._heartbeats.__enter__()
+        if self.settings.watch_dir:
+            thread = threading.Thread(target=self._watch, name="station-watch", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Finish the image in progress, then note the runs as ended."""
+        self._stop.requested = True
+        for thread in self._threads:
+            thread.join()
+        if self._heartbeats is not None:
+            self._heartbeats.__exit__(None, None, None)
+        with contextlib.suppress(StoreError):
+            self.store.end_run(self.job.run_id, "finished", "station stopped")
+        self.store.close()
+
+    def _watch(self) -> None:
+        try:
+            watch(
+                self.insp,
+                self.settings.watch_dir,
+                self.out_dir,
+                store_url=self.store_url,
+                poll=self.settings.poll,
+                settle=self.settings.settle,
+                stop=self._stop,
+                log=lambda line: log.info("watch: %s", line),
+                engine_lock=self.engine_lock,
+                observe=self.metrics.observe,
+            )
+        except Exception as e:  # noqa: BLE001 - shown on /healthz; the uploads go on
+            self.watch_error = str(e) if isinstance(e, InspectorError) else f"{type(e).__name__}: {e}"
+            log.error("watching %s stopped: %s", display_path(self.settings.watch_dir), self.watch_error)
+
+    @property
+    def watching(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
+    def waiting_files(self) -> int:
+        """Images in the watched folder not yet handled."""
+        if not self.settings.watch_dir:
+            return 0
+        try:
+            return len(_candidates(self.settings.watch_dir))
+        except OSError:
+            return 0
+
+    def explain_upload(self, data: bytes, filename: str | None) -> Outcome:
+        """Keep an uploaded image under ``<out>/uploads`` (named by its content, so equal names never
+        collide), then explain and record it like any other input."""
+        if len(data) > self.settings.max_upload_bytes:
+            raise UploadRefused(
+                f"upload of {len(data)} bytes is over the limit of {self.settings.max_upload_bytes} bytes",
+                413,
+            )
+        if not data:
+            raise UploadRefused("the upload is empty", 422)
+        size = image_size(data)
+        max_pixels = self.config.preprocess.max_pixels
+        if size is not None and size[0] * size[1] > max_pixels:
+            raise UploadRefused(
+                f"{size[0]}x{size[1]} pixels is over preprocess.max_pixels ({max_pixels})", 413
+            )
+        name = os.path.basename(filename or "upload")
+        ext = os.path.splitext(name)[1].lower()
+        sha = hashlib.sha256(data).hexdigest()
+        path = os.path.join(
+            self.out_dir,
+            UPLOAD_DIR,
+            f"{sha[:16]}_{safe_stem(name)}{ext if ext in IMAGE_EXTENSIONS else '.img'}",
+        )
+        if not os.path.exists(path):
+            try:
+                write_atomic(path, data)
+            except OSError as e:
+                raise InspectorError(
+                    f"cannot keep the upload ({e.strerror}); free space in {display_path(self.out_dir)}"
+                ) from e
+        with self.metrics.lock:
+            self.metrics.in_flight += 1
+        start = time.perf_counter()
+        try:
+            with self.engine_lock:
+                outcome = explain_and_record(self.job, path)
+        finally:
+            with self.metrics.lock:
+                self.metrics.in_flight -= 1
+        self.metrics.observe(outcome, time.perf_counter() - start)
+        return outcome
+
+
+def store_for_users(out_dir: str | None, store_url: str | None) -> Store:
+    """The store that `inspector station add-user` writes to: the one the station will use."""
+    if not store_url and not out_dir:
+        raise InspectorError("give --store URL or --out DIR (the station folder)")
+    if not store_url:
+        os.makedirs(out_dir, exist_ok=True)
+    return Store(store_url or default_url(out_dir))

@@ -1,0 +1,98 @@
+// The review station's few lines of behaviour: the live queue, keyboard shortcuts, the overlay's opacity.
+"use strict";
+
+function typing(event) {
+  const t = event.target;
+  return t && (t.tagName === "INPUT" && t.type !== "range" && t.type !== "checkbox" || t.tagName === "TEXTAREA");
+}
+
+function setupQueue() {
+  const table = document.getElementById("queue");
+  const body = document.getElementById("rows");
+  let selected = 0;
+  const rows = () => Array.from(body.querySelectorAll("tr[data-id]"));
+  function select(k) {
+    const all = rows();
+    all.forEach(r => r.classList.remove("selected"));
+    if (!all.length) return;
+    selected = Math.max(0, Math.min(k, all.length - 1));
+    all[selected].classList.add("selected");
+    all[selected].scrollIntoView({block: "nearest"});
+  }
+  body.addEventListener("click", e => {
+    const row = e.target.closest("tr[data-href]");
+    if (row && e.target.tagName !== "A") window.location = row.dataset.href;
+  });
+  document.addEventListener("keydown", e => {
+    if (typing(e) || e.ctrlKey || e.metaKey || e.altKey) return;
+    if (e.key === "j") select(selected + 1);
+    else if (e.key === "k") select(selected - 1);
+    else if (e.key === "Enter" && rows()[selected]) window.location = rows()[selected].dataset.href;
+  });
+  const live = document.getElementById("live");
+  async function refresh() {
+    try {
+      const response = await fetch(table.dataset.rowsUrl, {headers: {"Accept": "text/html"}});
+      if (response.redirected || !response.ok) throw new Error(response.status);
+      const html = await response.text();
+      if (html !== body.dataset.last) {
+        const keep = rows()[selected] && rows()[selected].dataset.id;
+        body.innerHTML = html;
+        body.dataset.last = html;
+        const k = rows().findIndex(r => r.dataset.id === keep);
+        if (k >= 0) select(k);
+        document.getElementById("total").textContent = response.headers.get("X-Queue-Total");
+      }
+      live.textContent = "live"; live.classList.remove("stale");
+    } catch (err) {
+      live.textContent = "not updating (station unreachable?)"; live.classList.add("stale");
+    }
+  }
+  body.dataset.last = body.innerHTML;
+  setInterval(refresh, 2000);
+}
+
+function setupPart() {
+  const overlay = document.getElementById("overlay");
+  const slider = document.getElementById("opacity");
+  const go = id => { const a = document.getElementById(id); if (a) window.location = a.href; };
+  if (slider && overlay) slider.addEventListener("input", () => { overlay.style.opacity = slider.value / 100; });
+  const toggle = () => {
+    if (!slider || !overlay) return;
+    slider.value = slider.value > 0 ? 0 : 100;
+    overlay.style.opacity = slider.value / 100;
+  };
+  const toggleButton = document.getElementById("toggle");
+  if (toggleButton) toggleButton.addEventListener("click", toggle);
+  const layers = document.getElementById("layers");
+  const showLayers = () => {
+    if (!layers.getAttribute("src")) layers.src = layers.dataset.src;  // loaded on demand only
+    layers.classList.toggle("hidden");
+  };
+  const layersButton = document.getElementById("layers-button");
+  if (layersButton) layersButton.addEventListener("click", showLayers);
+  const label = document.getElementById("label");
+  document.addEventListener("keydown", e => {
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    if (e.target === label && (e.key === "Enter" || e.key === "3")) {
+      e.preventDefault();
+      document.querySelector("button[data-key='3']").click();
+      return;
+    }
+    if (typing(e) || e.target === label) return;
+    const button = document.querySelector(`button[data-key='${e.key}']`);
+    if (e.key === "3" && label) { e.preventDefault(); label.focus(); return; }  // choose the class, then 3 or Enter
+    if (button) { e.preventDefault(); button.click(); return; }
+    if (e.key === "j") go("next");
+    else if (e.key === "k") go("prev");
+    else if (e.key === "o") toggle();
+    else if (e.key === "l" && layers) showLayers();
+    else if (e.key === "c") { const c = document.getElementById("comment"); if (c) { e.preventDefault(); c.focus(); } }
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const page = document.body.dataset.page;
+  if (page === "queue") setupQueue();
+  if (page === "part") setupPart();
+});

@@ -1,0 +1,42 @@
+"""The four verdicts an operator gives a part, and the label each one records."""
+
+from __future__ import annotations
+
+from ..errors import InspectorError
+
+VERDICTS = {  # form value -> (stored verdict, button text)
+    "confirm": ("confirm", "Confirm"),
+    "overrule_good": ("overrule", "Overrule → good"),
+    "overrule": ("overrule", "Overrule → other class"),
+    "inconclusive": ("inconclusive", "Inconclusive"),
+}
+
+
+class VerdictError(InspectorError):
+    """A verdict that does not fit the part (unknown verdict, a label that is no class, ...)."""
+
+
+def label_for(
+    verdict: str, prediction: str | None, label: str | None, classes, good_classes
+) -> tuple[str, str | None]:
+    """(stored verdict, the label the part now has) for a verdict given on a part predicted ``prediction``."""
+    if verdict not in VERDICTS:
+        raise VerdictError(f"verdict {verdict!r}: use one of {', '.join(VERDICTS)}")
+    stored = VERDICTS[verdict][0]
+    if verdict == "confirm":
+        return stored, prediction
+    if verdict == "inconclusive":
+        return stored, None
+    if verdict == "overrule_good":
+        if not good_classes:
+            raise VerdictError("no good_classes in the config: overrule to a named class instead")
+        if prediction in good_classes:
+            raise VerdictError(f"the part is already predicted {prediction}: confirm it instead")
+        return stored, good_classes[0]
+    if not label:
+        raise VerdictError("overrule: choose the class the part really is")
+    if classes and label not in classes:
+        raise VerdictError(f"label {label!r} is not a class; known: {', '.join(classes)}")
+    if label == prediction:
+        raise VerdictError(f"the part is already predicted {label}: confirm it instead")
+    return stored, label
