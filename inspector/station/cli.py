@@ -42,6 +42,8 @@ def add_parser(sub, store_help: str) -> None:
     st.add_argument("--port", type=int, default=8600)
     st.add_argument("--shifts", default="06:00,14:00,22:00", help="shift start times, local clock")
     st.add_argument("--max-upload-mb", type=float, default=50.0, help="largest accepted upload (default 50)")
+    st.add_argument("--settle", type=float, default=2.0,
+                    help="with --watch: seconds a file must stay unchanged before use (default 2)")
     st.add_argument(
         "--secure-cookies",
         action="store_true",
@@ -133,6 +135,7 @@ def _serve(args) -> int:
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         shifts=tuple(args.shifts.split(",")),
         secure_cookies=args.secure_cookies,
+        settle=args.settle,
     )
     if args.watch:
         from ..watch import check_folders
@@ -159,7 +162,11 @@ def _serve(args) -> int:
     logging.getLogger("inspector.station").setLevel(logging.INFO)
     logging.getLogger("inspector.station").addHandler(_stdout_handler())
     print(f"review station on http://{args.host}:{args.port}/ (store: {station.store!r})", flush=True)
+    from ..stop import Stop
+
+    stop = Stop().install()  # uvicorn hands a SIGTERM back to this handler after its graceful shutdown
     uvicorn.run(create_app(station), host=args.host, port=args.port, log_level="warning")
+    print(f"review station stopped{f' by {stop.signal_name}' if stop.signal_name else ''}", flush=True)
     return 0
 
 

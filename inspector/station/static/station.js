@@ -9,7 +9,7 @@ function typing(event) {
 function setupQueue() {
   const table = document.getElementById("queue");
   const body = document.getElementById("rows");
-  let selected = 0;
+  let selected = -1;  // nothing until the operator presses j or k
   const rows = () => Array.from(body.querySelectorAll("tr[data-id]"));
   function select(k) {
     const all = rows();
@@ -27,7 +27,7 @@ function setupQueue() {
     if (typing(e) || e.ctrlKey || e.metaKey || e.altKey) return;
     if (e.key === "j") select(selected + 1);
     else if (e.key === "k") select(selected - 1);
-    else if (e.key === "Enter" && rows()[selected]) window.location = rows()[selected].dataset.href;
+    else if (e.key === "Enter" && selected >= 0 && rows()[selected]) window.location = rows()[selected].dataset.href;
   });
   const live = document.getElementById("live");
   async function refresh() {
@@ -36,11 +36,11 @@ function setupQueue() {
       if (response.redirected || !response.ok) throw new Error(response.status);
       const html = await response.text();
       if (html !== body.dataset.last) {
-        const keep = rows()[selected] && rows()[selected].dataset.id;
+        const keep = selected >= 0 && rows()[selected] ? rows()[selected].dataset.id : null;
         body.innerHTML = html;
         body.dataset.last = html;
         const k = rows().findIndex(r => r.dataset.id === keep);
-        if (k >= 0) select(k);
+        if (keep !== null) select(k >= 0 ? k : selected);
         document.getElementById("total").textContent = response.headers.get("X-Queue-Total");
       }
       live.textContent = "live"; live.classList.remove("stale");

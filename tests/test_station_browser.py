@@ -1,0 +1,195 @@
+"""The review station end to end in a real browser: `inspector station --watch` as a separate process,
+Debian's Chromium driven by Playwright. An operator logs in, sees parts arrive in the queue without
+reloading, overrules one with a key, finds the verdict and its history after a reload, and exports the
+dataset. The database and the downloaded ZIP are then checked directly.
+
+Needs /usr/bin/chromium (`apt-get install chromium`; `.ci/run` installs it). Under CI=true a missing
+browser fails the test instead of skipping it. ``STATION_SCREENSHOTS=docs/screenshots`` also saves the
+screenshots that the README shows.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+EXAMPLE = Path(__file__).resolve().parent.parent / "inspector" / "example"
+CONFIG = EXAMPLE / "config.yaml"
+SAMPLES = EXAMPLE / "samples"
+PASSWORD = "line-3-quality"
+HOSTILE = "<img src=x onerror=alert(1)>.png"
+
+if not os.path.exists(CHROMIUM):
+    if os.environ.get("CI") == "true":
+        raise RuntimeError(f"{CHROMIUM} is missing: .ci/run installs it with apt-get install -y chromium")
+    pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)", allow_module_level=True)
+playwright = pytest.importorskip("playwright.sync_api")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _inspector(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "inspector", *args], check=False, capture_output=True,
+                          text=True, timeout=120, **kwargs)
+
+
+@pytest.fixture
+def station(tmp_path):
+    """A running station watching ``in``; yields (base URL, out folder, in folder, process)."""
+    out, inbox = tmp_path / "station", tmp_path / "in"
+    inbox.mkdir()
+    added = _inspector("station", "add-user", "quality", "--role", "admin", "--out", str(out),
+                       "--password-stdin", input=PASSWORD + "\n")
+    assert added.returncode == 0, added.stderr
+    port = _free_port()
+    log = open(tmp_path / "station.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "inspector", "station", "-c", str(CONFIG),
+                             "--out", str(out), "--watch", str(inbox), "--port", str(port),
+                             "--settle", "0.5"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(base + "/healthz", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        assert proc.poll() is None, (tmp_path / "station.log").read_text()
+        assert time.monotonic() < deadline, "the station did not answer /healthz within 90 s"
+        time.sleep(0.3)
+    yield base, out, inbox, proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    log.close()
+
+
+def _drop(inbox: Path, sample: str, name: str | None = None) -> None:
+    """Put an image into the watched folder the way a camera PC does: written aside, then renamed in."""
+    part = inbox / f".{sample}.part"
+    shutil.copyfile(SAMPLES / f"{sample}.png", part)
+    os.rename(part, inbox / (name or f"{sample}.png"))
+
+
+def test_an_operator_reviews_a_part_in_the_browser(station, tmp_path):
+    base, out, inbox, proc = station
+    shots = Path(os.environ.get("STATION_SCREENSHOTS") or tmp_path / "shots")
+    shots.mkdir(parents=True, exist_ok=True)
+    dialogs = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+        # log in: the queue sends an anonymous visitor to the log-in page, and back after it
+        page.goto(base + "/queue")
+        assert "/login" in page.url
+        page.fill("input[name=username]", "quality")
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url(base + "/queue")
+        assert page.locator("tr[data-id]").count() == 0
+
+        # parts arrive in the watched folder while the page stays open: they appear without a reload
+        _drop(inbox, "ok")
+        page.wait_for_selector("tr[data-id]", timeout=60_000)
+        for sample in ("crack", "scratch", "stain", "pits"):
+            _drop(inbox, sample)
+        _drop(inbox, "inclusion", HOSTILE)
+        playwright.expect(page.locator("tr[data-id]")).to_have_count(6, timeout=90_000)
+        rows = page.locator("tr[data-id]")
+        assert rows.first.get_attribute("class") == "reject"  # rejects before the (older) good part
+        assert rows.last.get_attribute("class") == "good"
+        assert HOSTILE in page.inner_text("#rows")  # shown as text, never run
+        page.screenshot(path=str(shots / "queue.png"), full_page=True)
+
+        # open the crack part from the queue and overrule it to good with key 2
+        crack_row = page.locator("tr[data-id]", has_text="crack.png")
+        crack_id = crack_row.get_attribute("data-id")
+        crack_row.click()
+        page.wait_for_url(f"{base}/parts/{crack_id}*")
+        page.wait_for_load_state("load")
+        for image in ("#original", "#overlay"):  # both pictures arrived and decoded
+            assert page.locator(image).evaluate("e => e.complete && e.naturalWidth") == 128
+        page.fill("#comment", "polishing mark, not a crack")
+        page.locator("#comment").blur()
+        page.screenshot(path=str(shots / "part.png"))  # what the operator sees, verdict bar included
+        page.keyboard.press("2")
+        page.wait_for_selector(".saved")
+        assert f"part #{crack_id} overrule → ok" in page.inner_text(".saved")
+
+        # reload the crack part: the verdict and its history are there
+        page.goto(f"{base}/parts/{crack_id}")
+        page.reload()
+        assert "now: ok" in page.inner_text(".verdictline")
+        history = page.inner_text("table.history")
+        assert "quality" in history and "crack → ok" in history and "polishing mark" in history
+
+        # j/k walk the queue; confirm the next part with key 1
+        page.keyboard.press("j")
+        page.wait_for_url(lambda url: f"/parts/{crack_id}" not in url)
+        next_id = page.url.split("/parts/")[1].split("?")[0]
+        page.keyboard.press("1")
+        page.wait_for_selector(".saved")
+
+        page.goto(base + "/shift")
+        assert "2" in page.inner_text(".cards")
+        page.screenshot(path=str(shots / "shift.png"), full_page=True)
+
+        # export the dataset as the admin
+        page.goto(base + "/queue")
+        with page.expect_download() as info:
+            page.click("#export")
+        archive = zipfile.ZipFile(info.value.path())
+        browser.close()
+    assert dialogs == []
+
+    # the store holds exactly the two verdicts, appended, with who and what came before
+    db = sqlite3.connect(out / "results.db")
+    reviews = db.execute("SELECT result_id, verdict, label, previous_label, reviewer, note FROM reviews "
+                         "ORDER BY id").fetchall()
+    assert reviews[0] == (int(crack_id), "overrule", "ok", "crack", "quality", "polishing mark, not a crack")
+    assert len(reviews) == 2 and reviews[1][0] == int(next_id) and reviews[1][1] == "confirm"
+    assert db.execute("SELECT count(*) FROM results WHERE status = 'done'").fetchone()[0] == 6
+    db.close()
+
+    # the ZIP: the crack image (byte for byte) under ok/, and the CSV naming model and reviewer labels
+    names = archive.namelist()
+    crack_bytes = (SAMPLES / "crack.png").read_bytes()
+    in_ok = [n for n in names if "/ok/" in n]
+    assert len(in_ok) == 1 and archive.read(in_ok[0]) == crack_bytes
+    labels = list(csv.DictReader(io.StringIO(archive.read(next(n for n in names if n.endswith("labels.csv")))
+                                             .decode())))
+    crack_row = next(r for r in labels if r["model_label"] == "crack")
+    assert crack_row["reviewer_label"] == "ok" and crack_row["reviewer"] == "quality"
+    assert crack_row["image_sha256"] == hashlib.sha256(crack_bytes).hexdigest()
+    assert len(labels) == 2
+
+    # SIGTERM: the station finishes and notes its runs as ended
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    db = sqlite3.connect(out / "results.db")
+    assert db.execute("SELECT count(*) FROM runs WHERE ended_at IS NULL").fetchone()[0] == 0
+    db.close()
