@@ -234,3 +234,38 @@ def test_heartbeats_advance_while_a_run_works(store_url):
             while store.run(run)["heartbeat_at"] == first and time.time() < deadline:
                 time.sleep(0.05)
         assert store.run(run)["heartbeat_at"] > first
+
+
+def _review_in_process(url: str, result_id: int, reviewer: str, labels: list, barrier, queue) -> None:
+    store = Store(url)
+    barrier.wait()
+    for label in labels:
+        store.add_review(result_id, verdict="overrule", label=label, reviewer=reviewer)
+    queue.put(reviewer)
+    store.close()
+
+
+def test_reviewers_at_once_each_see_the_others_verdict_as_previous(store_url):
+    """Four processes append five verdicts each to one result at the same moment: all 20 rows are kept,
+    and each row's previous label is the label of the row before it (none read a stale "previous")."""
+    with Store(store_url) as store:
+        run = new_run(store)
+        store.add_image(KEY.image_sha256, 10, "/x.png")
+        claim = store.claim(KEY, run, "/x.png")
+        store.finish(claim, run, done_fields(), scope="scope", path="/x.png", image_sha256=KEY.image_sha256)
+    ctx = multiprocessing.get_context("spawn")
+    barrier, queue = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_review_in_process,
+                         args=(store_url, claim.result_id, f"r{k}", [f"r{k}-{i}" for i in range(5)], barrier,
+                               queue))
+             for k in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    with Store(store_url) as store, store.begin() as conn:
+        rows = conn.execute(sa.select(reviews.c.label, reviews.c.previous_label).order_by(reviews.c.id)).all()
+    assert len(rows) == 20 and len({r.label for r in rows}) == 20
+    assert rows[0].previous_label == "class3"  # the model's label came first
+    assert all(rows[i].previous_label == rows[i - 1].label for i in range(1, 20))
