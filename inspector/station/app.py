@@ -171,7 +171,7 @@ def create_app(station: Station) -> FastAPI:
     with contextlib.suppress(ImportError):
         import swagger_ui_bundle
 
-        app.mount("/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
+        app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
     shift_starts = parse_shifts(",".join(station.settings.shifts))
     store = station.store
 
@@ -539,9 +539,9 @@ def create_app(station: Station) -> FastAPI:
         return get_swagger_ui_html(
             openapi_url="/openapi.json",
             title="SISE Inspector station API",
-            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
-            swagger_css_url="/static/swagger/swagger-ui.css",
-            swagger_favicon_url="/static/swagger/favicon-32x32.png",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
         )
 
     return app
