@@ -25,6 +25,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
 from ..errors import InspectorError
@@ -43,6 +44,15 @@ CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+
+
+class ReviewBody(BaseModel):
+    """A verdict sent by the line or a script."""
+
+    model_config = ConfigDict(extra="forbid")
+    verdict: str = Field(description="one of " + ", ".join(VERDICTS))
+    label: str | None = Field(None, max_length=200, description="the class, for overrule")
+    comment: str | None = Field(None, max_length=2000)
 
 
 class LoginNeeded(Exception):
@@ -488,14 +498,12 @@ def create_app(station: Station) -> FastAPI:
         return body
 
     @app.post("/api/v1/results/{result_id}/review", status_code=201, tags=["line"])
-    def api_review(user: ApiReviewer, result_id: int, payload: dict):
-        """Body: ``{"verdict": "confirm" | "overrule_good" | "overrule" | "inconclusive", "label": class
-        (overrule), "comment": text}``. Appends a verdict; nothing is ever changed in place."""
+    def api_review(user: ApiReviewer, result_id: int, body: ReviewBody):
+        """Append a verdict (nothing is ever changed in place): ``confirm`` (the model's label),
+        ``overrule_good`` (the first of good_classes), ``overrule`` (to ``label``), ``inconclusive``."""
         row = load_part(result_id)
         try:
-            review = record_verdict(
-                row, str(payload.get("verdict", "")), payload.get("label"), payload.get("comment"), user
-            )
+            review = record_verdict(row, body.verdict, body.label, body.comment, user)
         except VerdictError as e:
             raise HTTPException(422, str(e)) from e
         return _api_review(review)

@@ -181,6 +181,8 @@ def part(store: Store, result_id: int) -> dict | None:
     out["artifacts"] = {a.kind: (a.path, a.sha256) for a in arts}
     out["input_paths"] = [bytes(row["source_path_bytes"]), *paths]
     out["history"] = [_with_utc(h) for h in history]
+    newest = out["history"][-1] if out["history"] else {}
+    out["verdict"], out["review_label"] = newest.get("verdict"), newest.get("label")
     return out
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from ..atomic import write_atomic
 from ..engine import Inspector
 from ..errors import InspectorError
-from ..preprocess import IMAGE_EXTENSIONS, image_size
-from ..record import Outcome, explain_and_record, safe_stem, start_job
+from ..preprocess import image_size
+from ..record import Outcome, explain_and_record, start_job
 from ..stop import Stop
 from ..store import Store, StoreError, default_url, display_path
 from ..watch import _candidates, watch
@@ -158,7 +158,7 @@ class Station:
             return 0
 
     def explain_upload(self, data: bytes, filename: str | None) -> Outcome:
-        """Keep an uploaded image under ``<out>/uploads`` (named by its content, so equal names never
+        """Keep an uploaded image as ``<out>/uploads/<SHA-256>/<client's file name>`` (equal names never
         collide), then explain and record it like any other input."""
         if len(data) > self.settings.max_upload_bytes:
             raise UploadRefused(
@@ -173,21 +173,15 @@ class Station:
             raise UploadRefused(
                 f"{size[0]}x{size[1]} pixels is over preprocess.max_pixels ({max_pixels})", 413
             )
-        name = os.path.basename(filename or "upload")
-        ext = os.path.splitext(name)[1].lower()
-        sha = hashlib.sha256(data).hexdigest()
-        path = os.path.join(
-            self.out_dir,
-            UPLOAD_DIR,
-            f"{sha[:16]}_{safe_stem(name)}{ext if ext in IMAGE_EXTENSIONS else '.img'}",
-        )
-        if not os.path.exists(path):
-            try:
-                write_atomic(path, data)
-            except OSError as e:
-                raise InspectorError(
-                    f"cannot keep the upload ({e.strerror}); free space in {display_path(self.out_dir)}"
-                ) from e
+        folder = os.path.join(self.out_dir, UPLOAD_DIR, hashlib.sha256(data).hexdigest())
+        path = os.path.join(folder, upload_name(filename))
+        try:  # written even when present: what is explained is exactly what was sent
+            os.makedirs(folder, exist_ok=True)
+            write_atomic(path, data)
+        except OSError as e:
+            raise InspectorError(
+                f"cannot keep the upload ({e.strerror}); free space in {display_path(self.out_dir)}"
+            ) from e
         with self.metrics.lock:
             self.metrics.in_flight += 1
         start = time.perf_counter()
@@ -199,6 +193,17 @@ class Station:
                 self.metrics.in_flight -= 1
         self.metrics.observe(outcome, time.perf_counter() - start)
         return outcome
+
+
+def upload_name(filename: str | None) -> str:
+    """The client's file name as the part's name (the queue, the API, the export show it), made safe to
+    be one file name: path separators and control characters replaced, at most 200 bytes. Uploads live in
+    a folder per content hash, so equal names never collide."""
+    name = "".join("_" if ch in "/\\" or ord(ch) < 32 else ch for ch in (filename or ""))
+    while len(name.encode("utf-8", "surrogateescape")) > 200:
+        stem, ext = os.path.splitext(name)
+        name = stem[:-1] + ext if stem else name[:-1]
+    return name if name.strip(". ") else "upload"
 
 
 def store_for_users(out_dir: str | None, store_url: str | None) -> Store:

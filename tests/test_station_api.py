@@ -1,0 +1,718 @@
+"""The review station over HTTP (FastAPI's TestClient, no server): the line's API, the pages' forms, log-in,
+roles and CSRF, served files and path traversal, upload limits, the dataset export, metrics, hostile file
+names, the queue's order and filters, and the API's paging.
+
+One station (one store, one engine) serves the whole module; each test uploads its own images (variants of
+the bundled samples with one pixel changed, so that every test's parts are new to the store) and checks what
+it did against the store itself, so that the tests do not depend on each other's order."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import io
+import os
+import re
+import struct
+import zipfile
+import zlib
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+import inspector
+from inspector.engine import Inspector
+from inspector.station import auth
+from inspector.station.app import create_app
+from inspector.station.service import UPLOAD_DIR, Station, StationSettings
+from inspector.store.schema import artifacts, results, reviews, users
+
+EXAMPLE = os.path.join(os.path.dirname(os.path.abspath(inspector.__file__)), "example")
+CONFIG = os.path.join(EXAMPLE, "config.yaml")
+SAMPLES = os.path.join(EXAMPLE, "samples")
+PASSWORDS = {
+    "rita": "reviewer-pass",  # reviewer
+    "rob": "reviewer-pass-2",  # reviewer
+    "vic": "viewer-pass",  # viewer
+    "ada": "admin-pass",  # admin
+    "dora": "disabled-pass",  # reviewer, disabled by a test
+}
+ROLES = {"rita": "reviewer", "rob": "reviewer", "vic": "viewer", "ada": "admin", "dora": "reviewer"}
+CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
+
+
+# ----- images ---------------------------------------------------------------------------------------------
+def sample(name: str) -> bytes:
+    with open(os.path.join(SAMPLES, f"{name}.png"), "rb") as f:
+        return f.read()
+
+
+@functools.cache
+def variant(name: str, k: int) -> bytes:
+    """The sample ``name`` as PNG with pixel number ``k`` changed: new content, same picture to the model."""
+    image = cv2.imdecode(np.frombuffer(sample(name), np.uint8), cv2.IMREAD_UNCHANGED)
+    image = image.copy()
+    row, col = divmod(k, image.shape[1])
+    image[row, col, 0] ^= 0x55
+    ok, buf = cv2.imencode(".png", image)
+    assert ok
+    return buf.tobytes()
+
+
+def rgb(data: bytes) -> np.ndarray:
+    """Decode as inspector.preprocess.decode_image does (BGR -> RGB), independently of it."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    if image.ndim == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG signature and a valid IHDR chunk declaring width x height, then a few bytes (no pixel data)."""
+    body = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", 13) + body + struct.pack(">I", zlib.crc32(body))
+    return b"\x89PNG\r\n\x1a\n" + chunk + b"\0" * 16
+
+
+# ----- the station ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def st(tmp_path_factory):
+    """The module's station: ``station``, ``app``, ``client`` (not logged in, runs the app's life) and
+    ``out`` (the station folder)."""
+    out = tmp_path_factory.mktemp("station") / "st"
+    station = Station(StationSettings(config=CONFIG, out_dir=str(out)))
+    for name, password in PASSWORDS.items():
+        auth.add_user(station.store, name, password, ROLES[name])
+    app = create_app(station)
+    extra: list[TestClient] = []
+    with TestClient(app) as client:
+        yield SimpleNamespace(station=station, app=app, client=client, out=str(out), extra=extra)
+        for c in extra:
+            c.close()
+
+
+def login(st, username: str, password: str | None = None, next: str = "/queue"):
+    """A new client (sharing the module's app) after POST /login; returns (client, the login response)."""
+    c = TestClient(st.app)
+    st.extra.append(c)
+    page = c.get("/login")
+    assert page.status_code == 200
+    token = c.cookies.get("sise_login")
+    assert token and f'name="token" value="{token}"' in page.text
+    response = c.post(
+        "/login",
+        data={
+            "username": username,
+            "password": PASSWORDS[username] if password is None else password,
+            "token": token,
+            "next": next,
+        },
+        follow_redirects=False,
+    )
+    return c, response
+
+
+@pytest.fixture(scope="module")
+def session(st):
+    """session(user) -> (client logged in with the session cookie, the session's CSRF token), one per user."""
+    cache = {}
+
+    def get(username: str):
+        if username not in cache:
+            c, response = login(st, username)
+            assert response.status_code == 303, response.text
+            assert c.cookies.get("sise_session")
+            page = c.get("/queue")
+            assert page.status_code == 200
+            cache[username] = (c, CSRF_META.search(page.text).group(1))
+        return cache[username]
+
+    return get
+
+
+def basic(username: str) -> tuple[str, str]:
+    return (username, PASSWORDS[username])
+
+
+def upload(client, name: str, data: bytes, user: str = "rita", **kw):
+    return client.post(
+        "/api/v1/explain", files={"image": (name, data, "image/png")}, auth=basic(user), **kw
+    )
+
+
+def explained(st, name: str, data: bytes) -> dict:
+    """Upload ``data`` (new to the store) and return the API's body."""
+    r = upload(st.client, name, data)
+    assert r.status_code in (200, 201), r.text
+    return r.json()
+
+
+def db(st, query):
+    with st.station.store.begin() as conn:
+        return conn.execute(query).mappings().all()
+
+
+def review_rows(st, result_id: int) -> list[dict]:
+    return [dict(r) for r in db(st, sa.select(reviews).where(reviews.c.result_id == result_id).order_by(
+        reviews.c.id))]
+
+
+def count(st, table, *where) -> int:
+    with st.station.store.begin() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(table).where(*where)).scalar_one()
+
+
+def api_review(st, result_id: int, payload, user: str = "rita"):
+    return st.client.post(f"/api/v1/results/{result_id}/review", json=payload, auth=basic(user))
+
+
+def queue_rows(text: str) -> list[dict]:
+    """The rows of a queue fragment: id, row class (reject | good | failed), predicted class."""
+    rows = []
+    for chunk in text.split("<tr ")[1:]:
+        rid = re.search(r'data-id="(\d+)"', chunk)
+        if rid is None:
+            continue
+        kind = re.search(r'class="(\w+)"', chunk).group(1)
+        cls = re.search(r'<span class="cls">([^<]*)</span>', chunk)
+        rows.append({"id": int(rid.group(1)), "kind": kind, "cls": cls.group(1) if cls else None})
+    return rows
+
+
+# ----- 1. upload --------------------------------------------------------------------------------------
+def test_upload_explains_like_the_engine_and_serves_its_artifacts(st):
+    data = sample("crack")
+    r = upload(st.client, "crack.png", data)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["state"] == "explained"
+    assert body["status"] == "done"
+    assert body["image_sha256"] == sha256(data)
+
+    expected = Inspector.from_config(CONFIG).explain(rgb(data))
+    classes = st.station.classes
+    assert body["prediction"] == classes[expected.predicted] == "crack"
+    assert list(body["scores"]) == classes
+    assert body["scores"] == pytest.approx(
+        {c: float(s) for c, s in zip(classes, expected.scores)}, rel=1e-5, abs=1e-6
+    )
+    assert body["confidence"] == pytest.approx(float(expected.scores[expected.predicted]), rel=1e-5)
+
+    again = upload(st.client, "crack.png", data)
+    assert again.status_code == 200, again.text
+    assert again.json()["state"] == "done"
+    assert again.json()["result_id"] == body["result_id"]
+    assert count(st, results, results.c.image_sha256 == sha256(data)) == 1
+
+    stored = {r["kind"]: r["sha256"] for r in db(st, sa.select(artifacts).where(
+        artifacts.c.result_id == body["result_id"]))}
+    assert "overlay" in stored
+    assert set(body["artifacts"]) == set(stored)
+    for kind, url in body["artifacts"].items():
+        served = st.client.get(url, auth=basic("vic"))
+        assert served.status_code == 200, (kind, served.text)
+        assert sha256(served.content) == stored[kind], kind
+
+
+# ----- 2. equal names -----------------------------------------------------------------------------------
+def test_same_file_name_different_content_are_two_parts(st, session):
+    first, second = variant("ok", 21), variant("scratch", 22)
+    a = explained(st, "part.png", first)
+    b = explained(st, "part.png", second)
+    assert a["state"] == b["state"] == "explained"
+    assert a["result_id"] != b["result_id"]
+    assert a["image_sha256"] == sha256(first) and b["image_sha256"] == sha256(second)
+
+    viewer, _ = session("vic")
+    for rid, data in ((a["result_id"], first), (b["result_id"], second)):
+        served = viewer.get(f"/parts/{rid}/original")
+        assert served.status_code == 200
+        assert served.content == data
+    folder = os.path.join(st.out, UPLOAD_DIR)
+    for data in (first, second):  # each kept under its own content's folder, with the client's name
+        with open(os.path.join(folder, sha256(data), "part.png"), "rb") as f:
+            assert f.read() == data
+    assert st.client.get(f"/api/v1/results/{a['result_id']}", auth=basic("vic")).json()["image_sha256"] \
+        == sha256(first)
+
+
+# ----- 3. review via the API ----------------------------------------------------------------------------
+def test_api_review_appends_history(st):
+    part = explained(st, "crack-3.png", variant("crack", 31))
+    rid = part["result_id"]
+    assert part["prediction"] == "crack"
+
+    r1 = api_review(st, rid, {"verdict": "overrule", "label": "ok", "comment": "dust, wiped off"}, "rita")
+    assert r1.status_code == 201, r1.text
+    assert r1.json()["label"] == "ok" and r1.json()["previous_label"] == "crack"
+    first_row = review_rows(st, rid)
+    assert len(first_row) == 1
+
+    r2 = api_review(st, rid, {"verdict": "confirm"}, "rob")
+    assert r2.status_code == 201, r2.text
+
+    got = st.client.get(f"/api/v1/results/{rid}", auth=basic("vic"))
+    assert got.status_code == 200
+    history = got.json()["history"]
+    got_rows = [(h["verdict"], h["previous_label"], h["label"], h["reviewer"], h["comment"]) for h in history]
+    assert got_rows == [
+        ("overrule", "crack", "ok", "rita", "dust, wiped off"),
+        ("confirm", "ok", "crack", "rob", None),  # confirm = the model's class ("Confirm crack" on the page)
+    ]
+    assert history[0]["review_id"] < history[1]["review_id"]
+
+    rows = review_rows(st, rid)
+    assert len(rows) == 2
+    assert rows[0] == first_row[0]  # the first verdict was not changed in place
+    assert [r["reviewer"] for r in rows] == ["rita", "rob"]
+
+
+def test_api_result_shows_its_newest_verdict(st):
+    """GET /api/v1/results/{id} (and an upload of an image already reviewed) carry the part's newest verdict
+    and label, as the /api/v1/results list does."""
+    data = variant("crack", 35)
+    part = explained(st, "crack-35.png", data)
+    rid = part["result_id"]
+    assert api_review(st, rid, {"verdict": "overrule", "label": "pits"}).status_code == 201
+    listed = [x for x in st.client.get("/api/v1/results?limit=1000", auth=basic("vic")).json()["results"]
+              if x["result_id"] == rid]
+    assert (listed[0]["verdict"], listed[0]["review_label"]) == ("overrule", "pits")
+    one = st.client.get(f"/api/v1/results/{rid}", auth=basic("vic")).json()
+    assert (one["verdict"], one["review_label"]) == ("overrule", "pits")
+    again = upload(st.client, "crack-35.png", data).json()
+    assert again["state"] == "done"
+    assert (again["verdict"], again["review_label"]) == ("overrule", "pits")
+
+
+def test_api_review_refuses_verdicts_that_do_not_fit(st):
+    crack = explained(st, "crack-4.png", variant("crack", 41))
+    good = explained(st, "ok-4.png", variant("ok", 42))
+    assert crack["prediction"] == "crack" and good["prediction"] == "ok"
+    failed = upload(st.client, "not-an-image.png", b"this is not an image, station api test")
+    assert failed.status_code == 422
+    before = count(st, reviews)
+    for rid, payload in [
+        (crack["result_id"], {"verdict": "overrule"}),  # no label
+        (crack["result_id"], {"verdict": "overrule", "label": "dent"}),  # not a class
+        (crack["result_id"], {"verdict": "overrule", "label": "crack"}),  # what the model said
+        (crack["result_id"], {"verdict": "approve"}),  # no such verdict
+        (crack["result_id"], {}),
+        (good["result_id"], {"verdict": "overrule_good"}),  # already good
+        (failed.json()["result_id"], {"verdict": "confirm"}),  # nothing to review
+    ]:
+        r = api_review(st, rid, payload)
+        assert r.status_code == 422, (payload, r.status_code, r.text)
+    assert api_review(st, 10**6, {"verdict": "confirm"}).status_code == 404
+    assert count(st, reviews) == before
+
+
+def test_api_review_refuses_a_comment_that_is_not_text(st):
+    """A JSON comment that is a number or a list is the client's mistake (422), not a server error."""
+    part = explained(st, "crack-5.png", variant("crack", 51))
+    client = TestClient(st.app, raise_server_exceptions=False)
+    st.extra.append(client)
+    before = count(st, reviews)
+    for comment in (5, ["a"], {"a": 1}):
+        r = client.post(f"/api/v1/results/{part['result_id']}/review",
+                        json={"verdict": "confirm", "comment": comment}, auth=basic("rita"))
+        assert r.status_code == 422, (comment, r.status_code, r.text)
+    assert count(st, reviews) == before
+
+
+# ----- 4. review via the page's form --------------------------------------------------------------------
+def test_review_form_needs_reviewer_and_csrf(st, session):
+    part = explained(st, "crack-6.png", variant("crack", 61))
+    rid = part["result_id"]
+    reviewer, csrf = session("rita")
+    page = reviewer.get(f"/parts/{rid}")
+    assert page.status_code == 200
+    assert f'name="csrf_token" value="{csrf}"' in page.text
+
+    form = {"verdict": "confirm", "comment": "looks right"}
+    for bad in ({}, {"csrf_token": "wrong-" + csrf}, {"csrf_token": ""}):
+        r = reviewer.post(f"/parts/{rid}/review", data={**form, **bad}, follow_redirects=False)
+        assert r.status_code == 403, (bad, r.status_code)
+    assert review_rows(st, rid) == []
+
+    viewer, viewer_csrf = session("vic")
+    r = viewer.post(f"/parts/{rid}/review", data={**form, "csrf_token": viewer_csrf}, follow_redirects=False)
+    assert r.status_code == 403
+    r = st.client.post(f"/parts/{rid}/review", data={**form, "csrf_token": csrf}, follow_redirects=False)
+    assert r.status_code == 303
+    assert r.headers["location"].startswith("/login?")
+    assert review_rows(st, rid) == []
+
+    r = reviewer.post(f"/parts/{rid}/review", data={**form, "csrf_token": csrf}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    assert r.headers["location"].startswith("/parts/") and f"saved={rid}" in r.headers["location"]
+    rows = review_rows(st, rid)
+    assert [(x["verdict"], x["label"], x["previous_label"], x["reviewer"], x["note"]) for x in rows] == [
+        ("confirm", "crack", "crack", "rita", "looks right")
+    ]
+
+
+# ----- 5. authentication --------------------------------------------------------------------------------
+def test_api_authentication_and_roles(st, session):
+    assert st.client.get("/api/v1/results").status_code == 401
+    assert st.client.get("/api/v1/results", auth=("rita", "not-her-password")).status_code == 401
+    assert st.client.get("/api/v1/results", auth=("nobody", "reviewer-pass")).status_code == 401
+    assert st.client.get("/api/v1/results", auth=basic("vic")).status_code == 200
+
+    before = count(st, results)
+    r = upload(st.client, "viewer.png", variant("pits", 71), user="vic")
+    assert r.status_code == 403
+    assert count(st, results) == before
+
+    part = explained(st, "crack-7.png", variant("crack", 72))
+    reviewer, csrf = session("rita")
+    url = f"/api/v1/results/{part['result_id']}/review"
+    assert reviewer.post(url, json={"verdict": "confirm"}).status_code == 403
+    assert reviewer.post(url, json={"verdict": "confirm"}, headers={"X-CSRF-Token": "x" + csrf}).status_code \
+        == 403
+    assert review_rows(st, part["result_id"]) == []
+    ok = reviewer.post(url, json={"verdict": "confirm"}, headers={"X-CSRF-Token": csrf})
+    assert ok.status_code == 201, ok.text
+    assert len(review_rows(st, part["result_id"])) == 1
+
+
+def test_a_changed_password_ends_the_old_one_at_once(st):
+    """HTTP Basic pairs checked lately skip scrypt: a new password must still end the old one at once."""
+    auth.add_user(st.station.store, "line7", "first-password", "reviewer")
+    assert st.client.get("/api/v1/results", auth=("line7", "first-password")).status_code == 200
+    assert st.client.get("/api/v1/results", auth=("line7", "first-password")).status_code == 200  # cached
+    auth.add_user(st.station.store, "line7", "second-password", "reviewer", update=True)
+    assert st.client.get("/api/v1/results", auth=("line7", "first-password")).status_code == 401
+    assert st.client.get("/api/v1/results", auth=("line7", "second-password")).status_code == 200
+    assert st.client.get("/api/v1/results", auth=("line7", "wrong-password")).status_code == 401
+
+
+def test_disabled_user_cannot_log_in(st):
+    c, r = login(st, "dora")
+    assert r.status_code == 303 and c.cookies.get("sise_session")
+    assert c.get("/queue", follow_redirects=False).status_code == 200
+
+    auth.disable_user(st.station.store, "dora")
+    moved = c.get("/queue", follow_redirects=False)  # the open session ends with the user
+    assert moved.status_code == 303 and moved.headers["location"].startswith("/login")
+    again, r = login(st, "dora")
+    assert r.status_code == 303
+    assert r.headers["location"].startswith("/login?") and "error" in r.headers["location"]
+    assert not again.cookies.get("sise_session")
+    assert st.client.get("/api/v1/results", auth=basic("dora")).status_code == 401
+
+
+def test_passwords_are_hashed(st):
+    for row in db(st, sa.select(users.c.username, users.c.password_hash)
+                  .where(users.c.username.in_(list(PASSWORDS)))):
+        assert row["password_hash"].startswith("scrypt$")
+        assert PASSWORDS[row["username"]] not in row["password_hash"]
+        assert PASSWORDS[row["username"]].encode().hex() not in row["password_hash"]
+    hashes = [r["password_hash"] for r in db(st, sa.select(users.c.password_hash))]
+    assert len(set(hashes)) == len(hashes)
+
+
+@pytest.mark.parametrize("target", ["//evil.example", "//evil.example/queue", "https://evil.example/",
+                                    "/\\evil.example"])
+def test_login_never_sends_offsite(st, target):
+    c, r = login(st, "vic", next=target)
+    assert r.status_code == 303
+    assert r.headers["location"] == "/queue"
+    assert c.cookies.get("sise_session")
+
+
+def test_login_needs_the_form_token(st):
+    c = TestClient(st.app)
+    st.extra.append(c)
+    c.get("/login")
+    r = c.post("/login", data={"username": "vic", "password": PASSWORDS["vic"], "token": "forged"},
+               follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/login?")
+    assert not c.cookies.get("sise_session")
+
+
+# ----- 6. traversal -------------------------------------------------------------------------------------
+def test_artifact_paths_cannot_leave_the_station(st, session):
+    part = explained(st, "crack-8.png", variant("crack", 81))
+    rid = part["result_id"]
+    viewer, _ = session("vic")
+    for url in (
+        f"/artifacts/{rid}/../../etc/passwd",
+        f"/artifacts/{rid}/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        f"/artifacts/{rid}/..%2f..%2f..%2f..%2f..%2f..%2fetc%2fpasswd",
+        f"/artifacts/{rid}/passwd",
+        "/artifacts/999999/overlay",
+    ):
+        r = viewer.get(url)
+        assert r.status_code == 404, (url, r.status_code)
+        assert b"root:" not in r.content
+    assert viewer.get(f"/artifacts/{rid}/overlay").status_code == 200
+
+    link = os.path.join(st.out, "evil-link")
+    os.symlink("/etc/passwd", link)
+    with st.station.store.begin() as conn:
+        for kind, path in (("overlay", "../../../../etc/passwd"), ("layers", "/etc/passwd"),
+                           ("npz", "evil-link")):
+            conn.execute(sa.update(artifacts).where(artifacts.c.result_id == rid, artifacts.c.kind == kind)
+                         .values(path=path))
+    for url in (f"/artifacts/{rid}/overlay", f"/artifacts/{rid}/layers", f"/artifacts/{rid}/npz",
+                f"/parts/{rid}/overlay-cut"):
+        r = viewer.get(url)
+        assert r.status_code == 404, (url, r.status_code)
+        assert b"root:" not in r.content
+
+
+# ----- 7. upload limits ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small(st, tmp_path_factory):
+    """A second station (same engine) that takes uploads of at most 10 000 bytes."""
+    out = tmp_path_factory.mktemp("small") / "st"
+    station = Station(StationSettings(config=CONFIG, out_dir=str(out), max_upload_bytes=10_000),
+                      insp=st.station.insp)
+    auth.add_user(station.store, "rita", PASSWORDS["rita"], "reviewer")
+    with TestClient(create_app(station)) as client:
+        yield SimpleNamespace(station=station, client=client, out=str(out))
+
+
+def _stored(small) -> tuple[int, list[str]]:
+    with small.station.store.begin() as conn:
+        n = conn.execute(sa.select(sa.func.count()).select_from(results)).scalar_one()
+    return n, sorted(os.listdir(os.path.join(small.out, UPLOAD_DIR)))
+
+
+def test_upload_limits(small):
+    rng = np.random.default_rng(7)
+    noise = cv2.imencode(".png", rng.integers(0, 256, (256, 256, 3), dtype=np.uint8))[1].tobytes()
+    assert 10_000 < len(sample("crack")) < 10_000 + 64 * 1024 < len(noise)
+    bomb = png_header_only(100_000, 100_000)
+    assert 100_000 * 100_000 > small.station.config.preprocess.max_pixels
+
+    empty = _stored(small)
+    for name, data in (("crack.png", sample("crack")), ("noise.png", noise), ("bomb.png", bomb)):
+        r = upload(small.client, name, data)
+        assert r.status_code == 413, (name, r.status_code, r.text)
+        assert _stored(small) == empty, name
+    assert "max_pixels" in r.json()["detail"]
+
+    r = upload(small.client, "empty.png", b"")
+    assert r.status_code == 422
+    assert _stored(small) == empty
+
+    r = upload(small.client, "hello.png", b"hello")
+    assert r.status_code == 422, r.text
+    assert r.json()["status"] == "failed" and r.json()["state"] == "failed"
+    with small.station.store.begin() as conn:
+        rows = conn.execute(
+            sa.select(results.c.id, results.c.status, results.c.error, results.c.image_sha256)
+        ).mappings().all()
+    assert len(rows) == 1
+    assert rows[0]["id"] == r.json()["result_id"]
+    assert rows[0]["status"] == "failed" and rows[0]["image_sha256"] == sha256(b"hello")
+    assert "not a readable image" in rows[0]["error"]
+
+
+# ----- 8. export ----------------------------------------------------------------------------------------
+def test_export_holds_reviewed_parts_by_label(st, session):
+    data = variant("crack", 91)
+    part = explained(st, "lot 9 crack.png", data)
+    assert part["prediction"] == "crack"
+    r = api_review(st, part["result_id"], {"verdict": "overrule_good", "comment": "no crack"})
+    assert r.status_code == 201, r.text
+    unsure = explained(st, "pits-9.png", variant("pits", 92))
+    assert api_review(st, unsure["result_id"], {"verdict": "confirm"}).status_code == 201
+    assert api_review(st, unsure["result_id"], {"verdict": "inconclusive"}, "rob").status_code == 201
+
+    admin, _ = session("ada")
+    r = admin.get("/export.zip")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/zip"
+    zf = zipfile.ZipFile(io.BytesIO(r.content))
+    names = zf.namelist()
+    top = names[0].split("/")[0]
+    assert top.startswith("sise-reviewed-") and all(n.startswith(top + "/") for n in names)
+
+    mine = [n for n in names if n.startswith(f"{top}/ok/") and os.path.basename(n).startswith(
+        sha256(data)[:16])]
+    assert len(mine) == 1 and mine[0].endswith(".png")
+    assert zf.read(mine[0]) == data
+
+    labels = list(csv.DictReader(io.StringIO(zf.read(f"{top}/labels.csv").decode())))
+    row = [x for x in labels if x["image_sha256"] == sha256(data)]
+    assert len(row) == 1
+    assert row[0]["file"] == mine[0][len(top) + 1:]
+    assert (row[0]["model_label"], row[0]["reviewer_label"], row[0]["verdict"], row[0]["reviewer"]) == (
+        "crack", "ok", "overrule", "rita")
+
+    assert not [x for x in labels if x["image_sha256"] == unsure["image_sha256"]]
+    assert not [n for n in names if sha256(variant("pits", 92))[:16] in n]
+    assert len([n for n in names if not n.endswith("labels.csv")]) == len(labels)
+
+
+def test_export_needs_admin(st, session):
+    reviewer, _ = session("rita")
+    assert reviewer.get("/export.zip", follow_redirects=False).status_code == 403
+    assert st.client.get("/export.zip", auth=basic("rita"), follow_redirects=False).status_code == 403
+    r = st.client.get("/export.zip", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/login?")
+
+
+# ----- 9. metrics ---------------------------------------------------------------------------------------
+PROM_LINE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-zA-Z_][a-zA-Z0-9_]*=\"[^\"]*\"\})? "
+                       r"(-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?|NaN|[+-]Inf)$")
+
+
+def metrics(st) -> dict[str, float]:
+    r = st.client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    values = {}
+    for line in r.text.splitlines():
+        if not line or line.startswith(("# HELP ", "# TYPE ")):
+            continue
+        assert PROM_LINE.match(line), line
+        name, value = line.rsplit(" ", 1)
+        values[name] = float(value)
+    return values
+
+
+def test_metrics_match_the_store(st, session):
+    before = metrics(st)
+    explained(st, "inclusion-10.png", variant("inclusion", 101))
+    m = metrics(st)
+    assert m["sise_parts_explained_total"] == before["sise_parts_explained_total"] + 1
+
+    run = st.station.job.run_id
+    done = count(st, results, results.c.run_id == run, results.c.status == "done")
+    failed = count(st, results, results.c.run_id == run, results.c.status == "failed")
+    assert m["sise_parts_explained_total"] == done
+    assert m["sise_explain_failures_total"] == failed
+    with st.station.store.begin() as conn:
+        unreviewed = conn.execute(sa.text(
+            "SELECT count(*) FROM results WHERE status = 'done' "
+            "AND id NOT IN (SELECT result_id FROM reviews)")).scalar_one()
+    assert m["sise_unreviewed_parts"] == unreviewed
+    assert m["sise_unreviewed_parts"] == before["sise_unreviewed_parts"] + 1
+    assert m['sise_results{status="done"}'] == count(st, results, results.c.status == "done")
+
+    assert m["sise_explain_seconds_count"] == done
+    assert m['sise_explain_seconds_bucket{le="+Inf"}'] == done
+    buckets = [v for k, v in m.items() if k.startswith("sise_explain_seconds_bucket")]
+    assert buckets == sorted(buckets)
+    assert m["sise_explain_seconds_sum"] > 0
+    assert m["sise_queue_depth"] == 0
+
+
+# ----- 10. hostile names --------------------------------------------------------------------------------
+def test_hostile_file_names_are_escaped(st, session):
+    hostile = "<script>alert(1)</script>.png"
+    part = explained(st, hostile, variant("stain", 111))
+    viewer, _ = session("vic")
+    for url in ("/queue", f"/parts/{part['result_id']}", "/queue/rows"):
+        page = viewer.get(url)
+        assert page.status_code == 200
+        assert "<script>alert(1)" not in page.text, url
+    page = viewer.get("/queue").text
+    assert "&lt;script&gt;" in page, "the part's file name is not shown (escaped) in the queue"
+
+
+def test_upload_keeps_the_file_name(st):
+    for k, name in enumerate(["lot#7 part ü.png", "<script>alert(1)</script>.png"]):
+        body = explained(st, name, variant("scratch", 121 + k))
+        assert os.path.basename(body["source"]) == name.replace("/", "_"), (name, body["source"])
+
+
+def test_hostile_comment_is_escaped_on_the_part_page(st, session):
+    part = explained(st, "crack-13.png", variant("crack", 131))
+    assert api_review(st, part["result_id"], {"verdict": "confirm", "comment": "<script>alert(2)</script>"}
+                      ).status_code == 201
+    viewer, _ = session("vic")
+    page = viewer.get(f"/parts/{part['result_id']}").text
+    assert "<script>alert(2)" not in page
+    assert "&lt;script&gt;alert(2)&lt;/script&gt;" in page
+
+
+# ----- 11. queue ----------------------------------------------------------------------------------------
+def test_queue_order_and_filters(st, session):
+    crack = explained(st, "crack-14.png", variant("crack", 141))["result_id"]
+    good = explained(st, "ok-14.png", variant("ok", 142))["result_id"]  # newer
+    viewer, _ = session("vic")
+
+    def rows(query=""):
+        r = viewer.get("/queue/rows" + query)
+        assert r.status_code == 200
+        got = queue_rows(r.text)
+        assert int(r.headers["X-Queue-Total"]) == len(got)
+        return got
+
+    default = rows()
+    ids = [r["id"] for r in default]
+    assert ids.index(crack) < ids.index(good)
+    kinds = [r["kind"] for r in default]
+    assert "good" in kinds and kinds == sorted(kinds, key=lambda k: k == "good")  # no reject after a good
+    shown = count(st, results, results.c.status.in_(("done", "failed")))
+    assert len(default) == shown
+
+    newest = [r["id"] for r in rows("?order=newest")]
+    assert newest.index(good) < newest.index(crack)
+    assert newest == sorted(newest, reverse=True)  # ids grow with time here: one upload after another
+
+    cracks = rows("?cls=crack")
+    assert cracks and {r["cls"] for r in cracks} == {"crack"}
+    assert crack in [r["id"] for r in cracks] and good not in [r["id"] for r in cracks]
+    assert len(cracks) == count(st, results, results.c.prediction_name == "crack")
+
+    assert crack in [r["id"] for r in rows("?unreviewed=1")]
+    assert api_review(st, crack, {"verdict": "confirm"}).status_code == 201
+    unreviewed = [r["id"] for r in rows("?unreviewed=1")]
+    assert crack not in unreviewed and good in unreviewed
+    reviewed = {r["result_id"] for r in db(st, sa.select(reviews.c.result_id))}
+    assert not reviewed & set(unreviewed)
+
+    page = viewer.get("/queue")
+    assert f'<strong id="total">{shown}</strong>' in page.text
+
+
+# ----- 12. paging ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("limit", [2, 3])
+def test_api_results_paging_follows_next(st, limit):
+    """Follow ``next`` to the end: every result once. Some results finish at the same instant (set here in
+    the store), so that a page ends inside a run of equal times and the (since, after_id) cursor matters."""
+    made = [explained(st, f"page-{k}.png", variant("pits", 151 + 10 * limit + k))["result_id"]
+            for k in range(4)]
+    with st.station.store.begin() as conn:
+        same = conn.execute(sa.select(results.c.finished_at).where(results.c.id == made[0])).scalar_one()
+        conn.execute(sa.update(results).where(results.c.id.in_(made)).values(finished_at=same))
+    url, seen, pages = f"/api/v1/results?limit={limit}", [], 0
+    while url is not None:
+        r = st.client.get(url, auth=basic("vic"))
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert len(body["results"]) <= limit
+        seen += [x["result_id"] for x in body["results"]]
+        url = body["next"]
+        pages += 1
+        assert pages < 1000
+    assert len(seen) == len(set(seen))
+    every = {r["id"] for r in db(st, sa.select(results.c.id).where(results.c.status.in_(("done", "failed"))))}
+    assert set(seen) == every
+    assert pages >= 2
+    assert [i for i in seen if i in made] == made  # in the order they finished, then by id
+
+
+# ----- 13. health ---------------------------------------------------------------------------------------
+def test_healthz(st):
+    r = st.client.get("/healthz")
+    assert r.status_code == 200
+    assert r.json()["status"] == "ok" and r.json()["problems"] == []
+    assert r.json()["version"] == inspector.__version__
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert "script-src 'self'" in r.headers["Content-Security-Policy"]
