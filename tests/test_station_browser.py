@@ -52,6 +52,29 @@ def _inspector(*args: str, **kwargs) -> subprocess.CompletedProcess:
                           text=True, timeout=120, **kwargs)
 
 
+def _start(tmp_path: Path, out: Path, inbox: Path) -> tuple[str, subprocess.Popen]:
+    """`inspector station --watch` as a subprocess; returns (base URL, process) once /healthz answers."""
+    port = _free_port()
+    log = open(tmp_path / "station.log", "a")  # noqa: SIM115 - the child holds it; closed with the test
+    proc = subprocess.Popen([sys.executable, "-m", "inspector", "station", "-c", str(CONFIG),
+                             "--out", str(out), "--watch", str(inbox), "--port", str(port),
+                             "--settle", "0.5"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(base + "/healthz", timeout=2) as r:
+                if r.status == 200:
+                    return base, proc
+        except OSError:
+            pass
+        assert proc.poll() is None, (tmp_path / "station.log").read_text()
+        assert time.monotonic() < deadline, "the station did not answer /healthz within 90 s"
+        time.sleep(0.3)
+
+
 @pytest.fixture
 def station(tmp_path):
     """A running station watching ``in``; yields (base URL, out folder, in folder, process)."""
@@ -60,29 +83,11 @@ def station(tmp_path):
     added = _inspector("station", "add-user", "quality", "--role", "admin", "--out", str(out),
                        "--password-stdin", input=PASSWORD + "\n")
     assert added.returncode == 0, added.stderr
-    port = _free_port()
-    log = open(tmp_path / "station.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "inspector", "station", "-c", str(CONFIG),
-                             "--out", str(out), "--watch", str(inbox), "--port", str(port),
-                             "--settle", "0.5"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(base + "/healthz", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        assert proc.poll() is None, (tmp_path / "station.log").read_text()
-        assert time.monotonic() < deadline, "the station did not answer /healthz within 90 s"
-        time.sleep(0.3)
+    base, proc = _start(tmp_path, out, inbox)
     yield base, out, inbox, proc
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-    log.close()
 
 
 def _drop(inbox: Path, sample: str, name: str | None = None) -> None:
@@ -154,6 +159,13 @@ def test_an_operator_reviews_a_part_in_the_browser(station, tmp_path):
         page.keyboard.press("1")
         page.wait_for_selector(".saved")
 
+        # the API's page works offline: Swagger UI from the station itself, nothing from elsewhere
+        asked = []
+        page.on("request", lambda request: asked.append(request.url))
+        page.goto(base + "/docs")
+        playwright.expect(page.locator(".opblock")).to_have_count(7, timeout=30_000)
+        assert asked and all(url.startswith(base) for url in asked), asked
+
         page.goto(base + "/shift")
         assert "2" in page.inner_text(".cards")
         page.screenshot(path=str(shots / "shift.png"), full_page=True)
@@ -193,3 +205,54 @@ def test_an_operator_reviews_a_part_in_the_browser(station, tmp_path):
     db = sqlite3.connect(out / "results.db")
     assert db.execute("SELECT count(*) FROM runs WHERE ended_at IS NULL").fetchone()[0] == 0
     db.close()
+
+
+def test_a_killed_station_loses_and_repeats_nothing(station, tmp_path):
+    """SIGKILL while parts flow in, then a restart on the same folder: every image ends with exactly one
+    result, in the done folder, and the verdict given before the kill is still there."""
+    _, out, inbox, proc = station
+    for k, sample in enumerate(("ok", "crack", "scratch", "stain", "pits", "inclusion") * 2):
+        _drop(inbox, sample, f"part_{k:02d}.png")  # twelve files, six contents
+    db_path = out / "results.db"
+    deadline = time.monotonic() + 60
+    while not (db_path.exists() and _done(db_path) >= 2):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    first = sqlite3.connect(db_path)
+    first_id = first.execute("SELECT id FROM results WHERE status = 'done' ORDER BY id LIMIT 1").fetchone()[0]
+    first.close()
+    from inspector.store import Store, default_url
+    with Store(default_url(str(out))) as store:
+        store.add_review(first_id, verdict="inconclusive", reviewer="quality")
+    proc.kill()  # no chance to finish anything
+    proc.wait(timeout=30)
+    _, proc = _start(tmp_path, out, inbox)
+    deadline = time.monotonic() + 120
+    while any(p.suffix == ".png" for p in inbox.iterdir()):
+        assert time.monotonic() < deadline, "the restarted station did not take every image"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    db = sqlite3.connect(db_path)
+    statuses = db.execute("SELECT status, count(*) FROM results GROUP BY status").fetchall()
+    assert statuses == [("done", 6)]  # six contents, each once; nothing left running
+    assert db.execute("SELECT count(*) FROM reviews WHERE result_id = ?", (first_id,)).fetchone()[0] == 1
+    done = sorted(p.name for p in (out / "done").iterdir())
+    assert done == [f"part_{k:02d}.png" for k in range(12)]
+    for sha, in db.execute("SELECT image_sha256 FROM results"):  # artifacts complete and as recorded
+        for path, digest in db.execute("SELECT a.path, a.sha256 FROM artifacts a JOIN results r "
+                                       "ON r.id = a.result_id WHERE r.image_sha256 = ?", (sha,)):
+            assert hashlib.sha256((out / path).read_bytes()).hexdigest() == digest
+    assert not [p for p in (out / "images").iterdir() if p.name.startswith(".")]  # no temporaries left
+    db.close()
+
+
+def _done(db_path: Path) -> int:
+    try:
+        db = sqlite3.connect(db_path)
+        try:
+            return db.execute("SELECT count(*) FROM results WHERE status = 'done'").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
