@@ -86,12 +86,17 @@ def png_header_only(width: int, height: int) -> bytes:
 
 
 # ----- the station ----------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def st(tmp_path_factory):
-    """The module's station: ``station``, ``app``, ``client`` (not logged in, runs the app's life) and
-    ``out`` (the station folder)."""
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def st(request, tmp_path_factory):
+    """The module's station, once on each store backend: ``station``, ``app``, ``client`` (not logged in,
+    runs the app's life) and ``out`` (the station folder)."""
     out = tmp_path_factory.mktemp("station") / "st"
-    station = Station(StationSettings(config=CONFIG, out_dir=str(out)))
+    store_url = None
+    if request.param == "postgresql":
+        from .postgres import new_database
+
+        store_url = new_database(request.getfixturevalue("postgres_server"))
+    station = Station(StationSettings(config=CONFIG, out_dir=str(out), store_url=store_url))
     for name, password in PASSWORDS.items():
         auth.add_user(station.store, name, password, ROLES[name])
     app = create_app(station)

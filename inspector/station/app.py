@@ -295,6 +295,7 @@ def create_app(station: Station) -> FastAPI:
         rows, total = queries.queue(store, f, station.good_classes, page)
         response = render(request, "queue_rows.html", user, rows=rows, qs=f.query_string())
         response.headers["X-Queue-Total"] = str(total)
+        response.headers["X-Queue-Waiting"] = str(station.waiting_files())
         return response
 
     # ----- one part -------------------------------------------------------------------------------------
@@ -328,7 +329,7 @@ def create_app(station: Station) -> FastAPI:
             verdicts=VERDICTS,
             saved=saved_part,
             part_name=_name(row["source_path"]),
-            has_original=files.original_bytes(row) is not None,
+            has_original=files.original_path(row) is not None,
             error=request.query_params.get("error"),
         )
 

@@ -55,21 +55,32 @@ def _file_sha256(path: bytes, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
-def original_bytes(part: dict) -> bytes | None:
-    """The part's image file as it was explained: the first known path whose content has the recorded
-    SHA-256 (the file may have moved to the done folder, or been replaced by another part's image)."""
+def original_path(part: dict) -> bytes | None:
+    """The first known path of the part's image whose content has the recorded SHA-256 (the file may
+    have moved to the done folder, or been replaced by another part's image); hashes are remembered per
+    path, size and modification time, so a page view does not read the image again."""
     for raw in dict.fromkeys(part["input_paths"]):
         try:
             st = os.stat(raw)
-            if _file_sha256(raw, st.st_size, st.st_mtime_ns) != part["image_sha256"]:
-                continue
-            with open(raw, "rb") as f:
-                data = f.read()
+            if _file_sha256(raw, st.st_size, st.st_mtime_ns) == part["image_sha256"]:
+                return raw
         except OSError:
             continue
-        if hashlib.sha256(data).hexdigest() == part["image_sha256"]:
-            return data
     return None
+
+
+def original_bytes(part: dict) -> bytes | None:
+    """The part's image file as it was explained; its bytes are hashed again after reading, so a file
+    replaced since :func:`original_path` looked at it is never served as this part's."""
+    raw = original_path(part)
+    if raw is None:
+        return None
+    try:
+        with open(raw, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data if hashlib.sha256(data).hexdigest() == part["image_sha256"] else None
 
 
 def for_browser(data: bytes, max_pixels: int) -> tuple[bytes, str]:
@@ -92,7 +103,7 @@ def overlay_cut(overlay_path: str, original: bytes, max_pixels: int) -> bytes:
     return _cut(overlay_path, os.stat(overlay_path).st_mtime_ns, size)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=8)  # a 5 MP cut is about 10 MB
 def _cut(overlay_path: str, _mtime_ns: int, size: tuple[int, int]) -> bytes:
     width, height = size
     picture = cv2.imread(overlay_path, cv2.IMREAD_COLOR)

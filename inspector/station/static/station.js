@@ -43,6 +43,8 @@ function setupQueue() {
         if (keep !== null) select(k >= 0 ? k : selected);
         document.getElementById("total").textContent = response.headers.get("X-Queue-Total");
       }
+      const waiting = document.getElementById("waiting");
+      if (waiting) waiting.textContent = response.headers.get("X-Queue-Waiting");
       live.textContent = "live"; live.classList.remove("stale");
     } catch (err) {
       live.textContent = "not updating (station unreachable?)"; live.classList.add("stale");
