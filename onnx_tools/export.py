@@ -5,6 +5,7 @@ Public functions: :func:`analyse`, :func:`export_model`, :func:`export_file`.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import secrets
@@ -24,6 +25,7 @@ from .graph import (
     dims_of,
     find_image_input,
     load_model,
+    unknown_dims_as_symbols,
 )
 from .model_io import ModelIO, analysis_copy, detect_layout, find_class_output, fix_input_shape
 from .passes import AddGradients, ExportState, ExposeBlocks, PassManager
@@ -93,6 +95,10 @@ def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", sc
     if score not in C.SCORE_KINDS:
         raise ModelInputError(f"--score '{score}' is not one of {', '.join(C.SCORE_KINDS)}")
     _refuse_exported(model)
+    model = copy.deepcopy(model)  # never change the caller's model
+    unknown = unknown_dims_as_symbols(model)
+    if unknown:
+        log.info("dims written as -1 or 0 read as dynamic: %s", ", ".join(unknown))
     a = analyse(model, blocks=blocks, input_shape=input_shape, output=output)
     out = a.model  # already a copy (fix_input_shape deep-copies)
     producer = a.index.producer.get(a.io.output_name)

@@ -84,17 +84,37 @@ def taken_names(model: onnx.ModelProto) -> set[str]:
 
 
 def dims_of(value_info: onnx.ValueInfoProto) -> list:
-    """Dims of a tensor type: ints for static dims, strings (or None) for dynamic ones."""
+    """Dims of a tensor type: ints for static dims, strings (or None) for dynamic ones (a ``dim_value``
+    of -1 or 0 is a converter's way of writing "unknown", see :func:`unknown_dims_as_symbols`)."""
     t = value_info.type.tensor_type
     if not t.HasField("shape"):
         return []
     out = []
     for d in t.shape.dim:
-        if d.HasField("dim_value"):
+        if d.HasField("dim_value") and d.dim_value > 0:
             out.append(d.dim_value)
         else:
             out.append(d.dim_param or None)
     return out
+
+
+def unknown_dims_as_symbols(model: onnx.ModelProto) -> list[str]:
+    """Rewrite, in place, dims written as ``dim_value`` -1 or 0 on the graph's inputs, outputs and
+    value_info (PaddlePaddle and some converters write a dynamic dimension so; no classifier tensor has
+    a real zero-size dimension) as named dims: ``N`` for the batch axis of inputs and outputs, otherwise
+    ``unknown_<k>``. Returns ``tensor[axis]`` for each rewritten dim."""
+    graph, changed = model.graph, []
+    taken = {d.dim_param for vi in [*graph.input, *graph.output, *graph.value_info]
+             for d in vi.type.tensor_type.shape.dim if d.dim_param}
+    batch = "N" if "N" not in taken else "N_batch"
+    boundary = {vi.name for vi in [*graph.input, *graph.output]}
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value <= 0:
+                d.Clear()
+                d.dim_param = batch if axis == 0 and vi.name in boundary else f"unknown_{len(changed)}"
+                changed.append(f"{vi.name}[{axis}]")
+    return changed
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

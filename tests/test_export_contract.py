@@ -8,10 +8,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from inspector.engine import Inspector
 from onnx_tools import export_model, read_contract
 from onnx_tools.errors import AlreadyExportedError, BlockDiscoveryError, UnsupportedOpError
 
 from .conftest import rel_err, run_model
+
+CPU = {"providers": ["CPUExecutionProvider"]}
 
 torch = pytest.importorskip("torch")
 from .models import export_onnx, fixture
@@ -155,3 +158,39 @@ def test_shape_subgraphs_carry_no_gradient():
     expected = np.stack([fc_col.reshape(4, 8, 8).mean((1, 2)) for fc_col in
                          numpy_helper.to_array(fc).T[[0, 2]]])
     np.testing.assert_allclose(outs["sise/grad/0"], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_dims_written_as_minus_one_are_dynamic(tmp_path):
+    """PaddlePaddle writes a dynamic batch as ``dim_value: -1`` (some converters write 0), on inputs,
+    outputs and value_info: the export reads them as dynamic dims, keeps the original output, and its
+    gradient is the hand-computed one (GAP then a linear layer: d y_c / d r = fc[:, c] / (H W) per
+    channel)."""
+    rng = np.random.default_rng(3)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    fc_values = rng.standard_normal((4, 2)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc"], ["y"])]
+    model = _graph(nodes, [_image(shape=(-1, 3, 8, 8))],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 2])],
+                   [w, numpy_helper.from_array(fc_values, "fc")])
+    model.graph.value_info.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, [0, 4, 8, 8]))
+    original = model.SerializeToString()
+    result = export_model(model, score="logit")
+    assert model.SerializeToString() == original  # the caller's model is left alone
+    assert result.contract.input_shape == ("N", 3, 8, 8) and result.contract.num_classes == 2
+    assert [b.tensor for b in result.contract.blocks] == ["r"]
+    x = rng.standard_normal((3, 3, 8, 8)).astype(np.float32)  # a batch of 3 runs
+    target = np.array([[1, 0], [0, 1], [1, 0]], np.float32)
+    outs = run_model(result.model, {"x": x, "sise_target": target})
+    np.testing.assert_array_equal(outs["y"], run_model(model, {"x": x})["y"])
+    np.testing.assert_allclose(outs["sise/grad/0"], fc_values.T[[0, 1, 0]] / 64, rtol=1e-6, atol=1e-8)
+    # the engine exports such a plain model on the fly and explains with batched sampling
+    onnx.save(model, tmp_path / "paddle_style.onnx")
+    insp = Inspector.from_options(model=str(tmp_path / "paddle_style.onnx"), runtime=CPU, preprocess={
+        "resize": "stretch", "scale": 1.0, "mean": [0.0], "std": [1.0], "input_dtype": "float"})
+    assert insp.method.chunk_size > 1  # no fall-back to one mask at a time
+    exp = insp.explain(rng.standard_normal((8, 8, 3)).astype(np.float32))
+    assert exp.saliency.shape == (8, 8) and np.isfinite(exp.saliency).all()
