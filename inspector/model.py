@@ -46,17 +46,40 @@ def _load_proto(path: str) -> onnx.ModelProto:
         raise ModelContractError(f"model {path}: not a readable ONNX model ({e})") from e
 
 
-def _export_cached(path: str, cfg: InspectorConfig) -> str:
-    """Export a plain model once; the result lives beside it as <stem>.<hash>.sise.onnx."""
+def _input_shape(proto: onnx.ModelProto, path: str, cfg: InspectorConfig) -> tuple[int, ...] | None:
+    """The export's ``input_shape`` for a model whose height or width is dynamic: ``preprocess.size``
+    laid out as the input is (channels first when axis 1 holds the channel count, else last)."""
+    try:
+        dims = onnx_tools.dims_of(onnx_tools.find_image_input(proto))
+    except onnx_tools.ExportError as e:
+        raise ModelContractError(f"model {path}: {e}") from e
+    if all(isinstance(d, int) for d in dims[1:]):
+        return None
+    if cfg.preprocess.size is None:
+        raise ModelContractError(f"model {path} has dynamic image dims {dims}; set preprocess.size: [H, W] "
+                                 "in the config (the size the line's images are explained at)")
+    h, w = cfg.preprocess.size
+    channels = 1 if cfg.preprocess.channel_order == "GRAY" else 3
+    if dims[1] == channels or (isinstance(dims[1], int) and not isinstance(dims[3], int)):
+        return (1, dims[1], h, w)
+    if dims[3] == channels or isinstance(dims[3], int):
+        return (1, h, w, dims[3])
+    raise ModelContractError(f"model {path} has dynamic image dims {dims} including the channels; export it "
+                             "with `python -m onnx_tools export --input-shape 1,3,H,W` (its own layout)")
+
+
+def _export_cached(path: str, proto: onnx.ModelProto, cfg: InspectorConfig) -> str:
+    """Export a plain model once; the result lives beside it as <stem>.<hash>[.<shape>].sise.onnx."""
     digest = file_sha256(path)[:12]
     stem = os.path.splitext(path)[0]
-    out = f"{stem}.{digest}.sise.onnx"
+    shape = _input_shape(proto, path, cfg)
+    out = f"{stem}.{digest}{'.' + 'x'.join(map(str, shape)) if shape else ''}.sise.onnx"
     if os.path.isfile(out):
         return out
     log.warning("model %s has no SISE contract; exporting it to %s (once)", path, out)
     blocks = list(cfg.export.blocks) if cfg.export.blocks else "auto"
     try:
-        onnx_tools.export_file(path, out, score=cfg.export.score, blocks=blocks)
+        onnx_tools.export_file(path, out, score=cfg.export.score, blocks=blocks, input_shape=shape)
     except onnx_tools.ExportError as e:
         raise ModelContractError(f"model {path} has no SISE contract and exporting it failed: {e}. "
                                  "Run `python -m onnx_tools export` with the options it needs and point "
@@ -74,7 +97,7 @@ def load_model(cfg: InspectorConfig) -> LoadedModel:
     proto = _load_proto(source)
     path = source
     if onnx_tools.read_contract(proto) is None:
-        path = _export_cached(source, cfg)
+        path = _export_cached(source, proto, cfg)
         proto = _load_proto(path)
     contract = onnx_tools.read_contract(proto)
     if contract is None:

@@ -9,6 +9,7 @@ The upper-case sampler names are the tensor names of the graphs :func:`build_sam
 from .contract import SCORE_KINDS, Contract, read_contract
 from .errors import ExportError
 from .export import analyse, export_file, export_model
+from .graph import dims_of, find_image_input
 from .interpolation import upsample_matrix
 from .sampler import (
     IMAGE,
@@ -25,5 +26,6 @@ from .sampler import (
 from .scores import scores_of
 
 __all__ = ["IMAGE", "KEEP", "LAYER_MAPS", "MASKS", "SCORES", "SCORE_KINDS", "TARGET", "Contract",
-           "ExportError", "act_input", "analyse", "build_mask_scorer", "build_sampler", "export_file",
-           "export_model", "idx_input", "read_contract", "scores_of", "upsample_matrix"]
+           "ExportError", "act_input", "analyse", "build_mask_scorer", "build_sampler", "dims_of",
+           "export_file", "export_model", "find_image_input", "idx_input", "read_contract", "scores_of",
+           "upsample_matrix"]

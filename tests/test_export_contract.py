@@ -194,3 +194,33 @@ def test_dims_written_as_minus_one_are_dynamic(tmp_path):
     assert insp.method.chunk_size > 1  # no fall-back to one mask at a time
     exp = insp.explain(rng.standard_normal((8, 8, 3)).astype(np.float32))
     assert exp.saliency.shape == (8, 8) and np.isfinite(exp.saliency).all()
+
+
+def _size_agnostic_model(dims):
+    rng = np.random.default_rng(5)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    fc = numpy_helper.from_array(rng.standard_normal((4, 2)).astype(np.float32), "fc")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc"], ["y"])]
+    scores = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])
+    return _graph(nodes, [_image(shape=dims)], [scores], [w, fc])
+
+
+def test_a_plain_model_with_dynamic_size_is_exported_at_the_configured_size(tmp_path):
+    """The engine's on-the-fly export of a model with dynamic height and width uses preprocess.size, in the
+    input's layout; without it, one error line says which key to set."""
+    path = tmp_path / "any_size.onnx"
+    onnx.save(_size_agnostic_model(["N", 3, "H", "W"]), path)
+    pre = {"resize": "stretch", "scale": 1.0, "mean": [0.0], "std": [1.0], "input_dtype": "float"}
+    insp = Inspector.from_options(model=str(path), runtime=CPU, preprocess={**pre, "size": [16, 24]})
+    assert insp.contract.input_shape == ("N", 3, 16, 24) and insp.size == (16, 24)
+    exp = insp.explain(np.random.default_rng(6).standard_normal((32, 48, 3)).astype(np.float32))
+    assert exp.saliency.shape == (16, 24) and exp.saliency_full.shape == (32, 48)
+    other = Inspector.from_options(model=str(path), runtime=CPU, preprocess={**pre, "size": [8, 8]})
+    assert other.contract.input_shape == ("N", 3, 8, 8)  # another size is another cached export
+    from inspector.errors import ModelContractError
+    with pytest.raises(ModelContractError, match=r"set preprocess.size: \[H, W\]"):
+        Inspector.from_options(model=str(path), runtime=CPU, preprocess=pre)
