@@ -24,6 +24,7 @@ from .regions import THRESHOLDS
 
 log = logging.getLogger(__name__)
 ResizeMode = Literal["stretch", "letterbox", "shorter_side_center_crop"]
+GrayMode = Literal["replicate", "refuse"]
 ChannelOrder = Literal["RGB", "BGR", "GRAY"]
 InputDtype = Literal["uint8", "uint16", "float"]
 ScoreKind = Literal[SCORE_KINDS]  # the export's list, one place
@@ -57,6 +58,8 @@ class PreprocessConfig:
     channel_order: ChannelOrder = "RGB"
     input_dtype: InputDtype = "uint8"  # the bit depth images are expected in; others are refused
     max_pixels: int = 50_000_000
+    gray: GrayMode = "replicate"  # a grey image on a 3-channel model: its channel repeated, or refused
+    letterbox_fill: Literal["mean"] | float = "mean"  # the letterbox border: dataset mean, or a pixel value
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,12 @@ def _check_range(key: str, value: float, low: float, high: float, why: str = "")
         raise ConfigError(f"{key}: must be in [{low:g}, {high:g}]{why}, got {value:g}")
 
 
+def _described(hint) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(hint)))
+    return SCALARS[hint][0] if hint in SCALARS else str(hint)
+
+
 def _convert(key: str, value, hint):
     """Convert a YAML value to the annotated type, or raise ConfigError naming ``key``."""
     origin = typing.get_origin(hint)
@@ -215,7 +224,14 @@ def _convert(key: str, value, hint):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if value is None:
             return None
-        return _convert(key, value, args[0])
+        if len(args) == 1:
+            return _convert(key, value, args[0])
+        for arg in args:  # the first type that takes the value (e.g. the word "mean" or a number)
+            try:
+                return _convert(key, value, arg)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {' or '.join(map(_described, args))}, got {value!r}")
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key)
     if origin is Literal:
@@ -366,8 +382,8 @@ def _schema_of(hint) -> dict:
     """JSON Schema of one annotated type (the same types ``_convert`` accepts)."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
-        return {"anyOf": [_schema_of(inner), {"type": "null"}]}
+        args = typing.get_args(hint)
+        return {"anyOf": [_schema_of(a) if a is not type(None) else {"type": "null"} for a in args]}
     if dataclasses.is_dataclass(hint):
         return _schema_of_dataclass(hint)
     if origin is Literal:

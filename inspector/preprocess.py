@@ -239,8 +239,12 @@ def _pnm_size(data: bytes) -> tuple[int, int] | None:
     return (numbers[0], numbers[1]) if len(numbers) == 2 else None
 
 
-def _channels(image: np.ndarray, order: str, name: str) -> np.ndarray:
-    """HxWxC float32 in the model's channel order; refuses a channel count that does not fit."""
+_GRAY_NOTED = threading.Event()  # "grey images are replicated" is logged once per process
+
+
+def _channels(image: np.ndarray, order: str, name: str, gray: str = "replicate") -> np.ndarray:
+    """HxWxC in the model's channel order; a grey image on a colour model has its channel repeated
+    (``gray: replicate``) or is refused; other channel counts that do not fit are refused."""
     if image.ndim == 2:
         image = image[:, :, None]
     if image.ndim != 3:
@@ -252,10 +256,16 @@ def _channels(image: np.ndarray, order: str, name: str) -> np.ndarray:
         if c in (3, 4):
             return cv2.cvtColor(np.ascontiguousarray(image[:, :, :3]), cv2.COLOR_RGB2GRAY)[:, :, None]
     else:
+        if c == 1 and gray == "replicate":
+            if not _GRAY_NOTED.is_set():
+                _GRAY_NOTED.set()
+                log.info("grey images are given to the %s model with their channel repeated three times "
+                         "(preprocess.gray: replicate)", order)
+            return np.repeat(image, 3, axis=2)
         if c == 1:
-            raise ImageError(f"{name}: single-channel (grayscale) image but the model expects {order}; "
-                             "convert the image to colour, or set preprocess.channel_order: GRAY "
-                             "for a gray model")
+            raise ImageError(f"{name}: single-channel (grayscale) image but the model expects {order} and "
+                             "preprocess.gray is refuse; set preprocess.gray: replicate to repeat the "
+                             "channel, or convert the image to colour")
         if c in (3, 4):
             rgb = image[:, :, :3]
             return rgb[:, :, ::-1] if order == "BGR" else rgb
@@ -297,7 +307,7 @@ def to_tensor(image: np.ndarray, cfg: PreprocessConfig, size: tuple[int, int], l
     """
     check_size(image, cfg.max_pixels, name)
     _check_dtype(image, cfg.input_dtype, name)
-    pixels = _channels(image, cfg.channel_order, name).astype(np.float32)
+    pixels = _channels(image, cfg.channel_order, name, cfg.gray).astype(np.float32)
     h0, w0 = pixels.shape[:2]
     height, width = size
     if cfg.resize == "stretch":
@@ -314,8 +324,11 @@ def to_tensor(image: np.ndarray, cfg: PreprocessConfig, size: tuple[int, int], l
     mean = np.asarray(cfg.mean, np.float32)
     std = np.asarray(cfg.std, np.float32)
     out = (out * np.float32(cfg.scale) - mean) / std
-    if canvas == "letterbox":  # pad with zeros = the dataset mean after normalisation
-        padded = np.zeros((height, width, out.shape[2]), np.float32)
+    if canvas == "letterbox":  # the border: the dataset mean (zero after normalisation) or a pixel value
+        raw = cfg.letterbox_fill
+        fill = 0.0 if raw == "mean" else (np.float32(raw) * np.float32(cfg.scale) - mean) / std
+        padded = np.empty((height, width, out.shape[2]), np.float32)
+        padded[:] = fill
         padded[offset[0]:offset[0] + resized[0], offset[1]:offset[1] + resized[1]] = out
         out = padded
     elif canvas == "shorter_side_center_crop":

@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 ARTIFACT_DIR = "images"
 
 
+# Settings added after results were first stored, with the value that gives the old behaviour: left out of
+# the settings at that value, so that stored results keep their settings hash (and are not explained again).
+LATER_DEFAULTS = {"gray": "replicate", "letterbox_fill": "mean"}
+
+
 def result_settings(insp: Inspector) -> dict:
     """Everything that decides a stored result (not how fast it is computed: chunk size, threads and the
     provider are left out)."""
@@ -55,8 +60,10 @@ def result_settings(insp: Inspector) -> dict:
         roi = {"mask_sha256": hashlib.sha256(np.packbits(insp.roi).tobytes()
                                              + str(insp.roi.shape).encode()).hexdigest(),
                "flag_below": cfg.roi.flag_below}
+    preprocess = {k: v for k, v in dataclasses.asdict(cfg.preprocess).items()
+                  if k not in LATER_DEFAULTS or v != LATER_DEFAULTS[k]}
     return {"model_sha256": insp.model.sha256, "score": insp.contract.score, "method": method,
-            "fp16": cfg.runtime.fp16, "preprocess": dataclasses.asdict(cfg.preprocess),
+            "fp16": cfg.runtime.fp16, "preprocess": preprocess,
             "classes": cfg.classes, "regions": dataclasses.asdict(cfg.regions), "roi": roi}
 
 

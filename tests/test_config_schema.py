@@ -44,9 +44,21 @@ def test_example_configs_follow_the_schema(path):
     {"model": "m.onnx", "colour": "red"},
     {"preprocess": {}},
     {"model": "m.onnx", "runtime": {"fp16": "yes"}},
+    {"model": "m.onnx", "preprocess": {"letterbox_fill": "white"}},
+    {"model": "m.onnx", "preprocess": {"gray": "average"}},
 ])
 def test_what_the_loader_refuses_the_schema_refuses(raw):
     with pytest.raises(ConfigError):
         config_from_dict(raw)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(raw, json_schema())
+
+
+def test_a_key_that_takes_a_word_or_a_number_takes_both():
+    for value in ("mean", 255, 127.5):
+        assert config_from_dict({"model": "m.onnx", "preprocess": {"letterbox_fill": value}}) \
+            .preprocess.letterbox_fill == value
+        jsonschema.validate({"model": "m.onnx", "preprocess": {"letterbox_fill": value}}, json_schema())
+    with pytest.raises(ConfigError, match=r"preprocess.letterbox_fill: expected one of mean or a number, "
+                                          r"got 'white'"):
+        config_from_dict({"model": "m.onnx", "preprocess": {"letterbox_fill": "white"}})

@@ -11,10 +11,13 @@ image coordinate u to (u + 0.5) * s - 0.5, then the offset applies:
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from inspector.config import PreprocessConfig
+from inspector.errors import ImageError
 from inspector.preprocess import to_original, to_tensor
 
 H, W = 100, 200
@@ -62,3 +65,30 @@ def test_a_spot_in_a_map_lands_back_on_the_image(mode):
     if mode == "shorter_side_center_crop":  # what the crop cut off is zero evidence
         assert geometry.offset == (0, 32) and geometry.resized == (64, 128)
         assert back[:, :45].max() == 0 and back[:, 155:].max() == 0
+
+
+def test_grey_images_on_a_colour_model_are_replicated_or_refused():
+    """preprocess.gray: replicate gives exactly the tensor of the grey image repeated into three channels
+    (done by hand here); refuse names the key to change."""
+    grey = np.random.default_rng(7).integers(0, 256, (30, 40), dtype=np.uint8)
+    cfg = PreprocessConfig()
+    tensor, _ = to_tensor(grey, cfg, (16, 16), "NCHW")
+    by_hand, _ = to_tensor(np.stack([grey, grey, grey], axis=2), cfg, (16, 16), "NCHW")
+    np.testing.assert_array_equal(tensor, by_hand)
+    with pytest.raises(ImageError, match="preprocess.gray: replicate"):
+        to_tensor(grey, dataclasses.replace(cfg, gray="refuse"), (16, 16), "NCHW")
+
+
+def test_letterbox_border_is_the_configured_pixel_value():
+    """A 10x20 image letterboxed into 20x20 leaves 5 rows above and below; with letterbox_fill 255 they
+    hold what a white pixel becomes, (255/255 - mean) / std per channel; by default the dataset mean (0)."""
+    image = np.full((10, 20, 3), 40, np.uint8)
+    cfg = PreprocessConfig(resize="letterbox", mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 2.0))
+    white, geometry = to_tensor(image, dataclasses.replace(cfg, letterbox_fill=255.0), (20, 20), "NCHW")
+    assert geometry.offset == (5, 0) and geometry.resized == (10, 20)
+    for channel, expected in enumerate([1.0, 3.0, 0.5]):  # (1 - 0.5) / 0.5, (1 - 0.25) / 0.25, 1 / 2
+        np.testing.assert_allclose(white[0, channel, :5], expected, rtol=1e-6)
+        np.testing.assert_allclose(white[0, channel, 15:], expected, rtol=1e-6)
+    default, _ = to_tensor(image, cfg, (20, 20), "NCHW")
+    assert not default[0, :, :5].any() and not default[0, :, 15:].any()
+    np.testing.assert_array_equal(white[0, :, 5:15], default[0, :, 5:15])  # the image itself unchanged

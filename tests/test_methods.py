@@ -3,6 +3,7 @@ config keys still work, and an unknown method name is a ConfigError naming the r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -130,3 +131,14 @@ def test_unknown_method_names_the_registered_ones(example):
     with pytest.raises(ConfigError, match=r"method\.name: 'nope'"):
         Inspector.from_options(model=os.path.join(example_dir(), "defect_resnet.sise.onnx"),
                                method={"name": "nope"})
+
+
+def test_new_config_keys_at_their_defaults_keep_stored_results_hash():
+    """The settings hash of the bundled example as sise-inspector computed it before preprocess.gray and
+    preprocess.letterbox_fill existed (commit 2cdf7d3): a store filled then is still found complete."""
+    insp = Inspector.from_config(os.path.join(example_dir(), "config.yaml"))
+    assert settings_hash(result_settings(insp)) == \
+        "80f1e28372bc7a5fbc37d33981536e81c0181e0624d08e165b654a32d066cd2d"
+    changed = Inspector(dataclasses.replace(insp.config, preprocess=dataclasses.replace(
+        insp.config.preprocess, letterbox_fill=255.0)))
+    assert settings_hash(result_settings(changed)) != settings_hash(result_settings(insp))
