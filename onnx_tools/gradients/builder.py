@@ -78,6 +78,10 @@ def describe(node: onnx.NodeProto, opset: int) -> str:
     return f"node '{node.name or node.output[0]}' ({domain}{node.op_type}, opset {opset})"
 
 
+WAY_OUT = (". Blocks after these nodes need no gradient through them: name such block tensors with "
+           "--blocks T1,T2,... (`python -m onnx_tools inspect MODEL` lists the candidates)")
+
+
 def build_gradients(index: GraphIndex, emit: Emitter, *, output: str, seed: str, wrt: list[str]) -> Gradients:
     """Emit nodes computing d(loss)/d(t) for every t in ``wrt``, where d(loss)/d(output) = ``seed``.
 
@@ -90,7 +94,7 @@ def build_gradients(index: GraphIndex, emit: Emitter, *, output: str, seed: str,
         lines = [describe(n, index.opset) for n in missing]
         kinds = sorted({n.op_type for n in missing})
         raise UnsupportedOpError(f"{len(missing)} node(s) on the gradient path have no gradient builder "
-                                 f"(op types {', '.join(kinds)}): " + "; ".join(lines))
+                                 f"(op types {', '.join(kinds)}): " + "; ".join(lines) + WAY_OUT)
     pending: dict[str, list[str]] = {output: [seed]}
     total: dict[str, str] = {}
 
@@ -121,7 +125,7 @@ def build_gradients(index: GraphIndex, emit: Emitter, *, output: str, seed: str,
                 pending.setdefault(name, []).append(g)
     if problems:
         raise UnsupportedOpError(f"{len(problems)} node(s) on the gradient path use unsupported variants: "
-                                 + "; ".join(problems))
+                                 + "; ".join(problems) + WAY_OUT)
     grads = {}
     for name in wrt:
         g = gradient_of(name)

@@ -28,3 +28,35 @@ def batch_norm(ctx: VjpContext) -> list:
         root = e.op("Sqrt", [e.op("Add", [var, ctx.scalar(eps)])])
         factor = e.op("Reshape", [e.op("Div", [scale, root]), e.ints(channel_shape)])
     return [e.op("Mul", [ctx.g, factor])] + [None] * (len(ctx.node.input) - 1)
+
+
+@register("LRN")
+def lrn(ctx: VjpContext) -> list:
+    """Local response normalisation across channels, odd ``size`` (onnxruntime runs no other):
+    y_c = x_c d_c^-beta with d_c = bias + alpha / size * sum of x_i^2 over i in [c - h, c + h],
+    h = (size - 1) / 2. As the window is symmetric,
+    dx_k = g_k d_k^-beta - 2 beta alpha / size * x_k * sum of g_c x_c d_c^(-beta-1) over c in [k - h, k + h].
+    Window sums run as a Conv over the channel axis of the tensor seen as [N, 1, C, H*W]."""
+    shape = ctx.shape(ctx.x)
+    if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+        raise UnsupportedVariant("only rank-4 inputs with static channels, height and width are supported")
+    size = int(ctx.attr("size"))
+    if size % 2 == 0:
+        raise UnsupportedVariant(f"size={size}: only odd sizes are supported (as in onnxruntime)")
+    alpha, beta, bias = (float(ctx.attr(k, v)) for k, v in (("alpha", 1e-4), ("beta", 0.75), ("bias", 1.0)))
+    channels, height, width = shape[1:]
+    half = (size - 1) // 2
+    e = ctx.emit
+    window = e.const(np.ones((1, 1, size, 1), dtype=ctx.dtype), hint="lrn_window")
+    as_planes, as_input = e.ints([-1, 1, channels, height * width]), e.op("Shape", [ctx.x])
+
+    def window_sum(t: str) -> str:
+        planes = e.op("Reshape", [t, as_planes])
+        return e.op("Reshape", [e.op("Conv", [planes, window], pads=[half, 0, half, 0]), as_input])
+
+    squares = window_sum(e.op("Mul", [ctx.x, ctx.x]))
+    d = e.op("Add", [e.op("Mul", [squares, ctx.scalar(alpha / size)]), ctx.scalar(bias)])
+    direct = e.op("Mul", [ctx.g, e.op("Pow", [d, ctx.scalar(-beta)])])
+    t = e.op("Mul", [e.op("Mul", [ctx.g, ctx.x]), e.op("Pow", [d, ctx.scalar(-beta - 1.0)])])
+    spread = e.op("Mul", [e.op("Mul", [window_sum(t), ctx.x]), ctx.scalar(2.0 * beta * alpha / size)])
+    return [e.op("Sub", [direct, spread])]

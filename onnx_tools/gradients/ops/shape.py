@@ -76,12 +76,26 @@ def slice_(ctx: VjpContext) -> list:
     return [g] + [None] * (len(ctx.node.input) - 1)
 
 
+def _pad_source(i: int, before: int, n: int, mode: str) -> int:
+    """The input index that padded position ``i`` copies, for ``edge``, ``reflect`` and ``wrap``."""
+    j = i - before
+    if mode == "edge":
+        return min(max(j, 0), n - 1)
+    if mode == "wrap":
+        return j % n
+    if n == 1:
+        return 0
+    j %= 2 * (n - 1)  # reflect: mirror at both ends without repeating the edge
+    return j if j < n else 2 * (n - 1) - j
+
+
 @register("Pad")
 def pad(ctx: VjpContext) -> list:
-    """Slice g back to the unpadded region (constant mode, non-negative pads)."""
+    """constant: slice g back to the unpadded region. edge / reflect / wrap: each padded position copies
+    one input position, per axis, so the gradient sums g over the copies: a 0/1 matrix per padded
+    spatial axis (rank-4 inputs), applied as a MatMul like Resize's."""
     mode = ctx.attr("mode", "constant")
-    if mode != "constant":
-        raise UnsupportedVariant(f"mode={mode!r} is not supported (only constant padding)")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
     rank = ctx.index.rank(ctx.x)
     if ctx.opset >= 11:
         pads = ctx.const_input(1, "pads").reshape(-1).astype(int).tolist()
@@ -93,13 +107,26 @@ def pad(ctx: VjpContext) -> list:
     if any(p < 0 for p in pads):
         raise UnsupportedVariant("negative pads are not supported")
     shape = ctx.shape(ctx.x)
-    starts, ends, sl_axes = [], [], []
-    for axis, b, t in zip(axes, pads[:n], pads[n:]):
-        if b or t:
-            if axis == 0:
-                raise UnsupportedVariant("padding along the batch axis is not supported")
-            starts.append(b)
-            ends.append(b + shape[axis])
-            sl_axes.append(axis)
-    g = ctx.emit.slice(ctx.g, starts, ends, sl_axes) if sl_axes else ctx.g
+    padded = [(axis, b, t) for axis, b, t in zip(axes, pads[:n], pads[n:]) if b or t]
+    if any(axis == 0 for axis, _, _ in padded):
+        raise UnsupportedVariant("padding along the batch axis is not supported")
+    if mode == "constant":
+        starts = [b for _, b, _ in padded]
+        ends = [b + shape[axis] for axis, b, _ in padded]
+        g = ctx.emit.slice(ctx.g, starts, ends, [axis for axis, _, _ in padded]) if padded else ctx.g
+        return [g] + [None] * (len(ctx.node.input) - 1)
+    if mode not in ("edge", "reflect", "wrap"):
+        raise UnsupportedVariant(f"mode={mode!r} is not supported")
+    if rank != 4 or any(axis not in (2, 3) for axis, _, _ in padded):
+        raise UnsupportedVariant(f"mode={mode!r} is supported on the spatial axes of rank-4 inputs only")
+    e, g = ctx.emit, ctx.g
+    for axis, b, t in padded:
+        size = shape[axis]
+        copies = np.zeros((size + b + t, size), dtype=ctx.dtype)  # copies[i, j] = 1: position i copies j
+        for i in range(size + b + t):
+            copies[i, _pad_source(i, b, size, mode)] = 1
+        if axis == 2:
+            g = e.op("MatMul", [e.const(np.ascontiguousarray(copies.T), hint="pad_copies_t"), g])
+        else:
+            g = e.op("MatMul", [g, e.const(copies, hint="pad_copies")])
     return [g] + [None] * (len(ctx.node.input) - 1)
