@@ -25,6 +25,7 @@ from .regions import THRESHOLDS
 log = logging.getLogger(__name__)
 ResizeMode = Literal["stretch", "letterbox", "shorter_side_center_crop"]
 GrayMode = Literal["replicate", "refuse"]
+Layout = Literal["NCHW", "NHWC"]
 ChannelOrder = Literal["RGB", "BGR", "GRAY"]
 InputDtype = Literal["uint8", "uint16", "float"]
 ScoreKind = Literal[SCORE_KINDS]  # the export's list, one place
@@ -126,6 +127,7 @@ class ExportConfig:
 
     score: ScoreKind = "softmax"
     blocks: tuple[str, ...] | None = None  # None: automatic discovery
+    layout: Layout | None = None  # the image input's layout; None: found from the graph
 
 
 @dataclass(frozen=True)

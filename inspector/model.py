@@ -60,6 +60,10 @@ def _input_shape(proto: onnx.ModelProto, path: str, cfg: InspectorConfig) -> tup
                                  "in the config (the size the line's images are explained at)")
     h, w = cfg.preprocess.size
     channels = 1 if cfg.preprocess.channel_order == "GRAY" else 3
+    if cfg.export.layout == "NCHW" and isinstance(dims[1], int):
+        return (1, dims[1], h, w)
+    if cfg.export.layout == "NHWC" and isinstance(dims[3], int):
+        return (1, h, w, dims[3])
     if dims[1] == channels or (isinstance(dims[1], int) and not isinstance(dims[3], int)):
         return (1, dims[1], h, w)
     if dims[3] == channels or isinstance(dims[3], int):
@@ -79,7 +83,8 @@ def _export_cached(path: str, proto: onnx.ModelProto, cfg: InspectorConfig) -> s
     log.warning("model %s has no SISE contract; exporting it to %s (once)", path, out)
     blocks = list(cfg.export.blocks) if cfg.export.blocks else "auto"
     try:
-        onnx_tools.export_file(path, out, score=cfg.export.score, blocks=blocks, input_shape=shape)
+        onnx_tools.export_file(path, out, score=cfg.export.score, blocks=blocks, input_shape=shape,
+                               layout=cfg.export.layout)
     except onnx_tools.ExportError as e:
         raise ModelContractError(f"model {path} has no SISE contract and exporting it failed: {e}. "
                                  "Run `python -m onnx_tools export` with the options it needs and point "

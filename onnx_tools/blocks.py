@@ -94,8 +94,19 @@ def discover_blocks(index: GraphIndex, source: str, sink: str) -> list[str]:
     return sorted(chosen, key=pos.__getitem__)
 
 
-def check_explicit_blocks(index: GraphIndex, names: list[str], source: str, sink: str) -> list[str]:
-    """Validate user-named block tensors and order them shallow to deep."""
+def _looks_channels_last(shape, image_hw: tuple[int, int] | None) -> bool:
+    """[1, h, w, C] rather than [1, C, h, w]: axes 1-2 have the image's aspect ratio and axes 2-3 do not."""
+    if image_hw is None or min(shape[1:]) <= 0:
+        return False
+    ratio = image_hw[0] / image_hw[1]
+    close = (lambda a, b: abs(a / b / ratio - 1) < 0.1)
+    return close(shape[1], shape[2]) and not close(shape[2], shape[3])
+
+
+def check_explicit_blocks(index: GraphIndex, names: list[str], source: str, sink: str,
+                          image_hw: tuple[int, int] | None = None) -> list[str]:
+    """Validate user-named block tensors (channels-first, on the path from input to output) and order
+    them shallow to deep. ``image_hw``: the input's height and width, to tell [N, h, w, C] tensors."""
     if len(set(names)) != len(names):
         raise BlockDiscoveryError(f"--blocks names a tensor twice: {names}")
     on_path = path_tensors(index, source, sink)
@@ -106,6 +117,11 @@ def check_explicit_blocks(index: GraphIndex, names: list[str], source: str, sink
         if index.rank(name) != 4:
             raise BlockDiscoveryError(f"--blocks: tensor '{name}' has shape {index.info[name].shape}; "
                                       "a block must be a rank-4 activation [N, C, h, w]")
+        if _looks_channels_last(index.shape(name), image_hw):
+            raise BlockDiscoveryError(f"--blocks: tensor '{name}' {index.shape(name)} looks channels-last "
+                                      "[N, h, w, C]; a block must be channels-first [N, C, h, w]: name the "
+                                      "tensor after its Transpose (or the Conv output before it); "
+                                      "`python -m onnx_tools inspect MODEL` lists the candidates")
         if name not in on_path:
             raise BlockDiscoveryError(f"--blocks: tensor '{name}' is not on a differentiable path from input "
                                       f"'{source}' to output '{sink}'")

@@ -55,6 +55,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="image input dims in the model's own layout, e.g. 1,3,224,224 "
                         "(needed for dynamic H/W)")
     p.add_argument("--output", default=None, help="class-score output name when the model has several")
+    p.add_argument("--layout", default=None, choices=("NCHW", "NHWC"),
+                   help="the image input's layout (default: found from the graph)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_export(args) -> int:
     result = export_file(args.model, args.out, blocks=args.blocks, score=args.score,
-                         input_shape=args.input_shape, output=args.output)
+                         input_shape=args.input_shape, output=args.output, layout=args.layout)
     c = result.contract
     print(f"wrote {args.out} in {result.seconds:.2f} s: {len(c.blocks)} blocks, "
           f"{sum(b.channels for b in c.blocks)} feature maps, score={c.score}, {c.num_classes} classes")
@@ -99,7 +101,8 @@ def cmd_inspect(args) -> int:
         for b in existing.blocks:
             print(f"  block {b.index}: {b.tensor}  {list(b.shape[1:])}")
         return 0
-    a = analyse(model, blocks=args.blocks, input_shape=args.input_shape, output=args.output)
+    a = analyse(model, blocks=args.blocks, input_shape=args.input_shape, output=args.output,
+                layout=args.layout)
     io = a.io
     print(f"input  {io.input_name} {list(io.input_dims)} layout {io.layout}; output {io.output_name} "
           f"({io.num_classes} classes); opset {a.index.opset}")

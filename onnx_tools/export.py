@@ -27,7 +27,7 @@ from .graph import (
     load_model,
     unknown_dims_as_symbols,
 )
-from .model_io import ModelIO, analysis_copy, detect_layout, find_class_output, fix_input_shape
+from .model_io import LAYOUTS, ModelIO, analysis_copy, detect_layout, find_class_output, fix_input_shape
 from .passes import AddGradients, ExportState, ExposeBlocks, PassManager
 from .scores import score_op
 
@@ -61,26 +61,36 @@ def _refuse_exported(model: onnx.ModelProto) -> None:
 
 
 def analyse(model: onnx.ModelProto, *, blocks: str | list[str] = "auto",
-            input_shape: tuple[int, ...] | None = None, output: str | None = None) -> Analysis:
-    """Find the image input, the class output and the block tensors (automatic or explicit)."""
+            input_shape: tuple[int, ...] | None = None, output: str | None = None,
+            layout: str | None = None) -> Analysis:
+    """Find the image input (and its layout, unless stated), the class output and the block tensors
+    (automatic or explicit)."""
+    if layout is not None and layout not in LAYOUTS:
+        raise ModelInputError(f"--layout {layout}: use NCHW or NHWC")
     check_topological(model)
     model = fix_input_shape(model, input_shape)
     index = GraphIndex(analysis_copy(model))
     check_aligned(model, index)  # the passes read node positions in the copy and write them in the model
     image = find_image_input(model)
     output_name, num_classes = find_class_output(index, output)
-    io = ModelIO(input_name=image.name, layout=detect_layout(index, image.name),
+    io = ModelIO(input_name=image.name, layout=layout or detect_layout(index, image.name),
                  input_dims=tuple(dims_of(image)), output_name=output_name, num_classes=num_classes)
     if blocks == "auto" or blocks is None:
         chosen = discover_blocks(index, io.input_name, io.output_name)
     else:
-        chosen = check_explicit_blocks(index, list(blocks), io.input_name, io.output_name)
+        chosen = check_explicit_blocks(index, list(blocks), io.input_name, io.output_name,
+                                       image_hw=_spatial(io.input_dims, io.layout))
     return Analysis(model=model, index=index, io=io, blocks=chosen)
+
+
+def _spatial(dims, layout: str) -> tuple[int, int] | None:
+    hw = dims[2:4] if layout == "NCHW" else dims[1:3]
+    return tuple(hw) if all(isinstance(d, int) for d in hw) else None
 
 
 def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", score: str = "softmax",
                  input_shape: tuple[int, ...] | None = None, output: str | None = None,
-                 check: bool = True) -> ExportResult:
+                 layout: str | None = None, check: bool = True) -> ExportResult:
     """Return a rewritten copy of ``model`` carrying block activations, gradients and the contract.
 
     Args:
@@ -89,6 +99,7 @@ def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", sc
         score: psi applied to the class output: softmax | sigmoid | logit | identity.
         input_shape: the image input's dims, required when its spatial dims are dynamic.
         output: name of the class output when the model has several candidates.
+        layout: "NCHW" or "NHWC" of the image input; None: found from the graph.
         check: run ``onnx.checker`` with full shape checking on the result.
     """
     start = time.perf_counter()
@@ -99,7 +110,7 @@ def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", sc
     unknown = unknown_dims_as_symbols(model)
     if unknown:
         log.info("dims written as -1 or 0 read as dynamic: %s", ", ".join(unknown))
-    a = analyse(model, blocks=blocks, input_shape=input_shape, output=output)
+    a = analyse(model, blocks=blocks, input_shape=input_shape, output=output, layout=layout)
     out = a.model  # already a copy (fix_input_shape deep-copies)
     producer = a.index.producer.get(a.io.output_name)
     last_op = a.index.nodes[producer].op_type if producer is not None else None

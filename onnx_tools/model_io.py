@@ -88,9 +88,25 @@ def analysis_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return fold_constants(model)
 
 
+LAYOUTS = ("NCHW", "NHWC")
+# Ops a converter puts between the image and the first layout-aware op (dtype casts, scaling, mean
+# subtraction): the layout is decided by what reads their result.
+PASS_THROUGH = {"Cast", "Identity", "Mul", "Add", "Sub", "Div"}
+
+
 def detect_layout(index: GraphIndex, input_name: str) -> str:
-    """NHWC when every reader of the input is a Transpose with perm [0, 3, 1, 2], else NCHW."""
-    readers = [index.nodes[i] for i in index.consumers.get(input_name, [])]
+    """NHWC when every path from the input, through pass-through preprocessing (Cast, Identity,
+    Mul/Add/Sub/Div), reaches a Transpose with perm [0, 3, 1, 2]; otherwise NCHW."""
+    readers, frontier, seen = [], [input_name], {input_name}
+    while frontier:
+        for i in index.consumers.get(frontier.pop(), []):
+            node = index.nodes[i]
+            if node.op_type in PASS_THROUGH:
+                fresh = [o for o in node.output if o not in seen]
+                seen.update(fresh)
+                frontier.extend(fresh)
+            else:
+                readers.append(node)
     if readers and all(n.op_type == "Transpose" and _perm(n) == [0, 3, 1, 2] for n in readers):
         return "NHWC"
     return "NCHW"

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from inspector.engine import Inspector
 from onnx_tools import export_model, read_contract
-from onnx_tools.errors import AlreadyExportedError, BlockDiscoveryError, UnsupportedOpError
+from onnx_tools.errors import AlreadyExportedError, BlockDiscoveryError, ModelInputError, UnsupportedOpError
 
 from .conftest import rel_err, run_model
 
@@ -225,3 +225,49 @@ def test_a_plain_model_with_dynamic_size_is_exported_at_the_configured_size(tmp_
     from inspector.errors import ModelContractError
     with pytest.raises(ModelContractError, match=r"set preprocess.size: \[H, W\]"):
         Inspector.from_options(model=str(path), runtime=CPU, preprocess=pre)
+
+
+def _nhwc_through_cast():
+    """A TensorFlow-style model re-exported from PyTorch: NHWC uint8 input -> Cast -> scale -> Transpose
+    -> Conv -> Relu -> GAP -> Flatten -> MatMul."""
+    rng = np.random.default_rng(8)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal((4, 2)).astype(np.float32), "fc"),
+             numpy_helper.from_array(np.array(1 / 255, np.float32), "k")]
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["xf", "k"], ["xs"]),
+             helper.make_node("Transpose", ["xs"], ["xt"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["xt", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc"], ["y"])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 12, 16, 3])
+    return _graph(nodes, [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])], inits)
+
+
+def test_nhwc_behind_a_cast_is_found_and_can_be_stated():
+    """The layout is read through Cast/Mul preprocessing up to the Transpose (the first reader is a Cast);
+    --layout states it; a block named in its channels-last form is refused with the way to the right one."""
+    model = _nhwc_through_cast()
+    result = export_model(model, score="logit")
+    assert result.contract.input_layout == "NHWC"
+    assert [(b.tensor, b.shape[1:]) for b in result.contract.blocks] == [("r", (4, 12, 16))]
+    x = np.random.default_rng(9).integers(0, 256, (2, 12, 16, 3)).astype(np.float32)
+    outs = run_model(result.model, {"x": x, "sise_target": np.array([[1, 0], [0, 1]], np.float32)})
+    np.testing.assert_array_equal(outs["y"], run_model(model, {"x": x})["y"])
+    assert export_model(model, score="logit", layout="NHWC").contract.input_layout == "NHWC"
+    with pytest.raises(ModelInputError, match="--layout NWHC: use NCHW or NHWC"):
+        export_model(model, layout="NWHC")
+    with pytest.raises(BlockDiscoveryError, match=r"'xs' .* looks channels-last"):
+        export_model(model, blocks=["xs"])
+
+
+def test_the_engine_explains_an_nhwc_model_behind_a_cast(tmp_path):
+    onnx.save(_nhwc_through_cast(), tmp_path / "tf_style.onnx")
+    raw_pixels = {"scale": 1.0, "mean": [0.0], "std": [1.0]}
+    insp = Inspector.from_options(model=str(tmp_path / "tf_style.onnx"), runtime=CPU,
+                                  export={"score": "logit"}, preprocess=raw_pixels)
+    assert insp.contract.input_layout == "NHWC" and insp.size == (12, 16)
+    exp = insp.explain(np.random.default_rng(10).integers(0, 256, (24, 32, 3), dtype=np.uint8))
+    assert exp.saliency.shape == (12, 16) and exp.saliency_full.shape == (24, 32)
