@@ -129,7 +129,7 @@ def cmd_example(args) -> int:
     out = os.path.join(args.out, "resnet50.sise.onnx")
     print(f"example: {src} (ResNet-50 graph, constant weights, ends in Softmax -> --score identity)")
     args = argparse.Namespace(model=src, out=out, blocks="auto", score="identity", input_shape=None,
-                              output=None)
+                              output=None, layout=None)
     return cmd_export(args)
 
 
