@@ -111,6 +111,12 @@ def run_doctor(config_path: str | None, *, out=print) -> int:
         out(f"model: {model.path} (sha256 {model.sha256[:12]}), exported: yes, score {c.score}, "
             f"{c.num_classes} classes, {len(c.blocks)} blocks "
             f"({', '.join(f'{b.shape[1]}x{b.shape[2]}x{b.shape[3]}' for b in c.blocks)})")
+        from .engine import Inspector
+
+        problems = Inspector(cfg).gradient_problems()
+        for problem in problems:
+            out(f"  PROBLEM: {problem}")
+        status = 1 if problems else status
         provider, seconds, summary = self_test(cfg)
         out(f"self-test: one explanation on {provider} in {seconds:.2f} s ({summary})")
         if "INVALID" in summary:

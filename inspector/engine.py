@@ -21,7 +21,7 @@ from onnx_tools import scores_of
 
 from . import preprocess as pre
 from .config import InspectorConfig, config_from_dict, load_config
-from .errors import ConfigError, ImageError, InspectorError, TargetError
+from .errors import ConfigError, ImageError, InspectorError, ModelContractError, TargetError
 from .explanation import Explanation
 from .methods import MethodContext, MethodResult, get_method
 from .model import load_model
@@ -72,6 +72,35 @@ class Inspector:
         if config.runtime.fp16 and self.sessions.device != "cuda":
             log.warning("runtime.fp16 is meant for CUDA; on %s the float16 forward passes are usually slower",
                         self.sessions.provider)
+        for problem in self.gradient_problems():
+            log.warning("%s", problem)
+
+    GRADIENT_BOUND = 1e6  # |mean gradient| per channel above this on a probe image: a broken model
+
+    def gradient_problems(self) -> list[str]:
+        """Checks the model on a probe image (seeded noise) before it explains parts. Raises
+        :class:`ModelContractError` when its class scores or gradients are not finite; returns warnings
+        when the gradients are all zero (every map would be empty) or beyond ``GRADIENT_BOUND``."""
+        noise = np.random.default_rng(1).integers(0, 256, (*self.size, 3), dtype=np.uint8)
+        tensor, _ = self.prepare(pre.as_configured(noise, self.config.preprocess), name="probe image")
+        first = self._explain_run(tensor, self._one_hot(0))
+        top = int(np.argmax(first.logits))
+        out = first if top == 0 else self._explain_run(tensor, self._one_hot(top))
+        where = f"model {self.model.path}, on a probe image (seeded noise), class {top}"
+        if not np.isfinite(out.logits).all() or not all(np.isfinite(a).all() for a in out.alphas):
+            raise ModelContractError(f"{where}: the class scores or gradients are not finite (NaN or "
+                                     "infinity); the model or its export is broken: check the weights and "
+                                     "export it again")
+        largest = max(float(np.abs(a).max()) for a in out.alphas)
+        if largest == 0.0:
+            return [(f"{where}: every block's gradient is zero, so every explanation would be empty; a "
+                     "model with constant weights, or a score that does not depend on the image? (check the "
+                     "export)")]
+        if largest > self.GRADIENT_BOUND:
+            return [(f"{where}: gradients up to {largest:.3g} (above {self.GRADIENT_BOUND:g}); explanations "
+                     "may be dominated by numerical noise: check the model's last layers and the export's "
+                     "--score")]
+        return []
 
     # ----- construction ---------------------------------------------------------------------------
     @classmethod

@@ -271,3 +271,35 @@ def test_the_engine_explains_an_nhwc_model_behind_a_cast(tmp_path):
     assert insp.contract.input_layout == "NHWC" and insp.size == (12, 16)
     exp = insp.explain(np.random.default_rng(10).integers(0, 256, (24, 32, 3), dtype=np.uint8))
     assert exp.saliency.shape == (12, 16) and exp.saliency_full.shape == (24, 32)
+
+
+@pytest.mark.parametrize("fc_value, expect", [(0.0, "every block's gradient is zero"),
+                                              (1e9, "gradients up to"),
+                                              (float("nan"), "not finite")])
+def test_degenerate_models_are_reported_at_load(tmp_path, caplog, fc_value, expect):
+    """A model whose gradients are all zero (a constant head), astronomically large, or not finite: a
+    warning when it is loaded (an error for non-finite), naming the model and what to check."""
+    model = _size_agnostic_model(["N", 3, 8, 8])
+    fc = next(t for t in model.graph.initializer if t.name == "fc")
+    fc.CopyFrom(numpy_helper.from_array(np.full((4, 2), fc_value, np.float32), "fc"))
+    path = tmp_path / "degenerate.onnx"
+    onnx.save(model, path)
+    options = {"model": str(path), "runtime": CPU, "export": {"score": "logit"},
+               "preprocess": {"scale": 1.0, "mean": [0.0], "std": [1.0]}}
+    from inspector.errors import ModelContractError
+    if np.isnan(fc_value):
+        with pytest.raises(ModelContractError, match=expect):
+            Inspector.from_options(**options)
+        return
+    with caplog.at_level("WARNING", logger="inspector.engine"):
+        Inspector.from_options(**options)
+    said = [r.getMessage() for r in caplog.records if r.name == "inspector.engine"]
+    assert any(expect in m and "degenerate." in m for m in said), said
+
+
+def test_a_sound_model_loads_without_gradient_warnings(tmp_path, caplog):
+    path = tmp_path / "sound.onnx"
+    onnx.save(_size_agnostic_model(["N", 3, 8, 8]), path)
+    with caplog.at_level("WARNING", logger="inspector.engine"):
+        insp = Inspector.from_options(model=str(path), runtime=CPU, export={"score": "logit"})
+    assert insp.gradient_problems() == [] and not [r for r in caplog.records if r.name == "inspector.engine"]
