@@ -721,3 +721,31 @@ def test_healthz(st):
     assert r.json()["version"] == inspector.__version__
     assert r.headers["X-Content-Type-Options"] == "nosniff"
     assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+
+
+# ----- the store under the station's feet -------------------------------------------------------------------
+def test_a_replaced_store_file_takes_no_verdicts_and_fails_the_health_check(tmp_path):
+    """The SQLite file replaced by a copy while the station runs (a restore, a careless rsync): open
+    connections would keep writing to the old, unlinked file, so every verdict would vanish. The station
+    refuses writes (503) and /healthz says why."""
+    station = Station(StationSettings(config=CONFIG, out_dir=str(tmp_path / "st")))
+    auth.add_user(station.store, "rita", PASSWORDS["rita"], "reviewer")
+    with TestClient(create_app(station)) as client:
+        made = client.post("/api/v1/explain", files={"image": ("crack.png", sample("crack"), "image/png")},
+                           auth=basic("rita"))
+        assert made.status_code == 201
+        rid = made.json()["result_id"]
+        assert client.get("/healthz").status_code == 200
+        db = tmp_path / "st" / "results.db"
+        copy = tmp_path / "copy.db"
+        copy.write_bytes(db.read_bytes())
+        os.replace(copy, db)  # same name, another file
+        health = client.get("/healthz")
+        assert health.status_code == 503 and "deleted or replaced" in " ".join(health.json()["problems"])
+        refused = client.post(f"/api/v1/results/{rid}/review", json={"verdict": "confirm"},
+                              auth=basic("rita"))
+        assert refused.status_code == 503 and "restart" in refused.json()["detail"]
+    engine = sa.create_engine(f"sqlite:///{db}")
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(reviews)).scalar_one() == 0
+    engine.dispose()

@@ -286,7 +286,7 @@ def create_app(station: Station) -> FastAPI:
             f=f,
             pages=(total + queries.PAGE - 1) // queries.PAGE,
             qs=f.query_string(),
-            failed_total=_count_failed(store),
+            failed_total=queries.counts(store)["by_status"].get("failed", 0),
             waiting=station.waiting_files(),
         )
 
@@ -524,10 +524,13 @@ def create_app(station: Station) -> FastAPI:
         """200 when the store answers and (with --watch) the folder is being watched; 503 otherwise."""
         problems = []
         try:
-            with store.begin() as conn:
+            with store.read() as conn:  # also fails when an SQLite store's file was deleted or replaced
                 conn.execute(sa.text("SELECT 1"))
         except StoreError as e:
             problems.append(f"store: {e}")
+        for place in store.writable_places():
+            if not os.access(place, os.W_OK):
+                problems.append(f"store: {display_path(place)} cannot be written (permissions, read-only?)")
         if station.settings.watch_dir and not station.watching:
             problems.append(f"watch: {station.watch_error or 'not running'}")
         body = {
@@ -607,13 +610,6 @@ def _named_scores(scores, classes) -> list[tuple[str, float | None]]:
     if not scores:
         return []
     return [(classes[i] if i < len(classes) else str(i), s) for i, s in enumerate(scores)]
-
-
-def _count_failed(store) -> int:
-    from ..store.schema import results
-
-    with store.begin() as conn:
-        return conn.execute(sa.select(sa.func.count()).where(results.c.status == "failed")).scalar_one()
 
 
 def _api_result(row: dict, classes) -> dict:

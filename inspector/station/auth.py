@@ -91,7 +91,7 @@ def disable_user(store: Store, username: str) -> None:
 
 
 def list_users(store: Store) -> list[dict]:
-    with store.begin() as conn:
+    with store.read() as conn:
         return [
             dict(r)
             for r in conn.execute(
@@ -117,7 +117,7 @@ def check_password(store: Store, username: str, password: str) -> User | None:
     sends HTTP Basic credentials with every call: a pair checked in the last five minutes is not run
     through scrypt again (35 ms); a changed password or a disabled user takes effect at once, since the
     stored hash and the disabled flag are read for every call."""
-    with store.begin() as conn:
+    with store.read() as conn:
         row = conn.execute(sa.select(users).where(users.c.username == username)).mappings().first()
     if row is None:
         verify_password(password, _DUMMY_HASH)
@@ -160,7 +160,7 @@ def open_session(store: Store, user: User) -> str:
 def session_user(store: Store, token: str | None) -> User | None:
     if not token:
         return None
-    with store.begin() as conn:
+    with store.read() as conn:
         row = (
             conn.execute(
                 sa.select(

@@ -111,7 +111,7 @@ def _ordered(query, category, f: Filters):
 def queue(store: Store, f: Filters, good_classes=(), page: int = 0) -> tuple[list[dict], int]:
     """(one page of parts in queue order, how many parts match)."""
     query, category = _queue_select(f, good_classes)
-    with store.begin() as conn:
+    with store.read() as conn:
         total = conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
         rows = conn.execute(_ordered(query, category, f).limit(PAGE).offset(page * PAGE)).mappings().all()
     return [_with_utc(r) for r in rows], total
@@ -120,7 +120,7 @@ def queue(store: Store, f: Filters, good_classes=(), page: int = 0) -> tuple[lis
 def neighbours(store: Store, result_id: int, f: Filters, good_classes=()) -> tuple[int | None, int | None]:
     """(previous, next) part in queue order around ``result_id``, with the same filters."""
     query, category = _queue_select(f, good_classes)
-    with store.begin() as conn:
+    with store.read() as conn:
         me = conn.execute(query.where(results.c.id == result_id)).mappings().first()
         if me is None:
             return None, None
@@ -149,7 +149,7 @@ def _reverse(query, category, f: Filters):
 def part(store: Store, result_id: int) -> dict | None:
     """One result with its run's folder, artifacts (kind -> (relative path, sha256)), input paths and
     verdict history (oldest first)."""
-    with store.begin() as conn:
+    with store.read() as conn:
         row = (
             conn.execute(
                 sa.select(results, runs.c.out_dir, runs.c.kind.label("run_kind"))
@@ -217,14 +217,14 @@ def results_since(store: Store, since: datetime | None, after_id: int, limit: in
                 sa.and_(results.c.finished_at == since, results.c.id > after_id),
             )
         )
-    with store.begin() as conn:
+    with store.read() as conn:
         rows = conn.execute(query.order_by(results.c.finished_at, results.c.id).limit(limit)).mappings().all()
     return [_with_utc(r) for r in rows]
 
 
 def reviews_after(store: Store, after_id: int, limit: int) -> list[dict]:
     """Verdicts in the order they were given (ids only grow: the table is append-only)."""
-    with store.begin() as conn:
+    with store.read() as conn:
         rows = (
             conn.execute(
                 sa.select(reviews, results.c.image_sha256, results.c.prediction_name)
@@ -254,7 +254,7 @@ def shift_rows(store: Store, start: datetime, end: datetime) -> list[dict]:
         .select_from(results.outerjoin(latest, latest.c.result_id == results.c.id))
         .where(results.c.status.in_(SHOWN), results.c.finished_at >= start, results.c.finished_at < end)
     )
-    with store.begin() as conn:
+    with store.read() as conn:
         return [_with_utc(r) for r in conn.execute(query).mappings()]
 
 
@@ -277,14 +277,14 @@ def reviewed_parts(store: Store) -> list[dict]:
         .where(results.c.status == "done", latest.c.label.is_not(None))
         .order_by(results.c.id)
     )
-    with store.begin() as conn:
+    with store.read() as conn:
         return [_with_utc(r) for r in conn.execute(query).mappings()]
 
 
 def counts(store: Store) -> dict:
     """Figures for /metrics that live in the store: parts by status, parts without a verdict."""
     latest = _latest_review()
-    with store.begin() as conn:
+    with store.read() as conn:
         by_status = dict(
             conn.execute(sa.select(results.c.status, sa.func.count()).group_by(results.c.status)).all()
         )

@@ -107,8 +107,10 @@ def _sqlite_engine(url: str, readonly: bool) -> sa.Engine:
     @sa.event.listens_for(engine, "begin")
     def _begin(connection):
         # IMMEDIATE takes the write lock up front: two processes cannot both read, then both try to write
-        # (which SQLite would answer with 'database is locked' instead of waiting).
-        connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+        # (which SQLite would answer with 'database is locked' instead of waiting). Transactions opened
+        # for reading only (``Store.read``) take no lock: in WAL mode they never wait for a writer.
+        reading = readonly or connection.get_execution_options().get("read_only", False)
+        connection.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
 
     return engine
 

@@ -103,6 +103,12 @@ class Store:
         # an SQLite store's folder: where its artifacts are when the folder was moved or copied elsewhere
         self.home = os.path.dirname(os.path.abspath(sqlite_path(url))) \
             if self.engine.dialect.name == "sqlite" else None
+        self._path, self._identity = None, None
+        if self.home is not None:
+            self._path = os.fsencode(os.path.abspath(sqlite_path(url)))
+            with contextlib.suppress(OSError):
+                st = os.stat(self._path)
+                self._identity = (st.st_dev, st.st_ino)
 
     def locate(self, out_dir: str, relative: str) -> str:
         """Absolute path of an artifact written under ``out_dir``; when that folder is gone (an audit
@@ -129,11 +135,44 @@ class Store:
     @contextlib.contextmanager
     def begin(self):
         """A transaction; database errors become one-line :class:`StoreError`."""
+        self.check_file()
         try:
             with self.engine.begin() as conn:
                 yield conn
         except sa.exc.SQLAlchemyError as e:
             raise StoreError(f"{display_url(self.url)}: {describe(e)}") from e
+
+    @contextlib.contextmanager
+    def read(self):
+        """A transaction that only reads: on SQLite it takes no write lock, so pages and health checks
+        never wait for a writer."""
+        self.check_file()
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(read_only=True)
+                with conn.begin():
+                    yield conn
+        except sa.exc.SQLAlchemyError as e:
+            raise StoreError(f"{display_url(self.url)}: {describe(e)}") from e
+
+    def writable_places(self) -> list[bytes]:
+        """What must stay writable for an SQLite store: its file and its folder (WAL and journal files)."""
+        if self._path is None:
+            return []
+        return [self._path, os.path.dirname(self._path)]
+
+    def check_file(self) -> None:
+        """An SQLite store's file must still be the one opened: a deleted or replaced file would take
+        writes that nobody can read back (open connections keep writing to the old, unlinked file)."""
+        if self._identity is None:
+            return
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != self._identity:
+            raise StoreError(f"{display_url(self.url)}: the store file was deleted or replaced since it was "
+                             "opened; nothing more is written to it: restart the program")
 
     # ----- runs -----------------------------------------------------------------------------------
     def start_run(self, *, kind: str, scope: str, settings_hash: str, model_sha256: str, config: dict,
