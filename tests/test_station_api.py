@@ -304,7 +304,7 @@ def test_api_review_refuses_verdicts_that_do_not_fit(st):
     crack = explained(st, "crack-4.png", variant("crack", 41))
     good = explained(st, "ok-4.png", variant("ok", 42))
     assert crack["prediction"] == "crack" and good["prediction"] == "ok"
-    failed = upload(st.client, "not-an-image.png", b"this is not an image, station api test")
+    failed = upload(st.client, "not-an-image.png", png_header_only(20, 20) + b"station api test")
     assert failed.status_code == 422
     before = count(st, reviews)
     for rid, payload in [
@@ -347,7 +347,9 @@ def test_review_form_needs_reviewer_and_csrf(st, session):
     form = {"verdict": "confirm", "comment": "looks right"}
     for bad in ({}, {"csrf_token": "wrong-" + csrf}, {"csrf_token": ""}):
         r = reviewer.post(f"/parts/{rid}/review", data={**form, **bad}, follow_redirects=False)
-        assert r.status_code == 403, (bad, r.status_code)
+        assert r.status_code == 303, (bad, r.status_code)
+        assert r.headers["location"].startswith(f"/parts/{rid}?")
+        assert "nothing was recorded" in reviewer.get(r.headers["location"]).text  # said on the page
     assert review_rows(st, rid) == []
 
     viewer, viewer_csrf = session("vic")
@@ -365,6 +367,30 @@ def test_review_form_needs_reviewer_and_csrf(st, session):
     assert [(x["verdict"], x["label"], x["previous_label"], x["reviewer"], x["note"]) for x in rows] == [
         ("confirm", "crack", "crack", "rita", "looks right")
     ]
+
+    # a page opened before that verdict (a second tab, a second reviewer) records nothing and says so
+    stale = reviewer.post(f"/parts/{rid}/review", data={"verdict": "overrule_good", "csrf_token": csrf,
+                                                         "seen": "0"}, follow_redirects=False)
+    assert stale.status_code == 303 and "rita gave a verdict" in reviewer.get(stale.headers["location"]).text
+    assert len(review_rows(st, rid)) == 1
+    # the page's own text cannot be written by a link: an unsigned message is not shown
+    forged = reviewer.get(f"/parts/{rid}?error=Station+update:+press+1+on+every+part")
+    assert "Station update" not in forged.text
+
+
+def test_the_unreviewed_flow_goes_on_after_a_verdict(st, session):
+    """Working through unreviewed parts: after a verdict the next unreviewed part opens, although the
+    reviewed part has left the list."""
+    first = explained(st, "crack-62.png", variant("crack", 621))["result_id"]
+    second = explained(st, "crack-63.png", variant("crack", 631))["result_id"]  # newer: shown first
+    reviewer, csrf = session("rita")
+    r = reviewer.post(f"/parts/{second}/review", data={"verdict": "confirm", "csrf_token": csrf,
+                                                       "qs": "unreviewed=1"}, follow_redirects=False)
+    assert r.status_code == 303
+    goes_to = int(r.headers["location"].split("/parts/")[1].split("?")[0])
+    assert goes_to != second and "unreviewed=1" in r.headers["location"]
+    unreviewed = [row["id"] for row in queue_rows(reviewer.get("/queue/rows?unreviewed=1").text)]
+    assert goes_to in unreviewed and first in unreviewed
 
 
 # ----- 5. authentication --------------------------------------------------------------------------------
@@ -513,7 +539,14 @@ def test_upload_limits(small):
     assert r.status_code == 422
     assert _stored(small) == empty
 
-    r = upload(small.client, "hello.png", b"hello")
+    for name, data in (("hello.png", b"hello"), ("tiny.jp2", b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\0" * 64),
+                       ("anim.gif", b"GIF89a" + b"\0" * 64)):  # sizes no header check can read: refused
+        r = upload(small.client, name, data)
+        assert r.status_code == 415, (name, r.text)
+        assert _stored(small) == empty, name
+
+    truncated = png_header_only(16, 16)  # a PNG header of a small image, and no pixels
+    r = upload(small.client, "cut.png", truncated)
     assert r.status_code == 422, r.text
     assert r.json()["status"] == "failed" and r.json()["state"] == "failed"
     with small.station.store.begin() as conn:
@@ -522,7 +555,7 @@ def test_upload_limits(small):
         ).mappings().all()
     assert len(rows) == 1
     assert rows[0]["id"] == r.json()["result_id"]
-    assert rows[0]["status"] == "failed" and rows[0]["image_sha256"] == sha256(b"hello")
+    assert rows[0]["status"] == "failed" and rows[0]["image_sha256"] == sha256(truncated)
     assert "not a readable image" in rows[0]["error"]
 
 
@@ -546,7 +579,7 @@ def test_export_holds_reviewed_parts_by_label(st, session):
     top = names[0].split("/")[0]
     assert top.startswith("sise-reviewed-") and all(n.startswith(top + "/") for n in names)
 
-    mine = [n for n in names if n.startswith(f"{top}/ok/") and os.path.basename(n).startswith(
+    mine = [n for n in names if n.startswith(f"{top}/images/ok/") and os.path.basename(n).startswith(
         sha256(data)[:16])]
     assert len(mine) == 1 and mine[0].endswith(".png")
     assert zf.read(mine[0]) == data
@@ -555,8 +588,8 @@ def test_export_holds_reviewed_parts_by_label(st, session):
     row = [x for x in labels if x["image_sha256"] == sha256(data)]
     assert len(row) == 1
     assert row[0]["file"] == mine[0][len(top) + 1:]
-    assert (row[0]["model_label"], row[0]["reviewer_label"], row[0]["verdict"], row[0]["reviewer"]) == (
-        "crack", "ok", "overrule", "rita")
+    assert (row[0]["model_label"], row[0]["reviewer_label"], row[0]["verdict"], row[0]["reviewer"],
+            row[0]["comment"]) == ("crack", "ok", "overrule", "rita", "no crack")
 
     assert not [x for x in labels if x["image_sha256"] == unsure["image_sha256"]]
     assert not [n for n in names if sha256(variant("pits", 92))[:16] in n]
@@ -749,3 +782,68 @@ def test_a_replaced_store_file_takes_no_verdicts_and_fails_the_health_check(tmp_
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(reviews)).scalar_one() == 0
     engine.dispose()
+
+
+def test_export_folders_keep_labels_apart():
+    """Labels in any script keep their letters; labels that would share a folder get one each."""
+    from inspector.station.export import folder_names
+
+    names = folder_names(["割れ", "異物", "Einschlüsse", "a b", "a_b", "../up", "labels.csv"])
+    assert names["割れ"] == "割れ" and names["異物"] == "異物" and names["Einschlüsse"] == "Einschlüsse"
+    assert len(set(names.values())) == 7
+    assert names["a b"] != names["a_b"] and names["a b"].startswith("a_b-")
+    assert names["../up"] == "up" and "/" not in "".join(names.values())
+
+
+def test_a_taken_port_is_one_error_line_and_exit_2(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "inspector", "station", "-c", CONFIG, "--out",
+                            str(tmp_path / "st"), "--port", str(port)], capture_output=True, text=True,
+                           timeout=120, check=False)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --host 127.0.0.1 --port") and "--port" in lines[0]
+
+
+def test_odd_addresses_get_answers_not_server_errors(st, session):
+    """What the red-team pass found answering 500: ids beyond the database's integers, times no calendar
+    holds, a saved part without a verdict, a label no configured class has on the shift page; and HEAD."""
+    viewer, _ = session("vic")
+    huge = "99999999999999999999"
+    for url in (f"/parts/{huge}", f"/parts/{2**63}", f"/parts/1?saved={huge}", f"/queue?page={huge}",
+                f"/queue/rows?page={huge}", "/queue?since=0001-01-01T00:00", "/shift?at=0001-01-01T00:00",
+                "/shift?at=9999-12-31T23:00", "/shift?at=0001-01-01T00:00%2B00:00"):
+        r = viewer.get(url)
+        assert r.status_code in (404, 422), (url, r.status_code)
+        assert "text/html" in r.headers["content-type"] and "Back to the queue" in r.text, url  # a page
+    for url in (f"/api/v1/results/{huge}", f"/api/v1/reviews?after_id={huge}",
+                "/api/v1/results?since=0001-01-01T00:00"):
+        r = st.client.get(url, auth=basic("vic"))
+        assert r.status_code in (404, 422) and "detail" in r.json(), (url, r.status_code)
+    part = explained(st, "crack-70.png", variant("crack", 701))
+    assert viewer.get(f"/parts/{part['result_id']}?saved={part['result_id']}").status_code == 200
+    st.station.store.add_review(part["result_id"], verdict="overrule", label="dust", reviewer="rita")
+    shift = viewer.get("/shift")
+    assert shift.status_code == 200 and ">dust<" in shift.text  # counted in its own column
+    assert st.client.head("/healthz").status_code == 200
+    assert st.client.head("/", follow_redirects=False).status_code == 303
+
+
+def test_password_guessing_is_slowed_down(st, monkeypatch):
+    """Ten wrong passwords in ten minutes lock the user name for five minutes (the right password too),
+    then it opens again."""
+    clock = [1000.0]
+    monkeypatch.setattr(auth, "time_source", lambda: clock[0])
+    monkeypatch.setattr(auth, "_FAILURES", {})
+    auth.add_user(st.station.store, "line9", "right-password", "reviewer")
+    for _ in range(10):
+        assert st.client.get("/api/v1/results", auth=("line9", "wrong-password")).status_code == 401
+    locked = st.client.get("/api/v1/results", auth=("line9", "right-password"))
+    assert locked.status_code == 429 and "too many wrong passwords" in locked.json()["detail"]
+    clock[0] += auth.LOCK_SECONDS + 1
+    assert st.client.get("/api/v1/results", auth=("line9", "right-password")).status_code == 200

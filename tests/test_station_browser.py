@@ -139,7 +139,9 @@ def test_an_operator_reviews_a_part_in_the_browser(station, tmp_path):
         for image in ("#original", "#overlay"):  # both pictures arrived and decoded
             assert page.locator(image).evaluate("e => e.complete && e.naturalWidth") == 128
         page.fill("#comment", "polishing mark, not a crack")
-        page.locator("#comment").blur()
+        page.keyboard.press("Enter")  # Enter in the comment records nothing: it hands the keys back
+        page.wait_for_timeout(300)
+        assert page.url.startswith(f"{base}/parts/{crack_id}") and page.locator(".saved").count() == 0
         page.screenshot(path=str(shots / "part.png"))  # what the operator sees, verdict bar included
         page.keyboard.press("2")
         page.wait_for_selector(".saved")
@@ -157,13 +159,15 @@ def test_an_operator_reviews_a_part_in_the_browser(station, tmp_path):
         page.wait_for_url(lambda url: f"/parts/{crack_id}" not in url)
         next_id = page.url.split("/parts/")[1].split("?")[0]
         page.keyboard.press("1")
+        page.keyboard.press("1")  # a double press sends one verdict
         page.wait_for_selector(".saved")
 
         # the API's page works offline: Swagger UI from the station itself, nothing from elsewhere
         asked = []
         page.on("request", lambda request: asked.append(request.url))
         page.goto(base + "/docs")
-        playwright.expect(page.locator(".opblock")).to_have_count(7, timeout=30_000)
+        playwright.expect(page.locator(".opblock").first).to_be_visible(timeout=30_000)
+        assert page.locator(".opblock").count() >= 7  # the line's API, health and metrics
         assert asked and all(url.startswith(base) for url in asked), asked
 
         page.goto(base + "/shift")

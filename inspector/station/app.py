@@ -21,11 +21,15 @@ from urllib.parse import quote, urlencode
 
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Path as FastPath
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import InspectorError
@@ -69,7 +73,10 @@ def current_user(request: Request) -> auth.User | None:
             name, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return None
-        return auth.check_password(store, name, password)
+        try:
+            return auth.check_password(store, name, password)
+        except auth.TooManyAttempts as e:
+            raise HTTPException(429, str(e)) from e
     return auth.session_user(store, request.cookies.get(COOKIE))
 
 
@@ -88,7 +95,9 @@ class PageUser:
     def __call__(self, request: Request) -> auth.User:
         user = current_user(request)
         if user is None:
-            raise LoginNeeded(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
+            if request.method == "GET":
+                raise LoginNeeded(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
+            raise LoginNeeded(_same_site_referer(request) or "/queue")  # a form's page, not its POST target
         if not user.may(self.role):
             raise HTTPException(403, f"this needs the {self.role} role; you are {user.role}")
         return user
@@ -117,7 +126,23 @@ Reviewer = Annotated[auth.User, Depends(PageUser("reviewer"))]
 Admin = Annotated[auth.User, Depends(PageUser("admin"))]
 ApiViewer = Annotated[auth.User, Depends(ApiUser("viewer"))]
 ApiReviewer = Annotated[auth.User, Depends(ApiUser("reviewer"))]
-Page = Annotated[int, Query(ge=0)]
+MAX_ID = 2**63 - 1  # the database's integer range: larger ids are no part, not a crash
+Page = Annotated[int, Query(ge=0, le=10**6)]
+PartId = Annotated[int, FastPath(ge=1, le=MAX_ID)]
+_MESSAGE_KEY = secrets.token_bytes(32)
+
+
+def signed(message: str) -> dict:
+    """Query parameters carrying a message the station wrote: pages show only messages whose signature
+    holds, so a link cannot put words of its own into the station's alert box."""
+    return {"error": message, "sig": hmac.new(_MESSAGE_KEY, message.encode(), "sha256").hexdigest()[:32]}
+
+
+def shown_message(request: Request) -> str | None:
+    message, sig = request.query_params.get("error"), request.query_params.get("sig", "")
+    if message and hmac.compare_digest(signed(message)["sig"], sig):
+        return message
+    return None
 
 
 def read_filters(
@@ -187,7 +212,8 @@ def create_app(station: Station) -> FastAPI:
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
-        response = await call_next(request)
+        refused = _refuse_body(request, station.settings.max_upload_bytes)
+        response = refused if refused is not None else await call_next(request)
         if not request.url.path.startswith("/docs"):
             response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
@@ -201,8 +227,29 @@ def create_app(station: Station) -> FastAPI:
         return RedirectResponse("/login?" + urlencode({"next": exc.path}), status_code=303)
 
     @app.exception_handler(StoreError)
-    async def store_down(_request: Request, exc: StoreError):
-        return JSONResponse({"detail": f"the results store failed: {exc}"}, status_code=503)
+    async def store_down(request: Request, exc: StoreError):
+        return error_page(request, 503, f"the results store failed: {exc}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return error_page(request, exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError):
+        if _is_api(request):
+            return JSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+        wrong = ", ".join(".".join(str(p) for p in e["loc"][1:]) for e in exc.errors())
+        return error_page(request, 422, f"this address has a value the station cannot use ({wrong})")
+
+    def error_page(request: Request, status: int, message: str, headers=None):
+        """JSON for the API; for the operator's pages, a page with the message and a way back."""
+        if _is_api(request):
+            return JSONResponse({"detail": message}, status_code=status, headers=headers)
+        context = {"user": None, "version": __version__, "status": status, "message": message}
+        response = templates.TemplateResponse(request, "error.html", context, status_code=status)
+        for key, value in (headers or {}).items():
+            response.headers[key] = value
+        return response
 
     def render(request: Request, name: str, user: auth.User | None, **context):
         context.update(
@@ -215,14 +262,16 @@ def create_app(station: Station) -> FastAPI:
         return templates.TemplateResponse(request, name, context)
 
     # ----- log-in ---------------------------------------------------------------------------------------
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def home():
         return RedirectResponse("/queue", status_code=303)
 
     @app.get("/login", include_in_schema=False)
-    def login_page(request: Request, next: str = "/queue", error: str | None = None):
+    def login_page(request: Request, next: str = "/queue"):
         token = secrets.token_urlsafe(24)
-        response = render(request, "login.html", None, next=_safe_next(next), token=token, error=error)
+        response = render(
+            request, "login.html", None, next=_safe_next(next), token=token, error=shown_message(request)
+        )
         response.set_cookie(
             LOGIN_COOKIE,
             token,
@@ -244,19 +293,24 @@ def create_app(station: Station) -> FastAPI:
         expected = request.cookies.get(LOGIN_COOKIE, "")
         if not expected or not hmac.compare_digest(token, expected):
             return RedirectResponse(
-                "/login?" + urlencode({"next": next, "error": "the form expired; try again"}), status_code=303
+                "/login?" + urlencode({"next": next, **signed("the form expired; try again")}),
+                status_code=303,
             )
-        user = auth.check_password(store, username, password)
+        try:
+            user = auth.check_password(store, username, password)
+        except auth.TooManyAttempts as e:
+            return RedirectResponse("/login?" + urlencode({"next": next, **signed(str(e))}), status_code=303)
         if user is None:
             return RedirectResponse(
-                "/login?" + urlencode({"next": next, "error": "wrong user name or password"}), status_code=303
+                "/login?" + urlencode({"next": next, **signed("wrong user name or password")}),
+                status_code=303,
             )
         response = RedirectResponse(_safe_next(next), status_code=303)
         response.set_cookie(
             COOKIE,
             auth.open_session(store, user),
             httponly=True,
-            samesite="strict",
+            samesite="lax",  # links from the line's other systems open the part; forms carry CSRF tokens
             secure=station.settings.secure_cookies,
             max_age=int(auth.SESSION_HOURS * 3600),
         )
@@ -310,13 +364,14 @@ def create_app(station: Station) -> FastAPI:
         f: QueueFilters,
         user: Viewer,
         request: Request,
-        result_id: int,
-        saved: int | None = None,
+        result_id: PartId,
+        saved: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     ):
         row = load_part(result_id)
         previous, following = queries.neighbours(store, result_id, f, station.good_classes)
         scores = _named_scores(row.get("scores"), station.classes)
         saved_part = queries.part(store, saved) if saved else None
+        saved_part = saved_part if saved_part and saved_part["history"] else None
         return render(
             request,
             "part.html",
@@ -330,30 +385,47 @@ def create_app(station: Station) -> FastAPI:
             saved=saved_part,
             part_name=_name(row["source_path"]),
             has_original=files.original_path(row) is not None,
-            error=request.query_params.get("error"),
+            error=shown_message(request),
+            seen=row["history"][-1]["id"] if row["history"] else 0,
         )
 
     @app.post("/parts/{result_id}/review", include_in_schema=False)
     def review_form(
         user: Reviewer,
         request: Request,
-        result_id: int,
+        result_id: PartId,
         verdict: Annotated[str, Form()],
         label: Annotated[str, Form()] = "",
         comment: Annotated[str, Form()] = "",
         csrf_token: Annotated[str, Form()] = "",
         qs: Annotated[str, Form()] = "",
+        seen: Annotated[int, Form(ge=0, le=MAX_ID)] = 0,
     ):
+        """A verdict from the part page. ``seen``: the newest verdict the page showed; when another was
+        given since (a second reviewer, a second tab), nothing is recorded and the page says so."""
+        back = f"/parts/{result_id}?"
         if not csrf_ok(request, user, csrf_token):
-            raise HTTPException(403, "missing or wrong CSRF token; reload the page")
+            message = (
+                "the page was out of date (logged in again elsewhere?); nothing was recorded: "
+                "give the verdict again"
+            )
+            return RedirectResponse(back + _qs(qs, **signed(message)), status_code=303)
         row = load_part(result_id)
+        newest = row["history"][-1] if row["history"] else None
+        if (newest["id"] if newest else 0) != seen:
+            message = (
+                f"{newest['reviewer']} gave a verdict ({newest['verdict']} -> "
+                f"{newest['label'] or 'inconclusive'}) while this page was open; nothing was recorded: "
+                "look again and give yours"
+            )
+            return RedirectResponse(back + _qs(qs, **signed(message)), status_code=303)
+        # the next part is found before the verdict: with "unreviewed", this part leaves the list
+        filters = read_filters(**_filter_args(qs))
+        _, following = queries.neighbours(store, result_id, filters, station.good_classes)
         try:
             record_verdict(row, verdict, label, comment, user)
         except VerdictError as e:
-            return RedirectResponse(f"/parts/{result_id}?{_qs(qs, error=str(e))}", status_code=303)
-        _, following = queries.neighbours(
-            store, result_id, read_filters(**_filter_args(qs)), station.good_classes
-        )
+            return RedirectResponse(back + _qs(qs, **signed(str(e))), status_code=303)
         goes_to = following if following is not None else result_id
         return RedirectResponse(f"/parts/{goes_to}?{_qs(qs, saved=result_id)}", status_code=303)
 
@@ -361,21 +433,24 @@ def create_app(station: Station) -> FastAPI:
         if row["status"] != "done":
             raise VerdictError(f"part {row['id']} has no explanation (it failed); nothing to review")
         stored, new_label = label_for(
-            verdict, row["prediction_name"], label or None, station.classes, station.good_classes
+            verdict, row["prediction_name"], label or None, station.class_names, station.good_classes
         )
         note = (comment or "").strip()[:2000] or None
         return store.add_review(row["id"], verdict=stored, label=new_label, reviewer=user.username, note=note)
 
     @app.get("/parts/{result_id}/original", include_in_schema=False)
-    def original(user: Viewer, result_id: int):
+    def original(user: Viewer, result_id: PartId):
         data = files.original_bytes(load_part(result_id))
         if data is None:
             raise HTTPException(404, "the original image is no longer where it was explained")
-        body, kind = files.for_browser(data, station.config.preprocess.max_pixels)
+        try:
+            body, kind = files.for_browser(data, station.config.preprocess.max_pixels)
+        except InspectorError as e:
+            raise HTTPException(415, f"the original image cannot be shown: {e}") from e
         return Response(body, media_type=kind, headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/parts/{result_id}/overlay-cut", include_in_schema=False)
-    def overlay_cut(user: Viewer, result_id: int):
+    def overlay_cut(user: Viewer, result_id: PartId):
         row = load_part(result_id)
         path = files.artifact_file(store, row, "overlay")
         data = files.original_bytes(row)
@@ -388,7 +463,7 @@ def create_app(station: Station) -> FastAPI:
         return Response(body, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/artifacts/{result_id}/{kind}", include_in_schema=False)
-    def artifact(user: Viewer, result_id: int, kind: str):
+    def artifact(user: Viewer, result_id: PartId, kind: str):
         path = files.artifact_file(store, load_part(result_id), kind)
         if path is None:
             raise HTTPException(404, f"part {result_id} has no {kind} file in its folder")
@@ -473,8 +548,10 @@ def create_app(station: Station) -> FastAPI:
         after_id: Annotated[
             int,
             Query(
+                ge=0,
+                le=MAX_ID,
                 description="with since: results finished exactly at since with a "
-                "larger id (use the response's next link)"
+                "larger id (use the response's next link)",
             ),
         ] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -492,14 +569,14 @@ def create_app(station: Station) -> FastAPI:
         return {"results": items, "next": following}
 
     @app.get("/api/v1/results/{result_id}", tags=["line"])
-    def api_result(user: ApiViewer, result_id: int):
+    def api_result(user: ApiViewer, result_id: PartId):
         row = load_part(result_id)
         body = _api_result(row, station.classes)
         body["history"] = [_api_review(h) for h in row["history"]]
         return body
 
     @app.post("/api/v1/results/{result_id}/review", status_code=201, tags=["line"])
-    def api_review(user: ApiReviewer, result_id: int, body: ReviewBody):
+    def api_review(user: ApiReviewer, result_id: PartId, body: ReviewBody):
         """Append a verdict (nothing is ever changed in place): ``confirm`` (the model's label),
         ``overrule_good`` (the first of good_classes), ``overrule`` (to ``label``), ``inconclusive``."""
         row = load_part(result_id)
@@ -510,7 +587,11 @@ def create_app(station: Station) -> FastAPI:
         return _api_review(review)
 
     @app.get("/api/v1/reviews", tags=["line"])
-    def api_reviews(user: ApiViewer, after_id: int = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100):
+    def api_reviews(
+        user: ApiViewer,
+        after_id: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ):
         """Verdicts in the order they were given, after ``after_id``."""
         return {
             "reviews": [
@@ -519,7 +600,7 @@ def create_app(station: Station) -> FastAPI:
             ]
         }
 
-    @app.get("/healthz", tags=["ops"])
+    @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["ops"])
     def healthz():
         """200 when the store answers and (with --watch) the folder is being watched; 503 otherwise."""
         problems = []
@@ -570,14 +651,56 @@ def _parse_local(text: str | None, name: str) -> datetime | None:
         return None
     try:
         value = datetime.fromisoformat(text)
-    except ValueError as e:
+        value = value.astimezone() if value.tzinfo is None else value
+        (value.astimezone(timezone.utc) + timedelta(days=2)) - timedelta(days=4)  # room for a shift around it
+    except (ValueError, OverflowError) as e:
         raise HTTPException(422, f"{name}={text!r}: not a time like 2026-11-27T06:00") from e
-    return value.astimezone() if value.tzinfo is None else value
+    return value
 
 
 def _parse_utc(text: str | None, name: str) -> datetime | None:
     value = _parse_local(text, name)
     return value.astimezone(timezone.utc) if value is not None else None
+
+
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith(("/api/", "/healthz", "/metrics", "/openapi.json"))
+
+
+FORM_BYTES = 64 * 1024  # the largest log-in or verdict form
+
+
+def _refuse_body(request: Request, max_upload: int) -> Response | None:
+    """Refuse a request body before any of it is read (no one fills the disk through an upload's
+    temporary file): uploads need a Content-Length within the limit and credentials; other POSTs are
+    small forms."""
+    if request.method not in ("POST", "PUT", "PATCH"):
+        return None
+    declared = request.headers.get("content-length")
+    upload = request.url.path == "/api/v1/explain"
+    if declared is None or not declared.isdigit():
+        if not upload and request.headers.get("transfer-encoding") is None:
+            return None  # no body at all
+        return JSONResponse({"detail": "send a Content-Length header"}, status_code=411)
+    limit = max_upload + FORM_BYTES if upload else FORM_BYTES
+    if int(declared) > limit:
+        return JSONResponse(
+            {"detail": f"a body of {declared} bytes is over the limit of {limit} bytes"}, status_code=413
+        )
+    if upload and "authorization" not in request.headers and COOKIE not in request.cookies:
+        return JSONResponse(
+            {"detail": "log in: HTTP Basic with a station user, or the session cookie"}, status_code=401
+        )
+    return None
+
+
+def _same_site_referer(request: Request) -> str | None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(request.headers.get("referer", ""))
+    if parts.netloc and parts.netloc == request.headers.get("host") and parts.path.startswith("/"):
+        return _safe_next(parts.path + (f"?{parts.query}" if parts.query else ""))
+    return None
 
 
 def _safe_next(target: str) -> str:
@@ -654,6 +777,9 @@ def _shift_figures(rows: list[dict], start: datetime, end: datetime, classes, go
     per_class = {c: 0 for c in classes}
     for r in done:
         per_class[r["prediction_name"]] = per_class.get(r["prediction_name"], 0) + 1
+    for r in reviewed:  # a label no configured class has (the classes changed, a shared store) still counts
+        if r["review_label"] is not None:
+            per_class.setdefault(r["review_label"], 0)
     labels = list(per_class) + ["inconclusive"]
     confusion = {m: {lab: 0 for lab in labels} for m in per_class}
     for r in reviewed:

@@ -102,6 +102,30 @@ def list_users(store: Store) -> list[dict]:
         ]
 
 
+class TooManyAttempts(InspectorError):
+    """Too many wrong passwords for one user name in a short time."""
+
+
+FAILURES_ALLOWED, FAILURE_WINDOW, LOCK_SECONDS = 10, 600.0, 300.0
+_FAILURES: dict[str, list[float]] = {}  # user name -> times of recent wrong passwords
+
+
+def _note_failure(username: str, now: float) -> None:
+    recent = [t for t in _FAILURES.get(username, []) if now - t < FAILURE_WINDOW]
+    _FAILURES[username] = [*recent, now]
+    if len(_FAILURES) > 10000:
+        _FAILURES.clear()
+
+
+def _check_not_locked(username: str, now: float) -> None:
+    recent = [t for t in _FAILURES.get(username, []) if now - t < FAILURE_WINDOW]
+    if len(recent) >= FAILURES_ALLOWED and now - recent[-1] < LOCK_SECONDS:
+        raise TooManyAttempts(
+            f"too many wrong passwords for {username}; try again in "
+            f"{int(LOCK_SECONDS - (now - recent[-1])) + 1} s"
+        )
+
+
 _VERIFIED: dict[str, float] = {}  # keyed HMACs of (user, password, stored hash) checked lately -> until
 _CACHE_KEY = secrets.token_bytes(32)  # never leaves this process
 VERIFIED_SECONDS = 300.0
@@ -113,19 +137,23 @@ def _verified_key(username: str, password: str, stored: str) -> str:
 
 
 def check_password(store: Store, username: str, password: str) -> User | None:
-    """The user, when the name and password are right and the user is not disabled. A line client
+    """The user, when the name and password are right and the user is not disabled (after ten wrong
+    passwords in ten minutes a user name is refused for five minutes: :class:`TooManyAttempts`). A line client
     sends HTTP Basic credentials with every call: a pair checked in the last five minutes is not run
     through scrypt again (35 ms); a changed password or a disabled user takes effect at once, since the
     stored hash and the disabled flag are read for every call."""
+    now = time_source()
+    _check_not_locked(username, now)
     with store.read() as conn:
         row = conn.execute(sa.select(users).where(users.c.username == username)).mappings().first()
     if row is None:
         verify_password(password, _DUMMY_HASH)
+        _note_failure(username, now)
         return None
     key = _verified_key(username, password, row["password_hash"])
-    now = time_source()
     if _VERIFIED.get(key, 0.0) < now:
         if not verify_password(password, row["password_hash"]):
+            _note_failure(username, now)
             return None
         if len(_VERIFIED) > 1000:
             _VERIFIED.clear()

@@ -42,8 +42,12 @@ def add_parser(sub, store_help: str) -> None:
     st.add_argument("--port", type=int, default=8600)
     st.add_argument("--shifts", default="06:00,14:00,22:00", help="shift start times, local clock")
     st.add_argument("--max-upload-mb", type=float, default=50.0, help="largest accepted upload (default 50)")
-    st.add_argument("--settle", type=float, default=2.0,
-                    help="with --watch: seconds a file must stay unchanged before use (default 2)")
+    st.add_argument(
+        "--settle",
+        type=float,
+        default=2.0,
+        help="with --watch: seconds a file must stay unchanged before use (default 2)",
+    )
     st.add_argument(
         "--secure-cookies",
         action="store_true",
@@ -144,6 +148,7 @@ def _serve(args) -> int:
         check_folders(
             os.path.abspath(args.watch), out, os.path.join(out, "done"), os.path.join(out, "failed")
         )
+    _check_port(args.host, args.port)
     station = Station(settings)
     from . import auth
 
@@ -159,8 +164,10 @@ def _serve(args) -> int:
             "reverse proxy in front and use --secure-cookies",
             file=sys.stderr,
         )
-    logging.getLogger("inspector.station").setLevel(logging.INFO)
-    logging.getLogger("inspector.station").addHandler(_stdout_handler())
+    station_log = logging.getLogger("inspector.station")
+    station_log.setLevel(logging.INFO)
+    station_log.addHandler(_stdout_handler())
+    station_log.propagate = False  # one line per event, not a second "warning:" copy from the root logger
     print(f"review station on http://{args.host}:{args.port}/ (store: {station.store!r})", flush=True)
     from ..stop import Stop
 
@@ -168,6 +175,18 @@ def _serve(args) -> int:
     uvicorn.run(create_app(station), host=args.host, port=args.port, log_level="warning")
     print(f"review station stopped{f' by {stop.signal_name}' if stop.signal_name else ''}", flush=True)
     return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail before loading anything when the address is taken (exit 2, as for any usage error)."""
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise InspectorError(f"--host {host} --port {port}: cannot listen there ({e.strerror}); "
+                             "another station running? choose another --port") from e
 
 
 def _stdout_handler() -> logging.Handler:

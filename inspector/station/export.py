@@ -1,11 +1,13 @@
-"""Reviewed parts as a dataset for retraining: one folder per label the reviewers gave (their newest
-verdict; inconclusive parts are left out) holding the original images, plus ``labels.csv`` with the image
-hash, source path, model label, reviewer label, reviewer and time. As a ZIP download (the station) or a
-folder (`inspector station export`), written so that a half export never looks like a whole one."""
+"""Reviewed parts as a dataset for retraining: ``images/<label>/`` per label the reviewers gave (their
+newest verdict; inconclusive parts are left out) holding the original images, plus ``labels.csv`` with the
+image hash, source path, model label, reviewer label, verdict, reviewer, time and comment. As a ZIP
+download (the station) or a folder (`inspector station export`), written so that a half export never looks
+like a whole one."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import re
@@ -19,54 +21,43 @@ from ..store import Store, display_path
 from . import queries
 from .files import original_bytes
 
-CSV_FIELDS = (
-    "file",
-    "image_sha256",
-    "source_path",
-    "model_label",
-    "reviewer_label",
-    "verdict",
-    "reviewer",
-    "reviewed_at",
-    "note",
-)
+CSV_FIELDS = ("file", "image_sha256", "source_path", "model_label", "reviewer_label", "verdict", "reviewer",
+              "reviewed_at", "comment", "note")
 
 
-def _folder_name(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "label"
+MISSING = "original image not found (moved or deleted); not in the dataset"
+
+
+def folder_names(labels) -> dict[str, str]:
+    """A folder name per label: its letters and digits in any script (``割れ``, ``Einschlüsse``), other
+    characters as ``_``; labels that would share a name (``a b``, ``a_b``) each get a hash of the label."""
+    plain = {label: re.sub(r"[^\w.-]+", "_", label).strip("._") or "label" for label in labels}
+    counts: dict[str, int] = {}
+    for name in plain.values():
+        counts[name] = counts.get(name, 0) + 1
+    return {label: name if counts[name] == 1 else f"{name}-{hashlib.sha256(label.encode()).hexdigest()[:8]}"
+            for label, name in plain.items()}
 
 
 def entries(store: Store) -> Iterator[tuple[str | None, bytes | None, dict]]:
     """(file name in the dataset or None, its bytes, its CSV row) per reviewed part."""
-    for row in queries.reviewed_parts(store):
-        data = original_bytes(queries.part(store, row["id"]))
-        name = os.path.basename(row["source_path"])
-        stem, ext = os.path.splitext(name)
-        arcname = (
-            (
-                f"{_folder_name(row['review_label'])}/{row['image_sha256'][:16]}_"
-                f"{re.sub(r'[^A-Za-z0-9._-]+', '_', stem)[:48]}{ext.lower()}"
-            )
-            if data is not None
-            else None
-        )
-        yield (
-            arcname,
-            data,
-            {
-                "file": arcname or "",
-                "image_sha256": row["image_sha256"],
-                "source_path": display_path(row["source_path"]),
-                "model_label": row["prediction_name"],
-                "reviewer_label": row["review_label"],
-                "verdict": row["verdict"],
-                "reviewer": row["reviewer"],
-                "reviewed_at": row["created_at"].isoformat(),
-                "note": ""
-                if data is not None
-                else "original image not found (moved or deleted); not in the dataset",
-            },
-        )
+    rows = queries.reviewed_parts(store)
+    folders = folder_names({row["review_label"] for row in rows})
+    for row in rows:
+        part = queries.part(store, row["id"])
+        data = original_bytes(part)
+        stem, ext = os.path.splitext(os.path.basename(row["source_path"]))
+        arcname = None
+        if data is not None:
+            arcname = (f"images/{folders[row['review_label']]}/{row['image_sha256'][:16]}_"
+                       f"{re.sub(r'[^A-Za-z0-9._-]+', '_', stem)[:48]}{ext.lower()}")
+        yield arcname, data, {
+            "file": arcname or "", "image_sha256": row["image_sha256"],
+            "source_path": display_path(row["source_path"]), "model_label": row["prediction_name"],
+            "reviewer_label": row["review_label"], "verdict": row["verdict"], "reviewer": row["reviewer"],
+            "reviewed_at": row["created_at"].isoformat(), "comment": part["history"][-1]["note"] or "",
+            "note": "" if data is not None else MISSING,
+        }
 
 
 def _csv(rows: list[dict]) -> bytes:

@@ -94,8 +94,8 @@ def _queue_select(f: Filters, good_classes):
         query = query.where(results.c.prediction_name == f.cls)
     if f.flagged:
         query = query.where(results.c.flagged.is_(True))
-    if f.unreviewed:
-        query = query.where(latest.c.verdict.is_(None))
+    if f.unreviewed:  # failed parts have nothing to review
+        query = query.where(latest.c.verdict.is_(None), results.c.status == "done")
     if f.since:
         query = query.where(results.c.finished_at >= f.since)
     if f.until:

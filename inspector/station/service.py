@@ -101,6 +101,11 @@ class Station:
         return list(self.config.classes or [])
 
     @property
+    def class_names(self) -> list[str]:
+        """What a part can be labelled: the config's class names, or the class indices as text."""
+        return self.classes or [str(i) for i in range(self.insp.contract.num_classes)]
+
+    @property
     def good_classes(self) -> list[str]:
         return list(self.config.good_classes)
 
@@ -168,6 +173,12 @@ class Station:
         if not data:
             raise UploadRefused("the upload is empty", 422)
         size = image_size(data)
+        if size is None:  # other formats (JPEG 2000, GIF, ...) could hide a huge image behind a few bytes
+            raise UploadRefused(
+                "not a PNG, JPEG, BMP, TIFF, WebP or PNM image with a readable header (the "
+                "formats whose size is checked before decoding)",
+                415,
+            )
         max_pixels = self.config.preprocess.max_pixels
         if size is not None and size[0] * size[1] > max_pixels:
             raise UploadRefused(

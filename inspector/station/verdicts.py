@@ -35,7 +35,7 @@ def label_for(
         return stored, good_classes[0]
     if not label:
         raise VerdictError("overrule: choose the class the part really is")
-    if classes and label not in classes:
+    if label not in classes:
         raise VerdictError(f"label {label!r} is not a class; known: {', '.join(classes)}")
     if label == prediction:
         raise VerdictError(f"the part is already predicted {label}: confirm it instead")

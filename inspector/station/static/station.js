@@ -33,6 +33,11 @@ function setupQueue() {
   async function refresh() {
     try {
       const response = await fetch(table.dataset.rowsUrl, {headers: {"Accept": "text/html"}});
+      if (response.redirected && response.url.includes("/login")) {
+        live.innerHTML = 'logged out: <a href="/login?next=/queue">log in again</a>';
+        live.classList.add("stale");
+        return;
+      }
       if (response.redirected || !response.ok) throw new Error(response.status);
       const html = await response.text();
       if (html !== body.dataset.last) {
@@ -74,15 +79,27 @@ function setupPart() {
   const layersButton = document.getElementById("layers-button");
   if (layersButton) layersButton.addEventListener("click", showLayers);
   const label = document.getElementById("label");
+  const form = document.getElementById("review");
+  const comment = document.getElementById("comment");
+  const verdictKeys = {};
+  document.querySelectorAll("button[data-key]").forEach(b => { verdictKeys[b.dataset.key] = b; });
+  let sent = false;  // one verdict per page: a second key press (or a double click) sends nothing
+  if (form) form.addEventListener("submit", e => {
+    if (sent) { e.preventDefault(); return; }
+    sent = true;
+  });
+  if (comment) comment.addEventListener("keydown", e => {
+    if (e.key === "Enter" || e.key === "Escape") { e.preventDefault(); comment.blur(); }  // back to the keys
+  });
   document.addEventListener("keydown", e => {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
     if (e.target === label && (e.key === "Enter" || e.key === "3")) {
       e.preventDefault();
-      document.querySelector("button[data-key='3']").click();
+      if (verdictKeys["3"]) verdictKeys["3"].click();
       return;
     }
     if (typing(e) || e.target === label) return;
-    const button = document.querySelector(`button[data-key='${e.key}']`);
+    const button = verdictKeys[e.key];
     if (e.key === "3" && label) { e.preventDefault(); label.focus(); return; }  // choose the class, then 3 or Enter
     if (button) { e.preventDefault(); button.click(); return; }
     if (e.key === "j") go("next");
