@@ -58,6 +58,24 @@ def _latest_review():
     )
 
 
+def _parts(*columns):
+    """(SELECT of the given result columns plus the newest verdict, for parts that are done or failed;
+    the newest-verdict subquery, to filter on)."""
+    latest = _latest_review()
+    query = (
+        sa.select(
+            *columns,
+            latest.c.verdict,
+            latest.c.label.label("review_label"),
+            latest.c.reviewer,
+            latest.c.created_at.label("reviewed_at"),
+        )
+        .select_from(results.outerjoin(latest, latest.c.result_id == results.c.id))
+        .where(results.c.status.in_(SHOWN))
+    )
+    return query, latest
+
+
 def _category(good_classes):
     """0 for a part to look at (predicted not good, or failed), 1 for a good part."""
     if not good_classes:
@@ -68,27 +86,18 @@ def _category(good_classes):
 
 
 def _queue_select(f: Filters, good_classes):
-    latest = _latest_review()
     category = _category(good_classes).label("category")
-    query = (
-        sa.select(
-            results.c.id,
-            results.c.status,
-            results.c.source_path,
-            results.c.prediction_name,
-            results.c.confidence,
-            results.c.flagged,
-            results.c.region_count,
-            results.c.error,
-            results.c.finished_at,
-            category,
-            latest.c.verdict,
-            latest.c.label.label("review_label"),
-            latest.c.reviewer,
-            latest.c.created_at.label("reviewed_at"),
-        )
-        .select_from(results.outerjoin(latest, latest.c.result_id == results.c.id))
-        .where(results.c.status.in_(SHOWN))
+    query, latest = _parts(
+        results.c.id,
+        results.c.status,
+        results.c.source_path,
+        results.c.prediction_name,
+        results.c.confidence,
+        results.c.flagged,
+        results.c.region_count,
+        results.c.error,
+        results.c.finished_at,
+        category,
     )
     if f.cls:
         query = query.where(results.c.prediction_name == f.cls)
@@ -188,27 +197,19 @@ def part(store: Store, result_id: int) -> dict | None:
 
 def results_since(store: Store, since: datetime | None, after_id: int, limit: int) -> list[dict]:
     """Finished results in (finished_at, id) order after the cursor, each with its newest verdict."""
-    latest = _latest_review()
-    query = (
-        sa.select(
-            results.c.id,
-            results.c.image_sha256,
-            results.c.status,
-            results.c.source_path,
-            results.c.prediction_name,
-            results.c.confidence,
-            results.c.scores,
-            results.c.regions,
-            results.c.flagged,
-            results.c.roi_inside,
-            results.c.error,
-            results.c.finished_at,
-            latest.c.verdict,
-            latest.c.label.label("review_label"),
-            latest.c.reviewer,
-        )
-        .select_from(results.outerjoin(latest, latest.c.result_id == results.c.id))
-        .where(results.c.status.in_(SHOWN))
+    query, _ = _parts(
+        results.c.id,
+        results.c.image_sha256,
+        results.c.status,
+        results.c.source_path,
+        results.c.prediction_name,
+        results.c.confidence,
+        results.c.scores,
+        results.c.regions,
+        results.c.flagged,
+        results.c.roi_inside,
+        results.c.error,
+        results.c.finished_at,
     )
     if since is not None:
         query = query.where(
@@ -241,19 +242,8 @@ def reviews_after(store: Store, after_id: int, limit: int) -> list[dict]:
 
 def shift_rows(store: Store, start: datetime, end: datetime) -> list[dict]:
     """Every part finished in [start, end) with its newest verdict."""
-    latest = _latest_review()
-    query = (
-        sa.select(
-            results.c.id,
-            results.c.status,
-            results.c.prediction_name,
-            results.c.finished_at,
-            latest.c.verdict,
-            latest.c.label.label("review_label"),
-        )
-        .select_from(results.outerjoin(latest, latest.c.result_id == results.c.id))
-        .where(results.c.status.in_(SHOWN), results.c.finished_at >= start, results.c.finished_at < end)
-    )
+    query, _ = _parts(results.c.id, results.c.status, results.c.prediction_name, results.c.finished_at)
+    query = query.where(results.c.finished_at >= start, results.c.finished_at < end)
     with store.read() as conn:
         return [_with_utc(r) for r in conn.execute(query).mappings()]
 
