@@ -63,8 +63,9 @@ class Inspector:
             raise ConfigError(f"classes: {len(config.classes)} names for a model with "
                               f"{c.num_classes} classes")
         if isinstance(c.input_shape[0], int) and c.input_shape[0] == 1 and self.method.chunk_size > 1:
-            log.warning("model %s has a fixed batch of 1: masks are scored one at a time (slow); re-export "
-                        "it with a dynamic batch dimension", self.model.path)
+            log.warning("model %s has a fixed batch of 1: masks are scored one at a time (slow); export the "
+                        "original with `python -m onnx_tools export` (it frees the batch when that is shown "
+                        "safe, and says why not otherwise)", self.model.path)
             self.method = dataclasses.replace(self.method, chunk_size=1)
         self.roi = load_roi(config.roi.mask) if config.roi is not None else None
         self.sessions = EngineSessions(self.model.explain_bytes, self.model.sampler_bytes,

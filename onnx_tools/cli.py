@@ -57,6 +57,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default=None, help="class-score output name when the model has several")
     p.add_argument("--layout", default=None, choices=("NCHW", "NHWC"),
                    help="the image input's layout (default: found from the graph)")
+    p.add_argument("--keep-batch", action="store_true",
+                   help="keep a fixed batch of 1 (by default it is freed when outputs show that is safe)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_export(args) -> int:
     result = export_file(args.model, args.out, blocks=args.blocks, score=args.score,
-                         input_shape=args.input_shape, output=args.output, layout=args.layout)
+                         input_shape=args.input_shape, output=args.output, layout=args.layout,
+                         keep_batch=args.keep_batch)
     c = result.contract
     print(f"wrote {args.out} in {result.seconds:.2f} s: {len(c.blocks)} blocks, "
           f"{sum(b.channels for b in c.blocks)} feature maps, score={c.score}, {c.num_classes} classes")
@@ -129,7 +132,7 @@ def cmd_example(args) -> int:
     out = os.path.join(args.out, "resnet50.sise.onnx")
     print(f"example: {src} (ResNet-50 graph, constant weights, ends in Softmax -> --score identity)")
     args = argparse.Namespace(model=src, out=out, blocks="auto", score="identity", input_shape=None,
-                              output=None, layout=None)
+                              output=None, layout=None, keep_batch=False)
     return cmd_export(args)
 
 

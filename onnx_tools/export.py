@@ -29,6 +29,7 @@ from .graph import (
 )
 from .model_io import LAYOUTS, ModelIO, analysis_copy, detect_layout, find_class_output, fix_input_shape
 from .passes import AddGradients, ExportState, ExposeBlocks, PassManager
+from .rebatch import rebatch
 from .scores import score_op
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def _spatial(dims, layout: str) -> tuple[int, int] | None:
 
 def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", score: str = "softmax",
                  input_shape: tuple[int, ...] | None = None, output: str | None = None,
-                 layout: str | None = None, check: bool = True) -> ExportResult:
+                 layout: str | None = None, keep_batch: bool = False, check: bool = True) -> ExportResult:
     """Return a rewritten copy of ``model`` carrying block activations, gradients and the contract.
 
     Args:
@@ -100,6 +101,8 @@ def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", sc
         input_shape: the image input's dims, required when its spatial dims are dynamic.
         output: name of the class output when the model has several candidates.
         layout: "NCHW" or "NHWC" of the image input; None: found from the graph.
+        keep_batch: keep a fixed batch of 1 (by default it is freed when that is shown safe, see
+            :mod:`onnx_tools.rebatch`).
         check: run ``onnx.checker`` with full shape checking on the result.
     """
     start = time.perf_counter()
@@ -110,6 +113,11 @@ def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", sc
     unknown = unknown_dims_as_symbols(model)
     if unknown:
         log.info("dims written as -1 or 0 read as dynamic: %s", ", ".join(unknown))
+    if not keep_batch:
+        model = fix_input_shape(model, input_shape)
+        freed = rebatch(model)
+        model = freed.model
+        (log.info if freed.changed or "free already" in freed.note else log.warning)("%s", freed.note)
     a = analyse(model, blocks=blocks, input_shape=input_shape, output=output, layout=layout)
     out = a.model  # already a copy (fix_input_shape deep-copies)
     producer = a.index.producer.get(a.io.output_name)

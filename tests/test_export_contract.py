@@ -303,3 +303,59 @@ def test_a_sound_model_loads_without_gradient_warnings(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="inspector.engine"):
         insp = Inspector.from_options(model=str(path), runtime=CPU, export={"score": "logit"})
     assert insp.gradient_problems() == [] and not [r for r in caplog.records if r.name == "inspector.engine"]
+
+
+def _batch_one_model(x_batch=1, mix_batch=False):
+    """Conv -> Relu -> GAP -> Reshape to a constant [1, 4] -> MatMul: a batch of one written into the graph
+    (``x_batch`` 1: declared too; "N": declared dynamic but baked in). ``mix_batch``: the features are
+    centred over the batch, so images influence each other."""
+    rng = np.random.default_rng(11)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal((4, 2)).astype(np.float32), "fc"),
+             numpy_helper.from_array(np.array([1, 4], np.int64), "flat")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Reshape", ["p", "flat"], ["f"], name="flatten_to_1x4")]
+    if mix_batch:
+        nodes += [helper.make_node("ReduceMean", ["f"], ["m"], axes=[0], keepdims=1),
+                  helper.make_node("Sub", ["f", "m"], ["f2"]), helper.make_node("Add", ["f2", "f"], ["f3"])]
+    nodes.append(helper.make_node("MatMul", ["f3" if mix_batch else "f", "fc"], ["y"]))
+    model = _graph(nodes, [_image(shape=(x_batch, 3, 8, 8))],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [x_batch, 2])], inits)
+    return model
+
+
+@pytest.mark.parametrize("x_batch", [1, "N"])
+def test_a_batch_of_one_is_freed_when_that_is_safe(tmp_path, x_batch):
+    """A fixed batch of 1 (declared, or baked into a Reshape of a 'dynamic' model) is freed: the export
+    takes any batch and gives each image what the original gives it alone; the engine then scores many
+    masks per run."""
+    model = _batch_one_model(x_batch)
+    result = export_model(model, score="logit")
+    assert result.contract.input_shape[0] == "N"
+    x = np.random.default_rng(12).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    together = run_model(result.model, {"x": x, "sise_target": np.eye(2, dtype=np.float32)[[0, 1, 0]]})["y"]
+    for k in range(3):
+        np.testing.assert_allclose(together[k:k + 1], run_model(model, {"x": x[k:k + 1]})["y"], rtol=1e-5)
+    onnx.save(model, tmp_path / "batch_one.onnx")
+    raw_pixels = {"scale": 1.0, "mean": [0.0], "std": [1.0]}
+    insp = Inspector.from_options(model=str(tmp_path / "batch_one.onnx"), runtime=CPU,
+                                  export={"score": "logit"}, preprocess=raw_pixels)
+    assert insp.method.chunk_size > 1
+    assert np.isfinite(insp.explain(np.zeros((8, 8, 3), np.uint8)).saliency).all()
+    kept = export_model(model, score="logit", keep_batch=True)  # --keep-batch
+    assert kept.contract.input_shape[0] == x_batch
+
+
+def test_a_batch_of_one_stays_when_images_would_mix():
+    """A model whose images influence each other at a batch of several keeps its batch of 1, and the note
+    says why (the export logs it as a warning)."""
+    from onnx_tools.rebatch import rebatch
+
+    model = _batch_one_model(1, mix_batch=True)
+    kept = rebatch(model)
+    assert not kept.changed and kept.model is model
+    assert kept.note.startswith("the batch stays fixed") and "differ" in kept.note
+    freed = rebatch(_batch_one_model(1))
+    assert freed.changed and "Reshape 'flatten_to_1x4' target [1, 4]" in freed.note
