@@ -19,6 +19,10 @@ class ImageError(InspectorError):
     """An image cannot be read or does not fit the model (size, channels, bit depth)."""
 
 
+class ModelRunError(InspectorError):
+    """onnxruntime failed while running the model for one image (the image's failure, with the cause)."""
+
+
 class TargetError(InspectorError):
     """The requested target class does not exist."""
 

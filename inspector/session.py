@@ -17,7 +17,7 @@ import onnxruntime as ort
 from onnx_tools import IMAGE, MASKS, SCORES, TARGET
 
 from .config import RuntimeConfig
-from .errors import ConfigError
+from .errors import ConfigError, ModelRunError
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,8 @@ class EngineSessions:
         for start in range(0, len(masks), chunk):
             feeds = {IMAGE: image, MASKS: np.ascontiguousarray(masks[start:start + chunk], np.float32),
                      TARGET: target}
-            out.append(self._scorer.run([SCORES], feeds)[0])
+            with _named_failure("the mask scorer", len(feeds[MASKS])):
+                out.append(self._scorer.run([SCORES], feeds)[0])
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def run_explain(self, image: np.ndarray, target: np.ndarray, *, input_name: str, target_name: str,
@@ -159,7 +160,8 @@ class EngineSessions:
             binding.bind_output(b.act_output, self.device)
             binding.bind_output(b.grad_output, "cpu")
             binding.bind_output(b.range_output, "cpu")
-        self.explain.run_with_iobinding(binding)
+        with _named_failure("the explain model", len(image)):
+            self.explain.run_with_iobinding(binding)
         values = dict(zip([output_name]
                           + [n for b in blocks for n in (b.act_output, b.grad_output, b.range_output)],
                           binding.get_outputs()))
@@ -182,8 +184,25 @@ class EngineSessions:
             binding.bind_cpu_input(name, value)
         for name in outputs:
             binding.bind_output(name, "cpu")
-        self.sampler.run_with_iobinding(binding)
+        with _named_failure("the sampler", None):
+            self.sampler.run_with_iobinding(binding)
         return [v.numpy() for v in binding.get_outputs()]
+
+
+@contextlib.contextmanager
+def _named_failure(what: str, batch: int | None):
+    """An onnxruntime failure during a run becomes one :class:`ModelRunError` naming the graph, the batch
+    and the way out (a model whose batch is baked in fails only at a batch of several)."""
+    try:
+        yield
+    except Exception as e:
+        if not type(e).__module__.startswith("onnxruntime"):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = (" at a batch of several: export the original model again with `python -m onnx_tools export`, "
+                "which frees a baked-in batch when that is safe, or set method.chunk_size: 1"
+                if batch is None or batch > 1 else "")
+        raise ModelRunError(f"onnxruntime failed running {what}{hint} ({first[:300]})") from e
 
 
 def runtime_versions() -> dict:

@@ -359,3 +359,18 @@ def test_a_batch_of_one_stays_when_images_would_mix():
     assert kept.note.startswith("the batch stays fixed") and "differ" in kept.note
     freed = rebatch(_batch_one_model(1))
     assert freed.changed and "Reshape 'flatten_to_1x4' target [1, 4]" in freed.note
+
+
+def test_a_model_that_fails_at_a_batch_of_several_is_one_clear_error(tmp_path):
+    """A 'dynamic' batch baked into a Reshape, exported with --keep-batch: onnxruntime fails when the
+    engine scores masks in chunks (RISE: 16 per run). explain() raises one ModelRunError naming the way
+    out (the record path keeps any explain() error as that image's failure)."""
+    from inspector.errors import ModelRunError
+
+    kept = export_model(_batch_one_model("N"), score="logit", keep_batch=True)
+    onnx.save(kept.model, tmp_path / "baked.sise.onnx")
+    insp = Inspector.from_options(model=str(tmp_path / "baked.sise.onnx"), runtime=CPU,
+                                  preprocess={"scale": 1.0, "mean": [0.0], "std": [1.0]},
+                                  method={"name": "rise", "rise": {"masks": 16, "grid": 2}})  # 16 per run
+    with pytest.raises(ModelRunError, match=r"at a batch of several: export the original model again"):
+        insp.explain(np.zeros((8, 8, 3), np.uint8))
