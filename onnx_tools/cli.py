@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     ins = sub.add_parser("inspect", help="print discovered blocks and the ops on the gradient path")
     ins.add_argument("model")
     _common(ins)
+    sub.add_parser("ops", help="print every ONNX operator and whether the export differentiates it "
+                               "(docs/operators.md)")
     demo = sub.add_parser("example", help="export the ResNet-50 graph bundled with the onnx package and "
                                           "print what was done")
     demo.add_argument("-o", "--out", default="sise-example", help="output folder (default ./sise-example)")
@@ -123,6 +125,13 @@ def cmd_inspect(args) -> int:
     return 1 if missing else 0
 
 
+def cmd_ops(args) -> int:
+    from .op_support import markdown
+
+    print(markdown(), end="")
+    return 0
+
+
 def cmd_example(args) -> int:
     import onnx  # the bundled example ships inside the onnx wheel
 
@@ -152,7 +161,8 @@ def _message(e: Exception) -> str:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     args = build_parser().parse_args(argv)
-    handler = {"export": cmd_export, "inspect": cmd_inspect, "example": cmd_example}[args.command]
+    handlers = {"export": cmd_export, "inspect": cmd_inspect, "example": cmd_example, "ops": cmd_ops}
+    handler = handlers[args.command]
     try:
         return handler(args)
     except Exception as e:

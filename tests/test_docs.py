@@ -49,3 +49,22 @@ def test_the_readme_keeps_the_commands_ci_runs():
     for marker in ("<!-- ci:setup -->", "<!-- ci:test -->"):
         after = text.split(marker, 1)[1].lstrip()
         assert after.startswith("```bash\n") and ".venv/bin/" in after.split("\n")[1], marker
+
+
+def test_the_operator_table_says_what_the_export_does():
+    """docs/operators.md is `python -m onnx_tools ops`: every operator row there says what the code says
+    for it (rows are compared op by op, so another onnx version with more operators does not matter), and
+    every op with a gradient builder is in it as differentiated."""
+    from onnx_tools.gradients.registry import supported_ops
+    from onnx_tools.op_support import status_table
+
+    with open(os.path.join(ROOT, "docs", "operators.md"), encoding="utf-8") as f:
+        documented = {}
+        for line in f:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) == 3 and cells[0] not in ("operator", "---"):
+                documented[cells[0]] = (cells[1], cells[2])
+    now = {op: (status, note) for op, status, note in status_table()}
+    for op in documented.keys() & now.keys():
+        assert documented[op] == now[op], f"{op}: run python -m onnx_tools ops > docs/operators.md"
+    assert all(documented.get(op, ("",))[0] == "differentiated" for op in supported_ops())

@@ -142,3 +142,92 @@ def hard_swish(ctx: VjpContext) -> list:
     upper = e.op("Where", [e.op("Greater", [ctx.x, ctx.scalar(3.0)]), ctx.scalar(1.0), middle])
     slope = e.op("Where", [e.op("Less", [ctx.x, ctx.scalar(-3.0)]), ctx.scalar(0.0), upper])
     return [e.op("Mul", [ctx.g, slope])]
+
+
+@register("Abs")
+def abs_(ctx: VjpContext) -> list:
+    return [ctx.emit.op("Mul", [ctx.g, ctx.emit.op("Sign", [ctx.x])])]
+
+
+@register("Exp")
+def exp(ctx: VjpContext) -> list:
+    return [ctx.emit.op("Mul", [ctx.g, ctx.y])]
+
+
+@register("Log")
+def log_(ctx: VjpContext) -> list:
+    return [ctx.emit.op("Div", [ctx.g, ctx.x])]
+
+
+@register("Sqrt")
+def sqrt(ctx: VjpContext) -> list:
+    """dy/dx = 1 / (2 y)."""
+    e = ctx.emit
+    return [e.op("Div", [ctx.g, e.op("Mul", [ctx.y, ctx.scalar(2.0)])])]
+
+
+@register("Pow")
+def pow_(ctx: VjpContext) -> list:
+    """x ** p with a constant exponent p: dy/dx = p x ** (p - 1)."""
+    if ctx.needs[1]:
+        raise UnsupportedVariant("its exponent depends on the image; only constant exponents are supported")
+    e = ctx.emit
+    exponent = e.op("Cast", [ctx.node.input[1]], to=ctx.index.info[ctx.x].elem_type)
+    slope = e.op("Mul", [exponent, e.op("Pow", [ctx.x, e.op("Sub", [exponent, ctx.scalar(1.0)])])])
+    return [ctx.unbroadcast(e.op("Mul", [ctx.g, slope]), ctx.x), None]
+
+
+@register("Softplus")
+def softplus(ctx: VjpContext) -> list:
+    e = ctx.emit
+    return [e.op("Mul", [ctx.g, e.op("Sigmoid", [ctx.x])])]
+
+
+@register("Elu", "Selu")
+def elu(ctx: VjpContext) -> list:
+    """Elu: y = x (x > 0), alpha (e^x - 1) else; Selu: the same times gamma (alpha, gamma per op)."""
+    selu = ctx.node.op_type == "Selu"
+    alpha = ctx.attr("alpha", 1.6732632423543772 if selu else 1.0)
+    gamma = ctx.attr("gamma", 1.0507009873554805) if selu else 1.0
+    e = ctx.emit
+    below = e.op("Mul", [e.op("Exp", [ctx.x]), ctx.scalar(alpha * gamma)])
+    slope = e.op("Where", [e.op("Greater", [ctx.x, ctx.scalar(0.0)]), ctx.scalar(gamma), below])
+    return [e.op("Mul", [ctx.g, slope])]
+
+
+@register("Mish")
+def mish(ctx: VjpContext) -> list:
+    """y = x tanh(softplus(x)): dy/dx = tanh(sp) + x sigmoid(x) (1 - tanh(sp)^2)."""
+    e = ctx.emit
+    t = e.op("Tanh", [e.op("Softplus", [ctx.x])])
+    one_minus = e.op("Sub", [ctx.scalar(1.0), e.op("Mul", [t, t])])
+    slope = e.op("Add", [t, e.op("Mul", [e.op("Mul", [ctx.x, e.op("Sigmoid", [ctx.x])]), one_minus])])
+    return [e.op("Mul", [ctx.g, slope])]
+
+
+@register("Gelu")
+def gelu(ctx: VjpContext) -> list:
+    """Exact (erf) form: dy/dx = Phi(x) + x phi(x); ``approximate='tanh'`` is refused."""
+    if ctx.attr("approximate", "none") not in ("none", b"none"):
+        raise UnsupportedVariant("approximate='tanh' is not supported (only the exact erf form)")
+    e = ctx.emit
+    cdf = e.op("Mul", [e.op("Add", [e.op("Erf", [e.op("Mul", [ctx.x, ctx.scalar(1 / math.sqrt(2.0))])]),
+                                    ctx.scalar(1.0)]), ctx.scalar(0.5)])
+    pdf = e.op("Mul", [e.op("Exp", [e.op("Mul", [e.op("Mul", [ctx.x, ctx.x]), ctx.scalar(-0.5)])]),
+                       ctx.scalar(1 / math.sqrt(2 * math.pi))])
+    return [e.op("Mul", [ctx.g, e.op("Add", [cdf, e.op("Mul", [ctx.x, pdf])])])]
+
+
+@register("Max", "Min")
+def max_min(ctx: VjpContext) -> list:
+    """The gradient goes to the operand that was chosen (for ties, to every operand that equals the
+    output), each summed back to its own shape."""
+    e = ctx.emit
+    out = []
+    for name, need in zip(ctx.node.input, ctx.needs):
+        if not need:
+            out.append(None)
+            continue
+        chosen = e.op("Equal", [e.op("Expand", [name, e.op("Shape", [ctx.y])]), ctx.y])
+        out.append(ctx.unbroadcast(e.mask_where(chosen, ctx.g, ctx.dtype), name))
+    return out
