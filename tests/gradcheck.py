@@ -116,3 +116,94 @@ def check(case: OpCase, *, seed: int = 0, directions: int = 3, rtol: float = 2e-
         scale = max(abs(analytic), 1e-2 * sum(float(np.linalg.norm(gr)) * float(np.linalg.norm(v[n]))
                                                for n, gr in zip(case.wrt, grads)) + 1e-12)
         assert abs(fd - analytic) <= rtol * scale, f"{case.id}: fd={fd:.6g} analytic={analytic:.6g}"
+
+
+# ----- whole models, in float64 -----------------------------------------------------------------------------
+def as_float64(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same graph computing in double precision: float initializers, Constant tensors, value types and
+    Cast targets become DOUBLE (float32 differences through many ReLU kinks only converge at tiny steps)."""
+    model = copy.deepcopy(model)
+    graph = model.graph
+    for i, t in enumerate(graph.initializer):
+        if t.data_type == onnx.TensorProto.FLOAT:
+            graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64),
+                                                                  t.name))
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            vi.type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
+    for node in graph.node:
+        for a in node.attribute:
+            if node.op_type == "Constant" and a.name == "value" and a.t.data_type == onnx.TensorProto.FLOAT:
+                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float64), a.t.name))
+            if node.op_type == "Cast" and a.name == "to" and a.i == onnx.TensorProto.FLOAT:
+                a.i = onnx.TensorProto.DOUBLE
+    return model
+
+
+def tail_model(model: onnx.ModelProto, start: str, output: str) -> onnx.ModelProto:
+    """The part of ``model`` from tensor ``start`` (made a graph input) to ``output``, in float64."""
+    import os
+    import tempfile
+
+    from onnx.utils import extract_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "full.onnx"), os.path.join(tmp, "tail.onnx")
+        onnx.save(infer_shapes(model), src)
+        extract_model(src, dst, [start], [output])
+        return as_float64(onnx.load(dst))
+
+
+def _spec_ops():
+    """Operators whose implementation in onnx's reference evaluator (1.23) departs from the ONNX spec in
+    float64, written from the spec: LRN (the evaluator's window differs; onnxruntime follows the spec)
+    and Gelu (an erf accurate to the last bit)."""
+    import math
+
+    from onnx.reference.op_run import OpRun
+
+    class LRN(OpRun):
+        op_domain = ""
+
+        def _run(self, x, alpha=None, beta=None, bias=None, size=None):
+            alpha = 1e-4 if alpha is None else alpha
+            beta = 0.75 if beta is None else beta
+            bias = 1.0 if bias is None else bias
+            lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+            squares = x * x
+            total = np.zeros_like(x)
+            for c in range(x.shape[1]):
+                total[:, c] = squares[:, max(0, c - lo):min(x.shape[1], c + hi + 1)].sum(axis=1)
+            return (x / (bias + alpha / size * total) ** beta,)
+
+    class Gelu(OpRun):
+        op_domain = ""
+
+        def _run(self, x, approximate=None):
+            erf = np.vectorize(math.erf)
+            return ((0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))).astype(x.dtype),)
+
+    return [LRN, Gelu]
+
+
+def channel_gradient_fd64(model: onnx.ModelProto, start: str, output: str, activation: np.ndarray,
+                          target: int, *, eps: float = 1e-6, directions: int = 4, seed: int = 0):
+    """(finite differences, predicted) pairs for the export's per-channel mean gradient ``alpha`` of
+    logit ``target`` with respect to block ``start`` at ``activation`` [1, C, h, w]: along a direction
+    v constant over each channel's positions, (L(a + eps v) - L(a - eps v)) / 2 eps must equal
+    h w <alpha, v>. Returns a function of alpha -> list of (fd, predicted)."""
+    from onnx.reference import ReferenceEvaluator
+
+    tail = ReferenceEvaluator(tail_model(model, start, output), new_ops=_spec_ops())
+    a = activation.astype(np.float64)
+    h, w = a.shape[2:]
+    rng = np.random.default_rng(seed)
+    fds, vs = [], []
+    for _ in range(directions):
+        v = rng.standard_normal(a.shape[1])
+        step = v[None, :, None, None] * np.ones_like(a)
+        up = tail.run(None, {start: a + eps * step})[0].reshape(-1)[target]
+        down = tail.run(None, {start: a - eps * step})[0].reshape(-1)[target]
+        fds.append((up - down) / (2 * eps))
+        vs.append(v)
+    return lambda alpha: [(fd, h * w * float(np.dot(alpha, v))) for fd, v in zip(fds, vs)]

@@ -374,3 +374,58 @@ def test_a_model_that_fails_at_a_batch_of_several_is_one_clear_error(tmp_path):
                                   method={"name": "rise", "rise": {"masks": 16, "grid": 2}})  # 16 per run
     with pytest.raises(ModelRunError, match=r"at a batch of several: export the original model again"):
         insp.explain(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_new_builders_inside_a_whole_model_match_float64_finite_differences():
+    """A small CNN using the builders added for third-party models (reflect Pad, LRN, Gelu, Elu, Max,
+    Softplus) between its blocks and its logits: each block's exported per-channel gradient equals float64
+    finite differences of the model's own tail (onnx's reference evaluator)."""
+    from .gradcheck import channel_gradient_fd64
+
+    rng = np.random.default_rng(21)
+    w = lambda *s: numpy_helper.from_array((rng.standard_normal(s) * 0.4).astype(np.float32))
+    inits = []
+    for name, shape in (("w0", (6, 3, 3, 3)), ("w1", (6, 6, 3, 3)), ("w2", (6, 6, 3, 3)), ("fc", (6, 4))):
+        t = w(*shape)
+        t.name = name
+        inits.append(t)
+    inits.append(numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"))
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c0"], ["b0"]),  # block 0
+             helper.make_node("Pad", ["b0", "pads"], ["p0"], mode="reflect"),
+             helper.make_node("Conv", ["p0", "w1"], ["c1"], strides=[2, 2]),
+             helper.make_node("LRN", ["c1"], ["l1"], size=3, alpha=0.3, beta=0.75, bias=1.5),
+             helper.make_node("Gelu", ["l1"], ["b1"]),  # block 1
+             helper.make_node("Conv", ["b1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Elu", ["c2"], ["e2"], alpha=0.8),
+             helper.make_node("Softplus", ["b1"], ["s1"]),
+             helper.make_node("Max", ["e2", "s1"], ["m2"]),
+             helper.make_node("GlobalAveragePool", ["m2"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc"], ["y"])]
+    model = _graph(nodes, [_image(shape=("N", 3, 10, 10))],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits, opset=20)
+    result = export_model(model, score="logit", blocks=["b0", "b1"])
+    x = rng.standard_normal((1, 3, 10, 10)).astype(np.float32)
+    for target in (0, 3):
+        outs = run_model(result.model, {"x": x, "sise_target": np.eye(4, dtype=np.float32)[[target]]})
+        for i, block in enumerate(("b0", "b1")):
+            check = channel_gradient_fd64(model, block, "y", outs[f"sise/act/{i}"], target)
+            for fd, predicted in check(outs[f"sise/grad/{i}"][0].astype(np.float64)):
+                assert abs(fd - predicted) <= 1e-4 * max(1.0, abs(fd)), (block, target, fd, predicted)
+
+
+def test_the_float64_reference_ops_agree_with_onnxruntime():
+    """The float64 finite differences above evaluate LRN and Gelu with implementations written from the
+    ONNX spec (onnx's reference evaluator departs from it for LRN); they agree with onnxruntime."""
+    from onnx.reference import ReferenceEvaluator
+
+    from .gradcheck import _spec_ops
+
+    x = np.random.default_rng(22).standard_normal((2, 7, 3, 4)).astype(np.float32)
+    cases = (("LRN", {"size": 5, "alpha": 0.3, "beta": 0.6, "bias": 1.2}, 17), ("Gelu", {}, 20))
+    for op, attrs, opset in cases:
+        model = _graph([helper.make_node(op, ["x"], ["y"], **attrs)], [_image(shape=x.shape)],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, x.shape)], opset=opset)
+        spec = ReferenceEvaluator(model, new_ops=_spec_ops()).run(None, {"x": x})[0]
+        np.testing.assert_allclose(spec, run_model(model, {"x": x})["y"], rtol=1e-5, atol=1e-6)
