@@ -73,7 +73,8 @@ def check_folders(in_dir: str, out_dir: str, done_dir: str, failed_dir: str) -> 
 
 def watch(insp: Inspector, in_dir: str, out_dir: str, done_dir: str | None = None,
           failed_dir: str | None = None, *, store_url: str | None = None, poll: float = 1.0,
-          settle: float = 2.0, stop: Stop | None = None, log=print, engine_lock=None, observe=None) -> int:
+          settle: float = 2.0, stop: Stop | None = None, log=print, engine_lock=None, observe=None,
+          warm_up: bool = True) -> int:
     """Run until ``stop.requested``; returns the number of images handled. Done/failed folders default to
     ``<out>/done`` and ``<out>/failed``. A service that shares ``insp`` with other threads (the review
     station) passes the lock they all hold while explaining, and ``observe(outcome, seconds)`` to count."""
@@ -94,7 +95,8 @@ def watch(insp: Inspector, in_dir: str, out_dir: str, done_dir: str | None = Non
     seen: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime_ns, first time seen unchanged)
     handled = 0
     try:
-        log(f"warmed up in {insp.warm_up():.2f} s ({insp.sessions.provider})")
+        if warm_up:  # a service that shares a warm engine (the station) skips it
+            log(f"warmed up in {insp.warm_up():.2f} s ({insp.sessions.provider})")
         log(f"watching {display_path(in_dir)} -> {display_path(out_dir)} (done: {display_path(done_dir)}, "
             f"failed: {display_path(failed_dir)}, store: {display_url(store.url)})")
         with store.heartbeats(job.run_id):

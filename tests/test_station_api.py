@@ -847,3 +847,33 @@ def test_password_guessing_is_slowed_down(st, monkeypatch):
     assert locked.status_code == 429 and "too many wrong passwords" in locked.json()["detail"]
     clock[0] += auth.LOCK_SECONDS + 1
     assert st.client.get("/api/v1/results", auth=("line9", "right-password")).status_code == 200
+
+
+def test_user_and_export_commands_never_answer_from_a_store_they_made(tmp_path):
+    """A mistyped --out must not answer from a new, empty store (nor leave one behind); a missing
+    --watch folder stops the start with exit 2; add-user refuses a short password before creating
+    anything."""
+    import subprocess
+    import sys
+
+    def station(*args, stdin=None):
+        return subprocess.run([sys.executable, "-m", "inspector", "station", *args], capture_output=True,
+                              text=True, timeout=120, check=False, input=stdin)
+
+    typo = tmp_path / "typo"
+    for args in (["list-users", "--out", str(typo)], ["export", str(tmp_path / "ds"), "--out", str(typo)],
+                 ["disable-user", "ada", "--out", str(typo)]):
+        r = station(*args)
+        assert r.returncode == 2 and "no station store here" in r.stderr, (args, r.stderr)
+    short = station("add-user", "ada", "--out", str(typo), "--password-stdin", stdin="short\n")
+    assert short.returncode == 2 and "at least 8 characters" in short.stderr
+    assert not typo.exists() and not (tmp_path / "ds").exists()
+    r = station("-c", CONFIG, "--out", str(tmp_path / "st"), "--watch", str(tmp_path / "no-such-folder"))
+    assert r.returncode == 2 and "--watch" in r.stderr and "no such folder" in r.stderr
+
+
+def test_the_results_list_names_each_results_files(st):
+    part = explained(st, "crack-80.png", variant("crack", 801))
+    listed = st.client.get("/api/v1/results?limit=1000", auth=basic("vic")).json()["results"]
+    mine = next(r for r in listed if r["result_id"] == part["result_id"])
+    assert mine["artifacts"] == part["artifacts"] and "overlay" in mine["artifacts"]

@@ -386,6 +386,7 @@ def create_app(station: Station) -> FastAPI:
             part_name=_name(row["source_path"]),
             has_original=files.original_path(row) is not None,
             error=shown_message(request),
+            end=request.query_params.get("end"),
             seen=row["history"][-1]["id"] if row["history"] else 0,
         )
 
@@ -426,8 +427,12 @@ def create_app(station: Station) -> FastAPI:
             record_verdict(row, verdict, label, comment, user)
         except VerdictError as e:
             return RedirectResponse(back + _qs(qs, **signed(str(e))), status_code=303)
-        goes_to = following if following is not None else result_id
-        return RedirectResponse(f"/parts/{goes_to}?{_qs(qs, saved=result_id)}", status_code=303)
+        if following is None:  # the end of the list: say so, and how many are still to review
+            left = queries.queue(store, queries.Filters(unreviewed=True), station.good_classes)[1]
+            return RedirectResponse(
+                f"/parts/{result_id}?{_qs(qs, saved=result_id, end=left)}", status_code=303
+            )
+        return RedirectResponse(f"/parts/{following}?{_qs(qs, saved=result_id)}", status_code=303)
 
     def record_verdict(row: dict, verdict: str, label: str | None, comment: str | None, user: auth.User):
         if row["status"] != "done":
@@ -472,6 +477,10 @@ def create_app(station: Station) -> FastAPI:
         return Response(
             body, media_type=files.media_type(path), headers={"Cache-Control": "private, max-age=3600"}
         )
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon():
+        return Response(status_code=204, headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/colourbar.png", include_in_schema=False)
     def colour_bar():
@@ -559,7 +568,8 @@ def create_app(station: Station) -> FastAPI:
         """Finished results in the order they finished, each with its newest verdict; follow ``next``."""
         moment = _parse_utc(since, "since")
         rows = queries.results_since(store, moment, after_id, limit)
-        items = [_api_result(r, station.classes) for r in rows]
+        kinds = queries.artifact_kinds(store, [r["id"] for r in rows])
+        items = [_api_result({**r, "artifacts": kinds.get(r["id"], [])}, station.classes) for r in rows]
         following = None
         if len(rows) == limit:
             last = rows[-1]
@@ -600,7 +610,8 @@ def create_app(station: Station) -> FastAPI:
             ]
         }
 
-    @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["ops"])
+    @app.head("/healthz", include_in_schema=False)
+    @app.get("/healthz", tags=["ops"])
     def healthz():
         """200 when the store answers and (with --watch) the folder is being watched; 503 otherwise."""
         problems = []

@@ -62,13 +62,17 @@ def verify_password(password: str, stored: str) -> bool:
 _DUMMY_HASH = hash_password(secrets.token_hex(8))  # unknown users cost as much time as wrong passwords
 
 
-def add_user(store: Store, username: str, password: str, role: str, *, update: bool = False) -> None:
+def check_new_user(username: str, password: str, role: str) -> None:
     if not _USERNAME.fullmatch(username):
         raise InspectorError(f"user name {username!r}: use 1-64 letters, digits and . _ @ -")
     if role not in ROLES:
         raise InspectorError(f"--role {role}: choose one of {', '.join(ROLES)}")
     if len(password) < MIN_PASSWORD:
         raise InspectorError(f"the password must have at least {MIN_PASSWORD} characters")
+
+
+def add_user(store: Store, username: str, password: str, role: str, *, update: bool = False) -> None:
+    check_new_user(username, password, role)
     row = {"password_hash": hash_password(password), "role": role, "disabled": False}
     with store.begin() as conn:
         exists = conn.execute(sa.select(users.c.id).where(users.c.username == username)).scalar()

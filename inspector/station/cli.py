@@ -39,8 +39,12 @@ def add_parser(sub, store_help: str) -> None:
         help="address to listen on (default 127.0.0.1: this machine only; put a TLS reverse proxy "
         "in front for others)",
     )
-    st.add_argument("--port", type=int, default=8600)
-    st.add_argument("--shifts", default="06:00,14:00,22:00", help="shift start times, local clock")
+    st.add_argument("--port", type=int, default=8600, help="(default 8600)")
+    st.add_argument(
+        "--shifts",
+        default="06:00,14:00,22:00",
+        help="shift start times, local clock (default 06:00,14:00,22:00)",
+    )
     st.add_argument("--max-upload-mb", type=float, default=50.0, help="largest accepted upload (default 50)")
     st.add_argument(
         "--settle",
@@ -61,7 +65,13 @@ def add_parser(sub, store_help: str) -> None:
         "add-user", parents=[where], help="add a user (asks for the password), or change one with --update"
     )
     add.add_argument("username")
-    add.add_argument("--role", default="reviewer", choices=("viewer", "reviewer", "admin"))
+    add.add_argument(
+        "--role",
+        default="reviewer",
+        choices=("viewer", "reviewer", "admin"),
+        help="viewer: sees; reviewer: also gives verdicts and uploads; admin: also exports "
+        "(default reviewer)",
+    )
     add.add_argument("--update", action="store_true", help="change the password and role of an existing user")
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     ops.add_parser("list-users", parents=[where], help="list users and roles")
@@ -74,7 +84,7 @@ def add_parser(sub, store_help: str) -> None:
         parents=[where],
         help="reviewed parts as a dataset folder (one folder per label + labels.csv)",
     )
-    ex.add_argument("dataset", help="a new folder for the dataset")
+    ex.add_argument("dataset", help="a new folder for the dataset (--out is the station's folder it reads)")
 
 
 def run(args) -> int:
@@ -84,9 +94,12 @@ def run(args) -> int:
     command = args.station_command
     if command is None:
         return _serve(args)
-    with store_for_users(args.out, args.store) as store:
+    password = None
+    if command == "add-user":  # checked before anything is created
+        password = _read_password(args.password_stdin)
+        auth.check_new_user(args.username, password, args.role)
+    with store_for_users(args.out, args.store, create=command == "add-user") as store:
         if command == "add-user":
-            password = _read_password(args.password_stdin)
             auth.add_user(store, args.username, password, args.role, update=args.update)
             print(f"user {args.username} ({args.role}) {'updated' if args.update else 'added'}")
         elif command == "list-users":
@@ -114,6 +127,10 @@ def _read_password(from_stdin: bool) -> str:
     if from_stdin or not sys.stdin.isatty():
         return sys.stdin.readline().rstrip("\n")
     first = getpass.getpass("password: ")
+    from .auth import MIN_PASSWORD
+
+    if len(first) < MIN_PASSWORD:
+        raise InspectorError(f"the password must have at least {MIN_PASSWORD} characters")
     if getpass.getpass("again: ") != first:
         raise InspectorError("the two passwords differ; run the command again")
     return first
@@ -147,6 +164,10 @@ def _serve(args) -> int:
         out = os.path.abspath(args.out)
         check_folders(
             os.path.abspath(args.watch), out, os.path.join(out, "done"), os.path.join(out, "failed")
+        )
+    if args.watch and not os.path.isdir(args.watch):
+        raise InspectorError(
+            f"--watch {args.watch}: no such folder; create it (the camera or line PC writes images there)"
         )
     _check_port(args.host, args.port)
     station = Station(settings)
@@ -185,8 +206,10 @@ def _check_port(host: str, port: int) -> None:
         with socket.create_server((host, port)):
             pass
     except OSError as e:
-        raise InspectorError(f"--host {host} --port {port}: cannot listen there ({e.strerror}); "
-                             "another station running? choose another --port") from e
+        raise InspectorError(
+            f"--host {host} --port {port}: cannot listen there ({e.strerror}); "
+            "another station running? choose another --port"
+        ) from e
 
 
 def _stdout_handler() -> logging.Handler:

@@ -21,8 +21,18 @@ from ..store import Store, display_path
 from . import queries
 from .files import original_bytes
 
-CSV_FIELDS = ("file", "image_sha256", "source_path", "model_label", "reviewer_label", "verdict", "reviewer",
-              "reviewed_at", "comment", "note")
+CSV_FIELDS = (
+    "file",
+    "image_sha256",
+    "source_path",
+    "model_label",
+    "reviewer_label",
+    "verdict",
+    "reviewer",
+    "reviewed_at",
+    "comment",
+    "note",
+)
 
 
 MISSING = "original image not found (moved or deleted); not in the dataset"
@@ -35,8 +45,10 @@ def folder_names(labels) -> dict[str, str]:
     counts: dict[str, int] = {}
     for name in plain.values():
         counts[name] = counts.get(name, 0) + 1
-    return {label: name if counts[name] == 1 else f"{name}-{hashlib.sha256(label.encode()).hexdigest()[:8]}"
-            for label, name in plain.items()}
+    return {
+        label: name if counts[name] == 1 else f"{name}-{hashlib.sha256(label.encode()).hexdigest()[:8]}"
+        for label, name in plain.items()
+    }
 
 
 def entries(store: Store) -> Iterator[tuple[str | None, bytes | None, dict]]:
@@ -49,15 +61,26 @@ def entries(store: Store) -> Iterator[tuple[str | None, bytes | None, dict]]:
         stem, ext = os.path.splitext(os.path.basename(row["source_path"]))
         arcname = None
         if data is not None:
-            arcname = (f"images/{folders[row['review_label']]}/{row['image_sha256'][:16]}_"
-                       f"{re.sub(r'[^A-Za-z0-9._-]+', '_', stem)[:48]}{ext.lower()}")
-        yield arcname, data, {
-            "file": arcname or "", "image_sha256": row["image_sha256"],
-            "source_path": display_path(row["source_path"]), "model_label": row["prediction_name"],
-            "reviewer_label": row["review_label"], "verdict": row["verdict"], "reviewer": row["reviewer"],
-            "reviewed_at": row["created_at"].isoformat(), "comment": part["history"][-1]["note"] or "",
-            "note": "" if data is not None else MISSING,
-        }
+            arcname = (
+                f"images/{folders[row['review_label']]}/{row['image_sha256'][:16]}_"
+                f"{re.sub(r'[^A-Za-z0-9._-]+', '_', stem)[:48]}{ext.lower()}"
+            )
+        yield (
+            arcname,
+            data,
+            {
+                "file": arcname or "",
+                "image_sha256": row["image_sha256"],
+                "source_path": display_path(row["source_path"]),
+                "model_label": row["prediction_name"],
+                "reviewer_label": row["review_label"],
+                "verdict": row["verdict"],
+                "reviewer": row["reviewer"],
+                "reviewed_at": row["created_at"].isoformat(),
+                "comment": part["history"][-1]["note"] or "",
+                "note": "" if data is not None else MISSING,
+            },
+        )
 
 
 def _csv(rows: list[dict]) -> bytes:
@@ -88,7 +111,7 @@ def export_folder(store: Store, out: str) -> tuple[int, int]:
     """Write the dataset into the new folder ``out``; returns (images written, parts without an image)."""
     out = os.path.abspath(out)
     if os.path.exists(out):
-        raise InspectorError(f"--out {display_path(out)} exists; export into a new folder")
+        raise InspectorError(f"DATASET_DIR {display_path(out)} exists; export into a new folder")
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     work = tempfile.mkdtemp(prefix=".export-", dir=parent)

@@ -223,6 +223,19 @@ def results_since(store: Store, since: datetime | None, after_id: int, limit: in
     return [_with_utc(r) for r in rows]
 
 
+def artifact_kinds(store: Store, result_ids: list[int]) -> dict[int, list[str]]:
+    """The kinds of files each of these results has (for the API's artifact URLs)."""
+    if not result_ids:
+        return {}
+    kinds: dict[int, list[str]] = {}
+    with store.read() as conn:
+        for rid, kind in conn.execute(
+            sa.select(artifacts.c.result_id, artifacts.c.kind).where(artifacts.c.result_id.in_(result_ids))
+        ):
+            kinds.setdefault(rid, []).append(kind)
+    return kinds
+
+
 def reviews_after(store: Store, after_id: int, limit: int) -> list[dict]:
     """Verdicts in the order they were given (ids only grow: the table is append-only)."""
     with store.read() as conn:

@@ -17,7 +17,7 @@ from ..errors import InspectorError
 from ..preprocess import image_size
 from ..record import Outcome, explain_and_record, start_job
 from ..stop import Stop
-from ..store import Store, StoreError, default_url, display_path
+from ..store import STORE_FILE, Store, StoreError, default_url, display_path
 from ..watch import _candidates, watch
 
 log = logging.getLogger("inspector.station")
@@ -144,6 +144,7 @@ class Station:
                 log=lambda line: log.info("watch: %s", line),
                 engine_lock=self.engine_lock,
                 observe=self.metrics.observe,
+                warm_up=False,
             )
         except Exception as e:  # noqa: BLE001 - shown on /healthz; the uploads go on
             self.watch_error = str(e) if isinstance(e, InspectorError) else f"{type(e).__name__}: {e}"
@@ -217,10 +218,16 @@ def upload_name(filename: str | None) -> str:
     return name if name.strip(". ") else "upload"
 
 
-def store_for_users(out_dir: str | None, store_url: str | None) -> Store:
-    """The store that `inspector station add-user` writes to: the one the station will use."""
+def store_for_users(out_dir: str | None, store_url: str | None, *, create: bool = False) -> Store:
+    """The station's store for `inspector station add-user/list-users/...`. Only ``create`` (adding a user
+    before the first start) may make a new one: a mistyped --out must not answer from an empty store."""
     if not store_url and not out_dir:
         raise InspectorError("give --store URL or --out DIR (the station folder)")
     if not store_url:
+        if not create and not os.path.isfile(os.path.join(out_dir, STORE_FILE)):
+            raise InspectorError(
+                f"--out {display_path(out_dir)}: no station store here ({STORE_FILE} is "
+                "missing); give the folder the station was started with (--out), or --store"
+            )
         os.makedirs(out_dir, exist_ok=True)
     return Store(store_url or default_url(out_dir))
