@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -73,11 +74,18 @@ def _input_shape(proto: onnx.ModelProto, path: str, cfg: InspectorConfig) -> tup
 
 
 def _export_cached(path: str, proto: onnx.ModelProto, cfg: InspectorConfig) -> str:
-    """Export a plain model once; the result lives beside it as <stem>.<hash>[.<shape>].sise.onnx."""
+    """Export a plain model once per export setting; the result lives beside it as
+    ``<stem>.<model hash>[.<options hash>][.<shape>].sise.onnx`` (a model exported with other
+    ``export`` settings is another file, never the old one reused)."""
     digest = file_sha256(path)[:12]
     stem = os.path.splitext(path)[0]
     shape = _input_shape(proto, path, cfg)
-    out = f"{stem}.{digest}{'.' + 'x'.join(map(str, shape)) if shape else ''}.sise.onnx"
+    export = cfg.export
+    options = {"score": export.score, "blocks": list(export.blocks or []), "layout": export.layout}
+    # the defaults keep the name caches had before options were part of it
+    tag = "" if options == {"score": "softmax", "blocks": [], "layout": None} else \
+        "." + hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
+    out = f"{stem}.{digest}{tag}{'.' + 'x'.join(map(str, shape)) if shape else ''}.sise.onnx"
     if os.path.isfile(out):
         return out
     log.warning("model %s has no SISE contract; exporting it to %s (once)", path, out)

@@ -429,3 +429,14 @@ def test_the_float64_reference_ops_agree_with_onnxruntime():
                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, x.shape)], opset=opset)
         spec = ReferenceEvaluator(model, new_ops=_spec_ops()).run(None, {"x": x})[0]
         np.testing.assert_allclose(spec, run_model(model, {"x": x})["y"], rtol=1e-5, atol=1e-6)
+
+
+def test_changing_the_export_settings_exports_again(tmp_path):
+    """The on-the-fly export is cached beside the plain model per export setting: another export.score is
+    another exported file with that score, never the old export reused."""
+    path = tmp_path / "plain.onnx"
+    onnx.save(_size_agnostic_model(["N", 3, 8, 8]), path)
+    for score in ("softmax", "logit", "softmax"):
+        insp = Inspector.from_options(model=str(path), runtime=CPU, export={"score": score})
+        assert insp.contract.score == score
+    assert len(list(tmp_path.glob("plain.*.sise.onnx"))) == 2
