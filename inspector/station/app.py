@@ -428,7 +428,7 @@ def create_app(station: Station) -> FastAPI:
         except VerdictError as e:
             return RedirectResponse(back + _qs(qs, **signed(str(e))), status_code=303)
         if following is None:  # the end of the list: say so, and how many are still to review
-            left = queries.queue(store, queries.Filters(unreviewed=True), station.good_classes)[1]
+            left = queries.counts(store)["unreviewed"]
             return RedirectResponse(
                 f"/parts/{result_id}?{_qs(qs, saved=result_id, end=left)}", status_code=303
             )
@@ -524,19 +524,13 @@ def create_app(station: Station) -> FastAPI:
     @app.post("/api/v1/explain", status_code=201, tags=["line"])
     def api_explain(
         user: ApiReviewer,
-        request: Request,
         image: Annotated[UploadFile, File(description="the part's image file")],
     ):
         """Explain one image (PNG, JPEG, BMP, TIFF, WebP, PNM) and record it; the same image sent again
-        returns the stored result. 413: too many bytes or pixels; 422: not a readable image (recorded as a
-        failed part)."""
-        limit = station.settings.max_upload_bytes
-        declared = request.headers.get("content-length")
-        if declared is None:
-            raise HTTPException(411, "send a Content-Length header")
-        if int(declared) > limit + 64 * 1024:
-            raise HTTPException(413, f"upload of {declared} bytes is over the limit of {limit} bytes")
-        data = image.file.read(limit + 1)
+        returns the stored result. 411/413/401 (before the body is read: see ``_refuse_body``), 413: too
+        many bytes or pixels, 415: a format whose size no header check reads, 422: a damaged image
+        (recorded as a failed part)."""
+        data = image.file.read(station.settings.max_upload_bytes + 1)
         try:
             outcome = station.explain_upload(data, image.filename)
         except UploadRefused as e:
