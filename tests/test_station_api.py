@@ -877,3 +877,33 @@ def test_the_results_list_names_each_results_files(st):
     listed = st.client.get("/api/v1/results?limit=1000", auth=basic("vic")).json()["results"]
     mine = next(r for r in listed if r["result_id"] == part["result_id"])
     assert mine["artifacts"] == part["artifacts"] and "overlay" in mine["artifacts"]
+
+
+def test_a_model_without_class_names_can_be_overruled_from_the_page(tmp_path):
+    """Without ``classes:`` in the config the parts are labelled by class index; the page offers those
+    indices for an overrule, and the form records one."""
+    import yaml
+
+    with open(CONFIG) as f:
+        raw = yaml.safe_load(f)
+    raw.pop("classes"), raw.pop("good_classes")
+    raw["model"] = os.path.join(EXAMPLE, raw["model"])
+    config = tmp_path / "no_names.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    station = Station(StationSettings(config=str(config), out_dir=str(tmp_path / "st")))
+    auth.add_user(station.store, "rita", PASSWORDS["rita"], "reviewer")
+    with TestClient(create_app(station)) as client:
+        made = client.post("/api/v1/explain", files={"image": ("crack.png", sample("crack"), "image/png")},
+                           auth=basic("rita"))
+        rid = made.json()["result_id"]
+        assert made.json()["prediction"] == "2"  # crack is class 2
+        client.get("/login")
+        client.post("/login", data={"username": "rita", "password": PASSWORDS["rita"],
+                                    "token": client.cookies["sise_login"]})
+        html = client.get(f"/parts/{rid}").text
+        assert '<option value="0">0</option>' in html and '<option value="2">' not in html
+        form = {"verdict": "overrule", "label": "0", "csrf_token": CSRF_META.search(html).group(1)}
+        r = client.post(f"/parts/{rid}/review", data=form, follow_redirects=False)
+        assert r.status_code == 303 and "saved=" in r.headers["location"], r.headers["location"]
+        history = client.get(f"/api/v1/results/{rid}", auth=basic("rita")).json()["history"]
+    assert [(x["label"], x["previous_label"]) for x in history] == [("0", "2")]

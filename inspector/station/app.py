@@ -255,7 +255,7 @@ def create_app(station: Station) -> FastAPI:
         context.update(
             user=user,
             version=__version__,
-            classes=station.classes,
+            classes=station.class_names,
             good_classes=station.good_classes,
             watching=station.settings.watch_dir is not None,
         )
@@ -369,7 +369,7 @@ def create_app(station: Station) -> FastAPI:
     ):
         row = load_part(result_id)
         previous, following = queries.neighbours(store, result_id, f, station.good_classes)
-        scores = _named_scores(row.get("scores"), station.classes)
+        scores = _named_scores(row.get("scores"), station.class_names)
         saved_part = queries.part(store, saved) if saved else None
         saved_part = saved_part if saved_part and saved_part["history"] else None
         return render(
@@ -496,7 +496,7 @@ def create_app(station: Station) -> FastAPI:
         moment = _parse_local(at, "at") or datetime.now(timezone.utc)
         start, end = shift_of(moment, shift_starts)
         rows = queries.shift_rows(store, start.astimezone(timezone.utc), end.astimezone(timezone.utc))
-        figures = _shift_figures(rows, start, end, station.classes, station.good_classes)
+        figures = _shift_figures(rows, start, end, station.class_names, station.good_classes)
         previous = start - timedelta(minutes=1)
         return render(
             request,
@@ -538,7 +538,7 @@ def create_app(station: Station) -> FastAPI:
         except InspectorError as e:
             raise HTTPException(503, str(e)) from e
         row = load_part(outcome.result_id)
-        body = _api_result(row, station.classes)
+        body = _api_result(row, station.class_names)
         body["state"] = outcome.state
         if row["status"] == "failed":
             return JSONResponse(body, status_code=422)
@@ -563,7 +563,7 @@ def create_app(station: Station) -> FastAPI:
         moment = _parse_utc(since, "since")
         rows = queries.results_since(store, moment, after_id, limit)
         kinds = queries.artifact_kinds(store, [r["id"] for r in rows])
-        items = [_api_result({**r, "artifacts": kinds.get(r["id"], [])}, station.classes) for r in rows]
+        items = [_api_result({**r, "artifacts": kinds.get(r["id"], [])}, station.class_names) for r in rows]
         following = None
         if len(rows) == limit:
             last = rows[-1]
@@ -575,7 +575,7 @@ def create_app(station: Station) -> FastAPI:
     @app.get("/api/v1/results/{result_id}", tags=["line"])
     def api_result(user: ApiViewer, result_id: PartId):
         row = load_part(result_id)
-        body = _api_result(row, station.classes)
+        body = _api_result(row, station.class_names)
         body["history"] = [_api_review(h) for h in row["history"]]
         return body
 
