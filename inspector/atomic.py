@@ -59,6 +59,24 @@ def write_atomic(path: str, data: bytes | str) -> None:
     write_group({path: data})
 
 
+@contextlib.contextmanager
+def open_atomic(path: str):
+    """A binary file object for writing ``path`` piece by piece (data too large to hold twice in memory);
+    ``path`` appears, complete and synced, only when the block ends without an error."""
+    tmp = _temp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+    sync_folder(os.path.dirname(path))
+
+
 def write_group(files: dict[str, bytes | str]) -> None:
     """Write several files so that either all of them are complete or none was changed by this call
     (short of a crash between two renames, which leaves complete files only)."""

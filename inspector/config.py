@@ -96,7 +96,7 @@ class MethodConfig:
     mu: float | None = None  # None: from the preset
     adaptive: bool | None = None  # Ada-SISE: Otsu on the positive max-normalised gradients, per layer
     max_masks_per_layer: int | None = None
-    chunk_size: int = 64
+    chunk_size: int | None = None  # masks per sampler run; None: from runtime.memory_budget_mb
     seed: int = 0  # seed of the seeded methods (RISE's masks) unless their own settings name one
     rise: RiseConfig = field(default_factory=RiseConfig)
 
@@ -119,6 +119,10 @@ class RuntimeConfig:
     intra_op_threads: int = 0  # 0: onnxruntime's default
     # run the per-mask forward passes in float16 (meant for CUDA; needs onnxconverter-common)
     fp16: bool = False
+    # memory the masked images of one sampler run may take (their activations, beside the weights); sets
+    # method.chunk_size when that is not given. None: 512 MB or a quarter of the available memory if less
+    # (CPU); 4096 MB of device memory (CUDA)
+    memory_budget_mb: int | None = None
 
 
 @dataclass(frozen=True)
@@ -307,7 +311,7 @@ def _validate(cfg: InspectorConfig) -> None:
         raise ConfigError(f"preprocess.size: expected [H, W] with positive values, got {list(p.size)}")
     if m.mu is not None and m.mu < 0:
         raise ConfigError(f"method.mu: must be >= 0, got {m.mu}")
-    if m.chunk_size < 1:
+    if m.chunk_size is not None and m.chunk_size < 1:
         raise ConfigError(f"method.chunk_size: must be >= 1, got {m.chunk_size}")
     if m.max_masks_per_layer is not None and m.max_masks_per_layer < 1:
         raise ConfigError(f"method.max_masks_per_layer: must be >= 1, got {m.max_masks_per_layer}")
@@ -315,6 +319,8 @@ def _validate(cfg: InspectorConfig) -> None:
         raise ConfigError("preprocess.max_pixels: must be >= 1")
     if p.scale <= 0:
         raise ConfigError(f"preprocess.scale: must be > 0, got {p.scale:g}")
+    if cfg.runtime.memory_budget_mb is not None and cfg.runtime.memory_budget_mb < 1:
+        raise ConfigError(f"runtime.memory_budget_mb: must be >= 1, got {cfg.runtime.memory_budget_mb}")
     if cfg.runtime.intra_op_threads < 0:
         raise ConfigError(f"runtime.intra_op_threads: must be >= 0 (0: onnxruntime's default), got "
                           f"{cfg.runtime.intra_op_threads}")

@@ -112,8 +112,14 @@ def run_doctor(config_path: str | None, *, out=print) -> int:
             f"{c.num_classes} classes, {len(c.blocks)} blocks "
             f"({', '.join(f'{b.shape[1]}x{b.shape[2]}x{b.shape[3]}' for b in c.blocks)})")
         from .engine import Inspector
+        from .weights import weights_path
 
-        problems = Inspector(cfg).gradient_problems()
+        engine = Inspector(cfg)
+        shared = (f"memory-mapped from {weights_path(engine.model.path, engine.model.sha256)}"
+                  if engine.model.weights_folder else "held by each session")
+        out(f"  memory: weights {shared}; {engine.method.chunk_size} masks per sampler run "
+            f"({'method.chunk_size' if cfg.method.chunk_size else 'from runtime.memory_budget_mb'})")
+        problems = engine.gradient_problems()
         for problem in problems:
             out(f"  PROBLEM: {problem}")
         status = 1 if problems else status

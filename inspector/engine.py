@@ -19,6 +19,7 @@ import numpy as np
 
 from onnx_tools import scores_of
 
+from . import memory
 from . import preprocess as pre
 from .config import InspectorConfig, config_from_dict, load_config
 from .errors import ConfigError, ImageError, InspectorError, ModelContractError, TargetError
@@ -62,19 +63,34 @@ class Inspector:
         if config.classes is not None and len(config.classes) != c.num_classes:
             raise ConfigError(f"classes: {len(config.classes)} names for a model with "
                               f"{c.num_classes} classes")
-        if isinstance(c.input_shape[0], int) and c.input_shape[0] == 1 and self.method.chunk_size > 1:
-            log.warning("model %s has a fixed batch of 1: masks are scored one at a time (slow); export the "
-                        "original with `python -m onnx_tools export` (it frees the batch when that is shown "
-                        "safe, and says why not otherwise)", self.model.path)
-            self.method = dataclasses.replace(self.method, chunk_size=1)
         self.roi = load_roi(config.roi.mask) if config.roi is not None else None
         self.sessions = EngineSessions(self.model.explain_bytes, self.model.sampler_bytes,
-                                       self.model.scorer_bytes, config.runtime)
+                                       self.model.scorer_bytes, config.runtime, self.model.weights_folder)
         if config.runtime.fp16 and self.sessions.device != "cuda":
             log.warning("runtime.fp16 is meant for CUDA; on %s the float16 forward passes are usually slower",
                         self.sessions.provider)
+        self.method = dataclasses.replace(self.method, chunk_size=self._chunk_size())
         for problem in self.gradient_problems():
             log.warning("%s", problem)
+
+    def _chunk_size(self) -> int:
+        """method.chunk_size, or the largest that runtime.memory_budget_mb allows (inspector.memory); 1 for a
+        model whose batch is fixed at 1."""
+        c, chunk = self.contract, self.method.chunk_size
+        if isinstance(c.input_shape[0], int) and c.input_shape[0] == 1:
+            if chunk is None or chunk > 1:
+                log.warning("model %s has a fixed batch of 1: masks are scored one at a time (slow); "
+                            "export the original with `python -m onnx_tools export` (it frees the batch when "
+                            "that is shown safe, and says why not otherwise)", self.model.path)
+            return 1
+        if chunk is not None:
+            return chunk
+        budget = self.config.runtime.memory_budget_mb or memory.default_budget_mb(self.sessions.device)
+        per_mask = memory.PER_MASK_FACTOR * self.model.largest_tensor_bytes
+        chunk = memory.chunk_for_budget(budget, per_mask)
+        log.info("method.chunk_size %d: runtime.memory_budget_mb %d at about %.1f MB per masked image",
+                 chunk, budget, per_mask / 2**20)
+        return chunk
 
     GRADIENT_BOUND = 1e6  # |mean gradient| per channel above this on a probe image: a broken model
 

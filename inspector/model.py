@@ -15,6 +15,8 @@ import onnx_tools
 
 from .config import InspectorConfig
 from .errors import ModelContractError
+from .memory import largest_tensor_bytes
+from .weights import externalise
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,10 @@ class LoadedModel:
     explain_bytes: bytes
     sampler_bytes: bytes
     scorer_bytes: bytes
+    # the folder of the shared weights file the three graphs point into (inspector.weights); None: the
+    # graphs carry their weights
+    weights_folder: str | None = None
+    largest_tensor_bytes: int = 0  # of one image's forward pass (inspector.memory)
 
 
 def file_sha256(path: str) -> str:
@@ -111,18 +117,25 @@ def load_model(cfg: InspectorConfig) -> LoadedModel:
     path = source
     if onnx_tools.read_contract(proto) is None:
         path = _export_cached(source, proto, cfg)
+        del proto  # a large model's two protos at once would double the start-up peak
         proto = _load_proto(path)
     contract = onnx_tools.read_contract(proto)
     if contract is None:
         raise ModelContractError(f"model {path} has no SISE contract; run `python -m onnx_tools export` "
                                  "on the original model, or point the config at the plain model "
                                  "to export it on the fly")
+    sha256 = file_sha256(path)
     half = cfg.runtime.fp16
+    folder = None
+    if not half:  # the float16 graphs carry converted copies of the weights, not the file's
+        folder = externalise(proto, path, sha256)
     try:
-        sampler = onnx_tools.build_sampler(proto, fp16=half)
-        scorer = onnx_tools.build_mask_scorer(proto, fp16=half)
+        sampler = onnx_tools.build_sampler(proto, fp16=half).SerializeToString()
+        scorer = onnx_tools.build_mask_scorer(proto, fp16=half).SerializeToString()
     except onnx_tools.ExportError as e:
         raise ModelContractError(f"model {path}: {e} (config key: runtime.fp16)") from e
-    return LoadedModel(path=path, source_path=source, sha256=file_sha256(path), contract=contract,
-                       explain_bytes=proto.SerializeToString(), sampler_bytes=sampler.SerializeToString(),
-                       scorer_bytes=scorer.SerializeToString())
+    return LoadedModel(path=path, source_path=source, sha256=sha256, contract=contract,
+                       explain_bytes=proto.SerializeToString(), sampler_bytes=sampler, scorer_bytes=scorer,
+                       weights_folder=folder,
+                       largest_tensor_bytes=largest_tensor_bytes(proto, contract.input_shape,
+                                                                 contract.output_name))

@@ -92,9 +92,15 @@ def resolve_providers(cfg: RuntimeConfig, *, fp32: bool = True, quiet: bool = Fa
 
 
 def make_session(model_bytes: bytes, cfg: RuntimeConfig, what: str, *, fp32: bool = True,
-                 quiet: bool = False) -> ort.InferenceSession:
+                 quiet: bool = False, weights_folder: str | None = None) -> ort.InferenceSession:
+    """``weights_folder``: where the external weights file the graph points into lies (inspector.weights);
+    its pages are then shared by the sessions, which is why pre-packing (a private copy of each MatMul and
+    Gemm weight per session) is turned off."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if weights_folder is not None:
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", weights_folder)
+        opts.add_session_config_entry("session.disable_prepacking", "1")
     if cfg.intra_op_threads:
         opts.intra_op_num_threads = cfg.intra_op_threads
     providers = resolve_providers(cfg, fp32=fp32, quiet=quiet)
@@ -129,19 +135,22 @@ class ExplainOutputs:
 class EngineSessions:
     """The explain-model session and the sampler session on one device."""
 
-    def __init__(self, explain_bytes: bytes, sampler_bytes: bytes, scorer_bytes: bytes, cfg: RuntimeConfig):
-        self.explain = make_session(explain_bytes, cfg, "explain model")
-        self.sampler = make_session(sampler_bytes, cfg, "sampler", fp32=not cfg.fp16, quiet=True)
+    def __init__(self, explain_bytes: bytes, sampler_bytes: bytes, scorer_bytes: bytes, cfg: RuntimeConfig,
+                 weights_folder: str | None = None):
+        self.explain = make_session(explain_bytes, cfg, "explain model", weights_folder=weights_folder)
+        self.sampler = make_session(sampler_bytes, cfg, "sampler", fp32=not cfg.fp16, quiet=True,
+                                    weights_folder=weights_folder)
         self.provider = self.explain.get_providers()[0]
         self.device = DEVICE_OF.get(self.provider, "cpu")
         self._scorer_bytes, self._cfg, self._scorer = scorer_bytes, cfg, None
+        self._weights_folder = weights_folder
 
     def score_masks(self, image: np.ndarray, masks: np.ndarray, target: np.ndarray, *,
                     chunk: int) -> np.ndarray:
         """psi of the target for image * mask, for float32 masks [K, H, W] (in chunks); returns [K]."""
         if self._scorer is None:  # built on first use (RISE, metrics)
             self._scorer = make_session(self._scorer_bytes, self._cfg, "mask scorer", fp32=not self._cfg.fp16,
-                                        quiet=True)
+                                        quiet=True, weights_folder=self._weights_folder)
         out = []
         for start in range(0, len(masks), chunk):
             feeds = {IMAGE: image, MASKS: np.ascontiguousarray(masks[start:start + chunk], np.float32),

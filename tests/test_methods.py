@@ -87,7 +87,7 @@ def write_config(tmp_path, name: str, method: str):
         base = f.read()
     model = os.path.join(example_dir(), "defect_resnet.sise.onnx")
     text = base.replace("model: defect_resnet.sise.onnx", f"model: {model}")
-    text = text.replace("method: {name: sise, preset: quality, chunk_size: 64}", f"method: {method}")
+    text = text.replace("method: {name: sise, preset: quality}", f"method: {method}")
     assert f"method: {method}" in text
     path = tmp_path / name
     path.write_text(text)
