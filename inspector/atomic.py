@@ -27,17 +27,25 @@ def _temp_name(final: str) -> str:
     return os.path.join(folder, f".{name}.{_WRITER}.{secrets.token_hex(4)}{PART_SUFFIX}")
 
 
-def _write_temp(final: str, data: bytes) -> str:
+@contextlib.contextmanager
+def _temp_file(final: str):
+    """(temporary name, binary file) beside ``final``; flushed to disk when the block ends, removed if it
+    fails."""
     tmp = _temp_name(final)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield tmp, f
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _write_temp(final: str, data: bytes) -> str:
+    with _temp_file(final) as (tmp, f):
+        f.write(data)
     return tmp
 
 
@@ -63,13 +71,9 @@ def write_atomic(path: str, data: bytes | str) -> None:
 def open_atomic(path: str):
     """A binary file object for writing ``path`` piece by piece (data too large to hold twice in memory);
     ``path`` appears, complete and synced, only when the block ends without an error."""
-    tmp = _temp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    with _temp_file(path) as (tmp, f):
+        yield f
     try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         _remove(tmp)
