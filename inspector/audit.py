@@ -26,7 +26,7 @@ from .engine import Inspector
 from .errors import InspectorError, OutputError
 from .folders import check_output_folder, is_inside
 from .preprocess import IMAGE_EXTENSIONS
-from .record import Job, explain_and_record, result_settings, settings_hash, start_job
+from .record import Job, explain_and_record_many, result_settings, settings_hash, start_job
 from .report import write_views
 from .stop import Stop
 from .store import Store, StoreError, default_url, display_path
@@ -136,22 +136,23 @@ def _progress(i: int, total: int, start: float, note: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-def _work(job: Job, todo: list[str], stop: Stop, summary: AuditSummary, wait_for_others: float) -> None:
+def _work(job: Job, todo: list[str], stop: Stop, summary: AuditSummary, wait_for_others: float,
+          batch_images: int) -> None:
     start = time.perf_counter()
     busy: list[str] = []
     try:
-        for i, path in enumerate(todo, 1):
+        for first in range(0, len(todo), batch_images):
             if stop.requested:
                 return
-            outcome = explain_and_record(job, path)
-            if outcome.state == "busy":
-                busy.append(path)
-            summary.count(outcome)
-            _progress(i, len(todo), start, outcome.state)
+            outcomes = explain_and_record_many(job, todo[first:first + batch_images])
+            busy += [o.path for o in outcomes if o.state == "busy"]
+            for o in outcomes:
+                summary.count(o)
+            _progress(first + len(outcomes), len(todo), start, outcomes[-1].state)
         deadline = time.monotonic() + wait_for_others
         while busy and not stop.requested and time.monotonic() < deadline:  # images another run is explaining
             time.sleep(0.5)
-            outcomes = [explain_and_record(job, p) for p in busy]
+            outcomes = explain_and_record_many(job, busy)
             for o in outcomes:
                 summary.count(o)
             busy = [o.path for o in outcomes if o.state == "busy"]
@@ -162,8 +163,9 @@ def _work(job: Job, todo: list[str], stop: Stop, summary: AuditSummary, wait_for
 
 def run_audit(insp: Inspector, source: str, out: str, *, store_url: str | None = None,
               shard: tuple[int, int] = (0, 1), retry: bool = True, stop: Stop | None = None,
-              wait_for_others: float = 3600.0) -> AuditSummary:
-    """Explain every image of ``source`` in this shard that the store has no finished result for."""
+              wait_for_others: float = 3600.0, batch_images: int | None = None) -> AuditSummary:
+    """Explain every image of ``source`` in this shard that the store has no finished result for,
+    ``batch_images`` at a time (default and limits: ``Inspector.batch_images``)."""
     check_folders(source, out)
     stop = stop or Stop()
     todo = [p for k, p in list_inputs(source) if in_shard(k, *shard)]
@@ -177,7 +179,7 @@ def run_audit(insp: Inspector, source: str, out: str, *, store_url: str | None =
         summary = AuditSummary(total=len(todo))
         try:
             with store.heartbeats(job.run_id):
-                _work(job, todo, stop, summary, wait_for_others)
+                _work(job, todo, stop, summary, wait_for_others, insp.batch_images(batch_images))
         except OutputError as e:
             summary.stopped = str(e)
         except BaseException as e:  # a bug or an interrupt: the run is noted as stopped, then it goes up

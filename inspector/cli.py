@@ -45,6 +45,9 @@ def collect_images(items: list[str]) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    batch_option = {"type": int, "default": None, "metavar": "N",
+                    "help": "images explained together (default 8, at most method.chunk_size; 1: one at a "
+                            "time); results are the same"}
     parser = argparse.ArgumentParser(prog="inspector", description="SISE explanations on ONNX Runtime",
                                      epilog="exit codes: 0 done, 1 some images failed, "
                                             "2 usage/config/model/store error, "
@@ -60,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="output folder (created if missing)")
     ex.add_argument("--target", default=None, help="class name or index to explain (default: the top class)")
     ex.add_argument("--store", default=None, help=store_help)
+    ex.add_argument("--batch-images", **batch_option)
     ev = sub.add_parser("evaluate", help="explanation quality against ground-truth defect masks")
     ev.add_argument("-c", "--config", required=True)
     ev.add_argument("--data", required=True, help="folder with manifest.csv (python -m inspector.synthetic)")
@@ -73,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--shard", default=None, help="I/N: this machine's share of the input, e.g. 0/4")
     au.add_argument("--store", default=None, help=store_help)
     au.add_argument("--no-retry", action="store_true", help="skip images whose earlier result failed")
+    au.add_argument("--batch-images", **batch_option)
     merge = sub.add_parser("audit-merge", help="join the stores of sharded audits into a new one")
     merge.add_argument("parts", nargs="+", help="audit output folders (or store URLs); never modified")
     merge.add_argument("--out", required=True, help="a new folder for the merged store, views and images")
@@ -94,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     wa.add_argument("--done", default=None, help="where handled images go (default: <out>/done)")
     wa.add_argument("--failed", default=None, help="where failed images go (default: <out>/failed)")
     wa.add_argument("--store", default=None, help=store_help)
+    wa.add_argument("--batch-images", **batch_option)
     wa.add_argument("--poll", type=float, default=1.0, help="seconds between folder scans (default 1)")
     wa.add_argument("--settle", type=float, default=2.0,
                     help="seconds a file must stay unchanged before use (default 2)")
@@ -138,7 +144,7 @@ def cmd_audit(args) -> int:
     shard = parse_shard(args.shard)
     insp = Inspector.from_config(args.config)
     s = run_audit(insp, args.input, args.out, store_url=args.store, shard=shard, retry=not args.no_retry,
-                  stop=stop)
+                  stop=stop, batch_images=args.batch_images)
     if s.rows or not s.stopped:
         print(f"{s.total} image(s): {s.explained} explained now, {s.reused} found in the store, "
               f"{s.failed} failed, {s.pending} not finished; views: {os.path.join(args.out, 'results.csv')}, "
@@ -223,12 +229,12 @@ def cmd_watch(args) -> int:
     def log(line: str) -> None:
         print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}", flush=True)
     watch(insp, args.in_dir, args.out, args.done, args.failed, store_url=args.store, poll=args.poll,
-          settle=args.settle, stop=stop, log=log)
+          settle=args.settle, stop=stop, log=log, batch_images=args.batch_images)
     return EXIT_OK
 
 
 def cmd_explain(args) -> int:
-    from .record import explain_and_record, start_job
+    from .record import explain_and_record_many, start_job
     from .store import Store, default_url, display_path
 
     stop = Stop().install()
@@ -246,15 +252,18 @@ def cmd_explain(args) -> int:
         start = time.perf_counter()
         status = "finished"
         try:
+            size, i = insp.batch_images(args.batch_images), 0
             with store.heartbeats(job.run_id):
-                for i, path in enumerate(images, 1):
+                for first in range(0, len(images), size):
                     if stop.requested:
                         break
-                    outcome = explain_and_record(job, path)
-                    status = _explain_status(outcome, counts, failures)
-                    elapsed = time.perf_counter() - start
-                    print(f"[{i}/{len(images)}] {display_path(path)}: {status} (elapsed {elapsed:.1f} s, eta "
-                          f"{elapsed / i * (len(images) - i):.1f} s)", file=sys.stderr, flush=True)
+                    for outcome in explain_and_record_many(job, images[first:first + size]):
+                        i += 1
+                        status = _explain_status(outcome, counts, failures)
+                        elapsed = time.perf_counter() - start
+                        print(f"[{i}/{len(images)}] {display_path(outcome.path)}: {status} (elapsed "
+                              f"{elapsed:.1f} s, eta {elapsed / i * (len(images) - i):.1f} s)",
+                              file=sys.stderr, flush=True)
         except BaseException:
             status = "stopped"
             raise

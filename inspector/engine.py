@@ -30,6 +30,8 @@ from .review import load_roi
 from .session import EngineSessions, runtime_versions
 
 log = logging.getLogger(__name__)
+# images per explain_batch group: enough to fill a GPU's sampler runs with the masks of small images
+DEFAULT_BATCH_IMAGES = 8
 
 
 def confidences(logits: np.ndarray, score: str) -> np.ndarray:
@@ -100,9 +102,9 @@ class Inspector:
         when the gradients are all zero (every map would be empty) or beyond ``GRADIENT_BOUND``."""
         noise = np.random.default_rng(1).integers(0, 256, (*self.size, 3), dtype=np.uint8)
         tensor, _ = self.prepare(pre.as_configured(noise, self.config.preprocess), name="probe image")
-        first = self._explain_run(tensor, self._one_hot(0))
+        first = self._explain_run(tensor, self._one_hot(0))[0]
         top = int(np.argmax(first.logits))
-        out = first if top == 0 else self._explain_run(tensor, self._one_hot(top))
+        out = first if top == 0 else self._explain_run(tensor, self._one_hot(top))[0]
         where = f"model {self.model.path}, on a probe image (seeded noise), class {top}"
         if not np.isfinite(out.logits).all() or not all(np.isfinite(a).all() for a in out.alphas):
             raise ModelContractError(f"{where}: the class scores or gradients are not finite (NaN or "
@@ -145,23 +147,24 @@ class Inspector:
             raise TargetError(f"class index {index} out of range 0..{n - 1}")
         return index
 
-    def _target_weights(self, target, tensor: np.ndarray, timings: dict) -> tuple[int | None, np.ndarray]:
-        """(class index or None for a weight vector, float32 target weights [1, num_classes])."""
+    def _target_weights(self, target, tensors: np.ndarray, timings: dict) -> tuple[list, np.ndarray]:
+        """Per image of ``tensors`` [N, ...]: the class index (None for a weight vector), and the float32
+        target weights [N, num_classes]. Without a target, one run with zero weights finds each top class."""
         n = self.contract.num_classes
         if target is None:
             start = time.perf_counter()
-            probe = self._explain_run(tensor, np.zeros((1, n), np.float32))
+            probe = self._explain_run(tensors, np.zeros((len(tensors), n), np.float32))
             timings["predict"] = time.perf_counter() - start
-            index = int(np.argmax(probe.logits))
+            indices = [int(np.argmax(p.logits)) for p in probe]
         elif isinstance(target, (str, int, np.integer)):
-            index = self.class_index(target)
+            indices = [self.class_index(target)] * len(tensors)
         else:
             target_weights = np.asarray(target, np.float32).reshape(-1)
             if target_weights.shape != (n,):
                 raise TargetError(f"target weight vector has {target_weights.size} values; "
                                   f"the model has {n} classes")
-            return None, target_weights[None]
-        return index, self._one_hot(index)
+            return [None] * len(tensors), np.repeat(target_weights[None], len(tensors), axis=0)
+        return indices, np.concatenate([self._one_hot(i) for i in indices])
 
     def _one_hot(self, index: int) -> np.ndarray:
         """float32 target weights [1, num_classes] for one class."""
@@ -169,9 +172,11 @@ class Inspector:
         target_weights[0, index] = 1.0
         return target_weights
 
-    def _explain_run(self, tensor, target_weights):
+    def _explain_run(self, tensors: np.ndarray, target_weights: np.ndarray) -> list:
+        """The explain model on images [N, ...] with target weights [N, num_classes]: ExplainOutputs per
+        image."""
         c = self.contract
-        return self.sessions.run_explain(tensor, target_weights, input_name=c.input_name,
+        return self.sessions.run_explain(tensors, target_weights, input_name=c.input_name,
                                          target_name=c.target_input, output_name=c.output_name,
                                          blocks=c.blocks)
 
@@ -207,35 +212,66 @@ class Inspector:
             progress: optional callable(done_chunks, total_chunks).
             name: what error messages call an array image (e.g. the file it was decoded from).
         """
+        result = self._explain_group([(image, name)], target=target, method=method, progress=progress)[0]
+        if isinstance(result, InspectorError):
+            raise result
+        return result
+
+    def _explain_group(self, items: list, *, target, method: str | None, progress=None) -> list:
+        """Explain (image, name) pairs together: one explain-model run for all, then the method on all
+        (SISE packs their masks into shared sampler runs). Returns an Explanation or the InspectorError of
+        each image; an image that fails on its own does not stop the others. Shared stages' seconds are
+        divided among the images."""
         timings: dict[str, float] = {}
-        start = t0 = time.perf_counter()
-        source = os.fspath(image) if isinstance(image, (str, os.PathLike)) else None
-        tensor, geometry = self.prepare(image, name=name)
+        results: list = [None] * len(items)
+        t0 = time.perf_counter()
+        prepared = []  # (position, tensor, geometry, source)
+        for i, (image, name) in enumerate(items):
+            try:
+                source = os.fspath(image) if isinstance(image, (str, os.PathLike)) else None
+                tensor, geometry = self.prepare(image, name=name)
+                prepared.append((i, tensor, geometry, source))
+            except InspectorError as e:
+                results[i] = e
+        if not prepared:
+            return results
         timings["preprocess"] = time.perf_counter() - t0
         chosen = self._method if method is None else get_method(method)
-        index, target_weights = self._target_weights(target, tensor, timings)
-        t0 = time.perf_counter()
-        explained = self._explain_run(tensor, target_weights)
-        timings["explain_model"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        context = MethodContext(sessions=self.sessions, explained=explained, tensor=tensor,
-                                target_weights=target_weights[0], size=self.size,
-                                chunk_size=self.method.chunk_size, settings=chosen.settings(self.method),
-                                progress=progress)
-        result = chosen.explain(context)
-        timings["sampling"] = time.perf_counter() - t0
-        layer_maps, masks_per_layer = self._per_block(result, chosen.name)
-        t0 = time.perf_counter()
-        saliency = result.saliency
-        saliency_full = np.clip(pre.to_original(saliency, geometry), 0.0, 1.0)
-        timings["fusion"] = time.perf_counter() - t0
-        timings["total"] = time.perf_counter() - start
-        scores = confidences(explained.logits, self.contract.score)
-        return Explanation(saliency=saliency, saliency_full=saliency_full.astype(np.float32),
-                           layer_maps=layer_maps, scores=scores, target=index,
-                           target_weights=target_weights[0], predicted=int(np.argmax(explained.logits)),
-                           masks_per_layer=masks_per_layer, timings=timings,
-                           settings={**self.settings(), "method": method or self.method.name}, source=source)
+        tensors = np.concatenate([p[1] for p in prepared])
+        try:
+            indices, target_weights = self._target_weights(target, tensors, timings)
+            t0 = time.perf_counter()
+            explained = self._explain_run(tensors, target_weights)
+            timings["explain_model"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            contexts = [MethodContext(sessions=self.sessions, explained=e, tensor=p[1], target_weights=w,
+                                      size=self.size, chunk_size=self.method.chunk_size,
+                                      settings=chosen.settings(self.method), progress=progress)
+                        for p, e, w in zip(prepared, explained, target_weights)]
+            method_results = chosen.explain_many(contexts)
+            timings["sampling"] = time.perf_counter() - t0
+        except InspectorError as e:
+            if len(prepared) == 1:
+                results[prepared[0][0]] = e
+                return results
+            for i, *_ in prepared:  # whose image it was: each one alone
+                results[i] = self._explain_group([items[i]], target=target, method=method)[0]
+            return results
+        share = {k: v / len(prepared) for k, v in timings.items()}
+        for (i, _, geometry, source), e, result, index, w in zip(prepared, explained, method_results, indices,
+                                                                 target_weights):
+            layer_maps, masks_per_layer = self._per_block(result, chosen.name)
+            t0 = time.perf_counter()
+            saliency_full = np.clip(pre.to_original(result.saliency, geometry), 0.0, 1.0)
+            own = {**share, "fusion": time.perf_counter() - t0}
+            own["total"] = sum(share.values()) + own["fusion"]
+            results[i] = Explanation(
+                saliency=result.saliency, saliency_full=saliency_full.astype(np.float32),
+                layer_maps=layer_maps,
+                scores=confidences(e.logits, self.contract.score), target=index, target_weights=w,
+                predicted=int(np.argmax(e.logits)), masks_per_layer=masks_per_layer, timings=own,
+                settings={**self.settings(), "method": method or self.method.name}, source=source)
+        return results
 
     def _per_block(self, result: MethodResult, name: str) -> tuple[np.ndarray, tuple[int, ...]]:
         """A method's layer maps and forward passes as the Explanation shows them: one per block of the
@@ -264,17 +300,32 @@ class Inspector:
         self.explain(image)
         return time.perf_counter() - start
 
-    def explain_batch(self, images: Iterable, *, target=None, errors: str = "raise") -> list:
-        """Explain several images; with ``errors="collect"`` a failing image yields its
-        :class:`InspectorError` in the result list instead of stopping the batch."""
+    def batch_images(self, wanted: int | None = None) -> int:
+        """How many images :meth:`explain_batch` explains together: ``wanted`` (default
+        DEFAULT_BATCH_IMAGES), at most method.chunk_size (N images' explain-model run holds about as much
+        as a chunk of N masked images, which the memory budget sized), 1 for a model with a fixed batch."""
+        c = self.contract
+        if isinstance(c.input_shape[0], int) and c.input_shape[0] == 1:
+            return 1
+        return max(1, min(wanted or DEFAULT_BATCH_IMAGES, self.method.chunk_size))
+
+    def explain_batch(self, images: Iterable, *, target=None, errors: str = "raise",
+                      batch_images: int | None = None, names: Iterable[str | None] | None = None,
+                      method: str | None = None) -> list:
+        """Explain several images, ``batch_images`` at a time (see :meth:`batch_images`); the results equal
+        :meth:`explain`'s for each image alone (within float rounding). With ``errors="collect"`` a failing
+        image yields its :class:`InspectorError` in the result list instead of stopping the batch.
+        ``names``: what error messages call array images."""
+        images = list(images)
+        names = list(names) if names is not None else [None] * len(images)
+        size = self.batch_images(batch_images)
         out = []
-        for image in images:
-            try:
-                out.append(self.explain(image, target=target))
-            except InspectorError as e:
-                if errors != "collect":
-                    raise
-                out.append(e)
+        for start in range(0, len(images), size):
+            group = list(zip(images[start:start + size], names[start:start + size]))
+            for result in self._explain_group(group, target=target, method=method):
+                if isinstance(result, InspectorError) and errors != "collect":
+                    raise result
+                out.append(result)
         return out
 
     def settings(self) -> dict:

@@ -156,14 +156,64 @@ def explain_and_record(job: Job, path: str) -> Outcome:
     Raises:
         OutputError: the artifacts or the store could not be written; the run must stop.
     """
+    return explain_and_record_many(job, [path])[0]
+
+
+def explain_and_record_many(job: Job, paths: list[str]) -> list[Outcome]:
+    """:func:`explain_and_record` for several files, in order; the images this run claims are explained
+    together (``Inspector.explain_batch``), each result is recorded as soon as its files are ready.
+
+    Raises:
+        OutputError: the artifacts or the store could not be written; the run must stop. The claims of
+            images not yet recorded are given back first.
+    """
+    held: list[_Held] = []
+    current = paths[0] if paths else ""
     try:
-        return _explain_and_record(job, path)
+        outcomes: list[Outcome | None] = []
+        for current in paths:
+            step = _claim_input(job, current)
+            if isinstance(step, _Held):
+                held.append(step)
+                outcomes.append(None)
+            else:
+                outcomes.append(step)
+        if not held:
+            return outcomes
+        start = time.perf_counter()
+        files = _explain(job, held)
+        for item in held:
+            item.outcome.fields["seconds"] = (time.perf_counter() - start) / len(held)
+        finished = iter(list(held))
+        for i, outcome in enumerate(outcomes):
+            if outcome is None:
+                item = next(finished)
+                current = item.outcome.path
+                outcomes[i] = _record(job, item, files[item.outcome.path])
+                held.remove(item)
+        return outcomes
     except StoreError as e:
-        raise OutputError(f"cannot record {display_path(path)} in the store: {e}; fix it and run the same "
+        raise OutputError(f"cannot record {display_path(current)} in the store: {e}; fix it and run the same "
                           "command again: it continues where it stopped") from e
+    finally:
+        for item in held:  # claimed, not recorded: give them back for the next run
+            with contextlib.suppress(StoreError):
+                job.store.release(item.claim, job.run_id)
 
 
-def _explain_and_record(job: Job, path: str) -> Outcome:
+@dataclass
+class _Held:
+    """An image whose result this run has claimed: its bytes, the claim, and the outcome being filled."""
+
+    outcome: Outcome
+    claim: Claim
+    key: ResultKey
+    data: bytes
+
+
+def _claim_input(job: Job, path: str) -> Outcome | _Held:
+    """Read and hash the file, and claim its result: the final outcome of a file this run does not explain
+    (unreadable, done, failed before, busy elsewhere), or the claim to explain it."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -180,19 +230,21 @@ def _explain_and_record(job: Job, path: str) -> Outcome:
     if not claim.held:
         job.store.record_input(job.scope, job.run_id, path, image_sha256=sha, result_id=claim.result_id)
         return _found(path, claim, sha)
-    start = time.perf_counter()
-    outcome = Outcome(path, "explained", claim.result_id, sha)
-    files = _explain(job, data, path, outcome)
-    outcome.fields["seconds"] = time.perf_counter() - start
+    return _Held(Outcome(path, "explained", claim.result_id, sha), claim, key, data)
+
+
+def _record(job: Job, item: _Held, files: dict[str, bytes]) -> Outcome:
+    """Record a claimed image's result and files; the outcome of whoever owns it when another run took it."""
+    outcome, path = item.outcome, item.outcome.path
     try:
-        _commit(job, claim, outcome, files)
+        _commit(job, item.claim, outcome, files)
     except ClaimLost:  # another run presumed this one dead and took the image: its outcome is the image's
         log.warning("%s: taken over by another run while this one explained it", display_path(path))
-        again = job.store.claim(key, job.run_id, path, retry=False)
+        again = job.store.claim(item.key, job.run_id, path, retry=False)
         if again.held:  # the other run gave it back unfinished; leave it for the next run
             job.store.release(again, job.run_id)
-            return Outcome(path, "busy", again.result_id, sha)
-        return _found(path, again, sha)
+            return Outcome(path, "busy", again.result_id, outcome.image_sha256)
+        return _found(path, again, outcome.image_sha256)
     return outcome
 
 
@@ -209,26 +261,70 @@ def _files_missing(job: Job, result_id: int) -> bool:
     return not result["artifacts"] or not all(os.path.isfile(p) for p in result["artifacts"].values())
 
 
-def _explain(job: Job, data: bytes, path: str, outcome: Outcome) -> dict[str, bytes]:
-    """Fill ``outcome`` and return the artifacts' bytes by kind (none for a failed image)."""
+def _explain(job: Job, held: list[_Held]) -> dict[str, dict[str, bytes]]:
+    """Fill each claimed image's outcome and return its artifacts' bytes by kind (none for a failed image),
+    by path. The images decoded are explained together; an image that fails does not fail the others."""
     insp, cfg = job.insp, job.insp.config
     versions = {"sise_inspector": __version__, "onnxruntime": runtime_versions()["onnxruntime"],
                 "provider": insp.sessions.provider}
+    files: dict[str, dict[str, bytes]] = {item.outcome.path: {} for item in held}
+    images = {}
+    for item in held:
+        try:
+            images[item.outcome.path] = pre.decode_image(item.data, display_path(item.outcome.path),
+                                                         max_pixels=cfg.preprocess.max_pixels)
+        except Exception as e:  # noqa: BLE001 - the image failed, not the run: recorded, and the run goes on
+            _fail(item.outcome, e, versions)
+    decoded = [item.outcome for item in held if item.outcome.path in images]
+    explained = _explain_images(insp, [images[o.path] for o in decoded], job.target,
+                                [display_path(o.path) for o in decoded])
+    for outcome, exp in zip(decoded, explained):
+        if isinstance(exp, Exception):
+            _fail(outcome, exp, versions)
+            continue
+        try:
+            files[outcome.path] = _describe(job, outcome, exp, images[outcome.path], versions)
+        except Exception as e:  # noqa: BLE001 - as above
+            _fail(outcome, e, versions)
+    return files
+
+
+def _explain_images(insp: Inspector, images: list, target, names: list[str]) -> list:
+    """An Explanation or the exception per image: together, or one by one where something other than an
+    image's own InspectorError broke the batch (so that it is charged to its image only)."""
     try:
-        image = pre.decode_image(data, display_path(path), max_pixels=cfg.preprocess.max_pixels)
-        exp = insp.explain(image, target=job.target, name=display_path(path))
-        rv = review(exp, cfg, insp.roi)
-        extra = {"image_sha256": outcome.image_sha256, "settings_hash": job.settings_hash,
-                 "target_key": job.target_key}
-        files = render(exp, image, cfg, source=display_path(os.path.abspath(path)), review=rv, roi=insp.roi,
-                       extra=extra)
-    except Exception as e:  # the image failed, not the run: recorded, and the run goes on
-        message = str(e) if isinstance(e, InspectorError) else f"{type(e).__name__}: {e}"
-        log.debug("explaining %s failed", display_path(path), exc_info=True)
-        outcome.state, outcome.error = "failed", message
-        outcome.fields = {"status": "failed", "error": message, "retryable": not isinstance(e, ImageError),
-                          "versions": versions, **dict.fromkeys(_RESULT_COLUMNS)}
-        return {}
+        return insp.explain_batch(images, target=target, errors="collect", names=names,
+                                  batch_images=len(images))
+    except Exception:  # noqa: BLE001 - see below, image by image
+        if len(images) == 1:
+            return [_caught(lambda: insp.explain(images[0], target=target, name=names[0]))]
+        return [_caught(lambda i=i: insp.explain(images[i], target=target, name=names[i]))
+                for i in range(len(images))]
+
+
+def _caught(call):
+    try:
+        return call()
+    except Exception as e:  # noqa: BLE001 - returned, to be recorded as the image's failure
+        return e
+
+
+def _fail(outcome: Outcome, e: Exception, versions: dict) -> None:
+    message = str(e) if isinstance(e, InspectorError) else f"{type(e).__name__}: {e}"
+    log.debug("explaining %s failed", display_path(outcome.path), exc_info=e)
+    outcome.state, outcome.error = "failed", message
+    outcome.fields = {"status": "failed", "error": message, "retryable": not isinstance(e, ImageError),
+                      "versions": versions, **dict.fromkeys(_RESULT_COLUMNS)}
+
+
+def _describe(job: Job, outcome: Outcome, exp: Explanation, image: np.ndarray, versions: dict) -> dict:
+    """Review and render one explanation, fill the outcome's fields; the artifacts' bytes by kind."""
+    cfg = job.insp.config
+    rv = review(exp, cfg, job.insp.roi)
+    extra = {"image_sha256": outcome.image_sha256, "settings_hash": job.settings_hash,
+             "target_key": job.target_key}
+    files = render(exp, image, cfg, source=display_path(os.path.abspath(outcome.path)), review=rv,
+                   roi=job.insp.roi, extra=extra)
     outcome.explanation, outcome.review = exp, rv
     name = (lambda i: None if i is None else (cfg.classes[i] if cfg.classes else str(i)))
     outcome.fields = {

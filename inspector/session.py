@@ -124,12 +124,15 @@ def probe_session(model_bytes: bytes, provider: str, options: dict | None = None
 
 @dataclass
 class ExplainOutputs:
-    """Host copies of the small outputs and device handles of the activations (one image)."""
+    """One image of an explain-model run: host copies of its small outputs, and device handles of the
+    whole run's images and activations, of which it is row ``row``."""
 
     logits: np.ndarray  # [K] class output of the image
     alphas: list[np.ndarray]  # per block [C_b]
     spreads: list[np.ndarray]  # per block [C_b]
-    activations: list  # per block OrtValue [1, C_b, h, w] on the session's device
+    activations: list  # per block OrtValue [N, C_b, h, w] on the session's device (the run's N images)
+    images: object = None  # OrtValue [N, ...]: the run's input tensors, on the device
+    row: int = 0  # this image's row in ``images`` and ``activations``
 
 
 class EngineSessions:
@@ -159,26 +162,32 @@ class EngineSessions:
                 out.append(self._scorer.run([SCORES], feeds)[0])
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
-    def run_explain(self, image: np.ndarray, target: np.ndarray, *, input_name: str, target_name: str,
-                    output_name: str, blocks) -> ExplainOutputs:
+    def run_explain(self, images: np.ndarray, targets: np.ndarray, *, input_name: str, target_name: str,
+                    output_name: str, blocks) -> list[ExplainOutputs]:
+        """The explain model on N images [N, ...] with their target weights [N, num_classes]: one
+        :class:`ExplainOutputs` per image, sharing the run's device values."""
         binding = self.explain.io_binding()
-        binding.bind_cpu_input(input_name, image)
-        binding.bind_cpu_input(target_name, target)
+        images_value = self.device_value(images)
+        binding.bind_ortvalue_input(input_name, images_value)
+        binding.bind_cpu_input(target_name, targets)
         binding.bind_output(output_name, "cpu")
         for b in blocks:
             binding.bind_output(b.act_output, self.device)
             binding.bind_output(b.grad_output, "cpu")
             binding.bind_output(b.range_output, "cpu")
-        with _named_failure("the explain model", len(image)):
+        with _named_failure("the explain model", len(images)):
             self.explain.run_with_iobinding(binding)
         values = dict(zip([output_name]
                           + [n for b in blocks for n in (b.act_output, b.grad_output, b.range_output)],
                           binding.get_outputs()))
-        return ExplainOutputs(
-            logits=values[output_name].numpy().reshape(-1),
-            alphas=[values[b.grad_output].numpy()[0] for b in blocks],
-            spreads=[values[b.range_output].numpy()[0] for b in blocks],
-            activations=[values[b.act_output] for b in blocks])
+        logits = values[output_name].numpy().reshape(len(images), -1)
+        alphas = [values[b.grad_output].numpy() for b in blocks]
+        spreads = [values[b.range_output].numpy() for b in blocks]
+        activations = [values[b.act_output] for b in blocks]
+        return [ExplainOutputs(logits=logits[n], alphas=[a[n] for a in alphas],
+                               spreads=[s[n] for s in spreads], activations=activations,
+                               images=images_value, row=n)
+                for n in range(len(images))]
 
     def device_value(self, array: np.ndarray):
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)

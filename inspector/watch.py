@@ -24,7 +24,7 @@ from .engine import Inspector
 from .errors import InspectorError, OutputError
 from .folders import check_output_folder, is_inside
 from .preprocess import IMAGE_EXTENSIONS
-from .record import Outcome, explain_and_record, result_settings, settings_hash, start_job
+from .record import Outcome, explain_and_record_many, result_settings, settings_hash, start_job
 from .stop import Stop
 from .store import Store, StoreError, default_url, display_path, display_url
 
@@ -74,10 +74,11 @@ def check_folders(in_dir: str, out_dir: str, done_dir: str, failed_dir: str) -> 
 def watch(insp: Inspector, in_dir: str, out_dir: str, done_dir: str | None = None,
           failed_dir: str | None = None, *, store_url: str | None = None, poll: float = 1.0,
           settle: float = 2.0, stop: Stop | None = None, log=print, engine_lock=None, observe=None,
-          warm_up: bool = True) -> int:
+          warm_up: bool = True, batch_images: int | None = None) -> int:
     """Run until ``stop.requested``; returns the number of images handled. Done/failed folders default to
-    ``<out>/done`` and ``<out>/failed``. A service that shares ``insp`` with other threads (the review
-    station) passes the lock they all hold while explaining, and ``observe(outcome, seconds)`` to count."""
+    ``<out>/done`` and ``<out>/failed``. Images that settled in the same scan are explained up to
+    ``batch_images`` at a time (``Inspector.batch_images``). A service that shares ``insp`` with other
+    threads (the review station) passes the lock they all hold while explaining, and ``observe(outcome, seconds)`` to count."""
     if not os.path.isdir(in_dir):
         raise InspectorError(f"--in {in_dir}: no such folder; create it or check the path (the camera or "
                              "line PC writes images there)")
@@ -102,7 +103,8 @@ def watch(insp: Inspector, in_dir: str, out_dir: str, done_dir: str | None = Non
         with store.heartbeats(job.run_id):
             while not stop.requested:
                 handled += _scan(job, in_dir, done_dir, failed_dir, seen, settle, stop, log,
-                                 engine_lock or contextlib.nullcontext(), observe)
+                                 engine_lock or contextlib.nullcontext(), observe,
+                                 insp.batch_images(batch_images))
                 if not stop.requested:
                     time.sleep(poll)
     finally:
@@ -113,16 +115,15 @@ def watch(insp: Inspector, in_dir: str, out_dir: str, done_dir: str | None = Non
     return handled
 
 
-def _scan(job, in_dir, done_dir, failed_dir, seen, settle, stop, log, engine_lock, observe) -> int:
+def _scan(job, in_dir, done_dir, failed_dir, seen, settle, stop, log, engine_lock, observe,
+          batch: int) -> int:
     now = time.monotonic()
     names = _candidates(in_dir)
     for name in list(seen):
         if name not in names:
             del seen[name]
-    handled = 0
+    ready = []
     for name in names:
-        if stop.requested:
-            break
         path = os.path.join(in_dir, name)
         try:
             st = os.stat(path)
@@ -135,27 +136,42 @@ def _scan(job, in_dir, done_dir, failed_dir, seen, settle, stop, log, engine_loc
         if now - seen[name][2] < settle:
             continue
         del seen[name]
+        ready.append(path)
+    handled = 0
+    for first in range(0, len(ready), batch):
+        if stop.requested:
+            break
+        group = ready[first:first + batch]
         start = time.perf_counter()
         try:
             with engine_lock:
-                outcome = explain_and_record(job, path)
+                outcomes = explain_and_record_many(job, group)
         except OutputError as e:
-            log(f"ERROR {display_path(name)}: {e}; trying again in {RETRY_PAUSE:.0f} s")
+            names = ", ".join(display_path(os.path.basename(p)) for p in group)
+            log(f"ERROR {names}: {e}; trying again in {RETRY_PAUSE:.0f} s")
             time.sleep(RETRY_PAUSE)
             continue
-        if outcome.state == "busy":  # another process is explaining the same content right now
-            continue
-        if observe is not None:
-            observe(outcome, time.perf_counter() - start)
-        try:
-            _file_away(job, outcome, done_dir, failed_dir, log, time.perf_counter() - start)
-        except OSError as e:
-            log(f"ERROR {display_path(name)}: recorded in the store, but moving it or writing its error file "
-                f"failed ({e.strerror}: {display_path(e.filename or '')})")
-        except StoreError as e:  # the database went away for a moment: the file is handled, its row waits
-            log(f"ERROR {display_path(name)}: moved, but the store could not note where ({e})")
-        handled += 1
+        seconds = (time.perf_counter() - start) / len(group)
+        for outcome in outcomes:
+            handled += _handled(job, outcome, done_dir, failed_dir, log, observe, seconds)
     return handled
+
+
+def _handled(job, outcome: Outcome, done_dir, failed_dir, log, observe, seconds: float) -> int:
+    """File one image's outcome away; 0 for an image another process is explaining right now (left)."""
+    if outcome.state == "busy":
+        return 0
+    if observe is not None:
+        observe(outcome, seconds)
+    name = os.path.basename(outcome.path)
+    try:
+        _file_away(job, outcome, done_dir, failed_dir, log, seconds)
+    except OSError as e:
+        log(f"ERROR {display_path(name)}: recorded in the store, but moving it or writing its error file "
+            f"failed ({e.strerror}: {display_path(e.filename or '')})")
+    except StoreError as e:  # the database went away for a moment: the file is handled, its row waits
+        log(f"ERROR {display_path(name)}: moved, but the store could not note where ({e})")
+    return 1
 
 
 def _moved(name: str, moved: str) -> str:

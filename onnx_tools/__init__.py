@@ -16,6 +16,7 @@ from .sampler import (
     KEEP,
     LAYER_MAPS,
     MASKS,
+    OWNER,
     SCORES,
     TARGET,
     act_input,
@@ -25,7 +26,7 @@ from .sampler import (
 )
 from .scores import scores_of
 
-__all__ = ["IMAGE", "KEEP", "LAYER_MAPS", "MASKS", "SCORES", "SCORE_KINDS", "TARGET", "Contract",
+__all__ = ["IMAGE", "KEEP", "LAYER_MAPS", "MASKS", "OWNER", "SCORES", "SCORE_KINDS", "TARGET", "Contract",
            "ExportError", "act_input", "analyse", "build_mask_scorer", "build_sampler", "dims_of",
            "export_file", "export_model", "find_image_input", "idx_input", "read_contract", "scores_of",
            "upsample_matrix"]

@@ -1,20 +1,26 @@
 """The sampler graph: SISE's per-mask work for a chunk of selected feature maps, as one ONNX graph
 built from an exported model, so that only channel indices go in and one map per layer comes out.
 
+One run scores the maps of N images at once (N = 1 for a single explanation).
+
 Inputs (B blocks of the contract, model input H x W):
-    sampler/image     the pre-processed image, batch 1, in the model's layout
-    sampler/act/<b>   block b's activation [1, C_b, h_b, w_b] (stays on the device between runs)
-    sampler/idx/<b>   int64 [K_b]: the selected channels of block b in this chunk (may be empty)
-    sampler/target    float32 [1, num_classes]: class weights of the explained target
+    sampler/image     the N pre-processed images [N, ...] in the model's layout
+    sampler/act/<b>   block b's activations [N, C_b, h_b, w_b] (stay on the device between runs)
+    sampler/idx/<b>   int64 [K_b]: the selected maps of block b in this chunk, as rows n * C_b + c of the
+                      activations flattened to [N * C_b, h_b, w_b] (image n, channel c; may be empty)
+    sampler/owner     int64 [K]: the image n of each selected map, in the sampler's order (below)
+    sampler/target    float32 [N, num_classes]: class weights of each image's explained target
     sampler/keep      float32 [K]: 1 for a selected map, 0 for padding (a caller keeping every run at
                       the same batch size repeats a map with keep 0; it adds nothing to the layer maps)
 
-Per selected map k (K = sum K_b): m_k = min-max(bilinear-upsample(act[idx_k])) (half-pixel centres,
-as PyTorch's align_corners=False), s_k = sum_c target_c * psi_c(model(image * m_k)).
+Per selected map k (K = sum K_b, block order, then the order of idx/<b>): m_k = min-max(bilinear-upsample(
+act row idx_k)) (half-pixel centres, as PyTorch's align_corners=False), s_k = sum_c target[n_k, c] *
+psi_c(model(image[n_k] * m_k)) with n_k = owner_k.
 
 Outputs:
-    sampler/layer_maps  [B, H, W]: sum over the chunk's maps of layer b of keep_k * s_k * m_k / sum(m_k)
-    sampler/scores      [K]: s_k, in block order then index order
+    sampler/layer_maps  [N, B, H, W]: per image n and layer b, the sum over the chunk's maps of image n
+                        and layer b of keep_k * s_k * m_k / sum(m_k)
+    sampler/scores      [K]: s_k, in the sampler's order
 
 The caller drops constant maps (``sise/range/<b>`` <= eps) before sampling; they have no min-max mask.
 """
@@ -35,7 +41,7 @@ from .interpolation import upsample_matrix
 from .scores import emit_score
 
 IMAGE, TARGET, LAYER_MAPS, SCORES = "sampler/image", "sampler/target", "sampler/layer_maps", "sampler/scores"
-KEEP = "sampler/keep"
+KEEP, OWNER = "sampler/keep", "sampler/owner"
 MASKS = "scorer/masks"
 OPTIONAL_OUTPUT_OPS = {"MaxPool", "Dropout"}
 
@@ -98,8 +104,9 @@ def _half_precision(nodes: list, inits: list, exported: onnx.ModelProto,
 
 
 def _masked_forward(emit: Emitter, exported: onnx.ModelProto, contract: Contract, masks: str,
-                    fp16: bool = False) -> tuple[list, list, int]:
+                    fp16: bool = False, owner: str | None = None) -> tuple[list, list, int]:
     """Emit image * masks ([K, H, W]), the model on that batch and SCORES (psi of the target per mask).
+    ``owner``: int64 [K], the row of IMAGE and TARGET each mask belongs to; without it both have one row.
 
     Returns the forward nodes, their initializers, and the position in ``emit.nodes`` where the
     forward nodes must be inserted. With ``fp16`` the forward part computes in float16; masking,
@@ -111,23 +118,30 @@ def _masked_forward(emit: Emitter, exported: onnx.ModelProto, contract: Contract
     if fp16:
         forward, inits = _half_precision(forward, inits, exported, contract)
     channel_axis = 1 if contract.input_layout == "NCHW" else 3
-    masked = emit.op("Mul", [IMAGE, emit.unsqueeze(masks, [channel_axis])])
+    image = IMAGE if owner is None else emit.op("Gather", [IMAGE, owner], axis=0)
+    masked = emit.op("Mul", [image, emit.unsqueeze(masks, [channel_axis])])
     position = len(emit.nodes)
     for node in forward:
         node.input[:] = [masked if i == contract.input_name else i for i in node.input]
     flat = emit.op("Flatten", [contract.output_name], axis=1)
     psi = emit_score(emit, flat, contract.score)
-    scores = emit.op("MatMul", [psi, emit.op("Transpose", [TARGET], perm=[1, 0])])
-    emit.op("Reshape", [scores, emit.ints([-1])], outputs=[SCORES])
+    if owner is None:
+        scores = emit.op("MatMul", [psi, emit.op("Transpose", [TARGET], perm=[1, 0])])
+        emit.op("Reshape", [scores, emit.ints([-1])], outputs=[SCORES])
+    else:
+        weighted = emit.op("Mul", [psi, emit.op("Gather", [TARGET, owner], axis=0)])
+        emit.reduce("ReduceSum", weighted, [1], keepdims=False, output=SCORES)
     return forward, inits, position
 
 
 def _assemble(exported: onnx.ModelProto, contract: Contract, emit: Emitter, forward: tuple,
-              inputs: list, outputs: list, name: str) -> onnx.ModelProto:
+              inputs: list, outputs: list, name: str, images: int | str = 1) -> onnx.ModelProto:
+    """``images``: the batch of IMAGE and TARGET (1, or "N" for the sampler's images)."""
     nodes_fw, inits_fw, position = forward
-    image_dims = [1] + list(contract.input_shape[1:])
+    image_dims = [images] + list(contract.input_shape[1:])
     inputs = [helper.make_tensor_value_info(IMAGE, onnx.TensorProto.FLOAT, image_dims)] + inputs
-    inputs.append(helper.make_tensor_value_info(TARGET, onnx.TensorProto.FLOAT, [1, contract.num_classes]))
+    inputs.append(helper.make_tensor_value_info(TARGET, onnx.TensorProto.FLOAT,
+                                                [images, contract.num_classes]))
     nodes = emit.nodes[:position] + nodes_fw + emit.nodes[position:]
     graph = helper.make_graph(nodes, name, inputs, outputs, inits_fw + emit.initializers)
     model = helper.make_model(graph, opset_imports=list(exported.opset_import))
@@ -155,18 +169,19 @@ def build_sampler(exported: onnx.ModelProto, *, fp16: bool = False) -> onnx.Mode
     ups, assign, inputs = [], [], []
     for b, block in enumerate(contract.blocks):
         _, channels, h, w = block.shape
-        inputs += [helper.make_tensor_value_info(act_input(b), onnx.TensorProto.FLOAT, [1, channels, h, w]),
+        inputs += [helper.make_tensor_value_info(act_input(b), onnx.TensorProto.FLOAT,
+                                                 ["N", channels, h, w]),
                    helper.make_tensor_value_info(idx_input(b), onnx.TensorProto.INT64, [f"K{b}"])]
-        chosen = emit.op("Reshape", [emit.op("Gather", [act_input(b), idx_input(b)], axis=1),
-                                     emit.ints([-1, h, w])])
+        rows = emit.op("Reshape", [act_input(b), emit.ints([-1, h, w])])  # [N * C_b, h, w]
+        chosen = emit.op("Gather", [rows, idx_input(b)], axis=0)  # [K_b, h, w]
         # rows @ chosen @ cols as 2-D MatMuls only: a block with no map in this chunk gives an empty batch,
         # and onnxruntime before 1.32 refuses to broadcast a batched MatMul (or FusedMatMul) over it.
         # The transposes swap the leading axes, which onnxruntime does not fold into the MatMuls.
-        rows = emit.const(upsample_matrix(h, height).astype(np.float32), hint="rows")  # [H, h]
-        cols = emit.const(upsample_matrix(w, width).T.astype(np.float32), hint="cols")  # [w, W]
-        wide = emit.op("MatMul", [emit.op("Reshape", [chosen, emit.ints([-1, w])]), cols])  # [K_b h, W]
+        up_rows = emit.const(upsample_matrix(h, height).astype(np.float32), hint="rows")  # [H, h]
+        up_cols = emit.const(upsample_matrix(w, width).T.astype(np.float32), hint="cols")  # [w, W]
+        wide = emit.op("MatMul", [emit.op("Reshape", [chosen, emit.ints([-1, w])]), up_cols])  # [K_b h, W]
         by_row = emit.op("Transpose", [emit.op("Reshape", [wide, emit.ints([-1, h, width])])], perm=[1, 0, 2])
-        up = emit.op("MatMul", [rows, emit.op("Reshape", [by_row, emit.ints([h, -1])])])  # [H, K_b W]
+        up = emit.op("MatMul", [up_rows, emit.op("Reshape", [by_row, emit.ints([h, -1])])])  # [H, K_b W]
         ups.append(emit.op("Transpose", [emit.op("Reshape", [up, emit.ints([height, -1, width])])],
                            perm=[1, 0, 2]))  # [K_b, H, W]
         zeros = emit.op("Mul", [emit.op("Cast", [idx_input(b)], to=onnx.TensorProto.FLOAT),
@@ -181,17 +196,28 @@ def build_sampler(exported: onnx.ModelProto, *, fp16: bool = False) -> onnx.Mode
     # [K]; a constant map (the caller should have dropped it) gets mask 0 and weight 0, not NaN
     mass = emit.op("Max", [emit.reduce("ReduceSum", masks, [1, 2], keepdims=False),
                            emit.const(np.array(1e-12, np.float32))])
-    forward = _masked_forward(emit, exported, contract, masks, fp16)
-    inputs.append(helper.make_tensor_value_info(KEEP, onnx.TensorProto.FLOAT, ["K"]))
+    forward = _masked_forward(emit, exported, contract, masks, fp16, owner=OWNER)
+    inputs += [helper.make_tensor_value_info(KEEP, onnx.TensorProto.FLOAT, ["K"]),
+               helper.make_tensor_value_info(OWNER, onnx.TensorProto.INT64, ["K"])]
     weights = emit.op("Mul", [emit.op("Div", [SCORES, mass]), KEEP])
+    # [K, N]: 1 where map k belongs to image n (owner_k == n), N read from the target's rows
+    n_images = emit.op("Gather", [emit.op("Shape", [TARGET]), emit.const(np.array(0, np.int64))], axis=0)
+    image_ids = emit.op("Range", [emit.const(np.array(0, np.int64)), n_images,
+                                  emit.const(np.array(1, np.int64))])
+    of_image = emit.op("Cast", [emit.op("Equal", [emit.unsqueeze(OWNER, [1]), image_ids])],
+                       to=onnx.TensorProto.FLOAT)
     layer_weights = emit.op("Mul", [emit.op("Concat", assign, axis=0),
                                     emit.unsqueeze(weights, [1])])  # [K, B]
+    # [K, N * B]: map k's weight in the slot (its image, its layer)
+    pairs = emit.op("Mul", [emit.unsqueeze(of_image, [2]), emit.unsqueeze(layer_weights, [1])])  # [K, N, B]
+    slots = emit.op("Reshape", [pairs, emit.ints([0, -1])])
     flat_masks = emit.op("Reshape", [masks, emit.ints([-1, height * width])])
-    maps = emit.op("MatMul", [emit.op("Transpose", [layer_weights], perm=[1, 0]), flat_masks])
-    emit.op("Reshape", [maps, emit.ints([n_blocks, height, width])], outputs=[LAYER_MAPS])
-    outputs = [helper.make_tensor_value_info(LAYER_MAPS, onnx.TensorProto.FLOAT, [n_blocks, height, width]),
+    maps = emit.op("MatMul", [emit.op("Transpose", [slots], perm=[1, 0]), flat_masks])  # [N * B, H W]
+    emit.op("Reshape", [maps, emit.ints([-1, n_blocks, height, width])], outputs=[LAYER_MAPS])
+    outputs = [helper.make_tensor_value_info(LAYER_MAPS, onnx.TensorProto.FLOAT,
+                                             ["N", n_blocks, height, width]),
                helper.make_tensor_value_info(SCORES, onnx.TensorProto.FLOAT, ["K"])]
-    return _assemble(exported, contract, emit, forward, inputs, outputs, "sise_sampler")
+    return _assemble(exported, contract, emit, forward, inputs, outputs, "sise_sampler", images="N")
 
 
 def build_mask_scorer(exported: onnx.ModelProto, *, fp16: bool = False) -> onnx.ModelProto:

@@ -255,7 +255,7 @@ def test_unfinished_images_of_a_shard_are_named_by_the_merge(tmp_path):
     inp = tmp_path / "in"
     make_inputs(inp, 8)
     cfg = config(tmp_path)
-    proc = audit("-c", cfg, inp, "--out", tmp_path / "s0", "--shard", "0/1", wait=False)
+    proc = audit("-c", cfg, inp, "--out", tmp_path / "s0", "--shard", "0/1", "--batch-images", "2", wait=False)
     deadline = time.time() + 120
     while time.time() < deadline:
         if done_so_far(tmp_path / "s0") >= 2:
@@ -453,14 +453,14 @@ def test_simulated_enospc_and_transient_failures_in_process(tmp_path, monkeypatc
     assert len(os.listdir(out / "images")) == 4  # the one finished image; the second's files were removed
     monkeypatch.setattr(atomic, "_write_temp", real_write)
 
-    real_explain, broken = Inspector.explain, {"n": 0}
+    real_group, broken = Inspector._explain_group, {"n": 0}
 
-    def flaky(self, image, **kw):
-        broken["n"] += 1
-        if broken["n"] == 1:
+    def flaky(self, items, **kw):  # the batch of four runs out of memory, then its first image alone too
+        if len(items) > 1 or broken["n"] == 0:
+            broken["n"] += len(items) == 1
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real_explain(self, image, **kw)
-    monkeypatch.setattr(Inspector, "explain", flaky)
+        return real_group(self, items, **kw)
+    monkeypatch.setattr(Inspector, "_explain_group", flaky)
     s = run_audit(insp, str(inp), str(out))
     assert s.exit_code == 1 and s.failed == 1 and s.explained == 3 and s.reused == 1
     failed = [r for r in s.rows if r["status"] == "failed"]
@@ -586,7 +586,7 @@ def test_a_claim_taken_over_leaves_the_new_owners_files(tmp_path):
     """A process paused past the heartbeat limit finds its claim taken over: it must not remove the files
     the new owner wrote under the same names."""
     from inspector.engine import Inspector
-    from inspector.record import Outcome, _commit, _explain, explain_and_record, start_job
+    from inspector.record import Outcome, _commit, _explain, _Held, explain_and_record, start_job
     from inspector.store import ClaimLost, ResultKey, Store
 
     make_inputs(tmp_path / "in", 1)
@@ -604,7 +604,8 @@ def test_a_claim_taken_over_leaves_the_new_owners_files(tmp_path):
         store.end_run(paused.run_id, "stopped")  # what a missed heartbeat looks like to the other run
         assert explain_and_record(other, path).state == "explained"
         outcome = Outcome(path, "explained", claim.result_id, sha)
-        files = _explain(paused, data, path, outcome)
+        key = ResultKey(sha, paused.settings_hash, paused.target_key)
+        files = _explain(paused, [_Held(outcome, claim, key, data)])[path]
         with pytest.raises(ClaimLost, match="taken over"):
             _commit(paused, claim, outcome, files)
         assert store.result(claim.result_id)["run_id"] == other.run_id

@@ -179,12 +179,29 @@ def test_plan_chunks_pads_the_last_chunk_at_its_end():
     from inspector.methods.sise import plan_chunks
 
     selected = [np.array([4, 1]), np.array([], np.int64), np.array([0, 2, 3])]
-    chunks = plan_chunks(selected, 3, pad=True)
+    chunks = plan_chunks([selected], [0], [5, 2, 4], 3, pad=True)
     assert [[list(i) for i in c.indices] for c in chunks] == [[[4, 1], [], [0]], [[], [], [2, 3, 3]]]
     assert [list(c.keep) for c in chunks] == [[1, 1, 1], [1, 1, 0]]
-    unpadded = plan_chunks(selected, 3)
+    assert [list(c.owner) for c in chunks] == [[0, 0, 0], [0, 0, 0]]
+    unpadded = plan_chunks([selected], [0], [5, 2, 4], 3)
     assert [[list(i) for i in c.indices] for c in unpadded][1] == [[], [], [2, 3]]
     assert list(unpadded[1].keep) == [1, 1]
+
+
+def test_plan_chunks_of_two_images_address_rows_of_the_run_in_the_samplers_order():
+    """Maps go image by image into chunks; inside a chunk block by block (the sampler's order), each map's
+    row of the flattened activations being n * C_b + c and its owner n (by hand)."""
+    from inspector.methods.sise import plan_chunks
+
+    first = [np.array([4]), np.array([], np.int64), np.array([3])]
+    second = [np.array([1]), np.array([0]), np.array([], np.int64)]
+    chunks = plan_chunks([first, second], [0, 1], [5, 2, 4], 3, pad=True)
+    # chunk 1: (img 0, b0, c4), (img 0, b2, c3), (img 1, b0, c1) -> block order: b0 [4, 5+1], b2 [3]
+    assert [list(i) for i in chunks[0].indices] == [[4, 6], [], [3]]
+    assert list(chunks[0].owner) == [0, 1, 0] and list(chunks[0].keep) == [1, 1, 1]
+    # chunk 2: (img 1, b1, c0) -> row 2 * 1 + 0, padded twice with keep 0
+    assert [list(i) for i in chunks[1].indices] == [[], [2, 2, 2], []]
+    assert list(chunks[1].owner) == [1, 1, 1] and list(chunks[1].keep) == [1, 0, 0]
 
 
 class PatchDetector(torch.nn.Module):

@@ -25,8 +25,10 @@ class MethodContext:
     Attributes:
         sessions: the EngineSessions (``score_masks`` for image * masks, the sampler, the device).
         explained: ExplainOutputs of the explain-model run for ``target_weights`` (logits; per block the
-            gradients' spatial means ``alphas``, the activations' ranges ``spreads`` and the activations
-            on the device). Always there: the engine needs the logits for every method.
+            gradients' spatial means ``alphas``, the activations' ranges ``spreads``; on the device the
+            run's images and activations, of which this image is row ``explained.row``: a run may hold
+            several images, see :meth:`Method.explain_many`). Always there: the engine needs the logits
+            for every method.
         tensor: the pre-processed image, batch 1, in the model's layout.
         target_weights: float32 [num_classes], the class weights to explain (one-hot for a class);
             add a batch axis (``target_weights[None]``) for the graphs' target input.
@@ -94,6 +96,11 @@ class Method:
 
     def explain(self, context: MethodContext) -> MethodResult:
         raise NotImplementedError
+
+    def explain_many(self, contexts: list[MethodContext]) -> list[MethodResult]:
+        """Several images, in order (``Inspector.explain_batch``); one at a time unless a method packs
+        their work together (SISE's sampler runs). Results must equal :meth:`explain`'s."""
+        return [self.explain(c) for c in contexts]
 
     def __repr__(self) -> str:
         return f"<method {self.name}>"

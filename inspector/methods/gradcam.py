@@ -18,7 +18,7 @@ class GradCam(Method):
 
     def explain(self, context: MethodContext) -> MethodResult:
         explained, size = context.explained, context.size
-        acts = explained.activations[-1].numpy()[0]  # [C, h, w]
+        acts = explained.activations[-1].numpy()[explained.row]  # [C, h, w]
         cam = np.maximum(np.tensordot(explained.alphas[-1], acts, axes=1), 0.0)  # [h, w]
         h, w = cam.shape
         up = upsample_matrix(h, size[0]) @ cam @ upsample_matrix(w, size[1]).T

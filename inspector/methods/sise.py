@@ -2,8 +2,8 @@
 
 For each block: select channels (alpha > mu * max alpha, or Ada-SISE's Otsu rule), drop constant maps,
 and let the sampler graph score image * mask for every selected map in chunks; the layer map is
-sum_k s_k m_k / sum(m_k), min-max normalised. Chunks mix blocks, so every run but the last is full
-(on CUDA the last is padded too, see PAD_DEVICES).
+sum_k s_k m_k / sum(m_k), min-max normalised. Chunks mix blocks and the images of one explain-model run,
+so every run but the last is full (on CUDA the last is padded too, see PAD_DEVICES).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnx_tools import IMAGE, KEEP, LAYER_MAPS, SCORES, TARGET, act_input, idx_input
+from onnx_tools import IMAGE, KEEP, LAYER_MAPS, OWNER, SCORES, TARGET, act_input, idx_input
 
 from ..config import MethodConfig
 from ..fusion import fuse, minmax
@@ -26,24 +26,33 @@ PAD_DEVICES = ("cuda",)
 
 @dataclass(frozen=True)
 class Chunk:
-    indices: list[np.ndarray]  # per block: int64 channel indices (possibly empty)
+    indices: list[np.ndarray]  # per block: int64 rows n * C_b + c of the run's activations [N * C_b, h, w]
+    owner: np.ndarray  # int64 [K]: the image (row n) of each map, in the sampler's order
     keep: np.ndarray  # float32 [K]: 1 for a selected map, 0 for padding, in the sampler's order
 
 
-def plan_chunks(selected: list[np.ndarray], chunk_size: int, *, pad: bool = False) -> list[Chunk]:
-    """Split the (block, channel) pairs, block by block, into chunks of at most ``chunk_size``.
-    With ``pad`` a short last chunk is filled up to ``chunk_size`` by repeating its last map with keep 0;
-    the padding sits at the end of that map's block, the last block present, so at the end of the chunk."""
-    pairs = [(b, int(c)) for b, idx in enumerate(selected) for c in idx]
+def plan_chunks(selected: list[list[np.ndarray]], rows: list[int], channels: list[int], chunk_size: int, *,
+                pad: bool = False) -> list[Chunk]:
+    """Split the selected maps of several images of one explain-model run into sampler runs.
+
+    ``selected[i][b]``: the selected channels of block b of image i, whose row in the run is ``rows[i]``;
+    ``channels[b]``: C_b. Maps are taken image by image, block by block, into chunks of at most
+    ``chunk_size``; inside a chunk they are put in the sampler's order (block by block, stable). With
+    ``pad`` a short last chunk is filled up to ``chunk_size`` by repeating its last map with keep 0."""
+    maps = [(rows[i], b, int(c)) for i, per_block in enumerate(selected)
+            for b, idx in enumerate(per_block) for c in idx]
     chunks = []
-    for start in range(0, len(pairs), chunk_size):
-        part = pairs[start:start + chunk_size]
-        keep = np.ones(len(part), np.float32)
+    for start in range(0, len(maps), chunk_size):
+        part = maps[start:start + chunk_size]
+        keep = [1.0] * len(part)
         if pad and len(part) < chunk_size:
-            keep = np.concatenate([keep, np.zeros(chunk_size - len(part), np.float32)])
+            keep += [0.0] * (chunk_size - len(part))
             part = part + [part[-1]] * (chunk_size - len(part))
-        indices = [np.array([c for b2, c in part if b2 == b], np.int64) for b in range(len(selected))]
-        chunks.append(Chunk(indices, keep))
+        order = sorted(range(len(part)), key=lambda k: part[k][1])
+        indices = [np.array([part[k][0] * channels[b] + part[k][2] for k in order if part[k][1] == b],
+                            np.int64) for b in range(len(channels))]
+        chunks.append(Chunk(indices, np.array([part[k][0] for k in order], np.int64),
+                            np.array([keep[k] for k in order], np.float32)))
     return chunks
 
 
@@ -59,24 +68,46 @@ class Sise(Method):
         return config
 
     def explain(self, context: MethodContext) -> MethodResult:
-        """Select maps per block, score them through the sampler graph chunk by chunk, fuse the layer maps."""
-        explained, method = context.explained, context.settings
-        sessions, size = context.sessions, context.size
-        selected = [select_maps(a, s, mu=method.mu, adaptive=method.adaptive, cap=method.max_masks_per_layer)
-                    for a, s in zip(explained.alphas, explained.spreads)]
-        chunks = plan_chunks(selected, context.chunk_size, pad=sessions.device in PAD_DEVICES)
-        total = np.zeros((len(selected), *size), np.float64)
-        device_feeds = {act_input(b): act for b, act in enumerate(explained.activations)}
-        device_feeds[IMAGE] = sessions.device_value(context.tensor)
-        target_weights = context.target_weights[None]
-        for i, chunk in enumerate(chunks):
-            feeds = {idx_input(b): idx for b, idx in enumerate(chunk.indices)}
-            feeds[TARGET] = target_weights
-            feeds[KEEP] = chunk.keep
-            layer_maps, _ = sessions.run_sampler(feeds, device_feeds, [LAYER_MAPS, SCORES])
-            total += layer_maps
-            if context.progress is not None:
-                context.progress(i + 1, len(chunks))
-        maps = [minmax(total[b]) if len(idx) else None for b, idx in enumerate(selected)]
-        return MethodResult(saliency=fuse(maps, size), layer_maps=maps,
-                            masks_per_layer=tuple(len(idx) for idx in selected))
+        return self.explain_many([context])[0]
+
+    def explain_many(self, contexts: list[MethodContext]) -> list[MethodResult]:
+        """Select maps per image and block, score them through the sampler graph in chunks that mix the
+        images of one explain-model run, fuse each image's layer maps. An image's maps are those of
+        explaining it alone; only the sums' order of addition differs."""
+        first = contexts[0]
+        method, sessions, size = first.settings, first.sessions, first.size
+        selected = [[select_maps(a, s, mu=method.mu, adaptive=method.adaptive, cap=method.max_masks_per_layer)
+                     for a, s in zip(c.explained.alphas, c.explained.spreads)] for c in contexts]
+        channels = [len(a) for a in first.explained.alphas]
+        runs: dict[int, list[int]] = {}  # contexts by the explain-model run they come from
+        for i, c in enumerate(contexts):
+            runs.setdefault(id(c.explained.images), []).append(i)
+        pad = sessions.device in PAD_DEVICES
+        plans = [(members, plan_chunks([selected[i] for i in members],
+                                       [contexts[i].explained.row for i in members], channels,
+                                       first.chunk_size, pad=pad))
+                 for members in runs.values()]
+        total_chunks, done = sum(len(chunks) for _, chunks in plans), 0
+        totals = np.zeros((len(contexts), len(channels), *size), np.float64)
+        for members, chunks in plans:
+            explained = contexts[members[0]].explained
+            device_feeds = {act_input(b): act for b, act in enumerate(explained.activations)}
+            device_feeds[IMAGE] = explained.images
+            targets = np.zeros((explained.images.shape()[0], len(first.target_weights)), np.float32)
+            for i in members:
+                targets[contexts[i].explained.row] = contexts[i].target_weights
+            for chunk in chunks:
+                feeds = {idx_input(b): idx for b, idx in enumerate(chunk.indices)}
+                feeds.update({TARGET: targets, KEEP: chunk.keep, OWNER: chunk.owner})
+                layer_maps, _ = sessions.run_sampler(feeds, device_feeds, [LAYER_MAPS, SCORES])
+                for i in members:
+                    totals[i] += layer_maps[contexts[i].explained.row]
+                done += 1
+                if first.progress is not None:
+                    first.progress(done, total_chunks)
+        results = []
+        for per_block, total in zip(selected, totals):
+            maps = [minmax(total[b]) if len(idx) else None for b, idx in enumerate(per_block)]
+            results.append(MethodResult(saliency=fuse(maps, size), layer_maps=maps,
+                                        masks_per_layer=tuple(len(idx) for idx in per_block)))
+        return results
