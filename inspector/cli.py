@@ -78,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--store", default=None, help=store_help)
     au.add_argument("--no-retry", action="store_true", help="skip images whose earlier result failed")
     au.add_argument("--batch-images", **batch_option)
+    au.add_argument("--engine", choices=["local", "ray"], default="local",
+                    help="local: this process; ray: a pool of Ray Data workers (pip install "
+                         "'sise-inspector[ray]'), on this machine or the cluster at --ray-address")
+    au.add_argument("--ray-address", default=None,
+                    help="a running Ray cluster (e.g. ray://head:10001 or auto); default: a local Ray")
+    au.add_argument("--workers", type=int, default=None, help="Ray workers, one Inspector each (default 2)")
+    au.add_argument("--gpus-per-worker", type=float, default=0.0,
+                    help="GPUs each Ray worker reserves (e.g. 1, or 0.5 for two per GPU; default 0)")
     merge = sub.add_parser("audit-merge", help="join the stores of sharded audits into a new one")
     merge.add_argument("parts", nargs="+", help="audit output folders (or store URLs); never modified")
     merge.add_argument("--out", required=True, help="a new folder for the merged store, views and images")
@@ -142,9 +150,19 @@ def cmd_audit(args) -> int:
 
     stop = Stop().install()  # before the model loads: a SIGTERM during start-up still ends in views, exit 3
     shard = parse_shard(args.shard)
-    insp = Inspector.from_config(args.config)
-    s = run_audit(insp, args.input, args.out, store_url=args.store, shard=shard, retry=not args.no_retry,
-                  stop=stop, batch_images=args.batch_images)
+    if args.engine == "ray":
+        from .ray_audit import DEFAULT_WORKERS, RayOptions, run_ray_audit
+
+        options = RayOptions(address=args.ray_address, workers=args.workers or DEFAULT_WORKERS,
+                             gpus_per_worker=args.gpus_per_worker)
+        s = run_ray_audit(args.config, args.input, args.out, options=options, store_url=args.store,
+                          shard=shard, retry=not args.no_retry, stop=stop, batch_images=args.batch_images)
+    else:
+        if args.ray_address or args.workers or args.gpus_per_worker:
+            raise InspectorError("--ray-address, --workers and --gpus-per-worker need --engine ray")
+        insp = Inspector.from_config(args.config)
+        s = run_audit(insp, args.input, args.out, store_url=args.store, shard=shard, retry=not args.no_retry,
+                      stop=stop, batch_images=args.batch_images)
     if s.rows or not s.stopped:
         print(f"{s.total} image(s): {s.explained} explained now, {s.reused} found in the store, "
               f"{s.failed} failed, {s.pending} not finished; views: {os.path.join(args.out, 'results.csv')}, "

@@ -78,7 +78,8 @@ def watch(insp: Inspector, in_dir: str, out_dir: str, done_dir: str | None = Non
     """Run until ``stop.requested``; returns the number of images handled. Done/failed folders default to
     ``<out>/done`` and ``<out>/failed``. Images that settled in the same scan are explained up to
     ``batch_images`` at a time (``Inspector.batch_images``). A service that shares ``insp`` with other
-    threads (the review station) passes the lock they all hold while explaining, and ``observe(outcome, seconds)`` to count."""
+    threads (the review station) passes the lock they all hold while explaining, and
+    ``observe(outcome, seconds)`` to count."""
     if not os.path.isdir(in_dir):
         raise InspectorError(f"--in {in_dir}: no such folder; create it or check the path (the camera or "
                              "line PC writes images there)")

@@ -255,7 +255,8 @@ def test_unfinished_images_of_a_shard_are_named_by_the_merge(tmp_path):
     inp = tmp_path / "in"
     make_inputs(inp, 8)
     cfg = config(tmp_path)
-    proc = audit("-c", cfg, inp, "--out", tmp_path / "s0", "--shard", "0/1", "--batch-images", "2", wait=False)
+    proc = audit("-c", cfg, inp, "--out", tmp_path / "s0", "--shard", "0/1", "--batch-images", "2",
+                 wait=False)
     deadline = time.time() + 120
     while time.time() < deadline:
         if done_so_far(tmp_path / "s0") >= 2:

@@ -1,0 +1,195 @@
+"""`inspector audit --engine ray`: the audit's per-image work on a pool of Ray Data actors.
+
+    driver: list the inputs (shard), register the run and its plan in the store (as `inspector audit`)
+      -> ray.data over the inputs, one block per batch of images
+      -> map_batches(AuditWorker): one Inspector per actor (the model loads once per worker), each actor its
+         own run in the store; every batch goes through record.explain_and_record_many, so the store's
+         claims decide who explains an image, and a result exists once per content and settings
+      -> the driver counts outcomes as they stream back, then ends the runs and writes the views
+
+A worker process that dies is restarted by Ray and its batch is run again: the images it had finished are
+found done in the store (not explained twice); those it held are taken over at once on the same machine
+(its process is gone), or after the store's heartbeat limit on another one. Resume, retry and exit codes are
+those of the single-process audit: run the same command again.
+
+Imported only by this path; Ray is the optional extra ``pip install 'sise-inspector[ray]'``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import time
+
+import numpy as np
+
+from .audit import AuditSummary, _finish, _progress, audit_scope, check_folders, in_shard, list_inputs
+from .config import load_config
+from .engine import Inspector
+from .errors import InspectorError, OutputError
+from .record import explain_and_record_many, result_settings, settings_hash, start_job
+from .stop import Stop
+from .store import Store, StoreError, default_url, display_path
+
+log = logging.getLogger(__name__)
+DEFAULT_WORKERS = 2
+LOCAL_CPUS_PER_WORKER = 0.5  # of a local Ray's logical CPUs: Ray Data keeps some for its own tasks
+
+
+@dataclasses.dataclass(frozen=True)
+class RayOptions:
+    """``--ray-address`` (None: a local Ray on this machine), ``--workers``, ``--gpus-per-worker`` and the
+    logical CPUs each worker asks for (None: 0.5 on a local Ray, 1 on a cluster)."""
+
+    address: str | None = None
+    workers: int = DEFAULT_WORKERS
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float | None = None
+
+    def __post_init__(self):
+        if self.workers < 1:
+            raise InspectorError(f"--workers {self.workers}: need at least 1")
+        if self.gpus_per_worker < 0:
+            raise InspectorError(f"--gpus-per-worker {self.gpus_per_worker}: must be >= 0")
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # the Data library (pyarrow, pandas) comes with the extra
+    except ImportError as e:
+        raise InspectorError("--engine ray needs Ray Data: pip install 'sise-inspector[ray]' (or "
+                             f"pip install 'ray[data]'); {e}") from e
+    return ray
+
+
+class AuditWorker:
+    """One Ray actor: an Inspector and a store connection; explains and records batches of paths."""
+
+    def __init__(self, *, config: str, store_url: str, out: str, scope: str, source: str,
+                 shard: tuple[int, int], retry: bool, threads: int | None, wait_for_others: float):
+        cfg = load_config(config)
+        if threads and not cfg.runtime.intra_op_threads:
+            cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, intra_op_threads=threads))
+        self.insp = Inspector(cfg)
+        self.store = Store(store_url)
+        self.job = start_job(self.insp, self.store, kind="audit", out_dir=out, scope=scope, source=source,
+                             shard=shard, retry=retry)
+        self.wait_for_others = wait_for_others
+        self._beating = contextlib.ExitStack()
+        self._beating.enter_context(self.store.heartbeats(self.job.run_id))
+
+    def __call__(self, batch: dict) -> dict:
+        paths = [os.fsdecode(bytes(p)) for p in batch["path"]]
+        outcomes = {o.path: o for o in explain_and_record_many(self.job, paths)}
+        deadline = time.monotonic() + self.wait_for_others
+        busy = [p for p, o in outcomes.items() if o.state == "busy"]
+        while busy and time.monotonic() < deadline:  # held by another run (a dead worker's, on another host)
+            time.sleep(1.0)
+            outcomes.update({o.path: o for o in explain_and_record_many(self.job, busy)})
+            busy = [p for p, o in outcomes.items() if o.state == "busy"]
+        ordered = [outcomes[p] for p in paths]
+        return {"path": np.array([os.fsencode(o.path) for o in ordered], dtype=object),
+                "state": np.array([o.state for o in ordered], dtype=object),
+                "run_id": np.full(len(ordered), self.job.run_id, np.int64)}
+
+
+def run_ray_audit(config_path: str, source: str, out: str, *, options: RayOptions = RayOptions(),
+                  store_url: str | None = None, shard: tuple[int, int] = (0, 1), retry: bool = True,
+                  stop: Stop | None = None, batch_images: int | None = None,
+                  wait_for_others: float = 3600.0) -> AuditSummary:
+    """The audit of ``source`` (this shard) with Ray Data; same store, views and summary as
+    :func:`inspector.audit.run_audit`."""
+    ray = _import_ray()
+    check_folders(source, out)
+    stop = stop or Stop()
+    todo = [p for k, p in list_inputs(source) if in_shard(k, *shard)]
+    os.makedirs(out, exist_ok=True)
+    url = store_url or default_url(out)
+    insp = Inspector.from_config(config_path)  # checks config and model here, before any worker starts
+    batch = insp.batch_images(batch_images)
+    settings = settings_hash(result_settings(insp))
+    store = Store(url)
+    try:
+        scope = audit_scope(settings, source, shard)
+        job = start_job(insp, store, kind="audit", out_dir=out, scope=scope,
+                        source=display_path(os.path.abspath(source)), shard=shard, retry=retry, plan=todo)
+        del insp  # the workers load their own
+        summary = AuditSummary(total=len(todo))
+        worker_runs: set[int] = set()
+        try:
+            with store.heartbeats(job.run_id):
+                _start_ray(ray, options, url)
+                try:
+                    worker = {"config": os.path.abspath(config_path), "store_url": url,
+                              "out": os.path.abspath(out), "scope": scope,
+                              "source": display_path(os.path.abspath(source)), "shard": shard, "retry": retry}
+                    stream = _pipeline(ray, todo, options, batch, wait_for_others, worker)
+                    _collect(stream, stop, summary, worker_runs, len(todo))
+                finally:
+                    for run_id in worker_runs:
+                        with contextlib.suppress(StoreError):
+                            store.end_run(run_id, "stopped" if stop.requested else "finished")
+                    ray.shutdown()
+        except OutputError as e:
+            summary.stopped = str(e)
+        except BaseException as e:  # a bug, an interrupt or a Ray failure: noted, then it goes up
+            with contextlib.suppress(StoreError):
+                store.end_run(job.run_id, "stopped", f"{type(e).__name__}: {e}")
+            raise
+        if stop.requested and not summary.stopped:
+            summary.stopped = f"stopped by {stop.signal_name or 'request'}"
+        _finish(store, job, out, source, shard, summary)
+        return summary
+    finally:
+        store.close()
+
+
+def _start_ray(ray, options: RayOptions, url: str) -> None:
+    """Connect to the cluster at ``options.address``, or start a local Ray; a SQLite store is refused
+    when the cluster has several machines (each would write its own copy of the file)."""
+    import ray.data
+
+    ray.init(address=options.address, include_dashboard=False, configure_logging=True,
+             logging_level=logging.WARNING, log_to_driver=True)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the audit prints its own progress line
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notes on its own settings are not news
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and url.startswith("sqlite"):
+        ray.shutdown()
+        raise InspectorError(f"the Ray cluster at {options.address} has {len(nodes)} machines: a SQLite "
+                             "store lives on one of them; give --store postgresql+psycopg://... (a database "
+                             "every worker reaches)")
+
+
+def _pipeline(ray, todo: list[str], options: RayOptions, batch: int, wait_for_others: float, worker: dict):
+    """Batches of outcomes, streamed as the workers finish them."""
+    local = options.address is None
+    cpus = options.cpus_per_worker if options.cpus_per_worker is not None else \
+        (LOCAL_CPUS_PER_WORKER if local else 1.0)
+    threads = max(1, (os.cpu_count() or 1) // options.workers) if local else None
+    dataset = ray.data.from_items([{"path": os.fsencode(p)} for p in todo],
+                                  override_num_blocks=max(1, math.ceil(len(todo) / batch)))
+    explained = dataset.map_batches(
+        AuditWorker, batch_size=batch, batch_format="numpy", num_cpus=cpus,
+        compute=ray.data.ActorPoolStrategy(size=options.workers), num_gpus=options.gpus_per_worker or None,
+        fn_constructor_kwargs={**worker, "threads": threads, "wait_for_others": wait_for_others})
+    return explained.iter_batches(batch_size=None, batch_format="numpy")
+
+
+def _collect(stream, stop: Stop, summary: AuditSummary, worker_runs: set[int], total: int) -> None:
+    start, done = time.perf_counter(), 0
+    for outcomes in stream:
+        worker_runs.update(int(r) for r in outcomes["run_id"])
+        for state in outcomes["state"]:
+            summary.explained += state == "explained"
+            summary.reused += state == "done"
+        done += len(outcomes["state"])
+        _progress(done, total, start, "ray")
+        if stop.requested:
+            return
