@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import math
 import os
+import socket
 import time
 
 import numpy as np
@@ -104,6 +105,8 @@ def run_ray_audit(config_path: str, source: str, out: str, *, options: RayOption
     """The audit of ``source`` (this shard) with Ray Data; same store, views and summary as
     :func:`inspector.audit.run_audit`."""
     ray = _import_ray()
+    if options.address:
+        check_reachable(options.address)
     check_folders(source, out)
     stop = stop or Stop()
     todo = [p for k, p in list_inputs(source) if in_shard(k, *shard)]
@@ -153,18 +156,49 @@ def _start_ray(ray, options: RayOptions, url: str) -> None:
     when the cluster has several machines (each would write its own copy of the file)."""
     import ray.data
 
-    ray.init(address=options.address, include_dashboard=False, configure_logging=True,
-             logging_level=logging.WARNING, log_to_driver=True)
+    try:
+        ray.init(address=options.address, include_dashboard=False, configure_logging=True,
+                 logging_level=logging.WARNING, log_to_driver=True)
+    except ConnectionError as e:
+        raise InspectorError(f"--ray-address {options.address}: cannot connect to the Ray cluster ({e}); "
+                             "is it running (`ray status` on the head)? A cluster with token authentication "
+                             "(Ray's default) also needs RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, "
+                             "or ~/.ray/auth_token) in this environment; on the head, --ray-address auto "
+                             "finds both") from e
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the audit prints its own progress line
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notes on its own settings are not news
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) > 1 and url.startswith("sqlite"):
+    machines = len({n.get("NodeManagerAddress") for n in ray.nodes() if n.get("Alive")})
+    try:
+        check_store_for_cluster(url, machines, options.address)
+    except InspectorError:
         ray.shutdown()
-        raise InspectorError(f"the Ray cluster at {options.address} has {len(nodes)} machines: a SQLite "
-                             "store lives on one of them; give --store postgresql+psycopg://... (a database "
-                             "every worker reaches)")
+        raise
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A HOST:PORT (or ray://HOST:PORT) address must accept a connection: Ray itself retries a wrong one
+    for minutes before it gives up. ``auto`` (the cluster this machine is part of) is left to Ray."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise InspectorError(f"--ray-address {address}: expected HOST:PORT (the head's GCS port, 6379 by "
+                             "default), ray://HOST:PORT, or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise InspectorError(f"--ray-address {address}: nothing answers there ({e.strerror or e}); start "
+                             "the cluster (`ray start --head` on the head) or check the address") from e
+
+
+def check_store_for_cluster(url: str, machines: int, address: str | None) -> None:
+    """A SQLite store is a file on one machine: refused when the workers are on several."""
+    if machines > 1 and url.startswith("sqlite"):
+        raise InspectorError(f"the Ray cluster at {address} spans {machines} machines: a SQLite store lives "
+                             "on one of them; give --store postgresql+psycopg://... (a database every worker "
+                             "reaches)")
 
 
 def _pipeline(ray, todo: list[str], options: RayOptions, batch: int, wait_for_others: float, worker: dict):

@@ -132,3 +132,70 @@ def test_resume_after_the_ray_driver_is_killed(tmp_path):
     assert len(rows) == 20 and {r["status"] for r in rows} == {"done"}
     merged = inspector("audit-merge", out, "--out", tmp_path / "merged")
     assert merged.returncode == 0, merged.stderr
+
+
+def test_a_sqlite_store_is_refused_on_a_cluster_of_several_machines():
+    from inspector.errors import InspectorError
+    from inspector.ray_audit import check_store_for_cluster
+
+    with pytest.raises(InspectorError, match="spans 3 machines.*postgresql"):
+        check_store_for_cluster("sqlite:////srv/audit/results.db", 3, "head:6379")
+    check_store_for_cluster("sqlite:////srv/audit/results.db", 1, "head:6379")
+    check_store_for_cluster("postgresql+psycopg://sise@db/sise", 3, "head:6379")
+
+
+def test_an_audit_on_a_cluster_started_with_ray_start(tmp_path, monkeypatch):
+    """`ray start --head` then `--ray-address`: the path a cluster takes (one machine here). The head
+    enables token authentication (Ray's default); a driver given an address needs RAY_AUTH_MODE=token."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    env = {**os.environ, "RAY_TMPDIR": temp}
+    start = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
+                            "--disable-usage-stats", "--include-dashboard=false", f"--temp-dir={temp}"],
+                           capture_output=True, text=True, timeout=180, env=env, check=False)
+    try:
+        assert start.returncode == 0, start.stderr
+        inp = tmp_path / "in"
+        make_inputs(inp, 6)
+        monkeypatch.setenv("RAY_AUTH_MODE", "token")
+        r = audit("-c", config(tmp_path), inp, "--out", tmp_path / "out", "--engine", "ray",
+                  "--ray-address", f"127.0.0.1:{port}", "--workers", "2")
+        assert r.returncode == 0, r.stderr
+        assert "6 image(s): 6 explained now" in r.stdout
+        assert_exactly_once(tmp_path / "out", 6)
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120, env=env, check=False)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_a_wrong_ray_address_is_named_at_once(tmp_path):
+    """Ray retries an address where nothing listens for minutes; the audit says so in one line, before
+    anything is written."""
+    import socket
+
+    from inspector.errors import InspectorError
+    from inspector.ray_audit import check_reachable
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed when the block ends: nothing listens there
+    with pytest.raises(InspectorError, match=f"127.0.0.1:{port}: nothing answers there"):
+        check_reachable(f"127.0.0.1:{port}")
+    with pytest.raises(InspectorError, match="expected HOST:PORT"):
+        check_reachable("head-node")
+    check_reachable("auto")
+    inp = tmp_path / "in"
+    make_inputs(inp, 1)
+    r = ray_audit("-c", config(tmp_path), inp, "--out", tmp_path / "out",
+                  "--ray-address", f"127.0.0.1:{port}")
+    assert r.returncode == 2 and "nothing answers there" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "out").exists()
