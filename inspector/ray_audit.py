@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import math
 import os
+import signal
 import socket
 import time
 
@@ -85,17 +86,23 @@ class AuditWorker:
 
     def __call__(self, batch: dict) -> dict:
         paths = [os.fsdecode(bytes(p)) for p in batch["path"]]
-        outcomes = {o.path: o for o in explain_and_record_many(self.job, paths)}
+        try:
+            outcomes = {o.path: o for o in explain_and_record_many(self.job, paths)}
+        except OutputError as e:  # the run's stop (disk full, the store away), told to the driver as data:
+            return self._rows(paths, ["stopped"] * len(paths), str(e))  # Ray would only retry a raise
         deadline = time.monotonic() + self.wait_for_others
         busy = [p for p, o in outcomes.items() if o.state == "busy"]
         while busy and time.monotonic() < deadline:  # held by another run (a dead worker's, on another host)
             time.sleep(1.0)
             outcomes.update({o.path: o for o in explain_and_record_many(self.job, busy)})
             busy = [p for p, o in outcomes.items() if o.state == "busy"]
-        ordered = [outcomes[p] for p in paths]
-        return {"path": np.array([os.fsencode(o.path) for o in ordered], dtype=object),
-                "state": np.array([o.state for o in ordered], dtype=object),
-                "run_id": np.full(len(ordered), self.job.run_id, np.int64)}
+        return self._rows(paths, [outcomes[p].state for p in paths], "")
+
+    def _rows(self, paths: list[str], states: list[str], stopped: str) -> dict:
+        return {"path": np.array([os.fsencode(p) for p in paths], dtype=object),
+                "state": np.array(states, dtype=object),
+                "stopped": np.array([stopped] * len(paths), dtype=object),
+                "run_id": np.full(len(paths), self.job.run_id, np.int64)}
 
 
 def run_ray_audit(config_path: str, source: str, out: str, *, options: RayOptions = RayOptions(),
@@ -156,6 +163,7 @@ def _start_ray(ray, options: RayOptions, url: str) -> None:
     when the cluster has several machines (each would write its own copy of the file)."""
     import ray.data
 
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         ray.init(address=options.address, include_dashboard=False, configure_logging=True,
                  logging_level=logging.WARNING, log_to_driver=True)
@@ -165,6 +173,9 @@ def _start_ray(ray, options: RayOptions, url: str) -> None:
                              "(Ray's default) also needs RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, "
                              "or ~/.ray/auth_token) in this environment; on the head, --ray-address auto "
                              "finds both") from e
+    for sig, handler in handlers.items():  # Ray's core put its own (which exit at once) in their place
+        if callable(handler):
+            signal.signal(sig, handler)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the audit prints its own progress line
     context.print_on_execution_start = False
@@ -225,5 +236,8 @@ def _collect(stream, stop: Stop, summary: AuditSummary, worker_runs: set[int], t
             summary.reused += state == "done"
         done += len(outcomes["state"])
         _progress(done, total, start, "ray")
+        stopped = [s for s in outcomes["stopped"] if s]
+        if stopped:
+            raise OutputError(stopped[0])
         if stop.requested:
             return

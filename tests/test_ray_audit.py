@@ -9,6 +9,7 @@ import signal
 import time
 
 import pytest
+import sqlalchemy as sa
 
 from .test_audit import (
     assert_artifacts_match_store,
@@ -199,3 +200,51 @@ def test_a_wrong_ray_address_is_named_at_once(tmp_path):
                   "--ray-address", f"127.0.0.1:{port}")
     assert r.returncode == 2 and "nothing answers there" in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_stops_the_ray_audit_like_the_local_one(tmp_path):
+    """ENOSPC in a worker (a real 3 MB tmpfs, as root) is the run's stop, not an image failure: exit 3 and
+    the views; with space freed the same command finishes, every image once."""
+    import subprocess
+
+    from .test_audit import tmpfs
+
+    inp = tmp_path / "in"
+    make_inputs(inp, 14)
+    cfg = config(tmp_path)
+    out = tmp_path / "small"
+    with tmpfs(out, "3m"):
+        full = ray_audit("-c", cfg, inp, "--out", out)
+        assert full.returncode == 3, full.stderr
+        assert "No space left on device" in full.stderr or "full" in full.stderr, full.stderr
+        engine = sa.create_engine(sqlite_url(out))
+        with engine.connect() as conn:
+            statuses = [s for (s,) in conn.execute(sa.text("SELECT status FROM results"))]
+        engine.dispose()
+        # ENOSPC fails no image; a claim the other worker held when the run stopped is taken over next time
+        assert 0 < statuses.count("done") < 14 and set(statuses) <= {"done", "running"}, statuses
+        subprocess.run(["mount", "-o", "remount,size=64m", str(out)], check=True)
+        again = ray_audit("-c", cfg, inp, "--out", out)
+        assert again.returncode == 0, again.stderr
+        assert_exactly_once(out, 14)
+
+
+def test_sigterm_stops_the_ray_audit_with_views_and_exit_3(tmp_path):
+    inp = tmp_path / "in"
+    make_inputs(inp, 24)
+    out = tmp_path / "out"
+    cfg = config(tmp_path)
+    proc = ray_audit("-c", cfg, inp, "--out", out, "--batch-images", "2", wait=False)
+    try:
+        wait_until(lambda: done_so_far(out) >= 3)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 3, stderr
+    assert "stopped by SIGTERM" in stderr
+    rows = csv_rows(out)
+    assert len(rows) == 24 and 0 < sum(r["status"] == "done" for r in rows) < 24
+    again = ray_audit("-c", cfg, inp, "--out", out)
+    assert again.returncode == 0, again.stderr
+    assert_exactly_once(out, 24)
