@@ -22,7 +22,9 @@ class Explanation:
         masks_per_layer: number of masks (forward passes) per block.
         timings: seconds per phase: preprocess, predict (only without a target), explain_model, sampling (the
             method itself, SISE's selection and cascade fusion included), fusion (mapping the map back onto
-            the original image; the key keeps its name for the JSON sidecars), total.
+            the original image; the key keeps its name for the JSON sidecars), total. For images
+            explained together (``Inspector.explain_batch``) the shared stages' seconds are divided
+            among them.
         settings: the resolved method settings, provider and model identity.
         source: the image path, or None for an array.
     """
