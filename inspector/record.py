@@ -170,9 +170,9 @@ def explain_and_record_many(job: Job, paths: list[str]) -> list[Outcome]:
     held: list[_Held] = []
     current = paths[0] if paths else ""
     try:
-        outcomes: list[Outcome | None] = []
+        outcomes: list[Outcome | str | None] = []  # None: held; a path: the same bytes as a held one
         for current in paths:
-            step = _claim_input(job, current)
+            step = _claim_input(job, current, {item.outcome.image_sha256 for item in held})
             if isinstance(step, _Held):
                 held.append(step)
                 outcomes.append(None)
@@ -191,7 +191,9 @@ def explain_and_record_many(job: Job, paths: list[str]) -> list[Outcome]:
                 current = item.outcome.path
                 outcomes[i] = _record(job, item, files[item.outcome.path])
                 held.remove(item)
-        return outcomes
+        later = [o for o in outcomes if isinstance(o, str)]  # now found in the store, as one at a time would
+        found = iter(explain_and_record_many(job, later) if later else [])
+        return [next(found) if isinstance(o, str) else o for o in outcomes]
     except StoreError as e:
         raise OutputError(f"cannot record {display_path(current)} in the store: {e}; fix it and run the same "
                           "command again: it continues where it stopped") from e
@@ -211,9 +213,10 @@ class _Held:
     data: bytes
 
 
-def _claim_input(job: Job, path: str) -> Outcome | _Held:
+def _claim_input(job: Job, path: str, batch_shas: set[str] = frozenset()) -> Outcome | _Held | str:
     """Read and hash the file, and claim its result: the final outcome of a file this run does not explain
-    (unreadable, done, failed before, busy elsewhere), or the claim to explain it."""
+    (unreadable, done, failed before, busy elsewhere), or the claim to explain it; the path itself when
+    its bytes are those of an image this batch already holds (to be looked up once that is recorded)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -222,6 +225,8 @@ def _claim_input(job: Job, path: str) -> Outcome | _Held:
         job.store.record_input(job.scope, job.run_id, path, error=message)
         return Outcome(path, "unreadable", error=message)
     sha = hashlib.sha256(data).hexdigest()
+    if sha in batch_shas:
+        return path
     job.store.add_image(sha, len(data), path)
     key = ResultKey(sha, job.settings_hash, job.target_key)
     claim = job.store.claim(key, job.run_id, path, retry=job.retry)

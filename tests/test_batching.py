@@ -142,3 +142,19 @@ def test_audit_batched_equals_audit_one_at_a_time(tmp_path):
             if x[k]:
                 assert abs(float(x[k]) - float(y[k])) < 1e-4, (x["path"], k)
     assert sum(r["status"] == "failed" for r in b) == 1
+
+
+def test_the_same_bytes_twice_in_one_batch_are_one_result(tmp_path):
+    """Two names of one image in the same batch: explained once, the second found in the store (as one at a
+    time), not reported as being explained by another process."""
+    from .test_inspector_cli import inspector as run_inspector
+
+    folder = tmp_path / "in"
+    make_inputs(folder, 3)
+    (folder / "copy_of_part_001.png").write_bytes((folder / "part_001.png").read_bytes())
+    r = run_inspector("explain", "-c", config(tmp_path), folder, "--out", tmp_path / "out",
+                      "--batch-images", "4")
+    assert r.returncode == 0, r.stderr
+    assert "wrote 3 explanation(s)" in r.stdout and "1 were already in the store" in r.stdout, r.stdout
+    a = audit("-c", config(tmp_path), folder, "--out", tmp_path / "audit", "--batch-images", "4")
+    assert a.returncode == 0 and "3 explained now, 1 found in the store" in a.stdout, a.stdout + a.stderr
