@@ -136,8 +136,10 @@ def _progress(i: int, total: int, start: float, note: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-def _work(job: Job, todo: list[str], stop: Stop, summary: AuditSummary, wait_for_others: float,
-          batch_images: int) -> None:
+def explain_here(job: Job, todo: list[str], stop: Stop, summary: AuditSummary, batch_images: int,
+                 wait_for_others: float) -> None:
+    """The audit's images explained by this process, ``batch_images`` at a time, in order; images another
+    run is explaining are waited for up to ``wait_for_others`` seconds."""
     start = time.perf_counter()
     busy: list[str] = []
     try:
@@ -163,9 +165,12 @@ def _work(job: Job, todo: list[str], stop: Stop, summary: AuditSummary, wait_for
 
 def run_audit(insp: Inspector, source: str, out: str, *, store_url: str | None = None,
               shard: tuple[int, int] = (0, 1), retry: bool = True, stop: Stop | None = None,
-              wait_for_others: float = 3600.0, batch_images: int | None = None) -> AuditSummary:
+              wait_for_others: float = 3600.0, batch_images: int | None = None,
+              explain=explain_here) -> AuditSummary:
     """Explain every image of ``source`` in this shard that the store has no finished result for,
-    ``batch_images`` at a time (default and limits: ``Inspector.batch_images``)."""
+    ``batch_images`` at a time (default and limits: ``Inspector.batch_images``). ``explain(job, todo, stop,
+    summary, batch_images, wait_for_others)`` explains them: this process by default, Ray workers for
+    ``inspector.ray_audit``."""
     check_folders(source, out)
     stop = stop or Stop()
     todo = [p for k, p in list_inputs(source) if in_shard(k, *shard)]
@@ -179,7 +184,7 @@ def run_audit(insp: Inspector, source: str, out: str, *, store_url: str | None =
         summary = AuditSummary(total=len(todo))
         try:
             with store.heartbeats(job.run_id):
-                _work(job, todo, stop, summary, wait_for_others, insp.batch_images(batch_images))
+                explain(job, todo, stop, summary, insp.batch_images(batch_images), wait_for_others)
         except OutputError as e:
             summary.stopped = str(e)
         except BaseException as e:  # a bug or an interrupt: the run is noted as stopped, then it goes up

@@ -28,13 +28,13 @@ import time
 
 import numpy as np
 
-from .audit import AuditSummary, _finish, _progress, audit_scope, check_folders, in_shard, list_inputs
+from .audit import AuditSummary, _progress, run_audit
 from .config import load_config
 from .engine import Inspector
 from .errors import InspectorError, OutputError
-from .record import explain_and_record_many, result_settings, settings_hash, start_job
+from .record import Job, explain_and_record_many, start_job
 from .stop import Stop
-from .store import Store, StoreError, default_url, display_path
+from .store import Store, StoreError, display_path
 
 log = logging.getLogger(__name__)
 DEFAULT_WORKERS = 2
@@ -109,53 +109,31 @@ def run_ray_audit(config_path: str, source: str, out: str, *, options: RayOption
                   store_url: str | None = None, shard: tuple[int, int] = (0, 1), retry: bool = True,
                   stop: Stop | None = None, batch_images: int | None = None,
                   wait_for_others: float = 3600.0) -> AuditSummary:
-    """The audit of ``source`` (this shard) with Ray Data; same store, views and summary as
-    :func:`inspector.audit.run_audit`."""
+    """The audit of ``source`` (this shard) with Ray Data: :func:`inspector.audit.run_audit` (the same store,
+    views and summary) with the images explained by the workers."""
     ray = _import_ray()
     if options.address:
         check_reachable(options.address)
-    check_folders(source, out)
-    stop = stop or Stop()
-    todo = [p for k, p in list_inputs(source) if in_shard(k, *shard)]
-    os.makedirs(out, exist_ok=True)
-    url = store_url or default_url(out)
     insp = Inspector.from_config(config_path)  # checks config and model here, before any worker starts
-    batch = insp.batch_images(batch_images)
-    settings = settings_hash(result_settings(insp))
-    store = Store(url)
-    try:
-        scope = audit_scope(settings, source, shard)
-        job = start_job(insp, store, kind="audit", out_dir=out, scope=scope,
-                        source=display_path(os.path.abspath(source)), shard=shard, retry=retry, plan=todo)
-        del insp  # the workers load their own
-        summary = AuditSummary(total=len(todo))
+    worker = {"config": os.path.abspath(config_path), "source": display_path(os.path.abspath(source)),
+              "shard": shard}
+
+    def explain_on_ray(job: Job, todo: list[str], stop: Stop, summary: AuditSummary, batch: int,
+                       wait: float) -> None:
         worker_runs: set[int] = set()
+        _start_ray(ray, options, job.store.url)
         try:
-            with store.heartbeats(job.run_id):
-                _start_ray(ray, options, url)
-                try:
-                    worker = {"config": os.path.abspath(config_path), "store_url": url,
-                              "out": os.path.abspath(out), "scope": scope,
-                              "source": display_path(os.path.abspath(source)), "shard": shard, "retry": retry}
-                    stream = _pipeline(ray, todo, options, batch, wait_for_others, worker)
-                    _collect(stream, stop, summary, worker_runs, len(todo))
-                finally:
-                    for run_id in worker_runs:
-                        with contextlib.suppress(StoreError):
-                            store.end_run(run_id, "stopped" if stop.requested else "finished")
-                    ray.shutdown()
-        except OutputError as e:
-            summary.stopped = str(e)
-        except BaseException as e:  # a bug, an interrupt or a Ray failure: noted, then it goes up
-            with contextlib.suppress(StoreError):
-                store.end_run(job.run_id, "stopped", f"{type(e).__name__}: {e}")
-            raise
-        if stop.requested and not summary.stopped:
-            summary.stopped = f"stopped by {stop.signal_name or 'request'}"
-        _finish(store, job, out, source, shard, summary)
-        return summary
-    finally:
-        store.close()
+            run = {"store_url": job.store.url, "out": job.out_dir, "scope": job.scope, "retry": job.retry}
+            stream = _pipeline(ray, todo, options, batch, wait, {**worker, **run})
+            _collect(stream, stop, summary, worker_runs, len(todo))
+        finally:
+            for run_id in worker_runs:
+                with contextlib.suppress(StoreError):
+                    job.store.end_run(run_id, "stopped" if stop.requested else "finished")
+            ray.shutdown()
+
+    return run_audit(insp, source, out, store_url=store_url, shard=shard, retry=retry, stop=stop,
+                     wait_for_others=wait_for_others, batch_images=batch_images, explain=explain_on_ray)
 
 
 def _start_ray(ray, options: RayOptions, url: str) -> None:
