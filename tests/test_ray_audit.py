@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from .test_audit import (
     assert_artifacts_match_store,
     audit,
+    backend_url,
     config,
     csv_rows,
     done_so_far,
@@ -45,10 +46,11 @@ def make_folder(folder, count: int) -> None:
         f.write((folder / "part_000.png").read_bytes()[:-1] + b"\x00")  # other bytes, other content
 
 
-def assert_exactly_once(out, images: int) -> None:
-    counts = store_counts(sqlite_url(out))
+def assert_exactly_once(out, images: int, url: str | None = None) -> None:
+    url = url or sqlite_url(out)
+    counts = store_counts(url)
     assert counts["dupes"] == 0 and counts["results"] == counts["images"] == images, counts
-    assert_artifacts_match_store(sqlite_url(out))
+    assert_artifacts_match_store(url)
 
 
 def workers_of(driver_pid: int) -> list:
@@ -87,23 +89,31 @@ def test_ray_audit_equals_the_single_process_audit(tmp_path):
     assert again.returncode == 1 and "0 explained now, 11 found in the store, 1 failed" in again.stdout
 
 
-def test_a_killed_ray_worker_still_gives_every_image_exactly_once(tmp_path):
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_killed_ray_worker_still_gives_every_image_exactly_once(tmp_path, backend, request):
     inp = tmp_path / "in"
     make_inputs(inp, 24)
     out = tmp_path / "out"
-    proc = ray_audit("-c", config(tmp_path), inp, "--out", out, "--batch-images", "2", wait=False)
+    url, extra = backend_url(backend, out, request)
+
+    def done() -> int:
+        try:
+            return store_counts(url)["done"]
+        except sa.exc.DatabaseError:  # not created yet
+            return 0
+    proc = ray_audit("-c", config(tmp_path), inp, "--out", out, "--batch-images", "2", *extra, wait=False)
     try:
-        wait_until(lambda: done_so_far(out) >= 3)
+        wait_until(lambda: done() >= 3)
         victims = workers_of(proc.pid)
         assert victims, "no Ray worker found"
         victims[0].send_signal(signal.SIGKILL)
-        killed_at = done_so_far(out)
+        killed_at = done()
         _, stderr = proc.communicate(timeout=600)
     finally:
         proc.kill()
     assert killed_at < 24, "the run had finished before the kill; nothing was tested"
     assert proc.returncode == 0, stderr
-    assert_exactly_once(out, 24)
+    assert_exactly_once(out, 24, url)
     assert {r["status"] for r in csv_rows(out)} == {"done"} and len(csv_rows(out)) == 24
 
 
