@@ -161,9 +161,33 @@ def _start_ray(ray, options: RayOptions, url: str) -> None:
     machines = len({n.get("NodeManagerAddress") for n in ray.nodes() if n.get("Alive")})
     try:
         check_store_for_cluster(url, machines, options.address)
+        check_resources(ray.cluster_resources(), options)
     except InspectorError:
         ray.shutdown()
         raise
+
+
+def cpus_per_worker(options: RayOptions) -> float:
+    if options.cpus_per_worker is not None:
+        return options.cpus_per_worker
+    return LOCAL_CPUS_PER_WORKER if options.address is None else 1.0
+
+
+def check_resources(resources: dict, options: RayOptions) -> None:
+    """Refuse workers that no machine of the cluster could hold (Ray would wait for them forever); warn
+    when fewer than ``--workers`` fit at once."""
+    need = {"GPU": options.gpus_per_worker, "CPU": cpus_per_worker(options)}
+    fit = min((int(resources.get(kind, 0.0) // amount) for kind, amount in need.items() if amount > 0),
+              default=options.workers)
+    where = f"the Ray cluster at {options.address}" if options.address else "this machine's Ray"
+    if fit < 1:
+        have = ", ".join(f"{resources.get(k, 0.0):g} {k}" for k in need)
+        raise InspectorError(f"{where} has {have}: not enough for one worker with {need['GPU']:g} GPU and "
+                             f"{need['CPU']:g} CPU; lower --gpus-per-worker (0 on machines without a GPU) "
+                             "or add machines")
+    if fit < options.workers:
+        log.warning("%s holds %d of the %d workers asked for at once (--gpus-per-worker %g); the rest wait",
+                    where, fit, options.workers, options.gpus_per_worker)
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -192,14 +216,11 @@ def check_store_for_cluster(url: str, machines: int, address: str | None) -> Non
 
 def _pipeline(ray, todo: list[str], options: RayOptions, batch: int, wait_for_others: float, worker: dict):
     """Batches of outcomes, streamed as the workers finish them."""
-    local = options.address is None
-    cpus = options.cpus_per_worker if options.cpus_per_worker is not None else \
-        (LOCAL_CPUS_PER_WORKER if local else 1.0)
-    threads = max(1, (os.cpu_count() or 1) // options.workers) if local else None
+    threads = max(1, (os.cpu_count() or 1) // options.workers) if options.address is None else None
     dataset = ray.data.from_items([{"path": os.fsencode(p)} for p in todo],
                                   override_num_blocks=max(1, math.ceil(len(todo) / batch)))
     explained = dataset.map_batches(
-        AuditWorker, batch_size=batch, batch_format="numpy", num_cpus=cpus,
+        AuditWorker, batch_size=batch, batch_format="numpy", num_cpus=cpus_per_worker(options),
         compute=ray.data.ActorPoolStrategy(size=options.workers), num_gpus=options.gpus_per_worker or None,
         fn_constructor_kwargs={**worker, "threads": threads, "wait_for_others": wait_for_others})
     return explained.iter_batches(batch_size=None, batch_format="numpy")

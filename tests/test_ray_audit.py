@@ -258,3 +258,20 @@ def test_sigterm_stops_the_ray_audit_with_views_and_exit_3(tmp_path):
     again = ray_audit("-c", cfg, inp, "--out", out)
     assert again.returncode == 0, again.stderr
     assert_exactly_once(out, 24)
+
+
+def test_workers_that_no_machine_can_hold_are_refused(caplog):
+    """Ray waits forever for a worker whose GPU no machine has: refused in one line instead."""
+    from inspector.errors import InspectorError
+    from inspector.ray_audit import RayOptions, check_resources
+
+    cpu_only = {"CPU": 2.0, "memory": 1e10}
+    with pytest.raises(InspectorError, match="0 GPU.*lower --gpus-per-worker"):
+        check_resources(cpu_only, RayOptions(workers=2, gpus_per_worker=1))
+    check_resources(cpu_only, RayOptions(workers=2))  # 0.5 CPU each on a local Ray
+    with caplog.at_level("WARNING"):
+        check_resources({"CPU": 16.0, "GPU": 2.0}, RayOptions(address="auto", workers=4, gpus_per_worker=1))
+    assert "holds 2 of the 4 workers" in caplog.text
+    check_resources({"CPU": 16.0, "GPU": 2.0}, RayOptions(address="auto", workers=4, gpus_per_worker=0.5))
+    with pytest.raises(InspectorError, match="not enough for one worker"):
+        check_resources({"CPU": 0.25}, RayOptions(workers=1))
