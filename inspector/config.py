@@ -20,6 +20,7 @@ import yaml
 from onnx_tools import SCORE_KINDS
 
 from .errors import ConfigError
+from .fusion import FUSIONS
 from .regions import THRESHOLDS
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ PRESETS = {
     "fast": {"mu": 0.0, "adaptive": True, "max_masks_per_layer": 16},
 }
 Preset = Literal[tuple(PRESETS)]
+Fusion = Literal[FUSIONS]  # inspector.fusion's list, one place
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,14 @@ class MethodConfig:
     chunk_size: int | None = None  # masks per sampler run; None: from runtime.memory_budget_mb
     seed: int = 0  # seed of the seeded methods (RISE's masks) unless their own settings name one
     rise: RiseConfig = field(default_factory=RiseConfig)
+    # SISE's block-wise gate: otsu, the paper's [V > Otsu(V)]; soft, sigmoid((V - Otsu(V)) / (width *
+    # std(V))), steadier when the image barely changes (README, "Explanations that hold still")
+    fusion: Fusion = "otsu"
+    fusion_width: float = 0.5  # soft only: the sigmoid's width in standard deviations of the layer map
+
+    def __post_init__(self):
+        if not self.fusion_width > 0:
+            raise ConfigError(f"method.fusion_width: must be > 0, got {self.fusion_width:g}")
 
     def resolved(self) -> MethodConfig:
         """A copy with the preset's values filled in where a field is None, and RISE's seed."""

@@ -44,13 +44,17 @@ ARTIFACT_DIR = "images"
 # Settings added after results were first stored, with the value that gives the old behaviour: left out of
 # the settings at that value, so that stored results keep their settings hash (and are not explained again).
 LATER_DEFAULTS = {"gray": "replicate", "letterbox_fill": "mean"}
+METHOD_LATER_DEFAULTS = {"fusion": "otsu"}
 
 
 def result_settings(insp: Inspector) -> dict:
     """Everything that decides a stored result (not how fast it is computed: chunk size, threads and the
     provider are left out)."""
     cfg = insp.config
-    method = {k: v for k, v in dataclasses.asdict(insp.method).items() if k not in ("chunk_size", "rise")}
+    method = {k: v for k, v in dataclasses.asdict(insp.method).items() if k not in ("chunk_size", "rise")
+              and METHOD_LATER_DEFAULTS.get(k, object()) != v}
+    if insp.method.fusion == "otsu":  # the width of a soft gate does not change the paper's fusion
+        method.pop("fusion_width")
     # RISE's settings under their names before they moved into method.rise (and the seed its masks use),
     # so that results stored before the move keep their settings hash
     rise = insp.method.rise

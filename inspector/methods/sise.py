@@ -108,6 +108,7 @@ class Sise(Method):
         results = []
         for per_block, total in zip(selected, totals):
             maps = [minmax(total[b]) if len(idx) else None for b, idx in enumerate(per_block)]
-            results.append(MethodResult(saliency=fuse(maps, size), layer_maps=maps,
+            fused = fuse(maps, size, method.fusion, method.fusion_width)
+            results.append(MethodResult(saliency=fused, layer_maps=maps,
                                         masks_per_layer=tuple(len(idx) for idx in per_block)))
         return results
