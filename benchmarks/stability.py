@@ -3,7 +3,7 @@ layer map between an image and copies with Gaussian noise (sigma = 1/255 and 2/2
 explaining the clean image's top class in both, for fusion variants computed from the same layer maps.
 
     python benchmarks/stability.py [--sets photos defects] [--seeds 3] [--defects 30]
-        [--widths 0.1 0.25 0.5 1.0] [--preset quality]
+        [--widths 0.1 0.25 0.5] [--preset quality]
 
 photos:  EfficientNet-Lite0 (real ImageNet weights, exported by scripts/export_efficientnet_lite0.py) on
          8 scikit-image photos; needs the dev extra (torch for the export).
@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=["photos", "defects"], choices=["photos", "defects"])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--defects", type=int, default=30)
-    parser.add_argument("--widths", type=float, nargs="+", default=[0.1, 0.25, 0.5, 1.0])
+    parser.add_argument("--widths", type=float, nargs="+", default=[0.1, 0.25, 0.5])
     parser.add_argument("--preset", default="quality")
     args = parser.parse_args()
     fusions = variants(args.widths)

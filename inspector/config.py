@@ -104,7 +104,7 @@ class MethodConfig:
     # SISE's block-wise gate: otsu, the paper's [V > Otsu(V)]; soft, sigmoid((V - Otsu(V)) / (width *
     # std(V))), steadier when the image barely changes (README, "Explanations that hold still")
     fusion: Fusion = "otsu"
-    fusion_width: float = 0.5  # soft only: the sigmoid's width in standard deviations of the layer map
+    fusion_width: float = 0.25  # soft only: the sigmoid's width in standard deviations of the layer map
 
     def __post_init__(self):
         if not self.fusion_width > 0:
