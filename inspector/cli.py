@@ -44,8 +44,18 @@ def collect_images(items: list[str]) -> list[str]:
     return out
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    batch_option = {"type": int, "default": None, "metavar": "N",
+    batch_option = {"type": _at_least_one, "default": None, "metavar": "N",
                     "help": "images explained together (default 8, at most method.chunk_size; 1: one at a "
                             "time); results are the same"}
     parser = argparse.ArgumentParser(prog="inspector", description="SISE explanations on ONNX Runtime",
@@ -83,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "'sise-inspector[ray]'), on this machine or the cluster at --ray-address")
     au.add_argument("--ray-address", default=None,
                     help="a running Ray cluster (e.g. ray://head:10001 or auto); default: a local Ray")
-    au.add_argument("--workers", type=int, default=None, help="Ray workers, one Inspector each (default 2)")
+    au.add_argument("--workers", type=_at_least_one, default=None,
+                    help="Ray workers, one Inspector each (default 2)")
     au.add_argument("--gpus-per-worker", type=float, default=0.0,
                     help="GPUs each Ray worker reserves (e.g. 1, or 0.5 for two per GPU; default 0)")
     merge = sub.add_parser("audit-merge", help="join the stores of sharded audits into a new one")
@@ -153,12 +164,13 @@ def cmd_audit(args) -> int:
     if args.engine == "ray":
         from .ray_audit import DEFAULT_WORKERS, RayOptions, run_ray_audit
 
-        options = RayOptions(address=args.ray_address, workers=args.workers or DEFAULT_WORKERS,
+        options = RayOptions(address=args.ray_address,
+                             workers=DEFAULT_WORKERS if args.workers is None else args.workers,
                              gpus_per_worker=args.gpus_per_worker)
         s = run_ray_audit(args.config, args.input, args.out, options=options, store_url=args.store,
                           shard=shard, retry=not args.no_retry, stop=stop, batch_images=args.batch_images)
     else:
-        if args.ray_address or args.workers or args.gpus_per_worker:
+        if args.ray_address is not None or args.workers is not None or args.gpus_per_worker:
             raise InspectorError("--ray-address, --workers and --gpus-per-worker need --engine ray")
         insp = Inspector.from_config(args.config)
         s = run_audit(insp, args.input, args.out, store_url=args.store, shard=shard, retry=not args.no_retry,

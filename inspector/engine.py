@@ -304,10 +304,12 @@ class Inspector:
         """How many images :meth:`explain_batch` explains together: ``wanted`` (default
         DEFAULT_BATCH_IMAGES), at most method.chunk_size (N images' explain-model run holds about as much
         as a chunk of N masked images, which the memory budget sized), 1 for a model with a fixed batch."""
+        if wanted is not None and wanted < 1:
+            raise ConfigError(f"batch_images {wanted}: must be at least 1")
         c = self.contract
         if isinstance(c.input_shape[0], int) and c.input_shape[0] == 1:
             return 1
-        return max(1, min(wanted or DEFAULT_BATCH_IMAGES, self.method.chunk_size))
+        return min(wanted or DEFAULT_BATCH_IMAGES, self.method.chunk_size)
 
     def explain_batch(self, images: Iterable, *, target=None, errors: str = "raise",
                       batch_images: int | None = None, names: Iterable[str | None] | None = None,

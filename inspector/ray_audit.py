@@ -54,8 +54,11 @@ class RayOptions:
     def __post_init__(self):
         if self.workers < 1:
             raise InspectorError(f"--workers {self.workers}: need at least 1")
-        if self.gpus_per_worker < 0:
-            raise InspectorError(f"--gpus-per-worker {self.gpus_per_worker}: must be >= 0")
+        if not 0 <= self.gpus_per_worker < math.inf:
+            raise InspectorError(f"--gpus-per-worker {self.gpus_per_worker}: must be a number >= 0")
+        if self.address is not None and not self.address.strip():
+            raise InspectorError("--ray-address is empty: give HOST:PORT, ray://HOST:PORT or auto, or leave "
+                                 "it out for a Ray on this machine")
 
 
 def _import_ray():
@@ -127,10 +130,13 @@ def run_ray_audit(config_path: str, source: str, out: str, *, options: RayOption
             stream = _pipeline(ray, todo, options, batch, wait, {**worker, **run})
             _collect(stream, stop, summary, worker_runs, len(todo))
         finally:
-            for run_id in worker_runs:
+            status = "stopped" if stop.requested else "finished"
+            for run_id in worker_runs:  # their workers may live on other machines
                 with contextlib.suppress(StoreError):
-                    job.store.end_run(run_id, "stopped" if stop.requested else "finished")
+                    job.store.end_run(run_id, status)
             ray.shutdown()
+            with contextlib.suppress(StoreError):  # the workers of this machine that sent nothing back
+                job.store.end_dead_runs(job.scope, job.run_id, status)
 
     return run_audit(insp, source, out, store_url=store_url, shard=shard, retry=retry, stop=stop,
                      wait_for_others=wait_for_others, batch_images=batch_images, explain=explain_on_ray)
@@ -142,8 +148,10 @@ def _start_ray(ray, options: RayOptions, url: str) -> None:
     import ray.data
 
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    utf8_entrypoint = _Utf8Entrypoint(ray)
     try:
-        ray.init(address=options.address, include_dashboard=False, configure_logging=True,
+        # "local": a new Ray on this machine, never a cluster named by RAY_ADDRESS or left running here
+        ray.init(address=options.address or "local", include_dashboard=False, configure_logging=True,
                  logging_level=logging.WARNING, log_to_driver=True)
     except ConnectionError as e:
         raise InspectorError(f"--ray-address {options.address}: cannot connect to the Ray cluster ({e}); "
@@ -151,6 +159,8 @@ def _start_ray(ray, options: RayOptions, url: str) -> None:
                              "(Ray's default) also needs RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, "
                              "or ~/.ray/auth_token) in this environment; on the head, --ray-address auto "
                              "finds both") from e
+    finally:
+        utf8_entrypoint.undo()
     for sig, handler in handlers.items():  # Ray's core put its own (which exit at once) in their place
         if callable(handler):
             signal.signal(sig, handler)
@@ -188,6 +198,24 @@ def check_resources(resources: dict, options: RayOptions) -> None:
     if fit < options.workers:
         log.warning("%s holds %d of the %d workers asked for at once (--gpus-per-worker %g); the rest wait",
                     where, fit, options.workers, options.gpus_per_worker)
+
+
+class _Utf8Entrypoint:
+    """Ray hands the command line (the job's entrypoint) to its core as UTF-8, so a non-UTF-8 path among the
+    arguments fails ``ray.init``; while it runs, the command line it reads has such bytes escaped."""
+
+    def __init__(self, ray):
+        self.utils = getattr(getattr(ray, "_private", None), "utils", None)
+        self.original = getattr(self.utils, "get_entrypoint_name", None)
+        if self.original is not None:
+            self.utils.get_entrypoint_name = self._escaped
+
+    def _escaped(self) -> str:
+        return self.original().encode("utf-8", "backslashreplace").decode("utf-8")
+
+    def undo(self) -> None:
+        if self.original is not None:
+            self.utils.get_entrypoint_name = self.original
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:

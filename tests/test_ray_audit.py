@@ -72,14 +72,26 @@ def wait_until(condition, timeout: float = 240.0) -> None:
         time.sleep(0.05)
 
 
-def test_ray_audit_equals_the_single_process_audit(tmp_path):
-    inp = tmp_path / "in"
+def test_ray_audit_equals_the_single_process_audit(tmp_path, monkeypatch):
+    """Also: an input folder whose name is not UTF-8 (on the command line Ray passes on), a RAY_ADDRESS
+    naming no cluster (the default is a new Ray on this machine), more workers than batches (every
+    worker's run is ended in the store)."""
+    inp = tmp_path / os.fsdecode(b"in \xe9")
     make_folder(inp, 10)
     cfg = config(tmp_path)
     local = audit("-c", cfg, inp, "--out", tmp_path / "local")
-    ray = ray_audit("-c", cfg, inp, "--out", tmp_path / "ray", "--batch-images", "3")
+    out = tmp_path / "ray"
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    ray = audit("-c", cfg, inp, "--out", out, "--engine", "ray", "--workers", "6", "--batch-images", "3")
     assert local.returncode == ray.returncode == 1, ray.stderr  # broken.png fails in both
     assert "12 image(s): 11 explained now, 0 found in the store, 1 failed" in ray.stdout, ray.stdout
+    engine = sa.create_engine(sqlite_url(out))
+    with engine.connect() as conn:
+        open_runs = conn.execute(sa.text("SELECT count(*) FROM runs WHERE ended_at IS NULL")).scalar_one()
+        runs = conn.execute(sa.text("SELECT count(*) FROM runs")).scalar_one()
+    engine.dispose()
+    assert open_runs == 0 and runs >= 2
+    monkeypatch.delenv("RAY_ADDRESS")
     a, b = rows_by_path(tmp_path / "local"), rows_by_path(tmp_path / "ray")
     assert a.keys() == b.keys() and len(a) == 12
     for path in a:
@@ -275,3 +287,20 @@ def test_workers_that_no_machine_can_hold_are_refused(caplog):
     check_resources({"CPU": 16.0, "GPU": 2.0}, RayOptions(address="auto", workers=4, gpus_per_worker=0.5))
     with pytest.raises(InspectorError, match="not enough for one worker"):
         check_resources({"CPU": 0.25}, RayOptions(workers=1))
+
+
+def test_nonsense_counts_are_refused(tmp_path):
+    from inspector.errors import ConfigError
+
+    inp = tmp_path / "in"
+    make_inputs(inp, 1)
+    for extra in (["--batch-images", "0"], ["--batch-images", "-3"], ["--engine", "ray", "--workers", "0"],
+                  ["--workers", "2"], ["--engine", "ray", "--gpus-per-worker", "nan"],
+                  ["--engine", "ray", "--ray-address", ""]):
+        r = audit("-c", config(tmp_path), inp, "--out", tmp_path / "out", *extra)
+        assert r.returncode == 2, (extra, r.stderr)
+        assert "Traceback" not in r.stderr and "unexpected" not in r.stderr, (extra, r.stderr)
+    from .test_batching import example
+
+    with pytest.raises(ConfigError, match="batch_images 0"):
+        example().batch_images(0)

@@ -197,6 +197,19 @@ class Store:
             conn.execute(sa.update(runs).where(runs.c.id == run_id).values(
                 status=status, message=message, ended_at=utcnow(), heartbeat_at=_db_now(conn)))
 
+    def end_dead_runs(self, scope: str, after: int, status: str) -> int:
+        """End the unfinished runs of ``scope`` started after run ``after`` whose process on this machine is
+        gone (the workers of a Ray audit, which end without a word when their pool shuts down); returns how
+        many. Runs on other machines are left to their heartbeats."""
+        with self.begin() as conn:
+            rows = conn.execute(sa.select(runs.c.id, runs.c.pid).where(
+                runs.c.scope == scope, runs.c.id > after, runs.c.ended_at.is_(None),
+                runs.c.host == HOST)).all()
+        dead = [run_id for run_id, pid in rows if not process_alive(pid)]
+        for run_id in dead:
+            self.end_run(run_id, status)
+        return len(dead)
+
     def heartbeat(self, run_id: int) -> None:
         with self.begin() as conn:
             conn.execute(sa.update(runs).where(runs.c.id == run_id).values(heartbeat_at=_db_now(conn)))
