@@ -1,13 +1,14 @@
 """Speed and map agreement of the method presets (and Ada-SISE) against full SISE (`quality`), on
 EfficientNet-Lite0 with its real ImageNet weights and natural images bundled with scikit-image.
 
-    python benchmarks/presets.py
+    python benchmarks/presets.py [--fusion otsu|soft]
 Agreement: Pearson r of the fused maps, and IoU of their top-15 % regions (the region Drop% keeps).
 Needs the dev extra (torch for the export, scikit-image for the images).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import onnxruntime as ort
 import skimage.data
 
 from inspector import Inspector
+from inspector.fusion import FUSIONS
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 VARIANTS = {
@@ -36,6 +38,10 @@ def top_region(saliency: np.ndarray, fraction: float = 0.15) -> np.ndarray:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fusion", default="otsu", choices=FUSIONS,
+                        help="method.fusion of every variant (default otsu, the paper's)")
+    args = parser.parse_args()
     folder = tempfile.mkdtemp()
     model = os.path.join(folder, "efficientnet_lite0.onnx")
     subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "export_efficientnet_lite0.py"),
@@ -45,7 +51,7 @@ def main() -> None:
               "preprocess": {"size": [224, 224], "resize": "shorter_side_center_crop",
                              "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
               "runtime": {"providers": ["CPUExecutionProvider"], "intra_op_threads": threads}}
-    engines = {name: Inspector.from_options(**common, method={**m, "chunk_size": 64})
+    engines = {name: Inspector.from_options(**common, method={**m, "chunk_size": 64, "fusion": args.fusion})
                for name, m in VARIANTS.items()}
     warm = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
     for engine in engines.values():  # first runs allocate; keep them out of the timings
