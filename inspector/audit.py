@@ -136,6 +136,19 @@ def _progress(i: int, total: int, start: float, note: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
+def wait_for_busy(job: Job, busy: list[str], wait_for_others: float, stop: Stop | None = None) -> list:
+    """Try the images another run is explaining again until none is busy, ``wait_for_others`` seconds have
+    passed or a stop is requested; the last outcome of each (still ``busy`` where time ran out)."""
+    final: dict[str, object] = {}
+    deadline = time.monotonic() + wait_for_others
+    while busy and not (stop and stop.requested) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        outcomes = explain_and_record_many(job, busy)
+        final.update((o.path, o) for o in outcomes)
+        busy = [o.path for o in outcomes if o.state == "busy"]
+    return list(final.values())
+
+
 def explain_here(job: Job, todo: list[str], stop: Stop, summary: AuditSummary, batch_images: int,
                  wait_for_others: float) -> None:
     """The audit's images explained by this process, ``batch_images`` at a time, in order; images another
@@ -151,13 +164,8 @@ def explain_here(job: Job, todo: list[str], stop: Stop, summary: AuditSummary, b
             for o in outcomes:
                 summary.count(o)
             _progress(first + len(outcomes), len(todo), start, outcomes[-1].state)
-        deadline = time.monotonic() + wait_for_others
-        while busy and not stop.requested and time.monotonic() < deadline:  # images another run is explaining
-            time.sleep(0.5)
-            outcomes = explain_and_record_many(job, busy)
-            for o in outcomes:
-                summary.count(o)
-            busy = [o.path for o in outcomes if o.state == "busy"]
+        for o in wait_for_busy(job, busy, wait_for_others, stop):
+            summary.count(o)
     finally:
         if todo and sys.stderr.isatty():
             print(file=sys.stderr)

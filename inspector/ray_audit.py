@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from .audit import AuditSummary, _progress, run_audit
+from .audit import AuditSummary, _progress, run_audit, wait_for_busy
 from .config import load_config
 from .engine import Inspector
 from .errors import InspectorError, OutputError
@@ -93,12 +93,8 @@ class AuditWorker:
             outcomes = {o.path: o for o in explain_and_record_many(self.job, paths)}
         except OutputError as e:  # the run's stop (disk full, the store away), told to the driver as data:
             return self._rows(paths, ["stopped"] * len(paths), str(e))  # Ray would only retry a raise
-        deadline = time.monotonic() + self.wait_for_others
-        busy = [p for p, o in outcomes.items() if o.state == "busy"]
-        while busy and time.monotonic() < deadline:  # held by another run (a dead worker's, on another host)
-            time.sleep(1.0)
-            outcomes.update({o.path: o for o in explain_and_record_many(self.job, busy)})
-            busy = [p for p, o in outcomes.items() if o.state == "busy"]
+        busy = [p for p, o in outcomes.items() if o.state == "busy"]  # e.g. a dead worker's, on another host
+        outcomes.update((o.path, o) for o in wait_for_busy(self.job, busy, self.wait_for_others))
         return self._rows(paths, [outcomes[p].state for p in paths], "")
 
     def _rows(self, paths: list[str], states: list[str], stopped: str) -> dict:

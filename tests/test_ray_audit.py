@@ -72,6 +72,21 @@ def wait_until(condition, timeout: float = 240.0) -> None:
         time.sleep(0.05)
 
 
+@contextlib.contextmanager
+def ray_audit_under_way(tmp_path, images: int, *extra, done=None):
+    """A Ray audit of ``images`` parts in batches of 2 into ``tmp_path/out``, yielded as (process, input, out,
+    config) once ``done()`` (default: finished results in its SQLite store) reaches 3; killed at the end."""
+    inp, out, cfg = tmp_path / "in", tmp_path / "out", config(tmp_path)
+    make_inputs(inp, images)
+    done = done or (lambda: done_so_far(out))
+    proc = ray_audit("-c", cfg, inp, "--out", out, "--batch-images", "2", *extra, wait=False)
+    try:
+        wait_until(lambda: done() >= 3)
+        yield proc, inp, out, cfg
+    finally:
+        proc.kill()
+
+
 def test_ray_audit_equals_the_single_process_audit(tmp_path, monkeypatch):
     """Also: an input folder whose name is not UTF-8 (on the command line Ray passes on), a RAY_ADDRESS
     naming no cluster (the default is a new Ray on this machine), more workers than batches (every
@@ -103,26 +118,19 @@ def test_ray_audit_equals_the_single_process_audit(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_killed_ray_worker_still_gives_every_image_exactly_once(tmp_path, backend, request):
-    inp = tmp_path / "in"
-    make_inputs(inp, 24)
-    out = tmp_path / "out"
-    url, extra = backend_url(backend, out, request)
+    url, extra = backend_url(backend, tmp_path / "out", request)
 
     def done() -> int:
         try:
             return store_counts(url)["done"]
         except sa.exc.DatabaseError:  # not created yet
             return 0
-    proc = ray_audit("-c", config(tmp_path), inp, "--out", out, "--batch-images", "2", *extra, wait=False)
-    try:
-        wait_until(lambda: done() >= 3)
+    with ray_audit_under_way(tmp_path, 24, *extra, done=done) as (proc, _, out, _):
         victims = workers_of(proc.pid)
         assert victims, "no Ray worker found"
         victims[0].send_signal(signal.SIGKILL)
         killed_at = done()
         _, stderr = proc.communicate(timeout=600)
-    finally:
-        proc.kill()
     assert killed_at < 24, "the run had finished before the kill; nothing was tested"
     assert proc.returncode == 0, stderr
     assert_exactly_once(out, 24, url)
@@ -130,13 +138,7 @@ def test_a_killed_ray_worker_still_gives_every_image_exactly_once(tmp_path, back
 
 
 def test_resume_after_the_ray_driver_is_killed(tmp_path):
-    inp = tmp_path / "in"
-    make_inputs(inp, 20)
-    out = tmp_path / "out"
-    cfg = config(tmp_path)
-    proc = ray_audit("-c", cfg, inp, "--out", out, "--batch-images", "2", wait=False)
-    try:
-        wait_until(lambda: done_so_far(out) >= 3)
+    with ray_audit_under_way(tmp_path, 20) as (proc, inp, out, cfg):
         local_ray = psutil.Process(proc.pid).children(recursive=True)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
@@ -144,8 +146,6 @@ def test_resume_after_the_ray_driver_is_killed(tmp_path):
         for p in local_ray:  # what `kill -9` of the job's process group does to the Ray it started
             with contextlib.suppress(psutil.Error):
                 p.kill()
-    finally:
-        proc.kill()
     assert killed_at < 20, "the run had finished before the kill; nothing was tested"
     again = ray_audit("-c", cfg, inp, "--out", out)
     assert again.returncode == 0, again.stderr
@@ -252,17 +252,9 @@ def test_a_full_disk_stops_the_ray_audit_like_the_local_one(tmp_path):
 
 
 def test_sigterm_stops_the_ray_audit_with_views_and_exit_3(tmp_path):
-    inp = tmp_path / "in"
-    make_inputs(inp, 24)
-    out = tmp_path / "out"
-    cfg = config(tmp_path)
-    proc = ray_audit("-c", cfg, inp, "--out", out, "--batch-images", "2", wait=False)
-    try:
-        wait_until(lambda: done_so_far(out) >= 3)
+    with ray_audit_under_way(tmp_path, 24) as (proc, inp, out, cfg):
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
     assert proc.returncode == 3, stderr
     assert "stopped by SIGTERM" in stderr
     rows = csv_rows(out)
