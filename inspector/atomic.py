@@ -119,13 +119,24 @@ def discard_group(temps: list[tuple[str, str]]) -> None:
 
 
 def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine still runs; one that exited but was not yet reaped by its
+    parent (a zombie: e.g. a Ray worker whose raylet is gone, under a container's init) counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, owned by another user
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:  # no /proc (not Linux), or the process just went
+        return False
+    return stat[stat.rindex(b")") + 2:][:1] in (b"Z", b"X")
 
 
 def remove_stale_parts(folder: str) -> int:

@@ -132,7 +132,7 @@ def run_ray_audit(config_path: str, source: str, out: str, *, options: RayOption
                     job.store.end_run(run_id, status)
             ray.shutdown()
             with contextlib.suppress(StoreError):  # the workers of this machine that sent nothing back
-                job.store.end_dead_runs(job.scope, job.run_id, status)
+                job.store.end_dead_runs(job.scope, job.run_id, status, grace=15.0)
 
     return run_audit(insp, source, out, store_url=store_url, shard=shard, retry=retry, stop=stop,
                      wait_for_others=wait_for_others, batch_images=batch_images, explain=explain_on_ray)

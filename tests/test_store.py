@@ -114,6 +114,29 @@ def test_claims_of_dead_or_silent_runs_are_taken_over(store_url):
         assert store.claim(key, me, "/a/x.png").state == "takeover"
 
 
+def test_dead_runs_of_this_machine_are_ended_after_their_process_exits(store_url):
+    """The runs of a Ray audit's workers: ended once their process is gone, waiting ``grace`` for one that is
+    still exiting; live ones, other machines' and earlier runs are left alone."""
+    with Store(store_url) as store:
+        before, dead, exiting, alive, remote = (new_run(store) for _ in range(5))
+        slow = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+        with store.begin() as conn:
+            for run_id, pid in ((before, dead_pid()), (dead, dead_pid()), (exiting, slow.pid)):
+                conn.execute(sa.update(runs).where(runs.c.id == run_id).values(pid=pid))
+            conn.execute(sa.update(runs).where(runs.c.id == remote).values(host="other", pid=dead_pid()))
+        assert store.end_dead_runs("scope", before, "finished") == 1  # no grace: the exiting one is alive
+        assert store.run(exiting)["ended_at"] is None
+        waited_from = time.monotonic()
+        assert store.end_dead_runs("scope", before, "stopped", grace=0.5) == 0  # alive for the whole grace
+        assert time.monotonic() - waited_from >= 0.5
+        assert store.end_dead_runs("scope", before, "stopped", grace=10) == 1  # waits for it to exit
+        slow.wait()
+        states = {run_id: (store.run(run_id)["status"], store.run(run_id)["ended_at"] is None)
+                  for run_id in (before, dead, exiting, alive, remote)}
+        assert states == {before: ("running", True), dead: ("finished", False), exiting: ("stopped", False),
+                          alive: ("running", True), remote: ("running", True)}
+
+
 def _claim_in_process(url: str, run_id: int, barrier, queue) -> None:
     store = Store(url)
     store.add_image(KEY.image_sha256, 10, f"/p{run_id}.png")

@@ -13,6 +13,7 @@ import contextlib
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -197,18 +198,28 @@ class Store:
             conn.execute(sa.update(runs).where(runs.c.id == run_id).values(
                 status=status, message=message, ended_at=utcnow(), heartbeat_at=_db_now(conn)))
 
-    def end_dead_runs(self, scope: str, after: int, status: str) -> int:
+    def end_dead_runs(self, scope: str, after: int, status: str, grace: float = 0.0) -> int:
         """End the unfinished runs of ``scope`` started after run ``after`` whose process on this machine is
         gone (the workers of a Ray audit, which end without a word when their pool shuts down); returns how
-        many. Runs on other machines are left to their heartbeats."""
-        with self.begin() as conn:
-            rows = conn.execute(sa.select(runs.c.id, runs.c.pid).where(
-                runs.c.scope == scope, runs.c.id > after, runs.c.ended_at.is_(None),
-                runs.c.host == HOST)).all()
-        dead = [run_id for run_id, pid in rows if not process_alive(pid)]
-        for run_id in dead:
-            self.end_run(run_id, status)
-        return len(dead)
+        many. A process still alive is waited for up to ``grace`` seconds (a pool's workers exit a moment
+        after its shutdown returns). Runs on other machines are left to their heartbeats."""
+        deadline = time.monotonic() + grace
+        ended = 0
+        while True:
+            with self.begin() as conn:
+                rows = conn.execute(sa.select(runs.c.id, runs.c.pid).where(
+                    runs.c.scope == scope, runs.c.id > after, runs.c.ended_at.is_(None),
+                    runs.c.host == HOST)).all()
+            alive = 0
+            for run_id, pid in rows:
+                if process_alive(pid):
+                    alive += 1
+                else:
+                    self.end_run(run_id, status)
+                    ended += 1
+            if not alive or time.monotonic() >= deadline:
+                return ended
+            time.sleep(0.2)
 
     def heartbeat(self, run_id: int) -> None:
         with self.begin() as conn:
