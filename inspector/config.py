@@ -41,9 +41,9 @@ INPUT_DTYPES = typing.get_args(InputDtype)
 # Ada-SISE agreed better with full SISE than mu = 0.3 at a similar speed-up, and Ada-SISE capped at 16
 # maps per layer better than mu = 0.5 capped at 32 at a similar speed-up. The README has the table.
 PRESETS = {
-    "quality": {"mu": 0.0, "adaptive": False, "max_masks_per_layer": None},
-    "balanced": {"mu": 0.0, "adaptive": True, "max_masks_per_layer": None},
-    "fast": {"mu": 0.0, "adaptive": True, "max_masks_per_layer": 16},
+    "quality": {"mu": 0.0, "adaptive": False, "max_masks_per_layer": None, "score_fraction": 1.0},
+    "balanced": {"mu": 0.0, "adaptive": False, "max_masks_per_layer": None, "score_fraction": 1 / 3},
+    "fast": {"mu": 0.0, "adaptive": False, "max_masks_per_layer": None, "score_fraction": 0.1},
 }
 Preset = Literal[tuple(PRESETS)]
 Fusion = Literal[FUSIONS]  # inspector.fusion's list, one place
@@ -98,6 +98,9 @@ class MethodConfig:
     mu: float | None = None  # None: from the preset
     adaptive: bool | None = None  # Ada-SISE: Otsu on the positive max-normalised gradients, per layer
     max_masks_per_layer: int | None = None
+    # the share of each block's selected maps scored by a forward pass; the others' scores are predicted
+    # from similar scored maps (inspector.surrogate). None: from the preset
+    score_fraction: float | None = None
     chunk_size: int | None = None  # masks per sampler run; None: from runtime.memory_budget_mb
     seed: int = 0  # seed of the seeded methods (RISE's masks) unless their own settings name one
     rise: RiseConfig = field(default_factory=RiseConfig)
@@ -109,6 +112,9 @@ class MethodConfig:
     def __post_init__(self):
         if not self.fusion_width > 0:
             raise ConfigError(f"method.fusion_width: must be > 0, got {self.fusion_width:g}")
+        if self.score_fraction is not None and not 0 < self.score_fraction <= 1:
+            raise ConfigError(f"method.score_fraction: must be in (0, 1] (1 scores every selected map), "
+                              f"got {self.score_fraction:g}")
 
     def resolved(self) -> MethodConfig:
         """A copy with the preset's values filled in where a field is None, and RISE's seed."""
@@ -118,6 +124,7 @@ class MethodConfig:
             adaptive=base["adaptive"] if self.adaptive is None else self.adaptive,
             max_masks_per_layer=(base["max_masks_per_layer"] if self.max_masks_per_layer is None
                                  else self.max_masks_per_layer),
+            score_fraction=base["score_fraction"] if self.score_fraction is None else self.score_fraction,
             rise=dataclasses.replace(self.rise, seed=self.seed if self.rise.seed is None else self.rise.seed))
 
 

@@ -44,7 +44,7 @@ ARTIFACT_DIR = "images"
 # Settings added after results were first stored, with the value that gives the old behaviour: left out of
 # the settings at that value, so that stored results keep their settings hash (and are not explained again).
 LATER_DEFAULTS = {"gray": "replicate", "letterbox_fill": "mean"}
-METHOD_LATER_DEFAULTS = {"fusion": "otsu"}
+METHOD_LATER_DEFAULTS = {"fusion": "otsu", "score_fraction": 1.0}
 
 
 def result_settings(insp: Inspector) -> dict:

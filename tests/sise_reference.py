@@ -40,9 +40,58 @@ def _scores(model, x, masks, target, batch, autocast):
     return torch.cat(out)
 
 
+def _kmeans_representatives(f: torch.Tensor, n: int, rounds: int = 20) -> list[int]:
+    """The maps to score among ``f`` (maps in decreasing alpha order, as rows): k-means from n maps spread
+    evenly over that order, each cluster's member nearest its centre, made up to n from the spread."""
+    total = len(f)
+    if n >= total:
+        return list(range(total))
+    spread = [int((j + 0.5) * total / n) for j in range(n)]
+    centres = f[spread].clone()
+    for _ in range(rounds):
+        labels = torch.cdist(f, centres).argmin(1)
+        new = torch.stack([f[labels == j].mean(0) if (labels == j).any() else centres[j] for j in range(n)])
+        if torch.equal(new, centres):
+            break
+        centres = new
+    d = torch.cdist(f, centres) ** 2
+    labels = d.argmin(1)
+    chosen = []
+    for j in range(n):
+        members = torch.nonzero(labels == j).flatten()
+        if len(members):  # ties (e.g. a pair around its mean) to the lower index
+            dist = d[members, j]
+            k = int(members[torch.nonzero(dist - dist.min() <= 1e-9 * max(1.0, float(dist.min())))[0, 0]])
+            if k not in chosen:
+                chosen.append(k)
+    chosen += [k for k in spread if k not in chosen][:n - len(chosen)]
+    chosen += [k for k in range(total) if k not in chosen][:n - len(chosen)]
+    return sorted(chosen)
+
+
+def _gp_scores(f: torch.Tensor, known: list[int], s: torch.Tensor) -> torch.Tensor:
+    """Posterior mean of a GP with constant mean (the measured scores' mean) and kernel exp(-d^2 / l),
+    l = 0.5 * median of the measured maps' positive squared distances; the measured scores kept."""
+    d = torch.cdist(f[known], f[known]) ** 2
+    mean = s.mean()
+    out = torch.full((len(f),), float(mean), dtype=torch.float64)
+    if len(known) > 1 and (d > 0).any():
+        length = 0.5 * d[d > 0].median()
+        w = torch.linalg.solve(torch.exp(-d / length) + 1e-3 * torch.eye(len(known), dtype=torch.float64),
+                               s - mean)
+        out = torch.exp(-torch.cdist(f, f[known]) ** 2 / length) @ w + mean
+    out[known] = s
+    return out
+
+
 def sise_reference(model, taps, x: np.ndarray, target: int, *, mu: float = 0.0, adaptive: bool = False,
-                   cap: int | None = None, batch: int = 64, autocast: bool = False):
-    """Returns (layer maps list (None for a skipped block), fused map, masks per block).
+                   cap: int | None = None, batch: int = 64, autocast: bool = False,
+                   score_fraction: float = 1.0, predict: bool = True):
+    """Returns (layer maps list (None for a skipped block), fused map, masks scored per block).
+
+    With ``score_fraction`` < 1, per block max(2, floor(fraction * maps)) maps are scored (k-means
+    representatives of the maps at their own resolution) and the others' scores are a Gaussian process's
+    prediction from them (or 0 without ``predict``: the layer map of the scored maps alone).
 
     Runs on the model's device; ``autocast`` runs the per-mask forward passes in float16 autocast.
 
@@ -86,11 +135,23 @@ def sise_reference(model, taps, x: np.ndarray, target: int, *, mu: float = 0.0, 
             order = order[:cap]
         up, span = up[order], span[order]
         masks = (up - up.amin((1, 2), keepdim=True)) / span[:, None, None]
-        counts.append(len(masks))
         if len(masks) == 0:
+            counts.append(0)
             layer_maps.append(None)
             continue
-        s = _scores(model, x, masks, target, batch, autocast)
+        if score_fraction < 1:
+            low = a[idx][order].double().flatten(1)
+            low = (low - low.amin(1, keepdim=True)) / (low.amax(1, keepdim=True) - low.amin(1, keepdim=True))
+            n = min(len(masks), max(2, int(np.floor(score_fraction * len(masks) + 1e-9))))
+            known = _kmeans_representatives(low, n)
+            measured = _scores(model, x, masks[known], target, batch, autocast).double()
+            s = _gp_scores(low, known, measured) if predict else torch.zeros(len(masks), dtype=torch.float64)
+            s[known] = measured
+            s = s.to(masks.dtype)
+            counts.append(len(known))
+        else:
+            s = _scores(model, x, masks, target, batch, autocast)
+            counts.append(len(masks))
         v = (s[:, None, None] * masks / masks.sum((1, 2), keepdim=True)).sum(0)
         layer_maps.append(normalise(v))
     present = [v for v in layer_maps if v is not None]

@@ -41,7 +41,7 @@ def check_against_reference(model, taps, path, image, *, target=None, **method):
     x = np.ascontiguousarray(image.transpose(2, 0, 1)[None])
     ref_maps, ref_fused, ref_counts = sise_reference(
         model, taps, x, exp.target, mu=insp.method.mu, adaptive=insp.method.adaptive,
-        cap=insp.method.max_masks_per_layer)
+        cap=insp.method.max_masks_per_layer, score_fraction=insp.method.score_fraction)
     assert list(exp.masks_per_layer) == ref_counts
     for b, ref in enumerate(ref_maps):
         if ref is not None:
@@ -59,10 +59,37 @@ def test_full_sise_matches_torch_reference(exported, name):
 
 
 @pytest.mark.parametrize("method", [{"mu": 0.3}, {"adaptive": True}, {"max_masks_per_layer": 5},
-                                    {"preset": "fast"}])
+                                    {"adaptive": True, "max_masks_per_layer": 16}])
 def test_selection_variants_match_torch_reference(exported, method):
     model, taps, shape, path = exported("resnet18")
     check_against_reference(model, taps, path, smooth_image(shape, seed=3), target=7, **method)
+
+
+@pytest.mark.parametrize("preset", ["balanced", "fast"])
+def test_sampled_presets_match_torch_reference(exported, preset):
+    """The presets that score a share of the maps (k-means representatives; the others' scores predicted
+    by a Gaussian process) against the PyTorch SISE doing the same with torch's own k-means and solve:
+    the same maps scored, layer maps equal to float precision, and visibly different from scoring only
+    the chosen maps (the predictions carry weight)."""
+    model, taps, shape, path = exported("resnet18")
+    image = smooth_image(shape, seed=5)
+    insp = inspector_for(path, preset=preset)
+    exp = insp.explain(image, target=3)
+    x = np.ascontiguousarray(image.transpose(2, 0, 1)[None])
+    fraction = insp.method.score_fraction
+    ref_maps, ref_fused, ref_counts = sise_reference(model, taps, x, 3, score_fraction=fraction)
+    assert list(exp.masks_per_layer) == ref_counts
+    full = inspector_for(path, preset="quality").explain(image, target=3)
+    assert sum(ref_counts) <= insp.method.score_fraction * sum(full.masks_per_layer) + 2 * len(ref_counts)
+    assert sum(ref_counts) < sum(full.masks_per_layer) / 2
+    for b, ref in enumerate(ref_maps):
+        if ref is not None:
+            assert np.abs(exp.layer_maps[b] - ref).max() < 1e-3, b
+    assert pearson(exp.saliency, ref_fused) >= 0.999
+    unpredicted, _, _ = sise_reference(model, taps, x, 3, score_fraction=insp.method.score_fraction,
+                                       predict=False)
+    moved = [np.abs(m - u).max() for m, u in zip(ref_maps, unpredicted) if m is not None and u is not None]
+    assert max(moved) > 0.05  # what the predicted scores add is far above the tolerance above
 
 
 def coffee_tensor_image():

@@ -14,6 +14,7 @@ import numpy as np
 
 from onnx_tools import IMAGE, KEEP, LAYER_MAPS, OWNER, SCORES, TARGET, act_input, idx_input
 
+from .. import surrogate
 from ..config import MethodConfig
 from ..fusion import fuse, minmax
 from ..selection import select_maps
@@ -73,7 +74,9 @@ class Sise(Method):
     def explain_many(self, contexts: list[MethodContext]) -> list[MethodResult]:
         """Select maps per image and block, score them through the sampler graph in chunks that mix the
         images of one explain-model run, fuse each image's layer maps. An image's maps are those of
-        explaining it alone; only the sums' order of addition differs."""
+        explaining it alone; only the sums' order of addition differs. With ``score_fraction`` < 1 only
+        the maps :func:`~inspector.surrogate.choose` picks are scored; the others' scores are predicted
+        (:func:`~inspector.surrogate.predict`) and their masks added on the host."""
         first = contexts[0]
         method, sessions, size = first.settings, first.sessions, first.size
         selected = [[select_maps(a, s, mu=method.mu, adaptive=method.adaptive, cap=method.max_masks_per_layer)
@@ -82,13 +85,23 @@ class Sise(Method):
         runs: dict[int, list[int]] = {}  # contexts by the explain-model run they come from
         for i, c in enumerate(contexts):
             runs.setdefault(id(c.explained.images), []).append(i)
+        sampling = method.score_fraction < 1.0
+        host_acts = []  # per image, per block: its activations on the host (surrogate features and masks)
+        scored = selected
+        if sampling:
+            per_run = {key: [a.numpy() for a in contexts[members[0]].explained.activations]
+                       for key, members in runs.items()}
+            host_acts = [[a[c.explained.row] for a in per_run[id(c.explained.images)]] for c in contexts]
+            scored = [[self._scored(acts[b][idx], idx, method.score_fraction)
+                       for b, idx in enumerate(per_block)] for acts, per_block in zip(host_acts, selected)]
         pad = sessions.device in PAD_DEVICES
-        plans = [(members, plan_chunks([selected[i] for i in members],
+        plans = [(members, plan_chunks([scored[i] for i in members],
                                        [contexts[i].explained.row for i in members], channels,
                                        first.chunk_size, pad=pad))
                  for members in runs.values()]
         total_chunks, done = sum(len(chunks) for _, chunks in plans), 0
         totals = np.zeros((len(contexts), len(channels), *size), np.float64)
+        measured = [[{} for _ in channels] for _ in contexts]  # per image and block: channel -> score
         for members, chunks in plans:
             explained = contexts[members[0]].explained
             device_feeds = {act_input(b): act for b, act in enumerate(explained.activations)}
@@ -96,19 +109,61 @@ class Sise(Method):
             targets = np.zeros((explained.images.shape()[0], len(first.target_weights)), np.float32)
             for i in members:
                 targets[contexts[i].explained.row] = contexts[i].target_weights
+            by_row = {contexts[i].explained.row: i for i in members}
             for chunk in chunks:
                 feeds = {idx_input(b): idx for b, idx in enumerate(chunk.indices)}
                 feeds.update({TARGET: targets, KEEP: chunk.keep, OWNER: chunk.owner})
-                layer_maps, _ = sessions.run_sampler(feeds, device_feeds, [LAYER_MAPS, SCORES])
+                layer_maps, scores = sessions.run_sampler(feeds, device_feeds, [LAYER_MAPS, SCORES])
                 for i in members:
                     totals[i] += layer_maps[contexts[i].explained.row]
+                if sampling:
+                    self._note_scores(chunk, channels, scores, by_row, measured)
                 done += 1
                 if first.progress is not None:
                     first.progress(done, total_chunks)
+            if sampling:
+                for i in members:
+                    for b, (idx, chosen) in enumerate(zip(selected[i], scored[i])):
+                        self._add_predicted(totals[i, b], host_acts[i][b], idx, chosen, measured[i][b], size)
         results = []
-        for per_block, total in zip(selected, totals):
+        for per_block, per_block_scored, total in zip(selected, scored, totals):
             maps = [minmax(total[b]) if len(idx) else None for b, idx in enumerate(per_block)]
             fused = fuse(maps, size, method.fusion, method.fusion_width)
             results.append(MethodResult(saliency=fused, layer_maps=maps,
-                                        masks_per_layer=tuple(len(idx) for idx in per_block)))
+                                        masks_per_layer=tuple(len(idx) for idx in per_block_scored)))
         return results
+
+    @staticmethod
+    def _scored(block_acts: np.ndarray, idx: np.ndarray, fraction: float) -> np.ndarray:
+        """The channels of ``idx`` (decreasing gradient order) that get a forward pass, in that order."""
+        if not len(idx):
+            return idx
+        count = surrogate.scored_count(len(idx), fraction)
+        chosen = surrogate.choose(surrogate.map_features(block_acts), count)
+        return idx[chosen]
+
+    @staticmethod
+    def _note_scores(chunk: Chunk, channels: list[int], scores: np.ndarray, by_row: dict,
+                     measured: list) -> None:
+        """Record each measured score under its image and channel (the sampler's order: block by block,
+        then the order of idx/<b>; padding has keep 0)."""
+        k = 0
+        for b, rows in enumerate(chunk.indices):
+            for row in rows:
+                if chunk.keep[k] > 0:
+                    measured[by_row[int(row) // channels[b]]][b][int(row) % channels[b]] = float(scores[k])
+                k += 1
+
+    @staticmethod
+    def _add_predicted(total: np.ndarray, block_acts: np.ndarray, idx: np.ndarray, chosen: np.ndarray,
+                       measured: dict, size: tuple[int, int]) -> None:
+        """Add the predicted maps' share to a layer map's sum (the measured share came from the sampler)."""
+        rest = np.setdiff1d(idx, chosen)
+        if not len(rest):
+            return
+        features = surrogate.map_features(block_acts[idx])
+        position = {int(c): k for k, c in enumerate(idx)}
+        known = np.array([position[int(c)] for c in chosen], np.int64)
+        predicted = surrogate.predict(features, known, np.array([measured[int(c)] for c in chosen]))
+        unknown = np.array([position[int(c)] for c in rest], np.int64)
+        total += surrogate.weighted_masks(block_acts[rest], predicted[unknown], size)
