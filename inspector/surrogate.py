@@ -106,15 +106,21 @@ def predict(features: np.ndarray, scored: np.ndarray, scores: np.ndarray) -> np.
     return predicted
 
 
-def weighted_masks(activations: np.ndarray, weights: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def weighted_masks(activations: np.ndarray, weights: np.ndarray, size: tuple[int, int],
+                   batch: int = 32) -> np.ndarray:
     """float64 [H, W]: sum_k weights_k * m_k / sum(m_k) with m_k the sampler graph's mask of map k
-    (bilinear upsampling with half-pixel centres, then min-max to [0, 1])."""
+    (bilinear upsampling with half-pixel centres, then min-max to [0, 1]); ``batch`` maps at a time."""
     height, width = size
     h, w = activations.shape[1:]
-    rows, cols = upsample_matrix(h, height), upsample_matrix(w, width)
+    rows = upsample_matrix(h, height).astype(np.float32)
+    cols = upsample_matrix(w, width).T.astype(np.float32)
     total = np.zeros(size, np.float64)
-    for act, weight in zip(activations.astype(np.float64), weights):
-        up = rows @ act @ cols.T
-        mask = (up - up.min()) / max(float(up.max() - up.min()), EPS)
-        total += weight * mask / max(float(mask.sum()), EPS)
+    for start in range(0, len(activations), batch):
+        acts = activations[start:start + batch].astype(np.float32)
+        up = rows @ (acts @ cols)  # [k, H, W]
+        low = up.min(axis=(1, 2), keepdims=True)
+        masks = (up - low) / np.maximum(up.max(axis=(1, 2), keepdims=True) - low, EPS)
+        mass = np.maximum(masks.sum(axis=(1, 2)), EPS)
+        scale = np.asarray(weights[start:start + batch], np.float64) / mass
+        total += np.tensordot(scale, masks.astype(np.float64), axes=1)
     return total
