@@ -37,9 +37,10 @@ COLORMAPS = {name[len("COLORMAP_"):].lower(): getattr(cv2, name)
              for name in dir(cv2) if name.startswith("COLORMAP_")}
 CHANNEL_ORDERS = typing.get_args(ChannelOrder)
 INPUT_DTYPES = typing.get_args(InputDtype)
-# Speed/quality trade-offs, chosen from benchmarks/presets.py (EfficientNet-Lite0, 4 natural images):
-# Ada-SISE agreed better with full SISE than mu = 0.3 at a similar speed-up, and Ada-SISE capped at 16
-# maps per layer better than mu = 0.5 capped at 32 at a similar speed-up. The README has the table.
+# Speed/quality trade-offs, chosen from benchmarks/presets.py (both image sets): scoring a share of every
+# block's maps and predicting the rest (inspector.surrogate) agreed better with full SISE than Ada-SISE
+# (the former balanced) and Ada-SISE capped at 16 maps per layer (the former fast) at their cost. The
+# README ("Faster presets") has the table.
 PRESETS = {
     "quality": {"mu": 0.0, "adaptive": False, "max_masks_per_layer": None, "score_fraction": 1.0},
     "balanced": {"mu": 0.0, "adaptive": False, "max_masks_per_layer": None, "score_fraction": 1 / 3},
