@@ -333,7 +333,8 @@ class Inspector:
     def settings(self) -> dict:
         m = self.method
         return {"method": m.name, "preset": m.preset, "mu": m.mu, "adaptive": m.adaptive,
-                "max_masks_per_layer": m.max_masks_per_layer, "chunk_size": m.chunk_size,
+                "max_masks_per_layer": m.max_masks_per_layer, "score_fraction": m.score_fraction,
+                "chunk_size": m.chunk_size,
                 "fusion": m.fusion, "fusion_width": m.fusion_width,
                 "fp16": self.config.runtime.fp16,
                 "score": self.contract.score, "provider": self.sessions.provider,

@@ -97,6 +97,7 @@ def test_score_fraction_is_checked_and_one_is_full_sise():
     full, one = example(preset="quality").explain(image), example(preset="balanced", score_fraction=1.0)
     assert one.method.score_fraction == 1.0
     same = one.explain(image, target=full.target)
+    assert example(preset="fast").settings()["score_fraction"] == 0.1  # what a sidecar records
     assert same.masks_per_layer == full.masks_per_layer
     np.testing.assert_allclose(same.saliency, full.saliency, atol=1e-6)
 
