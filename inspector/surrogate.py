@@ -75,16 +75,11 @@ def choose(features: np.ndarray, count: int) -> np.ndarray:
             nearest = int(members[np.flatnonzero(near <= near.min() + TIE * max(1.0, near.min()))[0]])
             if nearest not in chosen:
                 chosen.append(nearest)
-    for k in start:  # top up from the even spread
+    for k in start:  # top up from the even spread (count distinct maps, so this always reaches count)
         if len(chosen) == count:
             break
         if int(k) not in chosen:
             chosen.append(int(k))
-    for k in range(total):
-        if len(chosen) == count:
-            break
-        if k not in chosen:
-            chosen.append(k)
     return np.array(sorted(chosen), np.int64)
 
 

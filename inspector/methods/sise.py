@@ -86,14 +86,17 @@ class Sise(Method):
         for i, c in enumerate(contexts):
             runs.setdefault(id(c.explained.images), []).append(i)
         sampling = method.score_fraction < 1.0
-        host_acts = []  # per image, per block: its activations on the host (surrogate features and masks)
+        host_acts = []  # per image, per block: its activations on the host (for the predicted maps' masks)
+        features = []  # per image, per block: surrogate.map_features of the selected maps
         scored = selected
         if sampling:
             per_run = {key: [a.numpy() for a in contexts[members[0]].explained.activations]
                        for key, members in runs.items()}
             host_acts = [[a[c.explained.row] for a in per_run[id(c.explained.images)]] for c in contexts]
-            scored = [[self._scored(acts[b][idx], idx, method.score_fraction)
-                       for b, idx in enumerate(per_block)] for acts, per_block in zip(host_acts, selected)]
+            features = [[surrogate.map_features(acts[b][idx]) for b, idx in enumerate(per_block)]
+                        for acts, per_block in zip(host_acts, selected)]
+            scored = [[self._scored(f, idx, method.score_fraction) for f, idx in zip(per_feats, per_block)]
+                      for per_feats, per_block in zip(features, selected)]
         pad = sessions.device in PAD_DEVICES
         plans = [(members, plan_chunks([scored[i] for i in members],
                                        [contexts[i].explained.row for i in members], channels,
@@ -124,7 +127,8 @@ class Sise(Method):
             if sampling:
                 for i in members:
                     for b, (idx, chosen) in enumerate(zip(selected[i], scored[i])):
-                        self._add_predicted(totals[i, b], host_acts[i][b], idx, chosen, measured[i][b], size)
+                        self._add_predicted(totals[i, b], host_acts[i][b], features[i][b], idx, chosen,
+                                            measured[i][b], size)
         results = []
         for per_block, per_block_scored, total in zip(selected, scored, totals):
             maps = [minmax(total[b]) if len(idx) else None for b, idx in enumerate(per_block)]
@@ -134,13 +138,12 @@ class Sise(Method):
         return results
 
     @staticmethod
-    def _scored(block_acts: np.ndarray, idx: np.ndarray, fraction: float) -> np.ndarray:
-        """The channels of ``idx`` (decreasing gradient order) that get a forward pass, in that order."""
+    def _scored(features: np.ndarray, idx: np.ndarray, fraction: float) -> np.ndarray:
+        """The channels of ``idx`` (decreasing gradient order; ``features`` theirs) that get a forward
+        pass, in that order."""
         if not len(idx):
             return idx
-        count = surrogate.scored_count(len(idx), fraction)
-        chosen = surrogate.choose(surrogate.map_features(block_acts), count)
-        return idx[chosen]
+        return idx[surrogate.choose(features, surrogate.scored_count(len(idx), fraction))]
 
     @staticmethod
     def _note_scores(chunk: Chunk, channels: list[int], scores: np.ndarray, by_row: dict,
@@ -155,13 +158,12 @@ class Sise(Method):
                 k += 1
 
     @staticmethod
-    def _add_predicted(total: np.ndarray, block_acts: np.ndarray, idx: np.ndarray, chosen: np.ndarray,
-                       measured: dict, size: tuple[int, int]) -> None:
+    def _add_predicted(total: np.ndarray, block_acts: np.ndarray, features: np.ndarray, idx: np.ndarray,
+                       chosen: np.ndarray, measured: dict, size: tuple[int, int]) -> None:
         """Add the predicted maps' share to a layer map's sum (the measured share came from the sampler)."""
         rest = np.setdiff1d(idx, chosen)
         if not len(rest):
             return
-        features = surrogate.map_features(block_acts[idx])
         position = {int(c): k for k, c in enumerate(idx)}
         known = np.array([position[int(c)] for c in chosen], np.int64)
         predicted = surrogate.predict(features, known, np.array([measured[int(c)] for c in chosen]))
