@@ -32,7 +32,7 @@ def scored_count(selected: int, fraction: float) -> int:
 
 def map_features(activations: np.ndarray) -> np.ndarray:
     """float64 [K, h*w]: each map min-max scaled to [0, 1] at its own resolution (zeros if constant)."""
-    flat = activations.reshape(len(activations), -1).astype(np.float64)
+    flat = activations.reshape(len(activations), int(np.prod(activations.shape[1:]))).astype(np.float64)
     low = flat.min(axis=1, keepdims=True)
     spread = flat.max(axis=1, keepdims=True) - low
     return np.divide(flat - low, spread, out=np.zeros_like(flat), where=spread > 0)
@@ -85,18 +85,22 @@ def choose(features: np.ndarray, count: int) -> np.ndarray:
 
 def predict(features: np.ndarray, scored: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """float64 [K]: the measured ``scores`` at ``scored``, elsewhere the Gaussian-process posterior mean
-    (constant mean: the measured scores' mean; kernel exp(-d^2 / (BANDWIDTH * median d^2)))."""
+    (constant mean: the measured scores' mean; kernel exp(-d^2 / (BANDWIDTH * median d^2)), the median over
+    pairs of distinct measured maps, pairs closer than TIE counting as one map), kept within the measured
+    scores' range (a score is a probability; the mean of a smooth kernel overshoots between steep pairs)."""
     scores = np.asarray(scores, np.float64)
     mean = float(scores.mean())
     predicted = np.full(len(features), mean)
     known = features[scored]
     pair = _squared_distances(known, known)
-    positive = pair[pair > 0]
-    if len(scored) > 1 and len(positive):
-        length = BANDWIDTH * float(np.median(positive))
+    distinct = pair[np.triu_indices(len(scored), k=1)]
+    distinct = distinct[distinct > TIE]
+    if len(distinct):
+        length = BANDWIDTH * float(np.median(distinct))
         kernel = np.exp(-pair / length) + NOISE * np.eye(len(scored))
         weights = np.linalg.solve(kernel, scores - mean)
         predicted = np.exp(-_squared_distances(features, known) / length) @ weights + mean
+        predicted = np.clip(predicted, scores.min(), scores.max())
     predicted[scored] = scores
     return predicted
 

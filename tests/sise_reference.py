@@ -71,15 +71,21 @@ def _kmeans_representatives(f: torch.Tensor, n: int, rounds: int = 20) -> list[i
 
 def _gp_scores(f: torch.Tensor, known: list[int], s: torch.Tensor) -> torch.Tensor:
     """Posterior mean of a GP with constant mean (the measured scores' mean) and kernel exp(-d^2 / l),
-    l = 0.5 * median of the measured maps' positive squared distances; the measured scores kept."""
-    d = torch.cdist(f[known], f[known]) ** 2
+    l = 0.5 * median squared distance over pairs of distinct measured maps (closer than 1e-9: the same
+    map), clipped to the measured scores' range; the measured scores kept."""
+    fk = f[known]
+    d = ((fk[:, None, :] - fk[None, :, :]) ** 2).sum(-1)  # exact zeros for equal maps (no matmul form)
+    upper = torch.triu_indices(len(known), len(known), offset=1)
+    distinct = d[upper[0], upper[1]]
+    distinct = distinct[distinct > 1e-9]
     mean = s.mean()
     out = torch.full((len(f),), float(mean), dtype=torch.float64)
-    if len(known) > 1 and (d > 0).any():
-        length = 0.5 * d[d > 0].median()
+    if len(distinct):
+        length = 0.5 * torch.quantile(distinct, 0.5)
         w = torch.linalg.solve(torch.exp(-d / length) + 1e-3 * torch.eye(len(known), dtype=torch.float64),
                                s - mean)
-        out = torch.exp(-torch.cdist(f, f[known]) ** 2 / length) @ w + mean
+        out = torch.exp(-((f[:, None, :] - fk[None, :, :]) ** 2).sum(-1) / length) @ w + mean
+        out = out.clamp(float(s.min()), float(s.max()))
     out[known] = s
     return out
 
