@@ -15,7 +15,8 @@ def select_maps(alpha: np.ndarray, spread: np.ndarray, *, mu: float, adaptive: b
 
     Args:
         alpha: float [C], spatial mean of d(score)/d(activation) per channel.
-        spread: float [C], spatial max - min of each activation channel (constant maps are dropped).
+        spread: float [C], spatial max - min of each activation channel (constant maps, and maps
+            with inf or NaN (a non-finite spread), are dropped).
         mu: keep alpha_k > mu * max(alpha) (SISE); ignored when ``adaptive``.
         adaptive: Ada-SISE: keep a_k > Otsu(a) over the positive a = alpha / max(alpha).
         cap: keep at most this many (the largest alpha first); None keeps all.
@@ -33,7 +34,8 @@ def select_maps(alpha: np.ndarray, spread: np.ndarray, *, mu: float, adaptive: b
         keep = a > otsu_threshold(positive)
     else:
         keep = alpha > mu * beta
-    keep &= np.asarray(spread) > CONSTANT_EPS
+    spread = np.asarray(spread, np.float64)
+    keep &= np.isfinite(spread) & (spread > CONSTANT_EPS)  # a map with inf or NaN has no mask
     idx = np.flatnonzero(keep)
     idx = idx[np.argsort(-alpha[idx], kind="stable")]
     if cap is not None:

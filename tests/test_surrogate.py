@@ -4,6 +4,8 @@ independence, padding). The end-to-end check against the PyTorch SISE is in test
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -64,6 +66,59 @@ def test_predict_matches_an_independent_gaussian_process_and_keeps_measured_scor
     assert np.allclose(surrogate.predict(f, np.array(known[:1]), s[:1]), s[0])  # one score: its value
 
 
+def test_predict_takes_its_length_from_distinct_maps_and_stays_in_the_measured_range():
+    from .sise_reference import _gp_scores
+
+    rng = np.random.default_rng(4)
+    f = clustered(3, clusters=6, per=10)
+    known = sorted(rng.choice(len(f), 40, replace=False).tolist())  # many: BLAS's matrix-product path
+    s = rng.uniform(0, 1, 40)
+    np.testing.assert_allclose(surrogate.predict(f, np.array(known), s),
+                               _gp_scores(torch.from_numpy(f), known, torch.from_numpy(s)).numpy(),
+                               rtol=1e-9, atol=1e-12)
+    # Rescaled copies of one map have equal features up to rounding: they are one map to the kernel's
+    # length. Eight measured copies of A (0.1) and one B (0.9): an unmeasured copy of A is A's score.
+    a, b = rng.uniform(0, 1, (2, 7, 7))
+    acts = np.stack([a * k + k for k in range(1, 9)] + [b, 10 * a - 3])
+    features = surrogate.map_features(acts)
+    predicted = surrogate.predict(features, np.arange(9), np.array([0.1] * 8 + [0.9]))
+    assert predicted[-1] == pytest.approx(0.1, abs=1e-3)
+    for seed in range(20):  # never beyond the measured scores (a probability's range stays a probability)
+        r = np.random.default_rng(seed)
+        chosen = np.sort(r.choice(len(f), 8, replace=False))
+        scores = r.choice([0.0, 1.0], 8) * 0.98 + 0.01
+        out = surrogate.predict(f, chosen, scores)
+        assert scores.min() <= out.min() and out.max() <= scores.max()
+
+
+def test_a_block_without_selected_maps_is_skipped_as_in_full_sise():
+    import cv2
+
+    path = os.path.join(os.path.dirname(__file__), "..", "inspector", "example", "samples", "crack.png")
+    image = cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB).astype(np.float32)
+    image = np.clip((image - 127) * 8 + 127, 0, 255).astype(np.uint8)  # high contrast: no positive gradient
+    full = example(preset="quality").explain(image, target="ok")
+    assert full.masks_per_layer[0] == 0 and sum(full.masks_per_layer) > 0 and not full.layer_maps[0].any()
+    for preset in ("balanced", "fast"):
+        engine = example(preset=preset)
+        sampled = engine.explain(image, target="ok")
+        assert sampled.masks_per_layer[0] == 0 and not sampled.layer_maps[0].any()  # as in full SISE
+        fraction = engine.method.score_fraction
+        assert sampled.masks_per_layer == tuple(surrogate.scored_count(k, fraction)
+                                                for k in full.masks_per_layer)
+        assert np.isfinite(sampled.saliency).all() and sampled.saliency.max() == 1.0
+    none = example(preset="balanced", mu=1.0).explain(image)  # alpha > max(alpha): no block keeps a map
+    assert sum(none.masks_per_layer) == 0 and not none.saliency.any()
+
+
+def test_maps_with_inf_or_nan_are_not_selected():
+    from inspector.selection import select_maps
+
+    alpha = np.array([0.5, 0.9, 0.2, 0.7])
+    spread = np.array([1.0, np.inf, np.nan, 2.0])
+    assert select_maps(alpha, spread, mu=0.0, adaptive=False, cap=None).tolist() == [3, 0]
+
+
 def test_a_smooth_score_is_predicted_from_a_third_of_the_maps():
     f = clustered(2, clusters=6, per=10)
     truth = f[:, :10].mean(1)  # a score that depends smoothly on the map
@@ -90,7 +145,7 @@ def test_weighted_masks_equal_torch_bilinear_masks():
 
 
 def test_score_fraction_is_checked_and_one_is_full_sise():
-    for bad in (0, -0.5, 1.5, float("nan")):
+    for bad in (0, -0.5, 1.5, float("nan"), True, "0.5"):
         with pytest.raises(ConfigError, match="method.score_fraction"):
             example(score_fraction=bad)
     image = photos(1)[0]

@@ -59,7 +59,7 @@ def plan_chunks(selected: list[list[np.ndarray]], rows: list[int], channels: lis
 
 class Sise(Method):
     """SISE and Ada-SISE. Its settings are the ``method`` section's own keys (preset, mu, adaptive,
-    max_masks_per_layer)."""
+    max_masks_per_layer, score_fraction, fusion, fusion_width)."""
 
     name = "sise"
     needs_gradients = True
