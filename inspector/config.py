@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import numbers
 import os
 import types
 import typing
@@ -66,6 +67,11 @@ class PreprocessConfig:
     letterbox_fill: Literal["mean"] | float = "mean"  # the letterbox border: dataset mean, or a pixel value
 
 
+def _is_number(value) -> bool:
+    """A real number that is not a bool (YAML's true would otherwise pass as 1)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class RiseConfig:
     """The RISE baseline's settings (YAML ``method: {rise: {...}}``): number of random masks, grid cells
@@ -111,11 +117,12 @@ class MethodConfig:
     fusion_width: float = 0.25  # soft only: the sigmoid's width in standard deviations of the layer map
 
     def __post_init__(self):
-        if not self.fusion_width > 0:
-            raise ConfigError(f"method.fusion_width: must be > 0, got {self.fusion_width:g}")
-        if self.score_fraction is not None and not 0 < self.score_fraction <= 1:
-            raise ConfigError(f"method.score_fraction: must be in (0, 1] (1 scores every selected map), "
-                              f"got {self.score_fraction:g}")
+        if not _is_number(self.fusion_width) or not self.fusion_width > 0:
+            raise ConfigError(f"method.fusion_width: must be a number > 0, got {self.fusion_width!r}")
+        if self.score_fraction is not None and (not _is_number(self.score_fraction)
+                                                or not 0 < self.score_fraction <= 1):
+            raise ConfigError(f"method.score_fraction: must be a number in (0, 1] (1 scores every selected "
+                              f"map), got {self.score_fraction!r}")
 
     def resolved(self) -> MethodConfig:
         """A copy with the preset's values filled in where a field is None, and RISE's seed."""

@@ -84,7 +84,7 @@ def test_the_engine_fuses_its_layer_maps_with_the_configured_fusion_at_any_chunk
 def test_fusion_settings():
     from inspector.record import result_settings
 
-    with pytest.raises(ConfigError, match="fusion_width: must be > 0"):
+    with pytest.raises(ConfigError, match="fusion_width: must be a number > 0"):
         example(fusion="soft", fusion_width=0)
     with pytest.raises(ConfigError, match="fusion"):
         example(fusion="blurry")
