@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The CUDA checks, in one go, on a GPU machine (about 6 minutes on an H100): `inspector doctor` and
-# `inspector explain` with CUDA first, the gpu-marked tests, and benchmarks/sise_engine.py in the
-# configurations docs/benchmarks.md quotes. Needs onnxruntime-gpu, a CUDA build of torch,
+# The CUDA checks, in one go, on a GPU machine (about 6 minutes on an H100, plus up to 12 for the audit
+# throughput): `inspector doctor` and `inspector explain` with CUDA first, the gpu-marked tests,
+# benchmarks/sise_engine.py in the configurations docs/benchmarks.md quotes, and
+# benchmarks/audit_throughput.py on the GPU. Needs onnxruntime-gpu, a CUDA build of torch,
 # onnxconverter-common and sqlalchemy (the results store) importable, and runs from the repository root:
 #     bash benchmarks/gpu_check.sh [OUTDIR]        # log in OUTDIR/gpu_check.log (default: gpu-check/)
 # Every step has a time limit and the script goes on after a failing step (each one's exit code is logged).
@@ -49,4 +50,8 @@ bench --fp16 --chunk 128 --images 3 --no-reference
 bench --fp16 --chunk 128 --images 5 --no-reference --cuda-option prefer_nhwc=1 --no-pad
 bench --fp16 --chunk 256 --images 3 --no-reference --cuda-option prefer_nhwc=1
 bench --fp16 --chunk 128 --images 3 --no-reference --cuda-option prefer_nhwc=1 --presets
+# inspector audit's images per second on the GPU: one at a time, 8 together, Ray with 2 workers sharing it
+# (the bundled model, then a ResNet-50 at 224x224 in fp16); needs ray[data] importable for the Ray line
+step 300 python3 benchmarks/audit_throughput.py --provider cuda --images 200
+step 400 python3 benchmarks/audit_throughput.py --provider cuda --model resnet50 --fp16 --images 100
 echo "=== gpu_check done"
