@@ -221,7 +221,7 @@ def _check_choice(key: str, value, choices) -> None:
 SCALARS = {
     bool: ("true or false", lambda v: isinstance(v, bool)),
     int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
-    float: ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    float: ("a number", lambda v: _is_number(v)),
     str: ("a string", lambda v: isinstance(v, str)),
 }
 
