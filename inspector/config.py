@@ -88,7 +88,7 @@ class RiseConfig:
         if self.grid < 1:
             raise ConfigError(f"method.rise.grid: must be >= 1, got {self.grid}")
         if not 0 < self.p <= 1:
-            raise ConfigError(f"method.rise.p: must be in (0, 1], got {self.p:g}")
+            raise ConfigError(f"method.rise.p: must be in (0, 1], got {self.p}")
 
 
 # The RISE keys before they moved into method.rise, accepted (with a warning) for one release.
@@ -239,7 +239,7 @@ def _finite(key: str, value: float) -> float:
 
 def _check_range(key: str, value: float, low: float, high: float, why: str = "") -> None:
     if not low <= value <= high:
-        raise ConfigError(f"{key}: must be in [{low:g}, {high:g}]{why}, got {value:g}")
+        raise ConfigError(f"{key}: must be in [{low:g}, {high:g}]{why}, got {value}")
 
 
 def _described(hint) -> str:
@@ -343,7 +343,7 @@ def _validate(cfg: InspectorConfig) -> None:
     if p.max_pixels < 1:
         raise ConfigError("preprocess.max_pixels: must be >= 1")
     if p.scale <= 0:
-        raise ConfigError(f"preprocess.scale: must be > 0, got {p.scale:g}")
+        raise ConfigError(f"preprocess.scale: must be > 0, got {p.scale}")
     if cfg.runtime.memory_budget_mb is not None and cfg.runtime.memory_budget_mb < 1:
         raise ConfigError(f"runtime.memory_budget_mb: must be >= 1, got {cfg.runtime.memory_budget_mb}")
     if cfg.runtime.intra_op_threads < 0:

@@ -62,3 +62,16 @@ def test_a_key_that_takes_a_word_or_a_number_takes_both():
     with pytest.raises(ConfigError, match=r"preprocess.letterbox_fill: expected one of mean or a number, "
                                           r"got 'white'"):
         config_from_dict({"model": "m.onnx", "preprocess": {"letterbox_fill": "white"}})
+
+
+@pytest.mark.parametrize("raw, shown", [
+    ({"visuals": {"good_opacity": 1.0000001}}, "visuals.good_opacity: must be in [0, 1], got 1.0000001"),
+    ({"method": {"rise": {"p": 1.0000001}}}, "method.rise.p: must be in (0, 1], got 1.0000001"),
+    ({"regions": {"threshold": "percentile", "value": 100.0000001}}, "got 100.0000001"),
+    ({"preprocess": {"scale": -1e-300}}, "preprocess.scale: must be > 0, got -1e-300"),
+])
+def test_an_out_of_range_value_is_shown_as_given(raw, shown):
+    # a value just outside its range must not be printed rounded into it ("must be in [0, 1], got 1")
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"model": "m.onnx", **raw})
+    assert shown in str(err.value)
