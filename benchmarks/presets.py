@@ -5,6 +5,10 @@ A preset is "in the band" on an image when it agrees with quality at least as we
 itself under that invisible noise.
 
     python benchmarks/presets.py [--sets photos defects] [--seeds 3] [--defects 30] [--fusion soft]
+    python benchmarks/presets.py --fractions 0.5 0.8 0.95   # the frontier: quality against score_fraction F
+
+--fractions replaces the presets with `score_fraction` F on top of `quality` for each F given: how many of
+the maps must be scored before the sampled estimator stays inside quality's band on every image.
 
 photos:  EfficientNet-Lite0 (real ImageNet weights) on 8 scikit-image photos, 224x224; needs the dev extra.
 defects: the bundled defect model on held-out synthetic images (seed 11, not the training seed).
@@ -69,16 +73,24 @@ def defect_set(count: int) -> tuple[dict, list]:
     return options, [(f"defect_{i:02d}", sample(11, i).image) for i in range(count)]
 
 
-def engines(common: dict, fusion: str) -> dict[str, Inspector]:
+def variants(fractions: list[float] | None) -> dict[str, dict]:
+    if not fractions:
+        return VARIANTS
+    return {"quality": VARIANTS["quality"],
+            **{f"score_fraction {f:g}": {"preset": "quality", "score_fraction": f} for f in fractions}}
+
+
+def engines(common: dict, fusion: str, fractions: list[float] | None) -> dict[str, Inspector]:
     out = {}
-    for name, method in VARIANTS.items():
+    for name, method in variants(fractions).items():
         method = {**method, "fusion": fusion, "chunk_size": 64}
         out[name] = Inspector.from_options(**common, method=method)
     return out
 
 
-def run_set(title: str, common: dict, images: list, seeds: int, fusion: str) -> None:
-    insp = engines(common, fusion)
+def run_set(title: str, common: dict, images: list, seeds: int, fusion: str,
+            fractions: list[float] | None) -> None:
+    insp = engines(common, fusion, fractions)
     warm = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
     for engine in insp.values():  # first runs allocate; keep them out of the timings
         engine.explain(warm)
@@ -120,12 +132,15 @@ def main() -> None:
     parser.add_argument("--defects", type=int, default=30)
     parser.add_argument("--fusion", default="soft", choices=FUSIONS,
                         help="method.fusion of every variant (default soft, as the bundled configs)")
+    parser.add_argument("--fractions", nargs="+", type=float, metavar="F",
+                        help="compare quality with score_fraction F (0 < F < 1) instead of the presets")
     args = parser.parse_args()
     print(f"onnxruntime {ort.__version__} CPU, {os.cpu_count()} cores")
     if "defects" in args.sets:
-        run_set("bundled defect model", *defect_set(args.defects), args.seeds, args.fusion)
+        run_set("bundled defect model", *defect_set(args.defects), args.seeds, args.fusion, args.fractions)
     if "photos" in args.sets:
-        run_set("EfficientNet-Lite0 (ImageNet weights)", *photo_set(), args.seeds, args.fusion)
+        run_set("EfficientNet-Lite0 (ImageNet weights)", *photo_set(), args.seeds, args.fusion,
+                args.fractions)
 
 
 if __name__ == "__main__":
