@@ -12,8 +12,11 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
+import onnx.version_converter
 
+from . import ceil_pools
 from . import contract as C
 from .blocks import check_explicit_blocks, discover_blocks
 from .errors import AlreadyExportedError, ExportError, ModelInputError
@@ -33,6 +36,7 @@ from .rebatch import rebatch
 from .scores import score_op
 
 log = logging.getLogger(__name__)
+OLD_OPSET_TARGET = 9  # the oldest opset the tests cover with real model files
 
 
 @dataclass
@@ -61,6 +65,48 @@ def _refuse_exported(model: onnx.ModelProto) -> None:
                                    "sise_* inputs/outputs); use it as it is, or export the original model")
 
 
+def _refuse_training_mode(model: onnx.ModelProto) -> None:
+    for node in model.graph.node:
+        if node.op_type == "BatchNormalization" and (any(node.output[1:]) or any(
+                a.name == "training_mode" and a.i for a in node.attribute)):
+            raise ModelInputError(
+                f"node '{node.name or node.output[0]}' (BatchNormalization) was exported in training mode: "
+                "it normalises with the batch's own statistics, so the masked images of a batch would change "
+                "each other's scores; export the model in eval mode (torch: model.eval() and "
+                "torch.onnx.export(..., training=torch.onnx.TrainingMode.EVAL))")
+
+
+def _upgrade_old_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Opsets before 8 lack ops the gradients are built from (Expand): such a model is read at opset 9."""
+    opset = default_opset(model)
+    if opset >= 8:
+        return model
+    try:
+        upgraded = onnx.version_converter.convert_version(model, OLD_OPSET_TARGET)
+    except Exception as e:
+        raise ModelInputError(f"the model is at opset {opset}, older than the export supports (8), and "
+                              f"onnx's version converter cannot bring it to opset {OLD_OPSET_TARGET} ({e}); "
+                              "re-export it at a newer opset") from e
+    log.info("the model's opset %d is read as opset %d (onnx.version_converter)", opset, OLD_OPSET_TARGET)
+    return upgraded
+
+
+def _check_computation(a: Analysis, score: str) -> None:
+    """What the engine cannot run or explain: blocks not in float32, a softmax over a single class."""
+    for tensor in a.blocks:
+        dtype = a.index.info[tensor].np_dtype
+        if dtype != np.float32:
+            raise ModelInputError(
+                f"block '{tensor}' is {dtype.name}: the engine computes in float32 (and in float16 on a GPU "
+                "with runtime.fp16: true); export the model in float32 (torch: model.float() before "
+                "torch.onnx.export)")
+    if a.io.num_classes == 1 and score == "softmax":
+        raise ModelInputError(
+            f"the class output '{a.io.output_name}' has one class: a softmax over it is always 1 and "
+            "explains nothing; for a binary classifier's logit use --score sigmoid (export.score in an "
+            "inspector config), or --score logit")
+
+
 def analyse(model: onnx.ModelProto, *, blocks: str | list[str] = "auto",
             input_shape: tuple[int, ...] | None = None, output: str | None = None,
             layout: str | None = None) -> Analysis:
@@ -69,9 +115,14 @@ def analyse(model: onnx.ModelProto, *, blocks: str | list[str] = "auto",
     if layout is not None and layout not in LAYOUTS:
         raise ModelInputError(f"--layout {layout}: use NCHW or NHWC")
     check_topological(model)
-    model = fix_input_shape(model, input_shape)
+    model = fix_input_shape(model, input_shape)  # a copy: changed in place below
     index = GraphIndex(analysis_copy(model))
     check_aligned(model, index)  # the passes read node positions in the copy and write them in the model
+    floored = ceil_pools.as_run(model, index)
+    if floored:
+        log.info("ceil-mode pools whose last window onnxruntime drops, read with ceil_mode=0: %s",
+                 ", ".join(floored))
+        index = GraphIndex(analysis_copy(model))
     image = find_image_input(model)
     output_name, num_classes = find_class_output(index, output)
     io = ModelIO(input_name=image.name, layout=layout or detect_layout(index, image.name),
@@ -109,7 +160,8 @@ def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", sc
     if score not in C.SCORE_KINDS:
         raise ModelInputError(f"--score '{score}' is not one of {', '.join(C.SCORE_KINDS)}")
     _refuse_exported(model)
-    model = copy.deepcopy(model)  # never change the caller's model
+    _refuse_training_mode(model)
+    model = _upgrade_old_opset(copy.deepcopy(model))  # never change the caller's model
     unknown = unknown_dims_as_symbols(model)
     if unknown:
         log.info("dims written as -1 or 0 read as dynamic: %s", ", ".join(unknown))
@@ -119,6 +171,7 @@ def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", sc
         model = freed.model
         (log.info if freed.changed or "free already" in freed.note else log.warning)("%s", freed.note)
     a = analyse(model, blocks=blocks, input_shape=input_shape, output=output, layout=layout)
+    _check_computation(a, score)
     out = a.model  # already a copy (fix_input_shape deep-copies)
     producer = a.index.producer.get(a.io.output_name)
     last_op = a.index.nodes[producer].op_type if producer is not None else None

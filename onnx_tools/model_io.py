@@ -55,6 +55,11 @@ def fix_input_shape(model: onnx.ModelProto, input_shape: tuple[int, ...] | None)
     model = copy.deepcopy(model)
     vi = find_image_input(model)
     dims = dims_of(vi)
+    if isinstance(dims[0], int) and dims[0] > 1:
+        raise ModelInputError(
+            f"input '{vi.name}' has a fixed batch of {dims[0]} ({dims}); re-export the model with a batch "
+            f"of 1 or a dynamic one (torch: torch.onnx.export(..., dynamic_axes={{'{vi.name}': {{0: 'N'}}, "
+            "<output>: {0: 'N'}}))")
     if input_shape is None:
         dynamic = [i for i, d in enumerate(dims) if i > 0 and not isinstance(d, int)]
         if dynamic:
@@ -138,8 +143,10 @@ def find_class_output(index: GraphIndex, requested: str | None) -> tuple[str, in
                                   f"outputs: {index.graph_outputs}")
         k = classes_of(requested)
         if k is None:
-            raise ModelInputError(f"output '{requested}' is not shaped [N, num_classes] "
-                                  f"(shape {index.info.get(requested)})")
+            info = index.info.get(requested)
+            shape = list(info.shape) if info is not None and info.shape is not None else "unknown"
+            raise ModelInputError(f"output '{requested}' is not shaped [N, num_classes] (shape {shape} with "
+                                  "a batch of 1)")
         return requested, k
     found = [(name, classes_of(name)) for name in index.graph_outputs]
     found = [(n, k) for n, k in found if k is not None]

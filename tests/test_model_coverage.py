@@ -1,0 +1,200 @@
+"""Classifiers a plant may bring that the export once got wrong: ceil-mode pools whose last window
+onnxruntime drops, BatchNorm exported in training mode, half-precision models, a single-logit binary
+classifier, a fixed batch above 1 and opset 7. Each is either exported right (checked against torch
+autograd) or refused with one line that names the cause and the fix."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+from onnx_tools import export_model
+from onnx_tools.ceil_pools import sizes
+from onnx_tools.errors import ModelInputError
+
+from .conftest import rel_err, run_model
+from .models import export_onnx, randomize_bn, torch_block_gradients
+
+TOL = 1e-4
+
+
+class PoolNet(nn.Module):
+    """conv -> relu (block) -> pool -> conv -> relu (block) -> mean -> linear."""
+
+    def __init__(self, pool: nn.Module, classes: int = 5):
+        super().__init__()
+        self.c1, self.r1, self.pool = nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU(), pool
+        self.c2, self.r2, self.fc = nn.Conv2d(8, 8, 3, 1, 1), nn.ReLU(), nn.Linear(8, classes)
+
+    def forward(self, x):
+        return self.fc(self.r2(self.c2(self.pool(self.r1(self.c1(x))))).mean((2, 3)))
+
+
+def check_against_torch(model: nn.Module, onnx_model: onnx.ModelProto, shape, taps, score="softmax"):
+    result = export_model(onnx_model, score=score)
+    c = result.contract
+    assert len(c.blocks) == len(taps), [b.tensor for b in c.blocks]
+    x = np.random.default_rng(1).standard_normal((2, *shape[1:])).astype(np.float32)
+    target = np.zeros((2, c.num_classes), np.float32)
+    target[0, -1] = 1.0
+    target[1] = np.random.default_rng(2).uniform(-1, 1, c.num_classes)
+    outs = run_model(result.model, {c.input_name: x, c.target_input: target})
+    acts, grads = torch_block_gradients(model, taps, x, target, score)
+    for b, act, grad in zip(c.blocks, acts, grads):
+        assert b.shape[1:] == act.shape[1:], (b.tensor, b.shape, act.shape)  # the contract's shapes too
+        assert rel_err(outs[b.act_output], act) <= TOL
+        assert rel_err(outs[b.grad_output], grad) <= TOL, (b.tensor, rel_err(outs[b.grad_output], grad))
+    return result
+
+
+def test_ceil_mode_sizes_are_onnxruntimes():
+    """sizes()'s third value against the output length onnxruntime itself gives, over 1-D pools."""
+    checked = 0
+    for op, n, k, s, p in itertools.product(("MaxPool", "AveragePool"), range(3, 12), (2, 3), (2, 3),
+                                            (0, 1)):
+        if p >= k:
+            continue
+        node = helper.make_node(op, ["x"], ["y"], kernel_shape=[k], strides=[s], pads=[p, p], ceil_mode=1)
+        graph = helper.make_graph([node], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, n])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        length = session.run(None, {"x": np.zeros((1, 1, n), np.float32)})[0].shape[-1]
+        assert sizes(n, k, s, 1, p, p)[2] == length, (op, n, k, s, p)
+        checked += 1
+    assert checked == 144
+
+
+@pytest.mark.parametrize("pool", [
+    nn.MaxPool2d(3, 3, padding=1, ceil_mode=True),
+    nn.AvgPool2d(3, 3, padding=1, ceil_mode=True, count_include_pad=True),
+    nn.AvgPool2d(3, 3, padding=1, ceil_mode=True, count_include_pad=False),
+    nn.MaxPool2d(3, 2, ceil_mode=True),  # a partial last window that is kept: unchanged
+], ids=["max", "avg-include-pad", "avg-exclude-pad", "max-partial-kept"])
+def test_ceil_mode_pools_match_torch(pool):
+    """On 32x32, kernel 3, stride 3, pads 1: onnx's shape inference says 12, torch and onnxruntime 11.
+    The export used to build its gradients at 12 and the exported model failed when run."""
+    torch.manual_seed(0)
+    model = PoolNet(pool).eval()
+    result = check_against_torch(model, export_onnx(model, (1, 3, 32, 32)), (1, 3, 32, 32), ["r1", "r2"])
+    expected = model.pool(torch.zeros(1, 8, 32, 32)).shape[-1]
+    assert result.contract.blocks[1].shape[-1] == expected
+
+
+def test_a_pool_that_drops_on_one_axis_and_keeps_a_partial_window_on_the_other_is_refused():
+    torch.manual_seed(0)
+    model = PoolNet(nn.MaxPool2d(3, 3, padding=1, ceil_mode=True)).eval()  # 32: dropped; 33: partial
+    with pytest.raises(ModelInputError, match=r"node '.*' \(MaxPool, ceil_mode=1\).*ceil_mode=False"):
+        export_model(export_onnx(model, (1, 3, 32, 33)))
+
+
+def _export_training(model: nn.Module, opset: int) -> onnx.ModelProto:
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.train(), (torch.randn(2, 3, 32, 32),), f, dynamo=False, opset_version=opset,
+                          input_names=["image"], output_names=["logits"], do_constant_folding=False,
+                          dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}},
+                          training=torch.onnx.TrainingMode.TRAINING)
+    return onnx.load_from_string(f.getvalue())
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17])
+def test_batchnorm_exported_in_training_mode_is_refused(opset):
+    """At opsets 11 and 13 the node carries running-statistics outputs and onnxruntime normalises with
+    the batch's statistics: the export took it for eval mode and gave wrong gradients without a word."""
+    torch.manual_seed(0)
+    model = randomize_bn(PoolNet(nn.Sequential(nn.BatchNorm2d(8), nn.MaxPool2d(2))))
+    with pytest.raises(ModelInputError, match=r"BatchNormalization\) was exported in training mode.*eval"):
+        export_model(_export_training(model, opset))
+    # the same model in eval mode exports and matches torch (the deepest 32x32 tensor is BN's output)
+    check_against_torch(model.eval(), export_onnx(model.eval(), (1, 3, 32, 32)), (1, 3, 32, 32),
+                        ["pool.0", "r2"])
+
+
+def test_a_half_precision_model_is_refused_at_export():
+    torch.manual_seed(0)
+    model = PoolNet(nn.Identity()).eval().half()
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, 32, 32).half(),), f, dynamo=False, opset_version=17,
+                          input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}})
+    with pytest.raises(ModelInputError, match=r"block '.*' is float16: the engine computes in float32.*"
+                                              r"model\.float\(\)"):
+        export_model(onnx.load_from_string(f.getvalue()))
+
+
+def test_a_single_logit_needs_a_sigmoid_score():
+    """softmax over one class is 1 whatever the image: every gradient was 0 and every map empty."""
+    torch.manual_seed(0)
+    model = PoolNet(nn.MaxPool2d(2), classes=1).eval()
+    onnx_model = export_onnx(model, (1, 3, 32, 32))
+    with pytest.raises(ModelInputError, match=r"'logits' has one class.*--score sigmoid"):
+        export_model(onnx_model)
+    result = check_against_torch(model, onnx_model, (1, 3, 32, 32), ["r1", "r2"], score="sigmoid")
+    assert result.contract.num_classes == 1
+
+
+def test_a_fixed_batch_above_one_is_named_as_the_cause():
+    torch.manual_seed(0)
+    model = PoolNet(nn.Identity()).eval()
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(2, 3, 32, 32),), f, dynamo=False, opset_version=17,
+                          input_names=["image"], output_names=["logits"])
+    for options in ({}, {"output": "logits"}, {"input_shape": (1, 3, 32, 32)}):
+        with pytest.raises(ModelInputError, match=r"input 'image' has a fixed batch of 2.*dynamic_axes"):
+            export_model(onnx.load_from_string(f.getvalue()), **options)
+
+
+def test_an_opset_7_model_is_read_at_opset_9_and_matches_torch():
+    """The gradients use Expand (opset 8); an opset-7 model used to end in 'internal error'."""
+    rng = np.random.default_rng(0)
+    w0, w1 = (rng.standard_normal(s).astype(np.float32) * 0.3 for s in ((8, 3, 3, 3), (8, 8, 3, 3)))
+    fc_w = rng.standard_normal((4, 8)).astype(np.float32) * 0.3
+    fc_b = rng.standard_normal(4).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["image", "w0"], ["c0"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c0"], ["b0"]),
+             helper.make_node("Conv", ["b0", "w1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c1"], ["b1"]),
+             helper.make_node("GlobalAveragePool", ["b1"], ["gap"]),
+             helper.make_node("Flatten", ["gap"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1)]
+    graph = helper.make_graph(
+        nodes, "opset7", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(v, n) for v, n in ((w0, "w0"), (w1, "w1"), (fc_w, "fc_w"), (fc_b, "fc_b"))])
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 7)], ir_version=4)
+    onnx.checker.check_model(onnx_model, full_check=True)
+
+    class Same(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c0, self.r0 = nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.ReLU()
+            self.c1, self.r1 = nn.Conv2d(8, 8, 3, 2, 1, bias=False), nn.ReLU()
+            self.fc = nn.Linear(8, 4)
+            for p, v in ((self.c0.weight, w0), (self.c1.weight, w1), (self.fc.weight, fc_w),
+                         (self.fc.bias, fc_b)):
+                p.data.copy_(torch.from_numpy(v))
+
+        def forward(self, x):
+            return self.fc(self.r1(self.c1(self.r0(self.c0(x)))).mean((2, 3)))
+
+    result = check_against_torch(Same().eval(), onnx_model, (1, 3, 16, 16), ["r0", "r1"])
+    assert result.contract.source_opset == 9
