@@ -198,3 +198,36 @@ def test_an_opset_7_model_is_read_at_opset_9_and_matches_torch():
 
     result = check_against_torch(Same().eval(), onnx_model, (1, 3, 16, 16), ["r0", "r1"])
     assert result.contract.source_opset == 9
+
+
+class NormNet(nn.Module):
+    """Blocks followed by the layers a ConvNeXt- or GroupNorm-style net puts on the gradient path, and a
+    global max pool written as amax."""
+
+    def __init__(self, norm: str):
+        super().__init__()
+        self.norm = norm
+        self.c1, self.r1 = nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU()
+        self.c2, self.r2 = nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU()
+        self.layer_norm, self.group_norm = nn.LayerNorm(8), nn.GroupNorm(4, 8)
+        with torch.no_grad():
+            for p in (*self.layer_norm.parameters(), *self.group_norm.parameters()):
+                p.add_(torch.rand(p.shape) * 0.5)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        y = self.r1(self.c1(x))
+        if self.norm == "layer":  # over channels, channels-last as ConvNeXt
+            y = self.layer_norm(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        elif self.norm == "group":
+            y = self.group_norm(y)
+        return self.fc(self.r2(self.c2(y)).amax((2, 3)))
+
+
+@pytest.mark.parametrize("norm", ["layer", "group"])
+def test_layer_and_group_norm_and_an_amax_head_match_torch(norm):
+    """LayerNormalization (opset 17), GroupNorm (InstanceNormalization between Reshapes) and ReduceMax
+    were refused on the gradient path."""
+    torch.manual_seed(0)
+    model = NormNet(norm).eval()
+    check_against_torch(model, export_onnx(model, (1, 3, 32, 32), opset=17), (1, 3, 32, 32), ["r1", "r2"])

@@ -1,4 +1,6 @@
-"""BatchNormalization in inference mode: y = scale * (x - mean) / sqrt(var + eps) + bias."""
+"""Normalisations: BatchNormalization in inference mode, y = scale * (x - mean) / sqrt(var + eps) + bias
+with stored statistics; LayerNormalization and InstanceNormalization, whose statistics come from x itself;
+LRN."""
 
 from __future__ import annotations
 
@@ -60,3 +62,47 @@ def lrn(ctx: VjpContext) -> list:
     t = e.op("Mul", [e.op("Mul", [ctx.g, ctx.x]), e.op("Pow", [d, ctx.scalar(-beta - 1.0)])])
     spread = e.op("Mul", [e.op("Mul", [window_sum(t), ctx.x]), ctx.scalar(2.0 * beta * alpha / size)])
     return [e.op("Sub", [direct, spread])]
+
+
+def _normalised_back(ctx: VjpContext, g: str, axes: list[int], eps: float) -> str:
+    """dx of x_hat = (x - mean) * r, r = 1 / sqrt(var + eps), mean and (biased) var over ``axes``:
+    dx = r * (g - mean(g) - x_hat * mean(g * x_hat)), the means over the same axes."""
+    e = ctx.emit
+    centred = e.op("Sub", [ctx.x, e.reduce("ReduceMean", ctx.x, axes, keepdims=True)])
+    var = e.reduce("ReduceMean", e.op("Mul", [centred, centred]), axes, keepdims=True)
+    r = e.op("Reciprocal", [e.op("Sqrt", [e.op("Add", [var, ctx.scalar(eps)])])])
+    x_hat = e.op("Mul", [centred, r])
+    mean_g = e.reduce("ReduceMean", g, axes, keepdims=True)
+    mean_gx = e.reduce("ReduceMean", e.op("Mul", [g, x_hat]), axes, keepdims=True)
+    return e.op("Mul", [r, e.op("Sub", [e.op("Sub", [g, mean_g]), e.op("Mul", [x_hat, mean_gx])])])
+
+
+def _constant_parameters(ctx: VjpContext) -> None:
+    if any(ctx.needs[1:]):
+        raise UnsupportedVariant("its scale or bias depends on the image; only constant parameters are "
+                                 "supported")
+
+
+@register("LayerNormalization")
+def layer_norm(ctx: VjpContext) -> list:
+    """y = x_hat * scale + bias over the axes from ``axis`` to the last (scale broadcasts on them)."""
+    _constant_parameters(ctx)
+    rank = ctx.index.rank(ctx.x)
+    first = ctx.attr("axis", -1) % rank
+    if first == 0:
+        raise UnsupportedVariant("axis=0 normalises over the batch axis")
+    g = ctx.emit.op("Mul", [ctx.g, ctx.node.input[1]])
+    return [_normalised_back(ctx, g, list(range(first, rank)), ctx.attr("epsilon", 1e-5))] + \
+        [None] * (len(ctx.node.input) - 1)
+
+
+@register("InstanceNormalization")
+def instance_norm(ctx: VjpContext) -> list:
+    """y = x_hat * scale_c + bias_c over the spatial axes of each image and channel (GroupNorm exports as
+    one between two Reshapes)."""
+    _constant_parameters(ctx)
+    rank = ctx.index.rank(ctx.x)
+    e = ctx.emit
+    scale = e.op("Reshape", [ctx.node.input[1], e.ints((-1,) + (1,) * (rank - 2))])
+    g = e.op("Mul", [ctx.g, scale])
+    return [_normalised_back(ctx, g, list(range(2, rank)), ctx.attr("epsilon", 1e-5)), None, None]
