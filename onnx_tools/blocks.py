@@ -11,8 +11,10 @@ Details:
 - Dominators are found with one sweep over a topological order of the tensor graph: a tensor T is
   on every path from X to Y iff no edge (a -> b) of that graph has pos(a) < pos(T) < pos(b).
 - Dominators are grouped by spatial size; the last of each group (in topological order) is kept;
-  groups holding only pooling outputs and 1x1 tensors are dropped, and zero-padded copies (Pad
-  outputs, e.g. the "same" padding before a strided conv) are never candidates.
+  groups holding only pooling outputs and 1x1 tensors are dropped, and so are sizes no convolution on
+  the path produces (padded or cropped copies built from Slice and Concat: circular padding, a pad then
+  a crop); zero-padded copies (Pad outputs, e.g. the "same" padding before a strided conv) are never
+  candidates.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ LAYOUT_SOURCES = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MaxPoo
 LAYOUT_BREAKERS = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "SpaceToDepth", "DepthToSpace",
                    "Gemm", "MatMul", "Einsum"}
 POOL_OPS = {"MaxPool", "AveragePool", "LpPool"}
+CONV_OPS = LAYOUT_SOURCES - POOL_OPS
 
 
 def path_tensors(index: GraphIndex, source: str, sink: str) -> set[str]:
@@ -67,9 +70,22 @@ def dominators(index: GraphIndex, source: str, sink: str) -> list[str]:
     return result
 
 
+def _conv_output_sizes(index: GraphIndex, on_path: set[str]) -> set[tuple[int, int]]:
+    """Spatial sizes of the rank-4 tensors that convolutions on the path produce."""
+    sizes = set()
+    for node in index.nodes:
+        if node.op_type in CONV_OPS:
+            for out in node.output:
+                info = index.info.get(out)
+                if out in on_path and info is not None and info.shape is not None and len(info.shape) == 4:
+                    sizes.add((info.shape[2], info.shape[3]))
+    return sizes
+
+
 def discover_blocks(index: GraphIndex, source: str, sink: str) -> list[str]:
     """Automatic block choice, shallow to deep. Raises when nothing qualifies."""
     channels_first = nchw_tensors(index)
+    conv_sizes = _conv_output_sizes(index, path_tensors(index, source, sink))
     groups: dict[tuple[int, int], list[str]] = {}
     for name in dominators(index, source, sink):
         if name not in channels_first or name in index.graph_inputs:
@@ -78,6 +94,8 @@ def discover_blocks(index: GraphIndex, source: str, sink: str) -> list[str]:
             continue
         shape = index.info[name].shape
         if shape is None or any(d <= 0 for d in shape) or shape[2] * shape[3] <= 1:
+            continue
+        if (shape[2], shape[3]) not in conv_sizes:
             continue
         groups.setdefault((shape[2], shape[3]), []).append(name)
     pos = index.topo_position()

@@ -231,3 +231,23 @@ def test_layer_and_group_norm_and_an_amax_head_match_torch(norm):
     torch.manual_seed(0)
     model = NormNet(norm).eval()
     check_against_torch(model, export_onnx(model, (1, 3, 32, 32), opset=17), (1, 3, 32, 32), ["r1", "r2"])
+
+
+def test_padded_copies_built_from_slice_and_concat_are_not_blocks():
+    """Circular padding exports as Slice + Concat: its [.., 34, 32] and [.., 34, 34] copies were taken
+    for two more blocks (four for a two-conv net), one pixel off the image when upsampled."""
+
+    class Circular(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.r1 = nn.Conv2d(3, 8, 3, padding=1, padding_mode="circular"), nn.ReLU()
+            self.c2 = nn.Conv2d(8, 8, 3, stride=2, padding=1, padding_mode="circular")
+            self.r2, self.fc = nn.ReLU(), nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(self.r2(self.c2(self.r1(self.c1(x)))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Circular().eval()
+    result = check_against_torch(model, export_onnx(model, (1, 3, 32, 32)), (1, 3, 32, 32), ["r1", "r2"])
+    assert [b.shape[2:] for b in result.contract.blocks] == [(32, 32), (16, 16)]
