@@ -251,3 +251,34 @@ def test_padded_copies_built_from_slice_and_concat_are_not_blocks():
     model = Circular().eval()
     result = check_against_torch(model, export_onnx(model, (1, 3, 32, 32)), (1, 3, 32, 32), ["r1", "r2"])
     assert [b.shape[2:] for b in result.contract.blocks] == [(32, 32), (16, 16)]
+
+
+class HeadNet(nn.Module):
+    """Two blocks, then one of: tanh GELU (opset 20 exports it as Gelu), CELU, a pixel shuffle between the
+    blocks (DepthToSpace), or a cosine head (F.normalize: ReduceL2, Clip, Expand, Div)."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.c1, self.r1 = nn.Conv2d(3, 16, 3, 1, 1), nn.ReLU()
+        # after the shuffle (64x64, 4 channels) a stride of 4 gives the second block 16x16
+        self.c2 = nn.Conv2d(4, 8, 3, 4, 1) if kind == "pixel_shuffle" else nn.Conv2d(16, 8, 3, 2, 1)
+        self.r2 = {"gelu_tanh": nn.GELU(approximate="tanh"), "celu": nn.CELU(0.7)}.get(kind, nn.ReLU())
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        y = self.r1(self.c1(x))
+        if self.kind == "pixel_shuffle":
+            y = nn.functional.pixel_shuffle(y, 2)
+        features = self.r2(self.c2(y)).mean((2, 3))
+        if self.kind == "cosine":
+            return nn.functional.normalize(features, dim=1) @ nn.functional.normalize(self.fc.weight, dim=1).T
+        return self.fc(features)
+
+
+@pytest.mark.parametrize("kind", ["gelu_tanh", "celu", "pixel_shuffle", "cosine"])
+def test_more_layers_on_the_gradient_path_match_torch(kind):
+    torch.manual_seed(0)
+    model = HeadNet(kind).eval()
+    shape = (1, 3, 32, 32)
+    check_against_torch(model, export_onnx(model, shape, opset=20), shape, ["r1", "r2"])

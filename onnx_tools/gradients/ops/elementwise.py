@@ -207,15 +207,40 @@ def mish(ctx: VjpContext) -> list:
 
 @register("Gelu")
 def gelu(ctx: VjpContext) -> list:
-    """Exact (erf) form: dy/dx = Phi(x) + x phi(x); ``approximate='tanh'`` is refused."""
-    if ctx.attr("approximate", "none") not in ("none", b"none"):
-        raise UnsupportedVariant("approximate='tanh' is not supported (only the exact erf form)")
+    """Exact (erf) form: dy/dx = Phi(x) + x phi(x). ``approximate='tanh'``: y = x (1 + t) / 2 with
+    t = tanh(c (x + 0.044715 x^3)), c = sqrt(2 / pi):
+    dy/dx = (1 + t) / 2 + x (1 - t^2) c (1 + 3 * 0.044715 x^2) / 2."""
     e = ctx.emit
+    form = ctx.attr("approximate", "none")
+    if form == "tanh":
+        x2 = e.op("Mul", [ctx.x, ctx.x])
+        inner = e.op("Mul", [e.op("Mul", [ctx.x, e.op("Add", [e.op("Mul", [x2, ctx.scalar(0.044715)]),
+                                                               ctx.scalar(1.0)])]),
+                             ctx.scalar(math.sqrt(2 / math.pi))])
+        t = e.op("Tanh", [inner])
+        d_inner = e.op("Mul", [e.op("Add", [e.op("Mul", [x2, ctx.scalar(3 * 0.044715)]), ctx.scalar(1.0)]),
+                               ctx.scalar(math.sqrt(2 / math.pi))])
+        d_tanh = e.op("Mul", [e.op("Sub", [ctx.scalar(1.0), e.op("Mul", [t, t])]), d_inner])
+        slope = e.op("Mul", [e.op("Add", [e.op("Add", [t, ctx.scalar(1.0)]), e.op("Mul", [ctx.x, d_tanh])]),
+                             ctx.scalar(0.5)])
+        return [e.op("Mul", [ctx.g, slope])]
+    if form != "none":
+        raise UnsupportedVariant(f"approximate={form!r} is unknown")
     cdf = e.op("Mul", [e.op("Add", [e.op("Erf", [e.op("Mul", [ctx.x, ctx.scalar(1 / math.sqrt(2.0))])]),
                                     ctx.scalar(1.0)]), ctx.scalar(0.5)])
     pdf = e.op("Mul", [e.op("Exp", [e.op("Mul", [e.op("Mul", [ctx.x, ctx.x]), ctx.scalar(-0.5)])]),
                        ctx.scalar(1 / math.sqrt(2 * math.pi))])
     return [e.op("Mul", [ctx.g, e.op("Add", [cdf, e.op("Mul", [ctx.x, pdf])])])]
+
+
+@register("Celu")
+def celu(ctx: VjpContext) -> list:
+    """y = max(0, x) + min(0, alpha (e^(x / alpha) - 1)): dy/dx = 1 for x > 0, e^(x / alpha) else."""
+    alpha = ctx.attr("alpha", 1.0)
+    e = ctx.emit
+    below = e.op("Exp", [e.op("Mul", [ctx.x, ctx.scalar(1.0 / alpha)])])
+    slope = e.op("Where", [e.op("Greater", [ctx.x, ctx.scalar(0.0)]), ctx.scalar(1.0), below])
+    return [e.op("Mul", [ctx.g, slope])]
 
 
 @register("Max", "Min")

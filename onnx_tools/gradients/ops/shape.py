@@ -130,3 +130,26 @@ def pad(ctx: VjpContext) -> list:
         else:
             g = e.op("MatMul", [g, e.const(copies, hint="pad_copies")])
     return [g] + [None] * (len(ctx.node.input) - 1)
+
+
+@register("Expand")
+def expand(ctx: VjpContext) -> list:
+    """dx = g summed over the broadcast axes."""
+    return [ctx.unbroadcast(ctx.g, ctx.x), None]
+
+
+@register("DepthToSpace", "SpaceToDepth")
+def depth_space(ctx: VjpContext) -> list:
+    """Both only move values: the gradient goes back through the inverse permutation, written as
+    Reshape -> Transpose -> Reshape with static shapes (DepthToSpace in DCR or CRD mode; SpaceToDepth)."""
+    n, c, h, w = ctx.shape(ctx.x)
+    b = int(ctx.attr("blocksize"))
+    e = ctx.emit
+    if ctx.node.op_type == "SpaceToDepth":  # y's channels hold (row offset, column offset, channel)
+        split, perm = [n, b, b, c, h // b, w // b], [0, 3, 4, 1, 5, 2]
+    elif ctx.attr("mode", "DCR") == "DCR":  # x's channels hold (row offset, column offset, y's channel)
+        split, perm = [n, c // (b * b), h, b, w, b], [0, 3, 5, 1, 2, 4]
+    else:  # CRD: x's channels hold (y's channel, row offset, column offset)
+        split, perm = [n, c // (b * b), h, b, w, b], [0, 1, 3, 5, 2, 4]
+    g = e.op("Transpose", [e.op("Reshape", [ctx.g, e.ints([0] + split[1:])])], perm=perm)
+    return [e.op("Reshape", [g, e.ints([0, c, h, w])])]
