@@ -20,7 +20,7 @@ nn = torch.nn
 
 from onnx_tools import export_model
 from onnx_tools.ceil_pools import sizes
-from onnx_tools.errors import ModelInputError
+from onnx_tools.errors import ExportError, ModelInputError
 
 from .conftest import rel_err, run_model
 from .models import export_onnx, randomize_bn, torch_block_gradients
@@ -282,3 +282,33 @@ def test_more_layers_on_the_gradient_path_match_torch(kind):
     model = HeadNet(kind).eval()
     shape = (1, 3, 32, 32)
     check_against_torch(model, export_onnx(model, shape, opset=20), shape, ["r1", "r2"])
+
+
+class Unsupported(nn.Module):
+    """A layer without a gradient builder (Gather, Tile) either in the head, after every block, or in the
+    body, with a block tensor after it."""
+
+    def __init__(self, where: str):
+        super().__init__()
+        self.where = where
+        self.c1, self.r1 = nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU()
+        self.c2, self.r2 = nn.Conv2d(8, 8, 3, 4 if where == "body" else 2, 1), nn.ReLU()
+        self.fc = nn.Linear(8, 6)
+
+    def forward(self, x):
+        y = self.r1(self.c1(x))
+        if self.where == "body":
+            y = y.repeat(1, 1, 2, 2)  # Tile to 64x64, then a conv down to 16x16
+        logits = self.fc(self.r2(self.c2(y)).mean((2, 3)))
+        return logits[:, [0, 2, 4]] if self.where == "head" else logits
+
+
+def test_the_refusal_says_whether_naming_blocks_can_avoid_the_layer():
+    torch.manual_seed(0)
+    head = export_onnx(Unsupported("head").eval(), (1, 3, 32, 32))
+    with pytest.raises(ExportError, match=r"Gather.*no block can be named after '/Gather'.*every block's "):
+        export_model(head)
+    body = export_onnx(Unsupported("body").eval(), (1, 3, 32, 32))
+    with pytest.raises(ExportError, match=r"Tile.*name such block tensors with --blocks") as refused:
+        export_model(body)
+    assert "no block can be named" not in str(refused.value)

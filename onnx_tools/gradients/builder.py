@@ -80,6 +80,21 @@ def describe(node: onnx.NodeProto, opset: int) -> str:
 
 WAY_OUT = (". Blocks after these nodes need no gradient through them: name such block tensors with "
            "--blocks T1,T2,... (`python -m onnx_tools inspect MODEL` lists the candidates)")
+NO_WAY_OUT = ("; no block can be named after {nodes}: no [N, C, h, w] tensor with h * w > 1 follows it on "
+              "the way to the class output, so every block's gradient passes through it (export the model "
+              "without that layer, or ask for its gradient builder)")
+
+
+def way_out(index: GraphIndex, nodes: list[onnx.NodeProto], output: str) -> str:
+    """WAY_OUT, or NO_WAY_OUT naming the nodes after which no block tensor exists."""
+    to_output = index.reach_backward([output])
+    stuck = []
+    for node in nodes:
+        after = index.reach_forward([o for o in node.output if o]) & to_output
+        shapes = [index.info[t].shape for t in after if t in index.info and index.info[t].shape is not None]
+        if not any(len(shape) == 4 and shape[2] * shape[3] > 1 for shape in shapes):
+            stuck.append(f"'{node.name or node.output[0]}'")
+    return NO_WAY_OUT.format(nodes=", ".join(stuck)) if stuck else WAY_OUT
 
 
 def build_gradients(index: GraphIndex, emit: Emitter, *, output: str, seed: str, wrt: list[str]) -> Gradients:
@@ -94,7 +109,8 @@ def build_gradients(index: GraphIndex, emit: Emitter, *, output: str, seed: str,
         lines = [describe(n, index.opset) for n in missing]
         kinds = sorted({n.op_type for n in missing})
         raise UnsupportedOpError(f"{len(missing)} node(s) on the gradient path have no gradient builder "
-                                 f"(op types {', '.join(kinds)}): " + "; ".join(lines) + WAY_OUT)
+                                 f"(op types {', '.join(kinds)}): " + "; ".join(lines)
+                                 + way_out(index, missing, output))
     pending: dict[str, list[str]] = {output: [seed]}
     total: dict[str, str] = {}
 
@@ -106,7 +122,7 @@ def build_gradients(index: GraphIndex, emit: Emitter, *, output: str, seed: str,
             total[name] = parts[0] if len(parts) == 1 else emit.op("Sum", parts, hint="acc")
         return total[name]
 
-    problems, extra = [], []
+    problems, refused, extra = [], [], []
     for p in reversed(positions):
         node = index.nodes[p]
         grads_out = [gradient_of(o) for o in node.output]
@@ -118,6 +134,7 @@ def build_gradients(index: GraphIndex, emit: Emitter, *, output: str, seed: str,
             grads_in = lookup(node)(ctx)
         except UnsupportedVariant as e:
             problems.append(f"{describe(node, index.opset)}: {e}")
+            refused.append(node)
             continue
         extra.extend(ctx.extra_outputs)
         for name, g in zip(node.input, grads_in):
@@ -125,7 +142,7 @@ def build_gradients(index: GraphIndex, emit: Emitter, *, output: str, seed: str,
                 pending.setdefault(name, []).append(g)
     if problems:
         raise UnsupportedOpError(f"{len(problems)} node(s) on the gradient path use unsupported variants: "
-                                 + "; ".join(problems) + WAY_OUT)
+                                 + "; ".join(problems) + way_out(index, refused, output))
     grads = {}
     for name in wrt:
         g = gradient_of(name)
