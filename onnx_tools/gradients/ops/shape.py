@@ -153,3 +153,24 @@ def depth_space(ctx: VjpContext) -> list:
         split, perm = [n, c // (b * b), h, b, w, b], [0, 1, 3, 5, 2, 4]
     g = e.op("Transpose", [e.op("Reshape", [ctx.g, e.ints([0] + split[1:])])], perm=perm)
     return [e.op("Reshape", [g, e.ints([0, c, h, w])])]
+
+
+@register("Gather")
+def gather(ctx: VjpContext) -> list:
+    """Constant indices (a head that keeps some classes, logits[:, [0, 2, 4]]): the gradient of each
+    gathered slice is added back at its index, as g times a one-hot [indices, size] matrix on that axis
+    (repeated indices add up)."""
+    indices = ctx.const_input(1, "indices")
+    rank = ctx.index.rank(ctx.x)
+    axis = ctx.attr("axis", 0) % rank
+    if axis == 0:
+        raise UnsupportedVariant("gathering along the batch axis is not supported")
+    shape = ctx.shape(ctx.x)
+    flat = indices.reshape(-1).astype(np.int64) % shape[axis]
+    onehot = np.zeros((flat.size, shape[axis]), dtype=ctx.dtype)
+    np.add.at(onehot, (np.arange(flat.size), flat), 1.0)
+    e = ctx.emit
+    g = e.op("Reshape", [ctx.g, e.ints([0, *shape[1:axis], flat.size, *shape[axis + 1:]])])
+    last = [i for i in range(rank) if i != axis] + [axis]
+    g = e.op("MatMul", [e.op("Transpose", [g], perm=last), e.const(onehot, hint="gather_onehot")])
+    return [e.op("Transpose", [g], perm=[int(i) for i in np.argsort(last)]), None]
