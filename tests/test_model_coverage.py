@@ -324,3 +324,26 @@ def test_a_head_that_keeps_some_classes_matches_torch():
     torch.manual_seed(0)
     model = Subset(nn.MaxPool2d(2)).eval()
     check_against_torch(model, export_onnx(model, (1, 3, 32, 32)), (1, 3, 32, 32), ["r1", "r2"])
+
+
+def test_the_engine_explains_a_newly_covered_model_as_the_torch_sise(tmp_path):
+    """End to end: a ceil-mode pool, LayerNorm and an amax head in one model, explained by
+    the engine and by the PyTorch SISE of tests/sise_reference.py."""
+    from .test_engine import check_against_reference, smooth_image
+
+    class Covered(NormNet):
+        def __init__(self):
+            super().__init__("layer")
+            self.pool = nn.MaxPool2d(3, 3, padding=1, ceil_mode=True)
+
+        def forward(self, x):
+            y = self.pool(self.r1(self.c1(x)))  # 32x32 -> 11x11, onnxruntime's size
+            y = self.layer_norm(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            return self.fc(self.r2(self.c2(y)).amax((2, 3)))
+
+    torch.manual_seed(0)
+    model = Covered().eval()
+    path = tmp_path / "covered.sise.onnx"
+    onnx.save(export_model(export_onnx(model, (1, 3, 32, 32))).model, path)
+    _, counts = check_against_reference(model, ["r1", "r2"], str(path), smooth_image((1, 3, 32, 32)))
+    assert sum(counts) > 4
