@@ -47,7 +47,10 @@ def as_run(model: onnx.ModelProto, index: GraphIndex) -> list[str]:
     changed = []
     for position in _ceil_nodes(model):
         node = model.graph.node[position]
-        spatial = index.shape(node.input[0])[2:]
+        info = index.info.get(node.input[0])
+        if info is None or info.shape is None or any(d < 0 for d in info.shape):
+            continue  # no static size to compare: the export meets it again where it needs the shape
+        spatial = info.shape[2:]
         nd = len(spatial)
         kernel = list(_attr(node, "kernel_shape", []))
         strides = list(_attr(node, "strides", [1] * nd))
