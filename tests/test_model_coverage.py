@@ -1,7 +1,8 @@
 """Classifiers a plant may bring that the export once got wrong: ceil-mode pools whose last window
 onnxruntime drops, BatchNorm exported in training mode, half-precision models, a single-logit binary
-classifier, a fixed batch above 1 and opset 7. Each is either exported right (checked against torch
-autograd) or refused with one line that names the cause and the fix."""
+classifier, a fixed batch above 1, opset 7, strided, reversed and cropping slices and tiles. Each is
+either exported right (checked against torch autograd) or refused with one line that names the cause and
+the fix."""
 
 from __future__ import annotations
 
@@ -285,7 +286,7 @@ def test_more_layers_on_the_gradient_path_match_torch(kind):
 
 
 class Unsupported(nn.Module):
-    """A layer without a gradient builder (Tile) either in the head, after every block, or in the body,
+    """A layer without a gradient builder (Atan) either in the head, after every block, or in the body,
     with a block tensor after it."""
 
     def __init__(self, where: str):
@@ -298,18 +299,18 @@ class Unsupported(nn.Module):
     def forward(self, x):
         y = self.r1(self.c1(x))
         if self.where == "body":
-            y = y.repeat(1, 1, 2, 2)  # Tile to 64x64, then a conv down to 16x16
+            y = torch.atan(nn.functional.interpolate(y, scale_factor=2))  # 64x64, then a conv to 16x16
         logits = self.fc(self.r2(self.c2(y)).mean((2, 3)))
-        return logits.repeat(1, 2) if self.where == "head" else logits
+        return torch.atan(logits) if self.where == "head" else logits
 
 
 def test_the_refusal_says_whether_naming_blocks_can_avoid_the_layer():
     torch.manual_seed(0)
     head = export_onnx(Unsupported("head").eval(), (1, 3, 32, 32))
-    with pytest.raises(ExportError, match=r"Tile.*no block can be named after '/Tile'.*every block's "):
+    with pytest.raises(ExportError, match=r"Atan.*no block can be named after '/Atan'.*every block's "):
         export_model(head)
     body = export_onnx(Unsupported("body").eval(), (1, 3, 32, 32))
-    with pytest.raises(ExportError, match=r"Tile.*name such block tensors with --blocks") as refused:
+    with pytest.raises(ExportError, match=r"Atan.*name such block tensors with --blocks") as refused:
         export_model(body)
     assert "no block can be named" not in str(refused.value)
 
@@ -324,6 +325,34 @@ def test_a_head_that_keeps_some_classes_matches_torch():
     torch.manual_seed(0)
     model = Subset(nn.MaxPool2d(2)).eval()
     check_against_torch(model, export_onnx(model, (1, 3, 32, 32)), (1, 3, 32, 32), ["r1", "r2"])
+
+
+class Mover(nn.Module):
+    """Between two blocks: a YOLOv5-style Focus (strided slices, steps of 2), a flip (a slice with step -1),
+    a pad that crops (negative pads); in the head a repeat (Tile), a strided slice and a reversed gather."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.r1 = nn.Conv2d(3, 4, 3, 1, 1), nn.ReLU()
+        self.c2, self.r2 = nn.Conv2d(32, 8, 3, 1, 1), nn.ReLU()
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        y = self.r1(self.c1(x))
+        y = torch.cat([y[..., ::2, ::2], y[..., 1::2, ::2], y[..., ::2, 1::2], y[..., 1::2, 1::2]], 1)
+        y = nn.functional.pad(torch.cat([y, torch.flip(y, [3])], 1), (-1, 1, 2, -2))
+        z = self.r2(self.c2(y)).mean((2, 3))
+        return self.fc(z.repeat(1, 2)[:, ::2] * 0.5 + z[:, torch.arange(7, -1, -1)].flip(1) * 0.5)
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_strided_and_reversed_slices_tiles_and_cropping_pads_match_torch(opset):
+    """Slice with steps other than 1, Tile and Pad with negative pads were refused on the gradient path."""
+    torch.manual_seed(0)
+    model = Mover().eval()
+    result = check_against_torch(model, export_onnx(model, (1, 3, 32, 32), opset=opset), (1, 3, 32, 32),
+                                 ["r1", "r2"])
+    assert [b.shape[2:] for b in result.contract.blocks] == [(32, 32), (16, 16)]
 
 
 def test_the_engine_explains_a_newly_covered_model_as_the_torch_sise(tmp_path):

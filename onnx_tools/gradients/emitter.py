@@ -82,9 +82,14 @@ class Emitter:
             return self.op("Split", [x, self.ints(sizes)], n_out=len(sizes), axis=axis)
         return self.op("Split", [x], n_out=len(sizes), axis=axis, split=list(sizes))
 
-    def slice(self, x: str, starts: list[int], ends: list[int], axes: list[int]) -> str:
+    def slice(self, x: str, starts: list[int], ends: list[int], axes: list[int],
+              steps: list[int] | None = None) -> str:
+        """Slice; ``steps`` (opset 10 and later only) default to 1."""
         if self.opset >= 10:
-            return self.op("Slice", [x, self.ints(starts), self.ints(ends), self.ints(axes)])
+            inputs = [x, self.ints(starts), self.ints(ends), self.ints(axes)]
+            return self.op("Slice", inputs + ([self.ints(steps)] if steps is not None else []))
+        if steps is not None and any(s != 1 for s in steps):
+            raise ValueError("Slice steps other than 1 need opset 10 or later")
         return self.op("Slice", [x], starts=list(starts), ends=list(ends), axes=list(axes))
 
     def pad_zeros(self, x: str, pads: list[int]) -> str:

@@ -1,4 +1,4 @@
-"""Ops that move values without changing them: reshapes, transposes, concat/split, slice/pad."""
+"""Ops that move values without changing them: reshapes, transposes, concat/split, slice/pad/tile."""
 
 from __future__ import annotations
 
@@ -48,10 +48,49 @@ def split(ctx: VjpContext) -> list:
     return [e.op("Concat", parts, axis=axis)] + [None] * (len(ctx.node.input) - 1)
 
 
+def _int_list(values) -> list[int]:
+    return [int(v) for v in np.asarray(values).reshape(-1)]
+
+
+def _slice_positions(n: int, start: int, end: int, step: int) -> range:
+    """The input positions ONNX Slice reads along one axis of size ``n``, in output order."""
+    if step == 0:
+        raise UnsupportedVariant("a step of 0 is not a valid Slice")
+    start, end = (start + n if start < 0 else start), (end + n if end < 0 else end)
+    if step > 0:
+        return range(min(max(start, 0), n), min(max(end, 0), n), step)
+    return range(min(max(start, 0), n - 1), min(max(end, -1), n - 1), step)
+
+
+def _scatter_back(ctx: VjpContext, g: str, shape: list[int], axis: int, positions: range, n: int) -> str:
+    """The gradient of taking ``positions`` (a range) of an axis of size ``n``: g's values go back to
+    those positions, zeros elsewhere. A negative step reverses g first; a step s > 1 spreads g's values s
+    apart by padding a new axis with s - 1 zeros and merging it; then zeros are padded around. ``shape``
+    is g's static shape (batch as 0 for Reshape), updated in place to the input's."""
+    e, rank = ctx.emit, len(shape)
+    m, s = len(positions), abs(positions.step)
+    if positions.step < 0:
+        g = e.slice(g, [-1], [-(2 ** 63)], [axis], steps=[-1])
+        positions = positions[::-1]
+    if s > 1:
+        spread = [0] * (2 * (rank + 1))
+        spread[rank + 1 + axis + 1] = s - 1
+        g = e.pad_zeros(e.unsqueeze(g, [axis + 1]), spread)
+        g = e.op("Reshape", [g, e.ints(shape[:axis] + [m * s] + shape[axis + 1:])])
+        g = e.slice(g, [0], [(m - 1) * s + 1], [axis])
+    before, after = positions.start, n - positions.start - ((m - 1) * s + 1)
+    if before or after:
+        pads = [0] * (2 * rank)
+        pads[axis], pads[rank + axis] = before, after
+        g = e.pad_zeros(g, pads)
+    shape[axis] = n
+    return g
+
+
 @register("Slice")
 def slice_(ctx: VjpContext) -> list:
-    """Pad g with zeros back to the input's extent (unit steps only)."""
-    shape = ctx.shape(ctx.x)
+    """g goes back to the positions the slice read, with zeros elsewhere, axis by axis (any steps)."""
+    shape = list(ctx.shape(ctx.x))
     rank = len(shape)
     if ctx.opset >= 10:
         starts = ctx.const_input(1, "starts")
@@ -61,19 +100,36 @@ def slice_(ctx: VjpContext) -> list:
     else:
         starts, ends = np.array(ctx.attr("starts")), np.array(ctx.attr("ends"))
         axes, steps = ctx.attr("axes"), None
-    axes = list(range(len(starts))) if axes is None else [int(a) % rank for a in np.asarray(axes).reshape(-1)]
-    if steps is not None and np.any(np.asarray(steps) != 1):
-        raise UnsupportedVariant(f"steps {np.asarray(steps).tolist()} other than 1 are not supported")
-    begin, end = [0] * rank, [0] * rank
-    for axis, s, t in zip(axes, np.asarray(starts).reshape(-1), np.asarray(ends).reshape(-1)):
-        n = shape[axis]
-        s = min(max(int(s) + n if s < 0 else int(s), 0), n)
-        t = min(max(int(t) + n if t < 0 else int(t), 0), n)
-        if axis == 0 and (s, t) != (0, n):
+    starts, ends = _int_list(starts), _int_list(ends)
+    axes = list(range(len(starts))) if axes is None else [a % rank for a in _int_list(axes)]
+    steps = [1] * len(starts) if steps is None else _int_list(steps)
+    g, now = ctx.g, [0] + list(ctx.shape(ctx.y))[1:]
+    for axis, start, end, step in zip(axes, starts, ends, steps):
+        positions = _slice_positions(shape[axis], start, end, step)
+        if positions == range(shape[axis]):
+            continue
+        if axis == 0:
             raise UnsupportedVariant("slicing along the batch axis is not supported")
-        begin[axis], end[axis] = s, n - t
-    g = ctx.emit.pad_zeros(ctx.g, begin + end) if any(begin + end) else ctx.g
+        if not len(positions):
+            raise UnsupportedVariant(f"it keeps nothing of axis {axis}")
+        g = _scatter_back(ctx, g, now, axis, positions, shape[axis])
     return [g] + [None] * (len(ctx.node.input) - 1)
+
+
+@register("Tile")
+def tile(ctx: VjpContext) -> list:
+    """Each axis of y is r copies of x's: g reshaped to (r, n) per axis and summed over the copies."""
+    repeats = _int_list(ctx.const_input(1, "repeats"))
+    shape = ctx.shape(ctx.x)
+    if repeats[0] != 1:
+        raise UnsupportedVariant("repeating the batch axis is not supported")
+    if all(r == 1 for r in repeats):
+        return [ctx.g, None]
+    e = ctx.emit
+    split = [0] + [d for r, n in zip(repeats[1:], shape[1:]) for d in (r, n)]
+    copies = [2 * i + 1 for i in range(len(shape) - 1)]  # the r axes of the split shape
+    g = e.reduce("ReduceSum", e.op("Reshape", [ctx.g, e.ints(split)]), copies, keepdims=False)
+    return [g, None]
 
 
 def _pad_source(i: int, before: int, n: int, mode: str) -> int:
@@ -91,7 +147,8 @@ def _pad_source(i: int, before: int, n: int, mode: str) -> int:
 
 @register("Pad")
 def pad(ctx: VjpContext) -> list:
-    """constant: slice g back to the unpadded region. edge / reflect / wrap: each padded position copies
+    """constant: slice g back to the unpadded region; negative pads crop, so the cropped input positions
+    get zeros. edge / reflect / wrap: each padded position copies
     one input position, per axis, so the gradient sums g over the copies: a 0/1 matrix per padded
     spatial axis (rank-4 inputs), applied as a MatMul like Resize's."""
     mode = ctx.attr("mode", "constant")
@@ -104,19 +161,25 @@ def pad(ctx: VjpContext) -> list:
         pads, axes = list(ctx.attr("pads")), None
     axes = list(range(rank)) if axes is None else [int(a) % rank for a in axes.reshape(-1)]
     n = len(axes)
-    if any(p < 0 for p in pads):
-        raise UnsupportedVariant("negative pads are not supported")
     shape = ctx.shape(ctx.x)
     padded = [(axis, b, t) for axis, b, t in zip(axes, pads[:n], pads[n:]) if b or t]
     if any(axis == 0 for axis, _, _ in padded):
         raise UnsupportedVariant("padding along the batch axis is not supported")
-    if mode == "constant":
-        starts = [b for _, b, _ in padded]
-        ends = [b + shape[axis] for axis, b, _ in padded]
+    if mode == "constant":  # negative pads crop: the kept input rows go back, the cropped ones get zeros
+        if any(shape[axis] + min(b, 0) + min(t, 0) <= 0 for axis, b, t in padded):
+            raise UnsupportedVariant("its negative pads crop an axis away entirely")
+        starts = [max(b, 0) for _, b, _ in padded]
+        ends = [max(b, 0) + shape[axis] + min(b, 0) + min(t, 0) for axis, b, t in padded]
         g = ctx.emit.slice(ctx.g, starts, ends, [axis for axis, _, _ in padded]) if padded else ctx.g
+        cropped = [0] * (2 * rank)
+        for axis, b, t in padded:
+            cropped[axis], cropped[rank + axis] = max(-b, 0), max(-t, 0)
+        g = ctx.emit.pad_zeros(g, cropped) if any(cropped) else g
         return [g] + [None] * (len(ctx.node.input) - 1)
     if mode not in ("edge", "reflect", "wrap"):
         raise UnsupportedVariant(f"mode={mode!r} is not supported")
+    if any(p < 0 for p in pads):
+        raise UnsupportedVariant(f"negative pads are supported in constant mode only, not mode={mode!r}")
     if rank != 4 or any(axis not in (2, 3) for axis, _, _ in padded):
         raise UnsupportedVariant(f"mode={mode!r} is supported on the spatial axes of rank-4 inputs only")
     e, g = ctx.emit, ctx.g
