@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnx.version_converter
 
-from . import ceil_pools
+from . import ceil_pools, precision
 from . import contract as C
 from .blocks import check_explicit_blocks, discover_blocks
 from .errors import AlreadyExportedError, ExportError, ModelInputError
@@ -162,6 +162,9 @@ def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", sc
     _refuse_exported(model)
     _refuse_training_mode(model)
     model = _upgrade_old_opset(copy.deepcopy(model))  # never change the caller's model
+    if precision.as_float32(model):
+        log.info("the model's float16/bfloat16 weights and types are read in float32 (exact; the engine "
+                 "runs float16 itself with runtime.fp16)")
     unknown = unknown_dims_as_symbols(model)
     if unknown:
         log.info("dims written as -1 or 0 read as dynamic: %s", ", ".join(unknown))

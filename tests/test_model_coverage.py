@@ -1,8 +1,8 @@
 """Classifiers a plant may bring that the export once got wrong: ceil-mode pools whose last window
-onnxruntime drops, BatchNorm exported in training mode, half-precision models, a single-logit binary
-classifier, a fixed batch above 1, opset 7, strided, reversed and cropping slices and tiles. Each is
-either exported right (checked against torch autograd) or refused with one line that names the cause and
-the fix."""
+onnxruntime drops, BatchNorm exported in training mode, half- and double-precision models, a single-logit
+binary classifier, a fixed batch above 1, opset 7, strided, reversed and cropping slices and tiles. Each
+is either exported right (checked against torch autograd) or refused with one line that names the cause
+and the fix."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from onnx_tools import export_model
+from onnx_tools import export_model, precision
 from onnx_tools.ceil_pools import sizes
 from onnx_tools.errors import ExportError, ModelInputError
 
@@ -126,18 +126,101 @@ def test_batchnorm_exported_in_training_mode_is_refused(opset):
                         ["pool.0", "r2"])
 
 
-def test_a_half_precision_model_is_refused_at_export():
-    torch.manual_seed(0)
-    model = PoolNet(nn.Identity()).eval().half()
+def _export_in(model: nn.Module, x: torch.Tensor) -> onnx.ModelProto:
     f = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(1, 3, 32, 32).half(),), f, dynamo=False, opset_version=17,
-                          input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}})
-    with pytest.raises(ModelInputError, match=r"block '.*' is float16: the engine computes in float32.*"
+        torch.onnx.export(model, (x,), f, dynamo=False, opset_version=17, input_names=["image"],
+                          output_names=["logits"], dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}})
+    return onnx.load_from_string(f.getvalue())
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_half_precision_model_is_read_in_float32_and_matches_torch(dtype):
+    """A model saved in float16 or bfloat16 (input, weights and output) was refused; it is exported as the
+    float32 model with the same weights (exact in float32), checked against torch on model.float()."""
+    torch.manual_seed(0)
+    half = PoolNet(nn.MaxPool2d(2)).eval().to(getattr(torch, dtype))
+    onnx_model = _export_in(half, torch.randn(1, 3, 32, 32).to(half.fc.weight.dtype))
+    assert onnx_model.graph.input[0].type.tensor_type.elem_type != TensorProto.FLOAT
+    result = check_against_torch(half.float(), onnx_model, (1, 3, 32, 32), ["r1", "r2"])
+    assert result.model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    half_types = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
+    assert not any(t.data_type in half_types for t in result.model.graph.initializer)
+
+
+def test_a_mixed_precision_model_with_float32_input_and_output_matches_torch():
+    """The converters' keep-io-types layout: a float32 image cast to float16, a float16 body, the logits
+    cast back to float32. The casts become float32 ones."""
+
+    class CastInside(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = PoolNet(nn.AvgPool2d(2)).eval().half()
+
+        def forward(self, x):
+            return self.net(x.half()).float()
+
+    torch.manual_seed(0)
+    model = CastInside().eval()
+    onnx_model = _export_in(model, torch.randn(1, 3, 32, 32))
+    assert any(n.op_type == "Cast" and n.attribute[0].i == TensorProto.FLOAT16 for n in onnx_model.graph.node)
+    check_against_torch(model.net.float(), onnx_model, (1, 3, 32, 32), ["r1", "r2"])
+
+
+def test_a_double_precision_model_is_refused():
+    torch.manual_seed(0)
+    model = PoolNet(nn.Identity()).eval().double()
+    with pytest.raises(ModelInputError, match=r"block '.*' is float64: the engine computes in float32.*"
                                               r"model\.float\(\)"):
-        export_model(onnx.load_from_string(f.getvalue()))
+        export_model(_export_in(model, torch.randn(1, 3, 32, 32).double()))
+
+
+def test_half_constants_cast_targets_and_declared_types_become_float32():
+    """Every place a half type can hide, in one hand-built graph: a float16 initializer, Constant,
+    ConstantOfShape value, Cast target, EyeLike dtype and value_info, also inside an If branch. The
+    float32 graph computes what numpy computes from the same (float16-exact) numbers."""
+    half = np.array([[0.5, -1.25], [2.0, 0.375]], np.float16)
+    k = numpy_helper.from_array(np.array([3.0], np.float16))
+    fill = numpy_helper.from_array(np.array([0.25], np.float16))
+    branch = helper.make_graph(
+        [helper.make_node("Constant", [], ["two"], value=numpy_helper.from_array(np.array(2.0, np.float16))),
+         helper.make_node("Mul", ["xh", "two"], ["doubled"])], "then", [],
+        [helper.make_tensor_value_info("doubled", TensorProto.FLOAT16, [1, 2])])
+    other = helper.make_graph([helper.make_node("Identity", ["xh"], ["same"])], "else", [],
+                              [helper.make_tensor_value_info("same", TensorProto.FLOAT16, [1, 2])])
+    nodes = [
+        helper.make_node("Cast", ["x"], ["xh"], to=TensorProto.FLOAT16),
+        helper.make_node("Constant", [], ["k"], value=k),
+        helper.make_node("MatMul", ["xh", "w"], ["xw"]),
+        helper.make_node("Mul", ["xw", "k"], ["xk"]),
+        helper.make_node("ConstantOfShape", ["shape"], ["filled"], value=fill),
+        helper.make_node("Add", ["xk", "filled"], ["xf"]),
+        helper.make_node("EyeLike", ["w"], ["eye"], dtype=TensorProto.FLOAT16),
+        helper.make_node("MatMul", ["xf", "eye"], ["xe"]),
+        helper.make_node("If", ["flag"], ["branch"], then_branch=branch, else_branch=other),
+        helper.make_node("Add", ["xe", "branch"], ["y16"]),
+        helper.make_node("Cast", ["y16"], ["y"], to=TensorProto.FLOAT),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2]),
+                     helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [numpy_helper.from_array(half, "w"), numpy_helper.from_array(np.array([1, 2], np.int64), "shape")],
+        value_info=[helper.make_tensor_value_info("xw", TensorProto.FLOAT16, [1, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert precision.as_float32(model)
+    onnx.checker.check_model(model, full_check=True)
+    text = str(model)
+    assert "FLOAT16" not in text and "data_type: 10" not in text and "elem_type: 10" not in text
+    x = np.array([[1.5, -0.75]], np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    w = half.astype(np.float64)
+    for flag, branch_factor in ((True, 2.0), (False, 1.0)):
+        y = session.run(None, {"x": x, "flag": np.array(flag)})[0]
+        expected = (x @ w) * 3.0 + 0.25 + x * branch_factor
+        np.testing.assert_allclose(y, expected, rtol=1e-6)
+    assert not precision.as_float32(model)  # nothing left to change
 
 
 def test_a_single_logit_needs_a_sigmoid_score():
