@@ -106,8 +106,11 @@ def cmd_inspect(args) -> int:
         for b in existing.blocks:
             print(f"  block {b.index}: {b.tensor}  {list(b.shape[1:])}")
         return 0
-    a = analyse(model, blocks=args.blocks, input_shape=args.input_shape, output=args.output,
-                layout=args.layout)
+    try:
+        a = analyse(model, blocks=args.blocks, input_shape=args.input_shape, output=args.output,
+                    layout=args.layout)
+    except ExportError as e:
+        raise type(e)(f"{args.model}: {e}") from e
     io = a.io
     print(f"input  {io.input_name} {list(io.input_dims)} layout {io.layout}; output {io.output_name} "
           f"({io.num_classes} classes); opset {a.index.opset}")

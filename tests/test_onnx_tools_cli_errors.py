@@ -119,3 +119,9 @@ def test_version():
     except importlib.metadata.PackageNotFoundError:
         expected = "unknown"
     assert r.stdout == f"onnx_tools {expected}\n"
+
+
+def test_inspect_names_the_model_file_in_an_analysis_error(model_file):
+    """`export` named the file in its errors, `inspect` did not (`error: no convolutional block ...`)."""
+    line = error_line(run("inspect", model_file, "--blocks", "no_such_tensor"))
+    assert line.startswith(f"error: {model_file}: ") and "no_such_tensor" in line, line
