@@ -76,6 +76,28 @@ def _refuse_training_mode(model: onnx.ModelProto) -> None:
                 "torch.onnx.export(..., training=torch.onnx.TrainingMode.EVAL))")
 
 
+def _quantizes(op_type: str) -> bool:
+    return op_type == "QuantizeLinear" or op_type.startswith(("QLinear", "DynamicQuantize")) or \
+        op_type.endswith("Integer")
+
+
+def _refuse_quantized(model: onnx.ModelProto) -> None:
+    """A model that quantizes what it computes from the image (QDQ or QOperator format, dynamic
+    quantization) has no class-score gradients; a model whose weights only are quantized
+    (DequantizeLinear of constants) is read as the float model it dequantizes to."""
+    initializers = {t.name for t in model.graph.initializer}
+    seen = {vi.name for vi in model.graph.input if vi.name not in initializers}
+    for node in model.graph.node:
+        if any(i in seen for i in node.input):
+            if _quantizes(node.op_type):
+                raise ModelInputError(
+                    f"node '{node.name or node.output[0]}' ({node.op_type}) quantizes values computed from "
+                    "the image: the model runs in integer arithmetic, where the class-score gradients SISE "
+                    "needs are zero or undefined; export the float model it was quantized from (quantized "
+                    "weights alone, DequantizeLinear of constants, are read)")
+            seen.update(node.output)
+
+
 def _upgrade_old_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     """Opsets before 8 lack ops the gradients are built from (Expand): such a model is read at opset 9."""
     opset = default_opset(model)
@@ -114,6 +136,7 @@ def analyse(model: onnx.ModelProto, *, blocks: str | list[str] = "auto",
     (automatic or explicit)."""
     if layout is not None and layout not in LAYOUTS:
         raise ModelInputError(f"--layout {layout}: use NCHW or NHWC")
+    _refuse_quantized(model)
     check_topological(model)
     model = fix_input_shape(model, input_shape)  # a copy: changed in place below
     index = GraphIndex(analysis_copy(model))
@@ -161,6 +184,7 @@ def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", sc
         raise ModelInputError(f"--score '{score}' is not one of {', '.join(C.SCORE_KINDS)}")
     _refuse_exported(model)
     _refuse_training_mode(model)
+    _refuse_quantized(model)
     model = _upgrade_old_opset(copy.deepcopy(model))  # never change the caller's model
     if precision.as_float32(model):
         log.info("the model's float16/bfloat16 weights and types are read in float32 (exact; the engine "

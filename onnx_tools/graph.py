@@ -6,6 +6,7 @@ Everything downstream (block discovery, the gradient builder, the passes) reads 
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from .errors import AlignmentError, ModelInputError, ModelLoadError
+
+log = logging.getLogger(__name__)
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                onnx.TensorProto.BFLOAT16}
@@ -288,6 +291,28 @@ NONDETERMINISTIC_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "Ra
                         "Multinomial", "Bernoulli"}
 
 
+def _dequantize_linear():
+    """DequantizeLinear for folding: onnx's reference implementation has it from opset 19 only, and the
+    weights of a weight-quantized model are DequantizeLinear of constants at any opset."""
+    from onnx.reference.op_run import OpRun
+
+    class DequantizeLinear(OpRun):
+        op_domain = ""
+
+        def _run(self, x, x_scale, x_zero_point=None, axis=None, block_size=None, output_dtype=None):
+            if block_size or not np.issubdtype(x.dtype, np.integer):
+                raise NotImplementedError("blocked or float8 dequantization is not folded")
+            shape = [1] * x.ndim
+            if np.ndim(x_scale) == 1 and x.ndim:
+                shape[(1 if axis is None else axis) % x.ndim] = -1
+            scale = np.asarray(x_scale)
+            zero = np.zeros((), np.int64) if x_zero_point is None else np.asarray(x_zero_point, np.int64)
+            shifted = x.astype(np.int64) - zero.reshape(shape if zero.ndim == 1 else ())
+            return (shifted.astype(scale.dtype) * scale.reshape(shape if scale.ndim == 1 else ()),)
+
+    return DequantizeLinear
+
+
 def fold_constants(model: onnx.ModelProto, max_rounds: int = 6) -> onnx.ModelProto:
     """Shape-infer ``model`` and replace, in place, every single-output node computable without the
     graph inputs (constants, and Shape of statically shaped tensors) by a Constant node.
@@ -299,6 +324,10 @@ def fold_constants(model: onnx.ModelProto, max_rounds: int = 6) -> onnx.ModelPro
     """
     from onnx.reference import ReferenceEvaluator
 
+    def evaluator(model: onnx.ModelProto):
+        return ReferenceEvaluator(model, new_ops=[_dequantize_linear()])
+
+    unfoldable: set[str] = set()  # outputs of nodes onnx's reference implementation cannot evaluate
     for _ in range(max_rounds):
         model = infer_shapes(model)
         index = GraphIndex(model)
@@ -308,7 +337,7 @@ def fold_constants(model: onnx.ModelProto, max_rounds: int = 6) -> onnx.ModelPro
         for p, node in enumerate(index.nodes):
             if node.op_type == "Constant" or len(node.output) != 1 or node.domain not in DEFAULT_DOMAINS:
                 continue
-            if node.op_type in NONDETERMINISTIC_OPS:
+            if node.op_type in NONDETERMINISTIC_OPS or node.output[0] in unfoldable:
                 continue
             if node.op_type == "Shape":
                 info = index.info.get(node.input[0])
@@ -323,7 +352,15 @@ def fold_constants(model: onnx.ModelProto, max_rounds: int = 6) -> onnx.ModelPro
             known.add(node.output[0])
         if not fold:
             return model
-        values = _evaluate(index, fold, shape_values, ReferenceEvaluator)
+        try:
+            values = _evaluate(index, fold, shape_values, evaluator)
+        except ModelLoadError:  # fold what can be folded; the rest stays computed at run time
+            values = _evaluate_each(index, fold, shape_values, evaluator)
+            left = [p for p in fold if index.nodes[p].output[0] not in values]
+            unfoldable.update(index.nodes[p].output[0] for p in left)
+            fold = [p for p in fold if p not in left]
+            if not fold:
+                return infer_shapes(model)
         for p in fold:
             out = index.nodes[p].output[0]
             const = helper_constant(out, values[out], name=index.nodes[p].name)
@@ -382,3 +419,35 @@ def _evaluate(index: GraphIndex, fold: list[int], shape_values: dict, evaluator_
     except Exception as e:
         raise ModelLoadError(f"could not evaluate the model's constant subgraphs ({e})") from e
     return dict(zip(outputs, results))
+
+
+def _evaluate_each(index: GraphIndex, fold: list[int], shape_values: dict,
+                   evaluator_cls) -> dict[str, np.ndarray]:
+    """:func:`_evaluate` node by node, leaving out the nodes it cannot evaluate (an op onnx's reference
+    implementation lacks at the model's opset: DequantizeLinear before opset 19) and those after them."""
+    values: dict[str, np.ndarray] = {}
+    for p in fold:
+        node = index.nodes[p]
+        if p in shape_values:
+            values[node.output[0]] = shape_values[p]
+            continue
+        inputs = [i for i in node.input if i]
+        if not all(i in values or i in index.initializers or _is_constant_node(index, i) for i in inputs):
+            continue  # after a node that could not be evaluated
+        feeding = [helper_constant(i, values[i]) if i in values else index.nodes[index.producer[i]]
+                   for i in dict.fromkeys(inputs) if i not in index.initializers]
+        graph = onnx.helper.make_graph(feeding + [node], "fold_one", [],
+                                       [onnx.helper.make_tensor_value_info(node.output[0], 0, None)],
+                                       [index.initializers[i] for i in dict.fromkeys(inputs)
+                                        if i in index.initializers])
+        try:
+            single = onnx.helper.make_model(graph, opset_imports=list(index.model.opset_import))
+            values[node.output[0]] = evaluator_cls(single).run(None, {})[0]
+        except Exception as e:  # noqa: BLE001 - any failure of the reference implementation: leave it unfolded
+            log.debug("constant node '%s' (%s) left unfolded: %s", node.name, node.op_type, e)
+    return values
+
+
+def _is_constant_node(index: GraphIndex, name: str) -> bool:
+    producer = index.producer.get(name)
+    return producer is not None and index.nodes[producer].op_type == "Constant"

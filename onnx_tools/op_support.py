@@ -25,7 +25,8 @@ REFUSED = {
         {"Round", "Ceil", "Floor", "Sign", "Hardmax", "Mod"},
     "control flow: subgraphs are not differentiated; name blocks after them with --blocks":
         {"If", "Loop", "Scan", "SequenceMap"},
-    "quantized or integer arithmetic: export the float model": {
+    "quantized or integer arithmetic: export the float model (quantized weights alone, DequantizeLinear of "
+    "constants, are folded to float)": {
         "QLinearConv", "QLinearMatMul", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
         "ConvInteger", "MatMulInteger"},
     "random: the explanation would change from run to run (refused at export)": {

@@ -1,11 +1,13 @@
 """Classifiers a plant may bring that the export once got wrong: ceil-mode pools whose last window
 onnxruntime drops, BatchNorm exported in training mode, half- and double-precision models, a single-logit
-binary classifier, a fixed batch above 1, opset 7, strided, reversed and cropping slices and tiles. Each
+binary classifier, a fixed batch above 1, opset 7, strided, reversed and cropping slices, tiles and
+quantized weights or activations. Each
 is either exported right (checked against torch autograd) or refused with one line that names the cause
 and the fix."""
 
 from __future__ import annotations
 
+import copy
 import io
 import itertools
 import warnings
@@ -473,3 +475,105 @@ def test_the_engine_explains_a_half_precision_model_with_strided_slices_as_the_t
     onnx.save(export_model(_export_in(half, torch.randn(1, 3, 32, 32).half())).model, path)
     _, counts = check_against_reference(half.float(), ["r1", "r2"], str(path), smooth_image((1, 3, 32, 32)))
     assert sum(counts) > 12, counts  # a real run, not one or two maps
+
+
+def _weights_quantized(onnx_model: onnx.ModelProto, model: nn.Module) -> onnx.ModelProto:
+    """Weight-only quantization, by hand: each conv weight becomes int8 per output channel (zero point 0),
+    the linear layer's weight uint8 per tensor with zero point 128, each read through DequantizeLinear.
+    ``model`` gets the dequantized weights, so torch computes what the quantized graph computes."""
+    out = copy.deepcopy(onnx_model)
+    graph = out.graph
+    params = dict(model.named_parameters())
+    for i, t in enumerate(list(graph.initializer)):
+        if t.name not in ("c1.weight", "c2.weight", "fc.weight"):
+            continue
+        w = numpy_helper.to_array(t).astype(np.float64)
+        if t.name == "fc.weight":
+            scale = np.float32((w.max() - w.min()) / 255)
+            q = np.clip(np.round(w / scale) + 128, 0, 255).astype(np.uint8)
+            zero, axis = np.uint8(128), {}
+            back = (q.astype(np.float32) - 128) * scale
+        else:
+            scale = (np.abs(w).reshape(len(w), -1).max(1) / 127).astype(np.float32)
+            q = np.clip(np.round(w / scale.reshape(-1, 1, 1, 1)), -127, 127).astype(np.int8)
+            zero, axis = np.zeros(len(w), np.int8), {"axis": 0}
+            back = q.astype(np.float32) * scale.reshape(-1, 1, 1, 1)
+        graph.initializer.remove(t)
+        graph.initializer.extend([numpy_helper.from_array(q, t.name + "_q"),
+                                  numpy_helper.from_array(np.asarray(scale), t.name + "_scale"),
+                                  numpy_helper.from_array(np.asarray(zero), t.name + "_zero")])
+        graph.node.insert(0, helper.make_node("DequantizeLinear", [t.name + "_q", t.name + "_scale",
+                                                                   t.name + "_zero"], [t.name], **axis))
+        with torch.no_grad():
+            params[t.name].copy_(torch.from_numpy(back))
+    return out
+
+
+@pytest.mark.parametrize("opset", [13, 20])
+def test_a_model_with_quantized_weights_is_read_as_its_dequantized_float_model(opset):
+    """DequantizeLinear of constant weights (per channel and per tensor with a zero point): onnx's
+    reference implementation has no DequantizeLinear before opset 19, so folding failed and the export
+    stopped with 'could not evaluate the model's constant subgraphs'."""
+    torch.manual_seed(0)
+    model = PoolNet(nn.MaxPool2d(2)).eval()
+    quantized = _weights_quantized(export_onnx(model, (1, 3, 32, 32), opset=opset), model)
+    assert sum(n.op_type == "DequantizeLinear" for n in quantized.graph.node) == 3
+    check_against_torch(model, quantized, (1, 3, 32, 32), ["r1", "r2"])
+
+
+def _calibration(count: int = 4):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Images(CalibrationDataReader):
+        def __init__(self):
+            rngs = [np.random.default_rng(i) for i in range(count)]
+            self.left = [{"image": r.standard_normal((1, 3, 32, 32)).astype(np.float32)} for r in rngs]
+
+        def get_next(self):
+            return self.left.pop() if self.left else None
+
+    return Images()
+
+
+@pytest.mark.parametrize("how", ["static QDQ", "static QOperator", "dynamic"])
+def test_a_model_quantized_by_onnxruntime_is_refused_with_the_way_out(tmp_path, how):
+    """A model whose activations are quantized has no class-score gradients; it used to fail with 'the
+    class output does not depend on the image input' (the integer tensors cut the path)."""
+    from onnxruntime import quantization as q
+
+    torch.manual_seed(0)
+    source, target = tmp_path / "float.onnx", tmp_path / "int8.onnx"
+    onnx.save(export_onnx(PoolNet(nn.MaxPool2d(2)).eval(), (1, 3, 32, 32), opset=17), source)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if how == "dynamic":
+            q.quantize_dynamic(str(source), str(target), op_types_to_quantize=["Conv"])
+        else:
+            fmt = q.QuantFormat.QDQ if how == "static QDQ" else q.QuantFormat.QOperator
+            q.quantize_static(str(source), str(target), _calibration(), quant_format=fmt, per_channel=True)
+    with pytest.raises(ModelInputError, match=r"node '.*' \((QuantizeLinear|DynamicQuantizeLinear)\) "
+                                              r"quantizes values computed from the image.*export the float "
+                                              r"model it was quantized from"):
+        export_model(onnx.load(target))
+
+
+def test_constants_the_reference_implementation_cannot_evaluate_stay_unfolded(monkeypatch):
+    """When one constant node cannot be evaluated, the others are still folded (they were all left
+    unfolded, or the export stopped)."""
+    from onnx_tools import graph as graph_module
+
+    class Refuses(graph_module._dequantize_linear()):
+        def _run(self, *args, **kwargs):
+            raise NotImplementedError("not here")
+
+    torch.manual_seed(0)
+    model = PoolNet(nn.MaxPool2d(2)).eval()
+    quantized = _weights_quantized(export_onnx(model, (1, 3, 32, 32), opset=17), model)
+    reshape = helper.make_node("Reshape", ["c1.weight_scale", "flat_shape"], ["flat_scale"])
+    quantized.graph.node.insert(0, reshape)
+    quantized.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), "flat_shape"))
+    monkeypatch.setattr(graph_module, "_dequantize_linear", lambda: Refuses)
+    folded = graph_module.fold_constants(copy.deepcopy(quantized))
+    kinds = {node.output[0]: node.op_type for node in folded.graph.node}
+    assert kinds["flat_scale"] == "Constant"
+    assert [kinds[f"{p}.weight"] for p in ("c1", "c2", "fc")] == ["DequantizeLinear"] * 3
