@@ -270,6 +270,10 @@ CASES = [
            {"mode": "linear"}, opset=11, eps=1.0),
     OpCase("upsample-opset9", "Upsample", ["x", "sc"], {"x": smooth(1, 2, 3, 4),
            "sc": np.array([1, 1, 2, 2], np.float32)}, ["x"], opset=9, eps=1.0, ir_version=4),
+    unary("Reciprocal", away_from(2, 3, 4, kinks=(0.0,), margin=0.5)),
+    unary("ThresholdedRelu", away_from(2, 3, 4, kinks=(0.7,)), opset=10, alpha=0.7),
+    unary("Shrink", away_from(2, 3, 4, kinks=(-0.4, 0.4)), opset=9, lambd=0.4, bias=0.2),
+    unary("Softsign", smooth(2, 3, 4)),
 ]
 
 

@@ -256,3 +256,34 @@ def max_min(ctx: VjpContext) -> list:
         chosen = e.op("Equal", [e.op("Expand", [name, e.op("Shape", [ctx.y])]), ctx.y])
         out.append(ctx.unbroadcast(e.mask_where(chosen, ctx.g, ctx.dtype), name))
     return out
+
+
+@register("Reciprocal")
+def reciprocal(ctx: VjpContext) -> list:
+    """d(1/x)/dx = -1/x² = -y²."""
+    e = ctx.emit
+    return [e.op("Neg", [e.op("Mul", [ctx.g, e.op("Mul", [ctx.y, ctx.y])])])]
+
+
+@register("ThresholdedRelu")
+def thresholded_relu(ctx: VjpContext) -> list:
+    """y = x where x > alpha (default 1), else 0."""
+    above = ctx.emit.op("Greater", [ctx.x, ctx.scalar(ctx.attr("alpha", 1.0))])
+    return [ctx.emit.mask_where(above, ctx.g, ctx.dtype)]
+
+
+@register("Shrink")
+def shrink(ctx: VjpContext) -> list:
+    """y = x ∓ bias outside [-lambd, lambd] (default 0.5), else 0: slope 1 outside, 0 inside."""
+    e, lambd = ctx.emit, ctx.attr("lambd", 0.5)
+    below, above = e.op("Less", [ctx.x, ctx.scalar(-lambd)]), e.op("Greater", [ctx.x, ctx.scalar(lambd)])
+    outside = e.op("Or", [below, above])
+    return [e.mask_where(outside, ctx.g, ctx.dtype)]
+
+
+@register("Softsign")
+def softsign(ctx: VjpContext) -> list:
+    """d(x / (1 + |x|))/dx = 1 / (1 + |x|)²."""
+    e = ctx.emit
+    denominator = e.op("Add", [ctx.scalar(1.0), e.op("Abs", [ctx.x])])
+    return [e.op("Div", [ctx.g, e.op("Mul", [denominator, denominator])])]
