@@ -88,8 +88,8 @@ def discover_blocks(index: GraphIndex, source: str, sink: str) -> list[str]:
     conv_sizes = _conv_output_sizes(index, path_tensors(index, source, sink))
     groups: dict[tuple[int, int], list[str]] = {}
     for name in dominators(index, source, sink):
-        if name not in channels_first or name in index.graph_inputs:
-            continue
+        if name not in channels_first or name in index.graph_inputs or not index.info[name].is_float:
+            continue  # (a QDQ model's quantized activations are integers; their dequantized copies count)
         if index.nodes[index.producer[name]].op_type == "Pad":
             continue
         shape = index.info[name].shape

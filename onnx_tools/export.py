@@ -77,24 +77,24 @@ def _refuse_training_mode(model: onnx.ModelProto) -> None:
 
 
 def _quantizes(op_type: str) -> bool:
-    return op_type == "QuantizeLinear" or op_type.startswith(("QLinear", "DynamicQuantize")) or \
-        op_type.endswith("Integer")
+    """Integer arithmetic on values computed from the image (QuantizeLinear/DequantizeLinear pairs, a QDQ
+    model, are differentiated with the straight-through gradient instead)."""
+    return op_type.startswith(("QLinear", "DynamicQuantize")) or op_type.endswith("Integer")
 
 
 def _refuse_quantized(model: onnx.ModelProto) -> None:
-    """A model that quantizes what it computes from the image (QDQ or QOperator format, dynamic
-    quantization) has no class-score gradients; a model whose weights only are quantized
-    (DequantizeLinear of constants) is read as the float model it dequantizes to."""
+    """A model that computes on values from the image in integer arithmetic (QOperator format, dynamic
+    quantization) has no class-score gradients. QDQ models and quantized weights alone are read."""
     initializers = {t.name for t in model.graph.initializer}
     seen = {vi.name for vi in model.graph.input if vi.name not in initializers}
     for node in model.graph.node:
         if any(i in seen for i in node.input):
             if _quantizes(node.op_type):
                 raise ModelInputError(
-                    f"node '{node.name or node.output[0]}' ({node.op_type}) quantizes values computed from "
-                    "the image: the model runs in integer arithmetic, where the class-score gradients SISE "
-                    "needs are zero or undefined; export the float model it was quantized from (quantized "
-                    "weights alone, DequantizeLinear of constants, are read)")
+                    f"node '{node.name or node.output[0]}' ({node.op_type}) computes in integer arithmetic "
+                    "on values from the image, where the class-score gradients SISE needs do not exist; "
+                    "export the float model, or quantize it in QDQ format (onnxruntime: quantize_static("
+                    "..., quant_format=QuantFormat.QDQ)), whose quantize/dequantize pairs are read")
             seen.update(node.output)
 
 

@@ -220,13 +220,16 @@ class GraphIndex:
         return None
 
     def differentiable(self, name: str) -> bool:
-        """True for float tensors that carry values (not shapes, not constants)."""
+        """True for tensors that carry values (not shapes, not constants): float tensors, and the integer
+        output of a QuantizeLinear (a QDQ model's quantized activations: straight-through)."""
         if not name or name in self.constants:
             return False
         info = self.info.get(name)
+        idx = self.producer.get(name)
+        if info is not None and idx is not None and self.nodes[idx].op_type == "QuantizeLinear":
+            return True
         if info is None or not info.is_float:
             return False
-        idx = self.producer.get(name)
         return idx is None or self.nodes[idx].op_type not in SHAPE_OPS
 
     # ----- reachability over differentiable tensors ----------------------------------------------

@@ -25,10 +25,9 @@ REFUSED = {
         {"Round", "Ceil", "Floor", "Sign", "Hardmax", "Mod"},
     "control flow: subgraphs are not differentiated; name blocks after them with --blocks":
         {"If", "Loop", "Scan", "SequenceMap"},
-    "quantized or integer arithmetic: export the float model (quantized weights alone, DequantizeLinear of "
-    "constants, are folded to float)": {
-        "QLinearConv", "QLinearMatMul", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
-        "ConvInteger", "MatMulInteger"},
+    "integer arithmetic (onnxruntime's QOperator format, dynamic quantization): export the float model, or "
+    "quantize it in QDQ format": {
+        "QLinearConv", "QLinearMatMul", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"},
     "random: the explanation would change from run to run (refused at export)": {
         "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"},
     "sequences, optionals, strings and images: not tensors of a classifier's forward pass": {

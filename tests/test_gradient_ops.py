@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from onnx_tools.gradients import supported_ops
+from onnx_tools.graph import infer_shapes
 
-from .gradcheck import OpCase, check
+from .gradcheck import OpCase, backward_model, check, session
 
 rng = np.random.default_rng(1234)
 
@@ -282,6 +284,46 @@ def test_vjp_matches_finite_differences(case):
     check(case)
 
 
+QDQ_CASES = [  # (id, integer type, scale, zero point, axis): a pair quantizing to it and back
+    ("uint8-per-tensor", np.uint8, np.float32(0.02), np.uint8(128), None),
+    ("int8-per-channel", np.int8, np.array([0.01, 0.03, 0.02], np.float32), np.array([0, 5, -7], np.int8), 1),
+    ("int8-relu-folded", np.int8, np.float32(0.01), np.int8(-128), None),  # zero point at qmin: a ReLU
+]
+
+
+@pytest.mark.parametrize("case", QDQ_CASES, ids=[c[0] for c in QDQ_CASES])
+def test_quantize_dequantize_pairs_match_torch_fake_quantize(case):
+    """QuantizeLinear -> DequantizeLinear is piecewise constant, so no finite difference applies; the
+    straight-through gradient is checked against torch's fake_quantize autograd, over values that
+    saturate on both sides."""
+    torch = pytest.importorskip("torch")
+    _, dtype, scale, zero, axis = case
+    lo, hi = np.iinfo(dtype).min, np.iinfo(dtype).max
+    x = np.random.default_rng(5).uniform(-1.6, 1.6, (2, 3, 4, 5)).astype(np.float32)
+    x *= np.max(scale) * (hi - lo) / 2
+    attrs = {} if axis is None else {"axis": axis}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], **attrs),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], **attrs)]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, x.shape)],
+                              [numpy_helper.from_array(np.asarray(scale), "s"),
+                               numpy_helper.from_array(np.asarray(zero), "z")])
+    fwd = infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    g = np.random.default_rng(6).standard_normal(x.shape).astype(np.float32)
+    y, grad = session(backward_model(fwd, ["x"])).run(["y", "grad_x"], {"x": x, "g": g})
+    xt = torch.from_numpy(x).requires_grad_()
+    if axis is None:
+        yt = torch.fake_quantize_per_tensor_affine(xt, float(scale), int(zero), int(lo), int(hi))
+    else:
+        yt = torch.fake_quantize_per_channel_affine(xt, torch.from_numpy(scale), torch.from_numpy(
+            zero.astype(np.int32)), axis, int(lo), int(hi))
+    (yt * torch.from_numpy(g)).sum().backward()
+    np.testing.assert_allclose(y, yt.detach().numpy(), atol=1e-6)
+    passed = grad != 0
+    assert 0.2 < passed.mean() < 0.9  # some values saturate, most do not
+    np.testing.assert_allclose(grad, xt.grad.numpy(), atol=1e-6)
+
+
 def test_every_registered_op_has_a_case():
-    covered = {c.op for c in CASES}
+    covered = {c.op for c in CASES} | {"QuantizeLinear", "DequantizeLinear"}  # the fake_quantize test
     assert set(supported_ops()) <= covered, sorted(set(supported_ops()) - covered)

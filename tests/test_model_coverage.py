@@ -535,26 +535,128 @@ def _calibration(count: int = 4):
     return Images()
 
 
-@pytest.mark.parametrize("how", ["static QDQ", "static QOperator", "dynamic"])
-def test_a_model_quantized_by_onnxruntime_is_refused_with_the_way_out(tmp_path, how):
-    """A model whose activations are quantized has no class-score gradients; it used to fail with 'the
-    class output does not depend on the image input' (the integer tensors cut the path)."""
+def _quantized_by_onnxruntime(tmp_path, model: nn.Module, how: str, **options) -> onnx.ModelProto:
     from onnxruntime import quantization as q
 
-    torch.manual_seed(0)
     source, target = tmp_path / "float.onnx", tmp_path / "int8.onnx"
-    onnx.save(export_onnx(PoolNet(nn.MaxPool2d(2)).eval(), (1, 3, 32, 32), opset=17), source)
+    onnx.save(export_onnx(model, (1, 3, 32, 32), opset=17), source)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if how == "dynamic":
             q.quantize_dynamic(str(source), str(target), op_types_to_quantize=["Conv"])
         else:
             fmt = q.QuantFormat.QDQ if how == "static QDQ" else q.QuantFormat.QOperator
-            q.quantize_static(str(source), str(target), _calibration(), quant_format=fmt, per_channel=True)
-    with pytest.raises(ModelInputError, match=r"node '.*' \((QuantizeLinear|DynamicQuantizeLinear)\) "
-                                              r"quantizes values computed from the image.*export the float "
-                                              r"model it was quantized from"):
-        export_model(onnx.load(target))
+            q.quantize_static(str(source), str(target), _calibration(), quant_format=fmt, **options)
+    return onnx.load(target)
+
+
+@pytest.mark.parametrize("how", ["static QOperator", "dynamic"])
+def test_a_model_computing_in_integers_is_refused_with_the_way_out(tmp_path, how):
+    """QLinearConv or ConvInteger on the image's values has no class-score gradients; it used to fail with
+    'the class output does not depend on the image input' (the integer tensors cut the path)."""
+    torch.manual_seed(0)
+    model = PoolNet(nn.MaxPool2d(2)).eval()
+    quantized = _quantized_by_onnxruntime(tmp_path, model, how, per_channel=True)
+    with pytest.raises(ModelInputError, match=r"node '.*' \((QLinearConv|DynamicQuantizeLinear)\) computes "
+                                              r"in integer arithmetic.*quant_format=QuantFormat\.QDQ"):
+        export_model(quantized)
+
+
+class OnnxInTorch(nn.Module):
+    """A QDQ ONNX graph evaluated op by op in torch, each QuantizeLinear -> DequantizeLinear pair as torch's
+    fake_quantize (its own straight-through gradient, stopped where the rounded value saturates): an
+    implementation of the QDQ gradient independent of the export's. Block tensors pass through the
+    Identity modules ``b0``, ``b1``, ... so that hooks (and the PyTorch SISE) can tap them."""
+
+    def __init__(self, model: onnx.ModelProto, blocks: list[str]):
+        super().__init__()
+        self.graph, self.blocks = model.graph, blocks
+        self.taps = nn.ModuleDict({f"b{k}": nn.Identity() for k in range(len(blocks))})
+        self.constants = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy())
+                          for t in model.graph.initializer}
+        self.device_probe = nn.Parameter(torch.zeros(()), requires_grad=False)  # the PyTorch SISE reads it
+
+    def forward(self, x):
+        F = nn.functional
+        values = {**self.constants, self.graph.input[0].name: x.requires_grad_(torch.is_grad_enabled())}
+        quantized = {}  # a QuantizeLinear's output -> (its float input, scale, zero point, integer range)
+        for node in self.graph.node:
+            a = {at.name: helper.get_attribute_value(at) for at in node.attribute}
+            i = [values.get(n) for n in node.input]
+            op = node.op_type
+            if op == "QuantizeLinear":
+                lo, hi = (0, 255) if i[2].dtype == torch.uint8 else (-128, 127)
+                quantized[node.output[0]] = (i[0], i[1], i[2], lo, hi)
+                continue
+            if op == "DequantizeLinear" and node.input[0] in quantized:
+                source, scale, zero, lo, hi = quantized[node.input[0]]
+                assert torch.equal(scale, i[1]) and torch.equal(zero, i[2]) and scale.ndim == 0
+                y = torch.fake_quantize_per_tensor_affine(source, float(scale), int(zero), lo, hi)
+            elif op == "DequantizeLinear":  # constant weights or biases
+                shape = [-1] + [1] * (i[0].ndim - 1) if i[1].ndim == 1 else []
+                y = ((i[0].double() - i[2].double().reshape(shape)) * i[1].double().reshape(shape)).float()
+            elif op == "Conv":
+                pads = a.get("pads", [0, 0, 0, 0])
+                assert pads[:2] == pads[2:]
+                y = F.conv2d(i[0], i[1], i[2] if len(i) > 2 else None, a.get("strides", 1), pads[:2],
+                             a.get("dilations", 1), a.get("group", 1))
+            elif op == "MaxPool":
+                y = F.max_pool2d(i[0], a["kernel_shape"], a.get("strides"), a.get("pads", [0, 0])[:2])
+            elif op == "ReduceMean":
+                y = i[0].mean(dim=a["axes"], keepdim=bool(a.get("keepdims", 1)))
+            elif op == "Gemm":
+                y = i[0] @ (i[1].T if a.get("transB") else i[1]) + i[2]
+            else:
+                raise AssertionError(f"the test's evaluator lacks {op}")
+            if node.output[0] in self.blocks:
+                y = self.taps[f"b{self.blocks.index(node.output[0])}"](y)
+            values[node.output[0]] = y
+        return values[self.graph.output[0].name]
+
+
+def _qdq_pool_net(tmp_path) -> onnx.ModelProto:
+    torch.manual_seed(0)
+    return _quantized_by_onnxruntime(tmp_path, PoolNet(nn.MaxPool2d(2), classes=6).eval(), "static QDQ")
+
+
+QDQ_BLOCKS = ["/r1/Relu_output_0_DequantizeLinear_Output", "/r2/Relu_output_0_DequantizeLinear_Output"]
+
+
+def test_a_qdq_model_is_read_with_the_straight_through_gradient(tmp_path):
+    """onnxruntime's static QDQ quantization (which folds each ReLU into its quantizer's zero point)
+    against torch's fake_quantize: the same activations and gradients."""
+    quantized = _qdq_pool_net(tmp_path)
+    assert not any(n.op_type == "Relu" for n in quantized.graph.node)  # folded into the quantizers
+    result = export_model(quantized)
+    c = result.contract
+    assert [b.tensor for b in c.blocks] == QDQ_BLOCKS
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    target = np.zeros((2, c.num_classes), np.float32)
+    target[0, 1] = 1.0
+    target[1] = np.random.default_rng(2).uniform(-1, 1, c.num_classes)
+    outs = run_model(result.model, {c.input_name: x, c.target_input: target})
+    acts, grads = torch_block_gradients(OnnxInTorch(quantized, QDQ_BLOCKS), ["taps.b0", "taps.b1"], x, target)
+    scales = {n.output[0]: n.input[1] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
+    initializers = {t.name: numpy_helper.to_array(t) for t in quantized.graph.initializer}
+    for b, act, grad in zip(c.blocks, acts, grads):
+        # float convolutions summed in another order may round a value at a level's midpoint the other way
+        step, off = float(initializers[scales[b.tensor]]), np.abs(outs[b.act_output] - act)
+        assert (off > 0).mean() <= 1e-3 and off.max() <= step * 1.001, ((off > 0).sum(), off.max(), step)
+        assert np.abs(grad).max() > 0 and (act == 0).mean() > 0.2  # real gradients, the folded ReLU acts
+        assert rel_err(outs[b.grad_output], grad) <= TOL, (b.tensor, rel_err(outs[b.grad_output], grad))
+
+
+def test_the_engine_explains_a_qdq_model_as_the_torch_sise(tmp_path):
+    """End to end: the engine's SISE of the exported QDQ model against the PyTorch SISE of the same graph
+    run by torch with fake_quantize."""
+    from .test_engine import check_against_reference, smooth_image
+
+    quantized = _qdq_pool_net(tmp_path)
+    path = tmp_path / "int8.sise.onnx"
+    onnx.save(export_model(quantized).model, path)
+    _, counts = check_against_reference(OnnxInTorch(quantized, QDQ_BLOCKS).eval(), ["taps.b0", "taps.b1"],
+                                        str(path), smooth_image((1, 3, 32, 32)))
+    assert sum(counts) > 4, counts
 
 
 def test_constants_the_reference_implementation_cannot_evaluate_stay_unfolded(monkeypatch):
