@@ -13,8 +13,9 @@ Details:
 - Dominators are grouped by spatial size; the last of each group (in topological order) is kept;
   groups holding only pooling outputs and 1x1 tensors are dropped, and so are sizes no convolution on
   the path produces (padded or cropped copies built from Slice and Concat: circular padding, a pad then
-  a crop); zero-padded copies (Pad outputs, e.g. the "same" padding before a strided conv) are never
-  candidates.
+  a crop); copies whose pixels no longer line up with the image are never candidates: zero-padded
+  (Pad outputs, e.g. the "same" padding before a strided conv), flipped, rolled or strided (Slice,
+  Concat or Gather on a spatial axis), and tiles (Tile, which also repeats channels).
 """
 
 from __future__ import annotations
@@ -82,6 +83,29 @@ def _conv_output_sizes(index: GraphIndex, on_path: set[str]) -> set[tuple[int, i
     return sizes
 
 
+def _moves_pixels(index: GraphIndex, node) -> bool:
+    """Whether ``node``'s output holds the values of its input elsewhere than the image put them (its maps
+    would not line up with the image) or twice: padded, flipped, rolled or strided copies, tiles."""
+    if node.op_type in ("Pad", "Tile"):
+        return True
+    if node.op_type in ("Concat", "Gather"):
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        return axis % 4 in (2, 3)
+    if node.op_type == "Slice":
+        before, after = index.info.get(node.input[0]), index.info.get(node.output[0])
+        if before is None or after is None or before.shape is None or after.shape is None:
+            return True
+        if tuple(before.shape[2:]) != tuple(after.shape[2:]):
+            return True
+        axes = index.const_value(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+        steps = index.const_value(node.input[4]) if len(node.input) > 4 and node.input[4] else None
+        if steps is None:
+            return len(node.input) > 4 and bool(node.input[4])  # unknown steps: assume they move
+        axes = range(len(steps)) if axes is None else [int(a) % 4 for a in axes.reshape(-1)]
+        return any(int(step) != 1 and axis in (2, 3) for axis, step in zip(axes, steps.reshape(-1)))
+    return False
+
+
 def discover_blocks(index: GraphIndex, source: str, sink: str) -> list[str]:
     """Automatic block choice, shallow to deep. Raises when nothing qualifies."""
     channels_first = nchw_tensors(index)
@@ -90,7 +114,7 @@ def discover_blocks(index: GraphIndex, source: str, sink: str) -> list[str]:
     for name in dominators(index, source, sink):
         if name not in channels_first or name in index.graph_inputs or not index.info[name].is_float:
             continue  # (a QDQ model's quantized activations are integers; their dequantized copies count)
-        if index.nodes[index.producer[name]].op_type == "Pad":
+        if _moves_pixels(index, index.nodes[index.producer[name]]):
             continue
         shape = index.info[name].shape
         if shape is None or any(d <= 0 for d in shape) or shape[2] * shape[3] <= 1:
