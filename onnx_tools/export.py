@@ -21,6 +21,7 @@ from . import contract as C
 from .blocks import check_explicit_blocks, discover_blocks
 from .errors import AlreadyExportedError, ExportError, ModelInputError
 from .graph import (
+    DEFAULT_DOMAINS,
     GraphIndex,
     check_aligned,
     check_topological,
@@ -82,20 +83,30 @@ def _quantizes(op_type: str) -> bool:
     return op_type.startswith(("QLinear", "DynamicQuantize")) or op_type.endswith("Integer")
 
 
-def _refuse_quantized(model: onnx.ModelProto) -> None:
-    """A model that computes on values from the image in integer arithmetic (QOperator format, dynamic
-    quantization) has no class-score gradients. QDQ models and quantized weights alone are read."""
+def _refuse_unreadable(model: onnx.ModelProto) -> None:
+    """Nodes on values from the image that the export cannot read: ops outside the standard domains
+    (onnxruntime's fused or com.microsoft ops: no shape inference, no gradient) and integer arithmetic
+    (QOperator format, dynamic quantization: no class-score gradients). QDQ models and quantized weights
+    alone are read."""
     initializers = {t.name for t in model.graph.initializer}
     seen = {vi.name for vi in model.graph.input if vi.name not in initializers}
     for node in model.graph.node:
-        if any(i in seen for i in node.input):
-            if _quantizes(node.op_type):
-                raise ModelInputError(
-                    f"node '{node.name or node.output[0]}' ({node.op_type}) computes in integer arithmetic "
-                    "on values from the image, where the class-score gradients SISE needs do not exist; "
-                    "export the float model, or quantize it in QDQ format (onnxruntime: quantize_static("
-                    "..., quant_format=QuantFormat.QDQ)), whose quantize/dequantize pairs are read")
-            seen.update(node.output)
+        if not any(i in seen for i in node.input):
+            continue
+        name = node.name or node.output[0]
+        if node.domain not in DEFAULT_DOMAINS:
+            raise ModelInputError(
+                f"node '{name}' ({node.domain}.{node.op_type}) is outside the standard ONNX domain: the "
+                "export can neither infer its shapes nor differentiate it; com.microsoft ops come from "
+                "onnxruntime's graph optimisations (export the model as saved before them) or its QOperator "
+                "quantization (quantize in QDQ format instead)")
+        if _quantizes(node.op_type):
+            raise ModelInputError(
+                f"node '{name}' ({node.op_type}) computes in integer arithmetic on values from the image, "
+                "where the class-score gradients SISE needs do not exist; export the float model, or "
+                "quantize it in QDQ format (onnxruntime: quantize_static(..., "
+                "quant_format=QuantFormat.QDQ)), whose quantize/dequantize pairs are read")
+        seen.update(node.output)
 
 
 def _upgrade_old_opset(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -136,7 +147,7 @@ def analyse(model: onnx.ModelProto, *, blocks: str | list[str] = "auto",
     (automatic or explicit)."""
     if layout is not None and layout not in LAYOUTS:
         raise ModelInputError(f"--layout {layout}: use NCHW or NHWC")
-    _refuse_quantized(model)
+    _refuse_unreadable(model)
     check_topological(model)
     model = fix_input_shape(model, input_shape)  # a copy: changed in place below
     index = GraphIndex(analysis_copy(model))
@@ -184,7 +195,7 @@ def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", sc
         raise ModelInputError(f"--score '{score}' is not one of {', '.join(C.SCORE_KINDS)}")
     _refuse_exported(model)
     _refuse_training_mode(model)
-    _refuse_quantized(model)
+    _refuse_unreadable(model)
     model = _upgrade_old_opset(copy.deepcopy(model))  # never change the caller's model
     if precision.as_float32(model):
         log.info("the model's float16/bfloat16 weights and types are read in float32 (exact; the engine "

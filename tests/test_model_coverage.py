@@ -679,3 +679,54 @@ def test_constants_the_reference_implementation_cannot_evaluate_stay_unfolded(mo
     kinds = {node.output[0]: node.op_type for node in folded.graph.node}
     assert kinds["flat_scale"] == "Constant"
     assert [kinds[f"{p}.weight"] for p in ("c1", "c2", "fc")] == ["DequantizeLinear"] * 3
+
+
+class Between(nn.Module):
+    """A layer that moves or repeats pixels between two blocks of the same size as the first."""
+
+    def __init__(self, move):
+        super().__init__()
+        self.move = move
+        self.c1, self.r1 = nn.Conv2d(3, 4, 3, 1, 1), nn.ReLU()
+        self.c2, self.r2 = nn.Conv2d(8 if move == "tile" else 4, 6, 3, 2, 1), nn.ReLU()
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x):
+        y = self.r1(self.c1(x))
+        y = {"flip": lambda: torch.flip(y, [3]), "roll": lambda: torch.roll(y, 5, 2),
+             "tile": lambda: y.repeat(1, 2, 1, 1)}[self.move]()
+        return self.fc(self.r2(self.c2(y)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("move", ["flip", "roll", "tile"])
+def test_a_flipped_rolled_or_tiled_copy_is_not_taken_for_the_block(move):
+    """The copy after the ReLU was the last 32x32 tensor every path passes through, so it stood for the
+    block: its maps were mirrored or shifted against the image (or held every channel twice)."""
+    torch.manual_seed(0)
+    model = Between(move).eval()
+    result = check_against_torch(model, export_onnx(model, (1, 3, 32, 32)), (1, 3, 32, 32), ["r1", "r2"])
+    assert result.contract.blocks[0].shape[1] == 4  # r1's channels (equal to torch's r1, checked above)
+
+
+@pytest.mark.parametrize("how", ["optimised by onnxruntime", "QOperator head"])
+def test_an_op_outside_the_onnx_domain_is_named(tmp_path, how):
+    """onnxruntime's FusedConv (a model saved after its extended optimisations) or QGemm (QOperator
+    quantization of a Linear layer) used to end in 'no output shaped [N, num_classes] among ['logits']',
+    since shape inference stops at them: the advice to name the output could not help."""
+    torch.manual_seed(0)
+    model = PoolNet(nn.MaxPool2d(2)).eval()
+    if how == "QOperator head":
+        quantized = _quantized_by_onnxruntime(tmp_path, model, "static QOperator",
+                                              op_types_to_quantize=["Gemm"])
+    else:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(tmp_path / "fused.onnx")
+        ort.InferenceSession(export_onnx(model, (1, 3, 32, 32)).SerializeToString(), options,
+                             providers=["CPUExecutionProvider"])
+        quantized = onnx.load(tmp_path / "fused.onnx")
+    op = "QGemm" if how == "QOperator head" else "FusedConv"
+    assert any(n.domain == "com.microsoft" and n.op_type == op for n in quantized.graph.node)
+    with pytest.raises(ModelInputError, match=rf"\(com\.microsoft\.{op}\) is outside the standard ONNX domain"
+                                              r".*QDQ format"):
+        export_model(quantized, output="logits")
