@@ -122,7 +122,8 @@ def tile(ctx: VjpContext) -> list:
     repeats = _int_list(ctx.const_input(1, "repeats"))
     shape = ctx.shape(ctx.x)
     if repeats[0] != 1:
-        raise UnsupportedVariant("repeating the batch axis is not supported")
+        raise UnsupportedVariant("repeating axis 0 (the batch axis, or an axis added in front of it) is not "
+                                 "supported")
     if all(r == 1 for r in repeats):
         return [ctx.g, None]
     e = ctx.emit
