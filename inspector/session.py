@@ -91,6 +91,13 @@ def resolve_providers(cfg: RuntimeConfig, *, fp32: bool = True, quiet: bool = Fa
     return [(p, cuda_options) if p == "CUDAExecutionProvider" else p for p in chosen]
 
 
+# A QDQ model (QuantizeLinear/DequantizeLinear pairs) runs as its graph says, dequantize -> float op ->
+# quantize: onnxruntime would otherwise fuse each group into an integer kernel (QLinearConv, ...) whose
+# results differ from the graph's by up to tens of quantization steps, and the exported gradients are the
+# graph's. No effect on a model without such pairs.
+QDQ_AS_WRITTEN = ("session.disable_quant_qdq", "1")
+
+
 def make_session(model_bytes: bytes, cfg: RuntimeConfig, what: str, *, fp32: bool = True,
                  quiet: bool = False, weights_folder: str | None = None) -> ort.InferenceSession:
     """``weights_folder``: where the external weights file the graph points into lies (inspector.weights);
@@ -98,6 +105,7 @@ def make_session(model_bytes: bytes, cfg: RuntimeConfig, what: str, *, fp32: boo
     Gemm weight per session) is turned off."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.add_session_config_entry(*QDQ_AS_WRITTEN)
     if weights_folder is not None:
         opts.add_session_config_entry("session.model_external_initializers_file_folder_path", weights_folder)
         opts.add_session_config_entry("session.disable_prepacking", "1")

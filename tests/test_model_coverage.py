@@ -604,6 +604,8 @@ class OnnxInTorch(nn.Module):
                 y = F.max_pool2d(i[0], a["kernel_shape"], a.get("strides"), a.get("pads", [0, 0])[:2])
             elif op == "ReduceMean":
                 y = i[0].mean(dim=a["axes"], keepdim=bool(a.get("keepdims", 1)))
+            elif op == "Relu":
+                y = torch.relu(i[0])
             elif op == "Gemm":
                 y = i[0] @ (i[1].T if a.get("transB") else i[1]) + i[2]
             else:
@@ -643,6 +645,31 @@ def test_a_qdq_model_is_read_with_the_straight_through_gradient(tmp_path):
         step, off = float(initializers[scales[b.tensor]]), np.abs(outs[b.act_output] - act)
         assert (off > 0).mean() <= 1e-3 and off.max() <= step * 1.001, ((off > 0).sum(), off.max(), step)
         assert np.abs(grad).max() > 0 and (act == 0).mean() > 0.2  # real gradients, the folded ReLU acts
+        assert rel_err(outs[b.grad_output], grad) <= TOL, (b.tensor, rel_err(outs[b.grad_output], grad))
+
+
+def test_the_engine_runs_a_qdq_model_as_its_graph_says(tmp_path):
+    """onnxruntime fuses QDQ groups into integer kernels by default, whose results are not the graph's:
+    with symmetric activations the block activations moved by up to 30 quantization steps and the
+    gradients by 8e-3. The engine's sessions run the graph as written (checked against torch's
+    fake_quantize evaluation of the same graph)."""
+    from inspector.config import RuntimeConfig
+    from inspector.session import make_session
+
+    torch.manual_seed(0)
+    quantized = _quantized_by_onnxruntime(tmp_path, PoolNet(nn.MaxPool2d(2), classes=6).eval(), "static QDQ",
+                                          extra_options={"ActivationSymmetric": True})
+    result = export_model(quantized)
+    c = result.contract
+    cpu = RuntimeConfig(providers=("CPUExecutionProvider",))
+    session = make_session(result.model.SerializeToString(), cpu, "explain model")
+    x = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    target = np.eye(c.num_classes, dtype=np.float32)[[2, 4]]
+    names = [o.name for o in session.get_outputs()]
+    outs = dict(zip(names, session.run(names, {c.input_name: x, c.target_input: target})))
+    acts, grads = torch_block_gradients(OnnxInTorch(quantized, QDQ_BLOCKS), ["taps.b0", "taps.b1"], x, target)
+    for b, act, grad in zip(c.blocks, acts, grads):
+        assert (outs[b.act_output] != act).mean() <= 1e-3
         assert rel_err(outs[b.grad_output], grad) <= TOL, (b.tensor, rel_err(outs[b.grad_output], grad))
 
 
@@ -706,6 +733,15 @@ def test_a_flipped_rolled_or_tiled_copy_is_not_taken_for_the_block(move):
     model = Between(move).eval()
     result = check_against_torch(model, export_onnx(model, (1, 3, 32, 32)), (1, 3, 32, 32), ["r1", "r2"])
     assert result.contract.blocks[0].shape[1] == 4  # r1's channels (equal to torch's r1, checked above)
+
+
+def test_a_qdq_model_with_onnxruntimes_contrib_quantizers_is_refused_with_the_way_out(tmp_path):
+    torch.manual_seed(0)
+    quantized = _quantized_by_onnxruntime(tmp_path, PoolNet(nn.MaxPool2d(2)).eval(), "static QDQ",
+                                          extra_options={"UseQDQContribOps": True})
+    with pytest.raises(ModelInputError, match=r"\(com\.microsoft\.QuantizeLinear\) is onnxruntime's contrib "
+                                              r"quantizer.*without extra_options UseQDQContribOps"):
+        export_model(quantized)
 
 
 @pytest.mark.parametrize("how", ["optimised by onnxruntime", "QOperator head"])
