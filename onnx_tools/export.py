@@ -94,6 +94,11 @@ def _refuse_unreadable(model: onnx.ModelProto) -> None:
         if not any(i in seen for i in node.input):
             continue
         name = node.name or node.output[0]
+        if node.domain not in DEFAULT_DOMAINS and node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            raise ModelInputError(
+                f"node '{name}' ({node.domain}.{node.op_type}) is onnxruntime's contrib quantizer, which the "
+                "export does not read; quantize without extra_options UseQDQContribOps (16-bit and 4-bit "
+                "types need opset 21 then), so that the pairs are standard ONNX")
         if node.domain not in DEFAULT_DOMAINS:
             raise ModelInputError(
                 f"node '{name}' ({node.domain}.{node.op_type}) is outside the standard ONNX domain: the "
