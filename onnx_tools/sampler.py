@@ -86,6 +86,12 @@ def _half_precision(nodes: list, inits: list, exported: onnx.ModelProto,
                     contract: Contract) -> tuple[list, list]:
     """The forward nodes computing in float16 between float32 input and output (casts at both ends),
     via onnxconverter-common, which knows which inputs must stay float32 (Resize scales, ...)."""
+    quantizers = [n for n in nodes if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    if quantizers:
+        first = quantizers[0]
+        raise ModelInputError(f"the model is quantized (node '{first.name or first.output[0]}', "
+                              f"{first.op_type}): it runs in its own precision, not in float16; "
+                              "set runtime.fp16: false")
     try:
         from onnxconverter_common import float16
     except ImportError as e:

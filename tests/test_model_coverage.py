@@ -766,3 +766,19 @@ def test_an_op_outside_the_onnx_domain_is_named(tmp_path, how):
     with pytest.raises(ModelInputError, match=rf"\(com\.microsoft\.{op}\) is outside the standard ONNX domain"
                                               r".*QDQ format"):
         export_model(quantized, output="logits")
+
+
+def test_float16_forward_passes_are_refused_for_a_quantized_model(tmp_path):
+    """runtime.fp16 converted the QDQ graph's scales to float16, which onnxruntime rejected with a raw
+    INVALID_GRAPH error when the engine started."""
+    from inspector import Inspector
+    from inspector.errors import ModelContractError
+
+    from .test_engine import IDENTITY_PREPROCESS
+
+    path = tmp_path / "int8.sise.onnx"
+    onnx.save(export_model(_qdq_pool_net(tmp_path)).model, path)
+    with pytest.raises(ModelContractError, match=r"int8\.sise\.onnx: the model is quantized \(node '.*', "
+                                                 r"DequantizeLinear\).*runtime\.fp16: false"):
+        Inspector.from_options(model=str(path), preprocess=IDENTITY_PREPROCESS,
+                               runtime={"providers": ["CPUExecutionProvider"], "fp16": True})
