@@ -721,12 +721,13 @@ class Between(nn.Module):
     def forward(self, x):
         y = self.r1(self.c1(x))
         y = {"flip": lambda: torch.flip(y, [3]), "roll": lambda: torch.roll(y, 5, 2),
-             "tile": lambda: y.repeat(1, 2, 1, 1)}[self.move]()
+             "tile": lambda: y.repeat(1, 2, 1, 1),
+             "pad then crop": lambda: nn.functional.pad(y, (1, 1, 1, 1))[:, :, 2:, 2:]}[self.move]()
         return self.fc(self.r2(self.c2(y)).mean((2, 3)))
 
 
-@pytest.mark.parametrize("move", ["flip", "roll", "tile"])
-def test_a_flipped_rolled_or_tiled_copy_is_not_taken_for_the_block(move):
+@pytest.mark.parametrize("move", ["flip", "roll", "tile", "pad then crop"])
+def test_a_flipped_rolled_tiled_or_shifted_copy_is_not_taken_for_the_block(move):
     """The copy after the ReLU was the last 32x32 tensor every path passes through, so it stood for the
     block: its maps were mirrored or shifted against the image (or held every channel twice)."""
     torch.manual_seed(0)
