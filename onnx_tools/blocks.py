@@ -97,10 +97,12 @@ def _moves_pixels(index: GraphIndex, node) -> bool:
             return True
         if tuple(before.shape[2:]) != tuple(after.shape[2:]):
             return True
-        axes = index.const_value(node.input[3]) if len(node.input) > 3 and node.input[3] else None
-        steps = index.const_value(node.input[4]) if len(node.input) > 4 and node.input[4] else None
+        if len(node.input) <= 4 or not node.input[4]:
+            return False  # unit steps, and the spatial size is kept: the identity on those axes
+        steps = index.const_value(node.input[4])
         if steps is None:
-            return len(node.input) > 4 and bool(node.input[4])  # unknown steps: assume they move
+            return True  # steps computed at run time: assume they move
+        axes = index.const_value(node.input[3]) if node.input[3] else None
         axes = range(len(steps)) if axes is None else [int(a) % 4 for a in axes.reshape(-1)]
         return any(int(step) != 1 and axis in (2, 3) for axis, step in zip(axes, steps.reshape(-1)))
     return False

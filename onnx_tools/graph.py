@@ -6,6 +6,7 @@ Everything downstream (block discovery, the gradient builder, the passes) reads 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -294,6 +295,7 @@ NONDETERMINISTIC_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "Ra
                         "Multinomial", "Bernoulli"}
 
 
+@functools.cache
 def _dequantize_linear():
     """DequantizeLinear for folding: onnx's reference implementation has it from opset 19 only, and the
     weights of a weight-quantized model are DequantizeLinear of constants at any opset."""
