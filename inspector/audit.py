@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import io
 import os
 import sys
 import time
@@ -26,6 +27,7 @@ from .engine import Inspector
 from .errors import InspectorError, OutputError
 from .folders import check_output_folder, is_inside
 from .preprocess import IMAGE_EXTENSIONS
+from .reading import MANIFEST_LIMIT, read_regular
 from .record import Job, explain_and_record_many, result_settings, settings_hash, start_job
 from .report import write_views
 from .stop import Stop
@@ -53,10 +55,12 @@ def list_inputs(source: str) -> list[tuple[str, str]]:
                 if f.lower().endswith(IMAGE_EXTENSIONS) and (os.path.isfile(path) or dangling):
                     out.append((os.path.relpath(path, source).replace(os.sep, "/"), path))
         return sorted(out, key=lambda kp: os.fsencode(kp[0]))
-    if os.path.isfile(source) and source.endswith(".csv"):
+    if os.path.exists(source) and source.endswith(".csv"):  # read_regular refuses a FIFO or device
         try:
-            with open(source, newline="", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f))
+            text = read_regular(source, MANIFEST_LIMIT, what="manifest").decode("utf-8")
+            rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        except OSError as e:
+            raise InspectorError(f"{source}: cannot read the manifest ({e.strerror})") from e
         except UnicodeDecodeError as e:
             raise InspectorError(f"{source}: the manifest is not UTF-8 text "
                                  f"({e.reason} at byte {e.start})") from e

@@ -22,6 +22,7 @@ from onnx_tools import SCORE_KINDS
 
 from .errors import ConfigError
 from .fusion import FUSIONS
+from .reading import CONFIG_LIMIT, read_regular
 from .regions import THRESHOLDS
 
 log = logging.getLogger(__name__)
@@ -398,10 +399,12 @@ def load_config(path: str | os.PathLike) -> InspectorConfig:
     """Read and validate a YAML config file."""
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+        text = read_regular(path, CONFIG_LIMIT, what="config file").decode("utf-8")
+        raw = yaml.safe_load(text)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config ({e.strerror})") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: the config is not UTF-8 text ({e.reason} at byte {e.start})") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from e
     try:

@@ -65,7 +65,7 @@ class Inspector:
         if config.classes is not None and len(config.classes) != c.num_classes:
             raise ConfigError(f"classes: {len(config.classes)} names for a model with "
                               f"{c.num_classes} classes")
-        self.roi = load_roi(config.roi.mask) if config.roi is not None else None
+        self.roi = load_roi(config.roi.mask, config.preprocess.max_pixels) if config.roi is not None else None
         self.sessions = EngineSessions(self.model.explain_bytes, self.model.sampler_bytes,
                                        self.model.scorer_bytes, config.runtime, self.model.weights_folder)
         if config.runtime.fp16 and self.sessions.device != "cuda":

@@ -21,6 +21,7 @@ from . import __version__
 from .atomic import write_atomic
 from .errors import InspectorError, Interrupted, OutputError
 from .folders import check_output_folder
+from .reading import ARTIFACT_LIMIT, read_regular
 from .report import write_views
 from .stop import Stop
 from .store import Store, StoreError, default_url, display_path, display_url
@@ -92,8 +93,7 @@ def _utc(row: dict) -> dict:
 
 def _copy_file(src: str, dst: str, sha256: str) -> None:
     try:
-        with open(src, "rb") as f:
-            data = f.read()
+        data = read_regular(src, ARTIFACT_LIMIT, what="result file")
     except FileNotFoundError as e:
         raise InspectorError(f"{src}: recorded in its store but missing; run that shard's audit again (it "
                              "makes missing files again), then merge") from e

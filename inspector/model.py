@@ -16,6 +16,7 @@ import onnx_tools
 from .config import InspectorConfig
 from .errors import ModelContractError
 from .memory import largest_tensor_bytes
+from .reading import check_regular, open_regular
 from .weights import externalise
 
 log = logging.getLogger(__name__)
@@ -38,15 +39,19 @@ class LoadedModel:
 
 def file_sha256(path: str) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path, what="model file") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
 
 
 def _load_proto(path: str) -> onnx.ModelProto:
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise ModelContractError(f"model {path}: no such file (config key: model)")
+    try:
+        check_regular(path, what="model file")
+    except OSError as e:
+        raise ModelContractError(f"model {path}: cannot read it ({e.strerror}) (config key: model)") from e
     try:
         return onnx.load(path)
     except Exception as e:

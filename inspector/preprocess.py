@@ -21,6 +21,7 @@ import numpy as np
 
 from .config import PreprocessConfig
 from .errors import ImageError
+from .reading import IMAGE_LIMIT_HINT, image_limit, read_regular
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 log = logging.getLogger(__name__)
@@ -48,11 +49,10 @@ class Geometry:
 def read_image(path: str | os.PathLike, *, max_pixels: int) -> np.ndarray:
     """Decode an image file to RGB (or single-channel) without changing its bit depth."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise ImageError(f"{path}: no such file")
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_regular(path, image_limit(max_pixels), what="image file", limit_hint=IMAGE_LIMIT_HINT)
     except OSError as e:
         raise ImageError(f"{path}: cannot read the image ({e.strerror})") from e
     return decode_image(data, path, max_pixels=max_pixels)

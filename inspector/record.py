@@ -33,6 +33,7 @@ from .engine import Inspector
 from .errors import ImageError, InspectorError, OutputError
 from .explanation import Explanation
 from .outputs import artifact_suffixes, render
+from .reading import IMAGE_LIMIT_HINT, image_limit, read_regular
 from .review import Review, review
 from .session import runtime_versions
 from .store import Claim, ClaimLost, ResultKey, Store, StoreError, display_path
@@ -222,8 +223,8 @@ def _claim_input(job: Job, path: str, batch_shas: set[str] = frozenset()) -> Out
     (unreadable, done, failed before, busy elsewhere), or the claim to explain it; the path itself when
     its bytes are those of an image this batch already holds (to be looked up once that is recorded)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_regular(path, image_limit(job.insp.config.preprocess.max_pixels), what="image file",
+                            limit_hint=IMAGE_LIMIT_HINT)
     except OSError as e:
         message = f"{display_path(path)}: cannot read the file ({e.strerror})"
         job.store.record_input(job.scope, job.run_id, path, error=message)

@@ -11,6 +11,7 @@ import numpy as np
 from .config import InspectorConfig
 from .errors import ConfigError
 from .explanation import Explanation
+from .reading import IMAGE_LIMIT_HINT, image_limit, read_regular
 from .regions import Region, find_regions
 
 
@@ -25,8 +26,12 @@ class Review:
                 "flagged": self.flagged}
 
 
-def load_roi(path: str) -> np.ndarray:
-    mask = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+def load_roi(path: str, max_pixels: int) -> np.ndarray:
+    try:
+        data = read_regular(path, image_limit(max_pixels), what="image file", limit_hint=IMAGE_LIMIT_HINT)
+    except OSError as e:
+        raise ConfigError(f"roi.mask: cannot read {path} ({e.strerror})") from e
+    mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE) if data else None
     if mask is None:
         raise ConfigError(f"roi.mask: cannot read {path} as an image (white = part, black = elsewhere)")
     return mask > 127

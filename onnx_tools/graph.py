@@ -33,8 +33,9 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         ModelLoadError: missing, empty, unparsable or truncated file, or a model with external data.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ModelLoadError(f"{path}: no such file")
+    if not os.path.isfile(path):  # a FIFO or device is never opened: reading it could block or never end
+        raise ModelLoadError(f"{path}: not a regular file (a folder, device, FIFO or socket); give the model "
+                             "file" if os.path.exists(path) else f"{path}: no such file")
     if os.path.getsize(path) == 0:
         raise ModelLoadError(f"{path}: the file is empty, not an ONNX model")
     try:

@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import InspectorError
+from ..reading import ARTIFACT_LIMIT, read_regular
 from ..store import StoreError, display_path
 from . import auth, files, queries
 from .export import dataset_zip
@@ -472,8 +473,10 @@ def create_app(station: Station) -> FastAPI:
         path = files.artifact_file(store, load_part(result_id), kind)
         if path is None:
             raise HTTPException(404, f"part {result_id} has no {kind} file in its folder")
-        with open(path, "rb") as fh:
-            body = fh.read()
+        try:
+            body = read_regular(path, ARTIFACT_LIMIT, what="result file")
+        except OSError as e:
+            raise HTTPException(404, f"part {result_id}'s {kind} file cannot be read ({e.strerror})") from e
         return Response(
             body, media_type=files.media_type(path), headers={"Cache-Control": "private, max-age=3600"}
         )

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..outputs import caption_height, display_rgb
 from ..preprocess import decode_image, image_size
+from ..reading import open_regular, read_regular
 from ..store import Store
 
 BROWSER_TYPES = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg", b"BM": "image/bmp"}
@@ -49,7 +50,7 @@ def media_type(path: str) -> str:
 @functools.lru_cache(maxsize=256)
 def _file_sha256(path: bytes, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path, what="image file") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
@@ -75,9 +76,8 @@ def original_bytes(part: dict) -> bytes | None:
     raw = original_path(part)
     if raw is None:
         return None
-    try:
-        with open(raw, "rb") as f:
-            data = f.read()
+    try:  # the file hashed to the part's image a moment ago: its size is the image's
+        data = read_regular(raw, os.stat(raw).st_size, what="image file")
     except OSError:
         return None
     return data if hashlib.sha256(data).hexdigest() == part["image_sha256"] else None
