@@ -163,7 +163,12 @@ def explain_here(job: Job, todo: list[str], stop: Stop, summary: AuditSummary, b
         for first in range(0, len(todo), batch_images):
             if stop.requested:
                 return
-            outcomes = explain_and_record_many(job, todo[first:first + batch_images])
+            try:
+                outcomes = explain_and_record_many(job, todo[first:first + batch_images])
+            except OutputError as e:  # the images recorded before it count
+                for o in e.recorded:
+                    summary.count(o)
+                raise
             busy += [o.path for o in outcomes if o.state == "busy"]
             for o in outcomes:
                 summary.count(o)
@@ -195,7 +200,7 @@ def run_audit(insp: Inspector, source: str, out: str, *, store_url: str | None =
                         source=display_path(os.path.abspath(source)), shard=shard, retry=retry, plan=todo)
         summary = AuditSummary(total=len(todo))
         try:
-            with store.heartbeats(job.run_id):
+            with job.keep_alive():
                 explain(job, todo, stop, summary, insp.batch_images(batch_images), wait_for_others)
         except OutputError as e:
             summary.stopped = str(e)

@@ -283,7 +283,7 @@ def cmd_explain(args) -> int:
         status = "finished"
         try:
             size, i = insp.batch_images(args.batch_images), 0
-            with store.heartbeats(job.run_id):
+            with job.keep_alive():
                 for first in range(0, len(images), size):
                     if stop.requested:
                         break

@@ -29,7 +29,10 @@ class TargetError(InspectorError):
 
 class OutputError(InspectorError):
     """Results could not be written (disk full, permissions, the store): not the image's fault. The run
-    stops; running the same command again continues where it stopped."""
+    stops; running the same command again continues where it stopped. ``recorded``: the outcomes of the
+    inputs handled before the error, when it was raised part-way through a batch."""
+
+    recorded: tuple = ()  # set on the instance where it applies
 
 
 class Interrupted(InspectorError):

@@ -85,14 +85,15 @@ class AuditWorker:
                              shard=shard, retry=retry)
         self.wait_for_others = wait_for_others
         self._beating = contextlib.ExitStack()
-        self._beating.enter_context(self.store.heartbeats(self.job.run_id))
+        self._beating.enter_context(self.job.keep_alive())
 
     def __call__(self, batch: dict) -> dict:
         paths = [os.fsdecode(bytes(p)) for p in batch["path"]]
         try:
             outcomes = {o.path: o for o in explain_and_record_many(self.job, paths)}
         except OutputError as e:  # the run's stop (disk full, the store away), told to the driver as data:
-            return self._rows(paths, ["stopped"] * len(paths), str(e))  # Ray would only retry a raise
+            recorded = {o.path: o.state for o in e.recorded}  # Ray would only retry a raise
+            return self._rows(paths, [recorded.get(p, "stopped") for p in paths], str(e))
         busy = [p for p, o in outcomes.items() if o.state == "busy"]  # e.g. a dead worker's, on another host
         outcomes.update((o.path, o) for o in wait_for_busy(self.job, busy, self.wait_for_others))
         return self._rows(paths, [outcomes[p].state for p in paths], "")

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -107,10 +108,46 @@ class Job:
     target_key: str = "top"
     target: object = None
     retry: bool = True
+    # claims this run could not give back when it had to (the store or its disk was down at that moment):
+    # given back before this run claims anything else, and from the keep-alive thread meanwhile
+    unreleased: list[Claim] = field(default_factory=list, repr=False)
+    _release_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def artifact_dir(self) -> str:
         return os.path.join(self.out_dir, ARTIFACT_DIR)
+
+    def give_back(self, claim: Claim) -> None:
+        """Give a claim back unfinished; when the store cannot take it now, keep it to give back later (a
+        claim kept would leave the image ``running`` under this live process, to nobody's benefit)."""
+        with self._release_lock:
+            if claim not in self.unreleased:
+                self.unreleased.append(claim)
+            self._give_back_unreleased()
+
+    def give_back_unreleased(self) -> int:
+        """Give back the claims kept by :meth:`give_back`; returns how many the store still refuses."""
+        with self._release_lock:
+            return self._give_back_unreleased()
+
+    def _give_back_unreleased(self) -> int:
+        for claim in list(self.unreleased):
+            try:
+                self.store.release(claim, self.run_id)
+            except StoreError as e:
+                log.warning("cannot give back the claim on image %s yet (%s); trying again",
+                            claim.result_id, e)
+                break
+            self.unreleased.remove(claim)
+            log.info("gave back the claim on result %s", claim.result_id)
+        return len(self.unreleased)
+
+    @contextlib.contextmanager
+    def keep_alive(self):
+        """While the block runs: heartbeats for the run, and kept claims given back as soon as the store
+        takes them (a station or a watched folder may wait long for its next image)."""
+        with self.store.heartbeats(self.run_id, upkeep=self.give_back_unreleased):
+            yield
 
 
 def start_job(insp: Inspector, store: Store, *, kind: str, out_dir: str, scope: str | None = None,
@@ -174,8 +211,10 @@ def explain_and_record_many(job: Job, paths: list[str]) -> list[Outcome]:
     """
     held: list[_Held] = []
     current = paths[0] if paths else ""
+    outcomes: list[Outcome | str | None] = []  # None: held; a path: the same bytes as a held one
     try:
-        outcomes: list[Outcome | str | None] = []  # None: held; a path: the same bytes as a held one
+        if job.give_back_unreleased():
+            raise StoreError("claims of an earlier attempt cannot be given back yet")
         for current in paths:
             step = _claim_input(job, current, {item.outcome.image_sha256 for item in held})
             if isinstance(step, _Held):
@@ -200,12 +239,16 @@ def explain_and_record_many(job: Job, paths: list[str]) -> list[Outcome]:
         found = iter(explain_and_record_many(job, later) if later else [])
         return [next(found) if isinstance(o, str) else o for o in outcomes]
     except StoreError as e:
-        raise OutputError(f"cannot record {display_path(current)} in the store: {e}; fix it and run the same "
-                          "command again: it continues where it stopped") from e
+        error = OutputError(f"cannot record {display_path(current)} in the store: {e}; fix it and run the "
+                            "same command again: it continues where it stopped")
+        error.recorded = [o for o in outcomes if isinstance(o, Outcome)]
+        raise error from e
+    except OutputError as e:
+        e.recorded = [o for o in outcomes if isinstance(o, Outcome)]
+        raise
     finally:
-        for item in held:  # claimed, not recorded: give them back for the next run
-            with contextlib.suppress(StoreError):
-                job.store.release(item.claim, job.run_id)
+        for item in held:  # claimed, not recorded: give them back for the next attempt
+            job.give_back(item.claim)
 
 
 @dataclass
@@ -252,7 +295,7 @@ def _record(job: Job, item: _Held, files: dict[str, bytes]) -> Outcome:
         log.warning("%s: taken over by another run while this one explained it", display_path(path))
         again = job.store.claim(item.key, job.run_id, path, retry=False)
         if again.held:  # the other run gave it back unfinished; leave it for the next run
-            job.store.release(again, job.run_id)
+            job.give_back(again)
             return Outcome(path, "busy", again.result_id, outcome.image_sha256)
         return _found(path, again, outcome.image_sha256)
     return outcome
@@ -384,9 +427,7 @@ def _commit(job: Job, claim: Claim, outcome: Outcome, files: dict[str, bytes]) -
         discard_group(temps)  # the result and its files are the new owner's
         raise
     except (OSError, StoreError) as e:
-        discard_group(temps)
-        with contextlib.suppress(StoreError):
-            job.store.release(claim, job.run_id)
+        discard_group(temps)  # the claim is given back by explain_and_record_many
         raise OutputError(f"cannot record the result of {display_path(outcome.path)}: {_reason(e)}; "
                           "fix it (free space, permissions, the database) and run the same command again: "
                           "it continues where it stopped") from e

@@ -74,12 +74,13 @@ def check_folders(in_dir: str, out_dir: str, done_dir: str, failed_dir: str) -> 
 def watch(insp: Inspector, in_dir: str, out_dir: str, done_dir: str | None = None,
           failed_dir: str | None = None, *, store_url: str | None = None, poll: float = 1.0,
           settle: float = 2.0, stop: Stop | None = None, log=print, engine_lock=None, observe=None,
-          warm_up: bool = True, batch_images: int | None = None) -> int:
+          warm_up: bool = True, batch_images: int | None = None, output_state=None) -> int:
     """Run until ``stop.requested``; returns the number of images handled. Done/failed folders default to
     ``<out>/done`` and ``<out>/failed``. Images that settled in the same scan are explained up to
     ``batch_images`` at a time (``Inspector.batch_images``). A service that shares ``insp`` with other
-    threads (the review station) passes the lock they all hold while explaining, and
-    ``observe(outcome, seconds)`` to count."""
+    threads (the review station) passes the lock they all hold while explaining,
+    ``observe(outcome, seconds)`` to count, and ``output_state(message)`` to learn of output errors
+    (the message; None once images are recorded again)."""
     if not os.path.isdir(in_dir):
         raise InspectorError(f"--in {in_dir}: no such folder; create it or check the path (the camera or "
                              "line PC writes images there)")
@@ -101,11 +102,11 @@ def watch(insp: Inspector, in_dir: str, out_dir: str, done_dir: str | None = Non
             log(f"warmed up in {insp.warm_up():.2f} s ({insp.sessions.provider})")
         log(f"watching {display_path(in_dir)} -> {display_path(out_dir)} (done: {display_path(done_dir)}, "
             f"failed: {display_path(failed_dir)}, store: {display_url(store.url)})")
-        with store.heartbeats(job.run_id):
+        with job.keep_alive():
             while not stop.requested:
                 handled += _scan(job, in_dir, done_dir, failed_dir, seen, settle, stop, log,
                                  engine_lock or contextlib.nullcontext(), observe,
-                                 insp.batch_images(batch_images))
+                                 insp.batch_images(batch_images), output_state or (lambda _message: None))
                 if not stop.requested:
                     time.sleep(poll)
     finally:
@@ -117,7 +118,7 @@ def watch(insp: Inspector, in_dir: str, out_dir: str, done_dir: str | None = Non
 
 
 def _scan(job, in_dir, done_dir, failed_dir, seen, settle, stop, log, engine_lock, observe,
-          batch: int) -> int:
+          batch: int, output_state) -> int:
     now = time.monotonic()
     names = _candidates(in_dir)
     for name in list(seen):
@@ -150,8 +151,12 @@ def _scan(job, in_dir, done_dir, failed_dir, seen, settle, stop, log, engine_loc
         except OutputError as e:
             names = ", ".join(display_path(os.path.basename(p)) for p in group)
             log(f"ERROR {names}: {e}; trying again in {RETRY_PAUSE:.0f} s")
-            time.sleep(RETRY_PAUSE)
+            output_state(str(e))
+            for outcome in e.recorded:  # recorded before the error: filed away as usual
+                handled += _handled(job, outcome, done_dir, failed_dir, log, observe, 0.0)
+            stop.wait(RETRY_PAUSE)
             continue
+        output_state(None)
         seconds = (time.perf_counter() - start) / len(group)
         for outcome in outcomes:
             handled += _handled(job, outcome, done_dir, failed_dir, log, observe, seconds)

@@ -40,12 +40,30 @@ def _as_user(user: str | None, args: list[str]) -> list[str]:
     return ["runuser", "-u", user, "--", *args]
 
 
+class Server:
+    """A running throwaway server that a test may stop and start again (an outage): ``url`` (without a
+    database name), :meth:`stop`, :meth:`start`."""
+
+    def __init__(self, bindir: str, user: str | None, folder: str, port: int):
+        self.bindir, self.user, self.folder, self.port = bindir, user, folder, port
+        self.data, self.log = os.path.join(folder, "data"), os.path.join(folder, "log")
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+
+    def _pg_ctl(self, *args: str, check: bool) -> None:
+        subprocess.run(_as_user(self.user, [f"{self.bindir}/pg_ctl", "-D", self.data, *args]),
+                       check=check, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._pg_ctl("-l", self.log, "-w", "-o", options, "start", check=True)
+
+    def stop(self, mode: str = "fast") -> None:
+        self._pg_ctl("-m", mode, "-w", "stop", check=False)
+
+
 @contextlib.contextmanager
-def postgres_server():
-    """Yields a server URL (``postgresql+psycopg://postgres@127.0.0.1:PORT``) without a database name."""
-    if os.environ.get("SISE_TEST_POSTGRES_URL"):
-        yield os.environ["SISE_TEST_POSTGRES_URL"].rstrip("/")
-        return
+def own_server():
+    """A server of the test's own (never the session's, which other tests use): yields a :class:`Server`."""
     bindir = _binaries()
     if bindir is None:
         message = "PostgreSQL server programs (initdb, pg_ctl) not found; apt-get install postgresql"
@@ -58,21 +76,27 @@ def postgres_server():
         user = "postgres"
         entry = pwd.getpwnam(user)
         os.chown(folder, entry.pw_uid, entry.pw_gid)
-    port = _free_port()
-    data, log = os.path.join(folder, "data"), os.path.join(folder, "log")
+    server = Server(bindir, user, folder, _free_port())
     try:
-        subprocess.run(_as_user(user, [f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres",
+        subprocess.run(_as_user(user, [f"{bindir}/initdb", "-D", server.data, "-A", "trust", "-U", "postgres",
                                        "--no-sync"]), check=True, capture_output=True, timeout=120)
-        subprocess.run(_as_user(user, [f"{bindir}/pg_ctl", "-D", data, "-l", log, "-w", "-o",
-                                       f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off",
-                                       "start"]), check=True, capture_output=True, timeout=120)
+        server.start()
         try:
-            yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+            yield server
         finally:
-            subprocess.run(_as_user(user, [f"{bindir}/pg_ctl", "-D", data, "-m", "fast", "-w", "stop"]),
-                           capture_output=True, timeout=120, check=False)
+            server.stop()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_server():
+    """Yields a server URL (``postgresql+psycopg://postgres@127.0.0.1:PORT``) without a database name."""
+    if os.environ.get("SISE_TEST_POSTGRES_URL"):
+        yield os.environ["SISE_TEST_POSTGRES_URL"].rstrip("/")
+        return
+    with own_server() as server:
+        yield server.url
 
 
 def new_database(server: str) -> str:

@@ -450,6 +450,7 @@ def test_simulated_enospc_and_transient_failures_in_process(tmp_path, monkeypatc
     s = run_audit(insp, str(inp), str(out))
     assert s.exit_code == 3 and "No space left on device" in s.stopped
     assert [r["status"] for r in s.rows].count("done") == 1 and s.failed == 0
+    assert s.explained == 1  # recorded before the disk filled, in the same batch: counted
     assert not [n for n in os.listdir(out / "images") if n.endswith(".part")]
     assert len(os.listdir(out / "images")) == 4  # the one finished image; the second's files were removed
     monkeypatch.setattr(atomic, "_write_temp", real_write)

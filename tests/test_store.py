@@ -292,3 +292,51 @@ def test_reviewers_at_once_each_see_the_others_verdict_as_previous(store_url):
     assert len(rows) == 20 and len({r.label for r in rows}) == 20
     assert rows[0].previous_label == "class3"  # the model's label came first
     assert all(rows[i].previous_label == rows[i - 1].label for i in range(1, 20))
+
+
+@pytest.mark.parametrize("stored", ["'abc'", "0", "-3", "2.5", "two rows", "no row"])
+def test_a_schema_version_that_is_not_a_known_number_is_refused_in_one_line(tmp_path, stored):
+    """Hand-edited or foreign stores: no upgrade step runs on them (0 re-ran the newest step, -3 ran all
+    of them again over existing tables, 'abc' was an unexpected TypeError)."""
+    url = "sqlite:///" + str(tmp_path / "results.db")
+    Store(url).close()
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        if stored == "two rows":
+            conn.execute(sa.text("INSERT INTO schema_version (version) VALUES (1)"))
+        elif stored == "no row":
+            conn.execute(sa.text("DELETE FROM schema_version"))
+        else:
+            conn.execute(sa.text(f"UPDATE schema_version SET version = {stored}"))
+        before = sorted(sa.inspect(conn).get_table_names())
+    engine.dispose()
+    for readonly in (False, True):
+        with pytest.raises(StoreError) as caught:
+            Store(url, readonly=readonly)
+        message = str(caught.value)
+        assert "schema_version table holds" in message and "\n" not in message, message
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        assert sorted(sa.inspect(conn).get_table_names()) == before  # nothing was run on it
+    engine.dispose()
+
+
+def test_runs_that_ended_without_a_word_are_marked_interrupted_when_the_next_run_starts(store_url):
+    """A run killed, or cut off from the store when it stopped, stays 'running' in the runs table (and the
+    report) until the next run starts: then it is 'interrupted'. Live runs, here and elsewhere, stay."""
+    with Store(store_url) as store:
+        killed, elsewhere_dead, elsewhere_alive, live = (new_run(store) for _ in range(4))
+        with store.begin() as conn:
+            now = store_module.db_now(conn)
+            conn.execute(sa.update(runs).where(runs.c.id == killed).values(pid=dead_pid()))
+            conn.execute(sa.update(runs).where(runs.c.id.in_([elsewhere_dead, elsewhere_alive]))
+                         .values(host="another-machine 1234 99"))
+            conn.execute(sa.update(runs).where(runs.c.id == elsewhere_dead)
+                         .values(heartbeat_at=now - store_module.STALE_AFTER - timedelta(seconds=5)))
+        new_run(store)
+        status = {r: store.run(r) for r in (killed, elsewhere_dead, elsewhere_alive, live)}
+    assert [status[r]["status"] for r in (killed, elsewhere_dead)] == ["interrupted"] * 2
+    assert all(status[r]["ended_at"] is not None and "ended without noting it" in status[r]["message"]
+               for r in (killed, elsewhere_dead))
+    assert [status[r]["status"] for r in (elsewhere_alive, live)] == ["running"] * 2
+    assert all(status[r]["ended_at"] is None for r in (elsewhere_alive, live))

@@ -14,6 +14,7 @@ import contextlib
 import hmac
 import os
 import secrets
+import time
 from datetime import datetime, timedelta, timezone
 from importlib.resources import files as package_files
 from typing import Annotated
@@ -127,6 +128,16 @@ Reviewer = Annotated[auth.User, Depends(PageUser("reviewer"))]
 Admin = Annotated[auth.User, Depends(PageUser("admin"))]
 ApiViewer = Annotated[auth.User, Depends(ApiUser("viewer"))]
 ApiReviewer = Annotated[auth.User, Depends(ApiUser("reviewer"))]
+DEFAULT_WAIT, MAX_WAIT, POLL_SECONDS = 10.0, 120.0, 0.25  # seconds, for an image another process explains
+_BUSY = {"description": "Accepted: another station or audit is explaining this image right now; no result "
+                        "yet. Poll the Location header's URL (Retry-After: seconds) until it answers 200.",
+         "headers": {"Location": {"description": "the result to poll", "schema": {"type": "string"}},
+                     "Retry-After": {"description": "seconds", "schema": {"type": "integer"}}}}
+EXPLAIN_RESPONSES = {200: {"description": "the image was explained before: its stored result"},
+                     201: {"description": "explained now: the result"}, 202: _BUSY,
+                     422: {"description": "not a readable image: recorded as a failed part"},
+                     503: {"description": "the result cannot be recorded now (store or disk); send it again"}}
+RESULT_RESPONSES = {200: {"description": "the result"}, 202: _BUSY, 404: {"description": "no such result"}}
 MAX_ID = 2**63 - 1  # the database's integer range: larger ids are no part, not a crash
 Page = Annotated[int, Query(ge=0, le=10**6)]
 PartId = Annotated[int, FastPath(ge=1, le=MAX_ID)]
@@ -524,28 +535,68 @@ def create_app(station: Station) -> FastAPI:
         )
 
     # ----- the line's API -------------------------------------------------------------------------------
-    @app.post("/api/v1/explain", status_code=201, tags=["line"])
+    @app.post("/api/v1/explain", status_code=201, tags=["line"], responses=EXPLAIN_RESPONSES)
     def api_explain(
         user: ApiReviewer,
         image: Annotated[UploadFile, File(description="the part's image file")],
+        wait: Annotated[
+            float,
+            Query(ge=0, le=MAX_WAIT, description="seconds to wait for an image that another station or "
+                  "audit is explaining at this moment, before answering 202"),
+        ] = DEFAULT_WAIT,
     ):
         """Explain one image (PNG, JPEG, BMP, TIFF, WebP, PNM) and record it; the same image sent again
-        returns the stored result. 411/413/401 (before the body is read: see ``_refuse_body``), 413: too
-        many bytes or pixels, 415: a format whose size no header check reads, 422: a damaged image
-        (recorded as a failed part)."""
+        returns the stored result. Every 200 and 201 carries the result. An image that another process
+        is explaining right now is waited for up to ``wait`` seconds, then answered ``202 Accepted`` with
+        a ``Location`` to poll (``GET /api/v1/results/{id}``: 202 while it runs, 200 with the result).
+        411/413/401 (before the body is read: see ``_refuse_body``), 413: too many bytes or pixels, 415:
+        a format whose size no header check reads, 422: a damaged image (recorded as a failed part),
+        503: the result cannot be recorded now (the store or the disk)."""
         data = image.file.read(station.settings.max_upload_bytes + 1)
-        try:
-            outcome = station.explain_upload(data, image.filename)
-        except UploadRefused as e:
-            raise HTTPException(e.status, str(e)) from e
-        except InspectorError as e:
-            raise HTTPException(503, str(e)) from e
+        deadline = time.monotonic() + wait
+        for _ in range(5):  # an image given back unfinished by the other process is explained here
+            try:
+                outcome = station.explain_upload(data, image.filename)
+            except UploadRefused as e:
+                raise HTTPException(e.status, str(e)) from e
+            except InspectorError as e:
+                raise HTTPException(503, str(e)) from e
+            if outcome.state != "busy":
+                break
+            row = wait_until_finished(outcome.result_id, deadline)
+            if row is not None:
+                return still_running(row) if row["status"] == "running" else done_elsewhere(row)
+        else:
+            raise HTTPException(503, "the image was claimed and given back by other processes several "
+                                "times in a row; send it again")
         row = load_part(outcome.result_id)
         body = _api_result(row, station.class_names)
         body["state"] = outcome.state
         if row["status"] == "failed":
             return JSONResponse(body, status_code=422)
         return JSONResponse(body, status_code=201 if outcome.state == "explained" else 200)
+
+    def wait_until_finished(result_id: int, deadline: float) -> dict | None:
+        """The result's row once it is no longer running, or at the deadline; None once it is gone."""
+        while True:
+            row = queries.part(store, result_id)
+            if row is None or row["status"] != "running" or time.monotonic() >= deadline:
+                return row
+            time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+
+    def done_elsewhere(row: dict) -> JSONResponse:
+        """The result another process finished while this request waited (as for an image sent again)."""
+        body = _api_result(load_part(row["id"]), station.class_names)
+        body["state"] = "done" if row["status"] == "done" else "skipped_failed"
+        return JSONResponse(body, status_code=422 if row["status"] == "failed" else 200)
+
+    def still_running(row: dict) -> JSONResponse:
+        location = f"/api/v1/results/{row['id']}"
+        body = {"result_id": row["id"], "image_sha256": row["image_sha256"], "status": "running",
+                "state": "busy", "location": location,
+                "detail": "another station or audit is explaining this image now; GET the location until "
+                          "it answers 200 with the result"}
+        return JSONResponse(body, status_code=202, headers={"Location": location, "Retry-After": "1"})
 
     @app.get("/api/v1/results", tags=["line"])
     def api_results(
@@ -575,9 +626,14 @@ def create_app(station: Station) -> FastAPI:
             )
         return {"results": items, "next": following}
 
-    @app.get("/api/v1/results/{result_id}", tags=["line"])
+    @app.get("/api/v1/results/{result_id}", tags=["line"], responses=RESULT_RESPONSES)
     def api_result(user: ApiViewer, result_id: PartId):
+        """One result with its verdict history; 202 with ``Location`` while it is still being explained,
+        404 when there is no such result (an explanation given up unfinished leaves none: send the image
+        again)."""
         row = load_part(result_id)
+        if row["status"] == "running":
+            return still_running(row)
         body = _api_result(row, station.class_names)
         body["history"] = [_api_review(h) for h in row["history"]]
         return body
@@ -610,7 +666,9 @@ def create_app(station: Station) -> FastAPI:
     @app.head("/healthz", include_in_schema=False)
     @app.get("/healthz", tags=["ops"])
     def healthz():
-        """200 when the store answers and (with --watch) the folder is being watched; 503 otherwise."""
+        """200 when the store answers, results can be recorded (the station's folder writable with 16 MiB
+        free, no claim waiting to be given back) and (with --watch) the folder is watched and its images
+        recorded; 503 with the problems otherwise."""
         problems = []
         try:
             with store.read() as conn:  # also fails when an SQLite store's file was deleted or replaced
@@ -620,6 +678,7 @@ def create_app(station: Station) -> FastAPI:
         for place in store.writable_places():
             if not os.access(place, os.W_OK):
                 problems.append(f"store: {display_path(place)} cannot be written (permissions, read-only?)")
+        problems += station.output_problems()
         if station.settings.watch_dir and not station.watching:
             problems.append(f"watch: {station.watch_error or 'not running'}")
         body = {

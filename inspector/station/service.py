@@ -22,6 +22,7 @@ from ..watch import _candidates, watch
 
 log = logging.getLogger("inspector.station")
 UPLOAD_DIR = "uploads"
+MIN_FREE_BYTES = 16 * 2**20  # less free space than this under the station's folder fails /healthz
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -95,6 +96,9 @@ class Station:
         self._threads: list[threading.Thread] = []
         self._heartbeats = None
         self.watch_error: str | None = None
+        # the watched folder's output error while its images cannot be recorded (it tries again by itself;
+        # an upload's is told to its client)
+        self.watch_output_error: str | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -113,7 +117,7 @@ class Station:
         with self.engine_lock:
             seconds = self.insp.warm_up()
         log.info("warmed up in %.2f s (%s)", seconds, self.insp.sessions.provider)
-        self._heartbeats = self.store.heartbeats(self.job.run_id)
+        self._heartbeats = self.job.keep_alive()
         self._heartbeats.__enter__()
         if self.settings.watch_dir:
             thread = threading.Thread(target=self._watch, name="station-watch", daemon=True)
@@ -145,10 +149,30 @@ class Station:
                 engine_lock=self.engine_lock,
                 observe=self.metrics.observe,
                 warm_up=False,
+                output_state=lambda message: setattr(self, "watch_output_error", message),
             )
         except Exception as e:  # noqa: BLE001 - shown on /healthz; the uploads go on
             self.watch_error = str(e) if isinstance(e, InspectorError) else f"{type(e).__name__}: {e}"
             log.error("watching %s stopped: %s", display_path(self.settings.watch_dir), self.watch_error)
+
+    def output_problems(self) -> list[str]:
+        """Why results may not be recorded now: the output folder unwritable or (nearly) full, claims the
+        store has not taken back yet, the watched folder's images failing to be recorded."""
+        problems = []
+        if not os.access(self.out_dir, os.W_OK | os.X_OK):
+            problems.append(f"out: {display_path(self.out_dir)} cannot be written (permissions, read-only?)")
+        with contextlib.suppress(OSError):
+            st = os.statvfs(self.out_dir)
+            free = st.f_bavail * st.f_frsize
+            if free < MIN_FREE_BYTES:
+                problems.append(f"out: only {free // 1024} KiB free on the disk of "
+                                f"{display_path(self.out_dir)}; free space there")
+        kept = len(self.job.unreleased)
+        if kept:
+            problems.append(f"store: {kept} claim(s) not given back yet (the store refused them)")
+        if self.watch_output_error:
+            problems.append(f"watch: {self.watch_output_error}")
+        return problems
 
     @property
     def watching(self) -> bool:

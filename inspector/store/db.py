@@ -146,7 +146,7 @@ def _upgrade(conn: sa.Connection, url: str) -> None:
         metadata.create_all(conn)
         conn.execute(sa.insert(schema_version).values(version=SCHEMA_VERSION))
         return
-    version = conn.execute(sa.select(schema_version.c.version)).scalar_one()
+    version = _version(conn, url)
     if version > SCHEMA_VERSION:
         raise StoreError(f"{display_url(url)}: made by a newer sise-inspector (schema {version}, this one "
                          f"knows {SCHEMA_VERSION}); upgrade sise-inspector")
@@ -156,11 +156,27 @@ def _upgrade(conn: sa.Connection, url: str) -> None:
         conn.execute(sa.update(schema_version).values(version=SCHEMA_VERSION))
 
 
+def _version(conn: sa.Connection, url: str) -> int:
+    """The store's schema version: one row holding a whole number from 1 on (what else is there was not
+    written by sise-inspector, and no upgrade step may run on it)."""
+    values = [row[0] for row in conn.execute(sa.text("SELECT version FROM schema_version")).all()]
+    version = values[0] if len(values) == 1 else None
+    if isinstance(version, str) and version.strip().isdigit():
+        version = int(version)  # SQLite keeps what it was given; a digit string is still that number
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        found = "no row" if not values else ", ".join(repr(v) for v in values[:3])
+        raise StoreError(f"{display_url(url)}: its schema_version table holds {found}, not one version "
+                         f"number from 1 to {SCHEMA_VERSION}; this is not a store sise-inspector wrote, or "
+                         "it was edited by hand: restore it from a backup or point --store at a new "
+                         "database")
+    return version
+
+
 def check_version(conn: sa.Connection, url: str) -> None:
     """For a store opened read-only: it must be at this code's version."""
     if "schema_version" not in sa.inspect(conn).get_table_names():
         raise StoreError(f"{display_url(url)}: not a results store (no schema_version table)")
-    version = conn.execute(sa.select(schema_version.c.version)).scalar_one()
+    version = _version(conn, url)
     if version != SCHEMA_VERSION:
         raise StoreError(f"{display_url(url)}: schema version {version}, this sise-inspector reads "
                          f"{SCHEMA_VERSION}; open it once for writing with the newer of the two "

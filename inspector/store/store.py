@@ -34,6 +34,7 @@ from .db import (
 from .schema import artifacts, images, inputs, results, reviews, runs
 
 HEARTBEAT_SECONDS = 30.0
+UPKEEP_SECONDS = 2.0  # how often a run tries again to give back claims the store could not take back
 STALE_AFTER = timedelta(seconds=180)  # a run that sent no heartbeat for this long is presumed dead
 
 
@@ -77,7 +78,7 @@ class Claim:
         return self.state in ("new", "retry", "takeover", "redo")
 
 
-def _db_now(conn: sa.Connection) -> datetime:
+def db_now(conn: sa.Connection) -> datetime:
     """The database's clock in UTC: every run's heartbeats are written and judged on one clock."""
     if conn.dialect.name == "sqlite":
         text = conn.execute(sa.text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")).scalar_one()
@@ -182,7 +183,8 @@ class Store:
         """Register a run; with ``plan``, also its complete list of inputs, in the same transaction (so a
         run in the store always has its plan): the scope's inputs become exactly these paths."""
         with self.begin() as conn:
-            now = _db_now(conn)
+            now = db_now(conn)
+            self._note_interrupted(conn, now)
             run_id = conn.execute(sa.insert(runs).values(
                 kind=kind, scope=scope, settings_hash=settings_hash, model_sha256=model_sha256, config=config,
                 source=source, shard_index=shard[0], shard_count=shard[1],
@@ -193,10 +195,24 @@ class Store:
                 self._plan(conn, scope, run_id, plan, now)
         return run_id
 
+    @staticmethod
+    def _note_interrupted(conn: sa.Connection, now: datetime) -> None:
+        """Runs that ended without noting it (killed, or the store was away when they stopped) are marked
+        ``interrupted``: their process on this machine is gone, or, elsewhere, their heartbeats stopped."""
+        rows = conn.execute(sa.select(runs.c.id, runs.c.host, runs.c.pid, runs.c.heartbeat_at)
+                            .where(runs.c.ended_at.is_(None))).all()
+        dead = [row.id for row in rows
+                if (not process_alive(row.pid) if row.host == HOST
+                    else as_utc(now) - as_utc(row.heartbeat_at) > STALE_AFTER)]
+        if dead:
+            conn.execute(sa.update(runs).where(runs.c.id.in_(dead), runs.c.ended_at.is_(None)).values(
+                status="interrupted", ended_at=now,
+                message="ended without noting it (killed, or the store was unreachable when it stopped)"))
+
     def end_run(self, run_id: int, status: str, message: str | None = None) -> None:
         with self.begin() as conn:
             conn.execute(sa.update(runs).where(runs.c.id == run_id).values(
-                status=status, message=message, ended_at=utcnow(), heartbeat_at=_db_now(conn)))
+                status=status, message=message, ended_at=utcnow(), heartbeat_at=db_now(conn)))
 
     def end_dead_runs(self, scope: str, after: int, status: str, grace: float = 0.0) -> int:
         """End the unfinished runs of ``scope`` started after run ``after`` whose process on this machine is
@@ -223,17 +239,27 @@ class Store:
 
     def heartbeat(self, run_id: int) -> None:
         with self.begin() as conn:
-            conn.execute(sa.update(runs).where(runs.c.id == run_id).values(heartbeat_at=_db_now(conn)))
+            conn.execute(sa.update(runs).where(runs.c.id == run_id).values(heartbeat_at=db_now(conn)))
 
     @contextlib.contextmanager
-    def heartbeats(self, run_id: int, every: float = HEARTBEAT_SECONDS):
-        """Send heartbeats from a background thread while the block runs (an image may take minutes)."""
+    def heartbeats(self, run_id: int, every: float = HEARTBEAT_SECONDS, *, upkeep=None,
+                   upkeep_every: float = UPKEEP_SECONDS):
+        """Send heartbeats from a background thread while the block runs (an image may take minutes), and
+        call ``upkeep()`` every ``upkeep_every`` seconds there (a store error in either is tried again at
+        the next turn)."""
         stop = threading.Event()
+        tick = min(every, upkeep_every) if upkeep is not None else every
 
         def beat():
-            while not stop.wait(every):
-                with contextlib.suppress(StoreError):
-                    self.heartbeat(run_id)
+            last = time.monotonic()
+            while not stop.wait(tick):
+                if upkeep is not None:
+                    with contextlib.suppress(StoreError):
+                        upkeep()
+                if time.monotonic() - last >= every:
+                    last = time.monotonic()
+                    with contextlib.suppress(StoreError):
+                        self.heartbeat(run_id)
         thread = threading.Thread(target=beat, name="store-heartbeat", daemon=True)
         thread.start()
         try:
@@ -323,7 +349,7 @@ class Store:
                 if row is None:  # released by its owner between our insert and our read: try again
                     continue
                 state = "redo" if redo and row["status"] == "done" else \
-                    self._decide(row, run_id, retry, _db_now(conn))
+                    self._decide(row, run_id, retry, db_now(conn))
                 if state in ("done", "failed", "busy"):
                     return Claim(state, row["id"])
                 took = conn.execute(sa.update(results).where(
