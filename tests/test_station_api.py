@@ -861,15 +861,16 @@ def test_odd_addresses_get_answers_not_server_errors(st, session):
 def test_password_guessing_is_slowed_down(st, monkeypatch):
     """Ten wrong passwords in ten minutes lock the user name for five minutes (the right password too),
     then it opens again."""
-    clock = [1000.0]
-    monkeypatch.setattr(auth, "time_source", lambda: clock[0])
-    monkeypatch.setattr(auth, "_FAILURES", {})
+    from datetime import datetime, timedelta, timezone
+
+    clock = [datetime(2031, 1, 1, tzinfo=timezone.utc)]  # the failures' clock (the database's otherwise)
+    monkeypatch.setattr(auth, "clock", lambda _conn: clock[0])
     auth.add_user(st.station.store, "line9", "right-password", "reviewer")
     for _ in range(10):
         assert st.client.get("/api/v1/results", auth=("line9", "wrong-password")).status_code == 401
     locked = st.client.get("/api/v1/results", auth=("line9", "right-password"))
     assert locked.status_code == 429 and "too many wrong passwords" in locked.json()["detail"]
-    clock[0] += auth.LOCK_SECONDS + 1
+    clock[0] += timedelta(seconds=auth.LOCK_SECONDS + 1)
     assert st.client.get("/api/v1/results", auth=("line9", "right-password")).status_code == 200
 
 

@@ -180,11 +180,11 @@ def test_paths_that_are_not_utf8_are_kept_byte_for_byte(store_url):
     assert row["source_path"] == "/line3/lot\\xff\\xfe #7/caf\\xe9.png"
 
 
-LATER_TABLES = ("reviews", "users", "sessions")  # made by the upgrades to versions 2 and 3
+LATER_TABLES = ("reviews", "users", "sessions", "login_failures")  # made by the upgrades to versions 2-4
 
 
 def _back_to_version_1(conn: sa.Connection) -> None:
-    for name in ("sessions", "users", "reviews"):
+    for name in ("login_failures", "sessions", "users", "reviews"):
         conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
     conn.execute(sa.text("DROP INDEX IF EXISTS ix_results_finished"))
     conn.execute(sa.update(schema_version).values(version=1))
@@ -213,8 +213,9 @@ def test_a_version_1_store_is_upgraded_with_its_data(store_url):
     engine.dispose()
     with Store(store_url) as store:
         with store.begin() as conn:
-            assert conn.execute(sa.select(schema_version.c.version)).scalar_one() == SCHEMA_VERSION == 3
+            assert conn.execute(sa.select(schema_version.c.version)).scalar_one() == SCHEMA_VERSION == 4
             assert "ix_results_finished" in {i["name"] for i in sa.inspect(conn).get_indexes("results")}
+            assert {"users", "sessions", "login_failures"} <= set(sa.inspect(conn).get_table_names())
         assert store.result(claim.result_id)["prediction_name"] == "class3"
         first = store.add_review(claim.result_id, verdict="overrule", label="ok", reviewer="operator 7")
         second = store.add_review(claim.result_id, verdict="confirm", label="ok", reviewer="operator 9")

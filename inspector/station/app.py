@@ -12,6 +12,7 @@ import base64
 import binascii
 import contextlib
 import hmac
+import ipaddress
 import os
 import secrets
 import time
@@ -76,10 +77,20 @@ def current_user(request: Request) -> auth.User | None:
         except (binascii.Error, UnicodeDecodeError):
             return None
         try:
-            return auth.check_password(store, name, password)
+            return auth.check_password(store, name, password, client_address(request))
         except auth.TooManyAttempts as e:
             raise HTTPException(429, str(e)) from e
     return auth.session_user(store, request.cookies.get(COOKIE))
+
+
+def client_address(request: Request) -> str | None:
+    """The peer's address, for the lock-out by address; None for this machine (a reverse proxy on it
+    would make every client one address, and one guesser would lock everybody out)."""
+    host = request.client.host if request.client else None
+    try:
+        return None if host is None or ipaddress.ip_address(host).is_loopback else host
+    except ValueError:
+        return host
 
 
 def csrf_ok(request: Request, user: auth.User, sent: str | None) -> bool:
@@ -309,7 +320,7 @@ def create_app(station: Station) -> FastAPI:
                 status_code=303,
             )
         try:
-            user = auth.check_password(store, username, password)
+            user = auth.check_password(store, username, password, client_address(request))
         except auth.TooManyAttempts as e:
             return RedirectResponse("/login?" + urlencode({"next": next, **signed(str(e))}), status_code=303)
         if user is None:

@@ -13,14 +13,15 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
 from ..errors import InspectorError
 from ..store import Store
 from ..store.db import as_utc, utcnow
-from ..store.schema import sessions, users
+from ..store.schema import login_failures, sessions, users
+from ..store.store import db_now
 
 ROLES = ("viewer", "reviewer", "admin")  # each role may do what the ones before it may
 SESSION_HOURS = 12.0  # a shift and a half: an operator logs in once per shift
@@ -110,24 +111,40 @@ class TooManyAttempts(InspectorError):
     """Too many wrong passwords for one user name in a short time."""
 
 
-FAILURES_ALLOWED, FAILURE_WINDOW, LOCK_SECONDS = 10, 600.0, 300.0
-_FAILURES: dict[str, list[float]] = {}  # user name -> times of recent wrong passwords
+# Wrong passwords are rows of the store (``login_failures``, on the database's clock): every station on
+# the store counts them, a restart keeps them, and no number of other names makes them forgotten.
+FAILURES_ALLOWED, FAILURE_WINDOW, LOCK_SECONDS = 10, 600.0, 300.0  # per user name
+ADDRESS_FAILURES_ALLOWED = 30  # per client address (any names), in the same window, locked as long
 
 
-def _note_failure(username: str, now: float) -> None:
-    recent = [t for t in _FAILURES.get(username, []) if now - t < FAILURE_WINDOW]
-    _FAILURES[username] = [*recent, now]
-    if len(_FAILURES) > 10000:
-        _FAILURES.clear()
+def clock(conn: sa.Connection) -> datetime:
+    """The time failures are written and judged by: the database's (the tests replace it)."""
+    return db_now(conn)
 
 
-def _check_not_locked(username: str, now: float) -> None:
-    recent = [t for t in _FAILURES.get(username, []) if now - t < FAILURE_WINDOW]
-    if len(recent) >= FAILURES_ALLOWED and now - recent[-1] < LOCK_SECONDS:
-        raise TooManyAttempts(
-            f"too many wrong passwords for {username}; try again in "
-            f"{int(LOCK_SECONDS - (now - recent[-1])) + 1} s"
-        )
+def _note_failure(store: Store, username: str, address: str | None) -> None:
+    with store.begin() as conn:
+        now = clock(conn)
+        conn.execute(sa.delete(login_failures).where(
+            login_failures.c.failed_at < now - timedelta(seconds=FAILURE_WINDOW)))
+        conn.execute(sa.insert(login_failures).values(username=username[:200], address=address,
+                                                      failed_at=now))
+
+
+def _check_not_locked(conn: sa.Connection, username: str, address: str | None) -> None:
+    now = clock(conn)
+    since = now - timedelta(seconds=FAILURE_WINDOW)
+    checks = [(login_failures.c.username == username[:200], FAILURES_ALLOWED, f"for {username}")]
+    if address:
+        checks.append((login_failures.c.address == address, ADDRESS_FAILURES_ALLOWED, f"from {address}"))
+    for where, allowed, who in checks:
+        count, newest = conn.execute(sa.select(sa.func.count(), sa.func.max(login_failures.c.failed_at))
+                                     .where(where, login_failures.c.failed_at >= since)).one()
+        if count >= allowed:
+            waited = (as_utc(now) - as_utc(newest)).total_seconds()
+            if waited < LOCK_SECONDS:
+                raise TooManyAttempts(f"too many wrong passwords {who}; try again in "
+                                      f"{int(LOCK_SECONDS - waited) + 1} s")
 
 
 _VERIFIED: dict[str, float] = {}  # keyed HMACs of (user, password, stored hash) checked lately -> until
@@ -140,24 +157,25 @@ def _verified_key(username: str, password: str, stored: str) -> str:
     return hmac.new(_CACHE_KEY, f"{username}\x00{password}\x00{stored}".encode(), "sha256").hexdigest()
 
 
-def check_password(store: Store, username: str, password: str) -> User | None:
-    """The user, when the name and password are right and the user is not disabled (after ten wrong
-    passwords in ten minutes a user name is refused for five minutes: :class:`TooManyAttempts`). A line client
-    sends HTTP Basic credentials with every call: a pair checked in the last five minutes is not run
-    through scrypt again (35 ms); a changed password or a disabled user takes effect at once, since the
-    stored hash and the disabled flag are read for every call."""
+def check_password(store: Store, username: str, password: str, address: str | None = None) -> User | None:
+    """The user, when the name and password are right and the user is not disabled. After ten wrong
+    passwords in ten minutes a user name is refused for five minutes, and so is a client address after
+    thirty (:class:`TooManyAttempts`). A line client sends HTTP Basic credentials with every call: a pair
+    checked in the last five minutes is not run through scrypt again (35 ms); a changed password or a
+    disabled user takes effect at once, since the stored hash and the disabled flag are read for every
+    call."""
     now = time_source()
-    _check_not_locked(username, now)
     with store.read() as conn:
+        _check_not_locked(conn, username, address)
         row = conn.execute(sa.select(users).where(users.c.username == username)).mappings().first()
     if row is None:
         verify_password(password, _DUMMY_HASH)
-        _note_failure(username, now)
+        _note_failure(store, username, address)
         return None
     key = _verified_key(username, password, row["password_hash"])
     if _VERIFIED.get(key, 0.0) < now:
         if not verify_password(password, row["password_hash"]):
-            _note_failure(username, now)
+            _note_failure(store, username, address)
             return None
         if len(_VERIFIED) > 1000:
             _VERIFIED.clear()

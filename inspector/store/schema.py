@@ -5,6 +5,8 @@ Version history (``schema_version.version``):
     2. reviews: append-only operator verdicts on a result (who, when, verdict, note).
     3. the review station: users (KDF-hashed passwords, roles), login sessions, each verdict's previous
        label, and an index for the newest-first queue.
+    4. login_failures: wrong passwords by user name and client address, so that the lock-out holds across
+       stations sharing the store and across restarts.
 
 A new store is created at the newest version; one made by an older version is upgraded step by step
 when it is opened for writing; a store made by
@@ -152,6 +154,17 @@ sessions = sa.Table(
 )
 
 
+login_failures = sa.Table(
+    "login_failures", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("username", sa.String(200), nullable=False),     # as typed (cut to 200 characters)
+    sa.Column("address", sa.String(64)),                        # the client's IP address, if known
+    sa.Column("failed_at", TS, nullable=False),                 # the database's clock
+    sa.Index("ix_login_failures_username", "username", "failed_at"),
+    sa.Index("ix_login_failures_address", "address", "failed_at"),
+)
+
+
 def _add_reviews(conn: sa.Connection) -> None:
     """Version 1 -> 2. The table as it was at version 2, frozen here so that a later change to ``reviews``
     (made by a later step) cannot change what this step does."""
@@ -203,8 +216,23 @@ def _add_station(conn: sa.Connection) -> None:
         index.create(conn)
 
 
+def _add_login_failures(conn: sa.Connection) -> None:
+    """Version 3 -> 4: login_failures (frozen as at 4)."""
+    frozen = sa.MetaData()
+    sa.Table(
+        "login_failures", frozen,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("username", sa.String(200), nullable=False),
+        sa.Column("address", sa.String(64)),
+        sa.Column("failed_at", TS, nullable=False),
+        sa.Index("ix_login_failures_username", "username", "failed_at"),
+        sa.Index("ix_login_failures_address", "address", "failed_at"),
+    ).create(conn)
+
+
 UPGRADES: list[Callable[[sa.Connection], None]] = [
     _add_reviews,
     _add_station,
+    _add_login_failures,
 ]
 SCHEMA_VERSION = len(UPGRADES) + 1
