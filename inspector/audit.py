@@ -72,6 +72,9 @@ def list_inputs(source: str) -> list[tuple[str, str]]:
     raise InspectorError(f"{source}: not a folder of images nor a manifest .csv")
 
 
+MAX_SHARDS = 100_000
+
+
 def parse_shard(text: str | None) -> tuple[int, int]:
     if text is None:
         return 0, 1
@@ -79,8 +82,8 @@ def parse_shard(text: str | None) -> tuple[int, int]:
         index, count = (int(v) for v in text.split("/"))
     except ValueError as e:
         raise InspectorError(f"--shard {text!r}: expected I/N, e.g. 0/4") from e
-    if count < 1 or not 0 <= index < count:
-        raise InspectorError(f"--shard {text!r}: need 0 <= I < N")
+    if not 1 <= count <= MAX_SHARDS or not 0 <= index < count:
+        raise InspectorError(f"--shard {text!r}: need 0 <= I < N <= {MAX_SHARDS}")
     return index, count
 
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import sys
 import time
 import traceback
+from typing import NoReturn
 
 from . import __version__
 from .engine import Inspector
@@ -44,21 +46,49 @@ def collect_images(items: list[str]) -> list[str]:
     return out
 
 
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
-    return value
+def whole(low: int, high: int):
+    """An argparse type: a whole number from ``low`` to ``high``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value}: must be from {low} to {high}")
+        return value
+    return parse
+
+
+def number(low: float, high: float, *, above_low: bool = False):
+    """An argparse type: a finite number from ``low`` (excluded with ``above_low``) to ``high``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < low or (above_low and value == low) or value > high:
+            bound = f"above {low:g}" if above_low else f"at least {low:g}"
+            raise argparse.ArgumentTypeError(f"{text}: must be a number {bound} and at most {high:g}")
+        return value
+    return parse
+
+
+_at_least_one = whole(1, 100_000)
+MAX_ID = 2**31 - 1  # the store's integer columns (PostgreSQL's integer)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one ``error:`` line with exit status 2, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     batch_option = {"type": _at_least_one, "default": None, "metavar": "N",
                     "help": "images explained together (default 8, at most method.chunk_size; 1: one at a "
                             "time); results are the same"}
-    parser = argparse.ArgumentParser(prog="inspector", description="SISE explanations on ONNX Runtime",
+    parser = _Parser(prog="inspector", description="SISE explanations on ONNX Runtime",
                                      epilog="exit codes: 0 done, 1 some images failed, "
                                             "2 usage/config/model/store error, "
                                             "3 incomplete (interrupted or output error; run again)")
@@ -79,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, help="folder with manifest.csv (python -m inspector.synthetic)")
     ev.add_argument("--methods", default="sise,gradcam,rise", help="comma-separated method names")
     ev.add_argument("--out", default="sise-evaluation", help="output folder (default ./sise-evaluation)")
-    ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N defect images")
+    ev.add_argument("--limit", type=whole(1, MAX_ID), default=None,
+                    help="evaluate only the first N defect images")
     au = sub.add_parser("audit", help="resumable, shardable batch run with results.csv/jsonl and report.html")
     au.add_argument("-c", "--config", required=True)
     au.add_argument("input", help="folder of images or a manifest .csv with an 'image' column")
@@ -93,9 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "'sise-inspector[ray]'), on this machine or the cluster at --ray-address")
     au.add_argument("--ray-address", default=None,
                     help="a running Ray cluster (e.g. ray://head:10001 or auto); default: a local Ray")
-    au.add_argument("--workers", type=_at_least_one, default=None,
+    au.add_argument("--workers", type=whole(1, 4096), default=None,
                     help="Ray workers, one Inspector each (default 2)")
-    au.add_argument("--gpus-per-worker", type=float, default=0.0,
+    au.add_argument("--gpus-per-worker", type=number(0, 1024), default=0.0,
                     help="GPUs each Ray worker reserves (e.g. 1, or 0.5 for two per GPU; default 0)")
     merge = sub.add_parser("audit-merge", help="join the stores of sharded audits into a new one")
     merge.add_argument("parts", nargs="+", help="audit output folders (or store URLs); never modified")
@@ -105,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write results.csv, results.jsonl and report.html from a store")
     rep.add_argument("--store", required=True, help="store URL, or a folder holding results.db")
     rep.add_argument("--out", required=True, help="folder for the three files")
-    rep.add_argument("--run", type=int, default=None,
+    rep.add_argument("--run", type=whole(1, MAX_ID), default=None,
                      help="only the inputs of this run's audit (default: all)")
     sub.add_parser("schema", help="print the config's JSON Schema (configs/inspector-config.schema.json)")
     doc = sub.add_parser("doctor",
@@ -119,8 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     wa.add_argument("--failed", default=None, help="where failed images go (default: <out>/failed)")
     wa.add_argument("--store", default=None, help=store_help)
     wa.add_argument("--batch-images", **batch_option)
-    wa.add_argument("--poll", type=float, default=1.0, help="seconds between folder scans (default 1)")
-    wa.add_argument("--settle", type=float, default=2.0,
+    wa.add_argument("--poll", type=number(0, 3600, above_low=True), default=1.0,
+                    help="seconds between folder scans (default 1)")
+    wa.add_argument("--settle", type=number(0, 86400), default=2.0,
                     help="seconds a file must stay unchanged before use (default 2)")
     from .station.cli import add_parser as add_station_parser
     add_station_parser(sub, store_help)

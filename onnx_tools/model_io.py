@@ -40,9 +40,9 @@ def parse_shape(text: str) -> tuple[int, ...]:
         dims = tuple(int(t) for t in text.replace("x", ",").split(",") if t.strip())
     except ValueError as e:
         raise ModelInputError(f"'{text}' is not a comma-separated list of integers, e.g. 1,3,224,224") from e
-    if len(dims) != 4 or any(d <= 0 for d in dims):
-        raise ModelInputError(f"'{text}' must be four positive integers in the input's own layout, "
-                              "e.g. 1,3,224,224")
+    if len(dims) != 4 or any(d <= 0 or d > 2**31 - 1 for d in dims):
+        raise ModelInputError(f"'{text}' must be four positive integers (below 2^31) in the input's own "
+                              "layout, e.g. 1,3,224,224")
     return dims
 
 

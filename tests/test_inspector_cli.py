@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import cv2
+import pytest
 
 from inspector.demo import example_dir
 from inspector.outputs import caption_height
@@ -151,3 +152,28 @@ def test_jpeg_overlays_without_npz_are_recorded_and_kept_on_resume(tmp_path):
     assert "_overlay.jpg" in (out / "report.html").read_text()
     again = inspector("audit", "-c", cfg, tmp_path / "in", "--out", out)
     assert again.returncode == 0 and "0 explained now, 1 found in the store" in again.stdout
+
+
+NUMBERS = [  # (arguments, words of the one error line); each was an "unexpected ..." line or accepted
+    (["audit", "-c", CONFIG, ".", "--out", "o", "--shard", f"1/{10**23}"], "need 0 <= I < N <= 100000"),
+    (["report", "--store", "s", "--out", "o", "--run", str(10**23)], "--run: 1000"),
+    (["report", "--store", "s", "--out", "o", "--run", "0"], "must be from 1 to"),
+    (["station", "-c", CONFIG, "--port", "99999"], "--port: 99999: must be from 1 to 65535"),
+    (["station", "-c", CONFIG, "--max-upload-mb", "nan"], "--max-upload-mb: nan: must be a number above 0"),
+    (["station", "-c", CONFIG, "--max-upload-mb", "-1"], "must be a number above 0"),
+    (["station", "-c", CONFIG, "--settle", "inf"], "--settle: inf: must be a number at least 0"),
+    (["watch", "-c", CONFIG, "--in", "i", "--out", "o", "--poll", "nan"], "--poll: nan"),
+    (["watch", "-c", CONFIG, "--in", "i", "--out", "o", "--poll", "0"], "--poll: 0: must be a number above"),
+    (["watch", "-c", CONFIG, "--in", "i", "--out", "o", "--settle", "nan"], "--settle: nan"),
+    (["evaluate", "-c", CONFIG, "--data", "d", "--limit", "0"], "--limit: 0: must be from 1"),
+    (["audit", "-c", CONFIG, ".", "--out", "o", "--gpus-per-worker", "inf"], "--gpus-per-worker: inf"),
+    (["audit", "-c", CONFIG, ".", "--out", "o", "--workers", "0"], "--workers: 0: must be from 1"),
+    (["explain", "-c", CONFIG, ".", "--out", "o", "--batch-images", str(10**23)], "--batch-images"),
+]
+
+
+@pytest.mark.parametrize("args,words", NUMBERS, ids=[" ".join(a[-2:]) for a, _ in NUMBERS])
+def test_every_numeric_option_is_checked_for_range_and_finiteness(args, words, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "inspector", *args], capture_output=True, text=True, timeout=60,
+                       check=False, cwd=tmp_path)
+    assert words in one_error_line(r), r.stderr

@@ -15,6 +15,8 @@ DEFAULT_OUT = "station"
 
 
 def add_parser(sub, store_help: str) -> None:
+    from ..cli import number, whole
+
     st = sub.add_parser(
         "station",
         help="the review station: a web app for operators, an API for the line",
@@ -39,16 +41,21 @@ def add_parser(sub, store_help: str) -> None:
         help="address to listen on (default 127.0.0.1: this machine only; put a TLS reverse proxy "
         "in front for others)",
     )
-    st.add_argument("--port", type=int, default=8600, help="(default 8600)")
+    st.add_argument("--port", type=whole(1, 65535), default=8600, help="(default 8600)")
     st.add_argument(
         "--shifts",
         default="06:00,14:00,22:00",
         help="shift start times, local clock (default 06:00,14:00,22:00)",
     )
-    st.add_argument("--max-upload-mb", type=float, default=50.0, help="largest accepted upload (default 50)")
+    st.add_argument(
+        "--max-upload-mb",
+        type=number(0, 1 << 20, above_low=True),
+        default=50.0,
+        help="largest accepted upload (default 50)",
+    )
     st.add_argument(
         "--settle",
-        type=float,
+        type=number(0, 86400),
         default=2.0,
         help="with --watch: seconds a file must stay unchanged before use (default 2)",
     )
