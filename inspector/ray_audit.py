@@ -32,6 +32,7 @@ from .audit import AuditSummary, _progress, run_audit, wait_for_busy
 from .config import load_config
 from .engine import Inspector
 from .errors import InspectorError, OutputError
+from .ray_reaper import Reaper
 from .record import Job, explain_and_record_many, start_job
 from .stop import Stop
 from .store import Store, StoreError, display_path
@@ -121,7 +122,13 @@ def run_ray_audit(config_path: str, source: str, out: str, *, options: RayOption
     def explain_on_ray(job: Job, todo: list[str], stop: Stop, summary: AuditSummary, batch: int,
                        wait: float) -> None:
         worker_runs: set[int] = set()
-        _start_ray(ray, options, job.store.url)
+        reaper = Reaper() if options.address is None else None  # stops the local Ray if this process dies
+        try:
+            _start_ray(ray, options, job.store.url)
+        except BaseException:
+            if reaper is not None:
+                reaper.end()
+            raise
         try:
             run = {"store_url": job.store.url, "out": job.out_dir, "scope": job.scope, "retry": job.retry}
             stream = _pipeline(ray, todo, options, batch, wait, {**worker, **run})
@@ -132,6 +139,8 @@ def run_ray_audit(config_path: str, source: str, out: str, *, options: RayOption
                 with contextlib.suppress(StoreError):
                     job.store.end_run(run_id, status)
             ray.shutdown()
+            if reaper is not None:
+                reaper.end()
             with contextlib.suppress(StoreError):  # the workers of this machine that sent nothing back
                 job.store.end_dead_runs(job.scope, job.run_id, status, grace=15.0)
 

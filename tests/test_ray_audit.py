@@ -137,15 +137,31 @@ def test_a_killed_ray_worker_still_gives_every_image_exactly_once(tmp_path, back
     assert {r["status"] for r in csv_rows(out)} == {"done"} and len(csv_rows(out)) == 24
 
 
+def running(processes: list) -> list:
+    alive = []
+    for p in processes:
+        with contextlib.suppress(psutil.Error):
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+    return alive
+
+
 def test_resume_after_the_ray_driver_is_killed(tmp_path):
+    """Also: the local Ray the killed driver started stops by itself (its agents used to survive it,
+    ignoring SIGTERM); only a kill of the whole process group did it before."""
     with ray_audit_under_way(tmp_path, 20) as (proc, inp, out, cfg):
         local_ray = psutil.Process(proc.pid).children(recursive=True)
+        assert len(local_ray) >= 3, local_ray
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
         killed_at = done_so_far(out)
-        for p in local_ray:  # what `kill -9` of the job's process group does to the Ray it started
-            with contextlib.suppress(psutil.Error):
-                p.kill()
+        deadline = time.time() + 60
+        while running(local_ray) and time.time() < deadline:
+            time.sleep(0.5)
+        left = [(p.pid, " ".join(p.cmdline())[:80]) for p in running(local_ray)]
+        for p in running(local_ray):  # never leave them to the next test
+            p.kill()
+    assert not left, left
     assert killed_at < 20, "the run had finished before the kill; nothing was tested"
     again = ray_audit("-c", cfg, inp, "--out", out)
     assert again.returncode == 0, again.stderr
