@@ -32,7 +32,7 @@ import yaml
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
-from inspector.synthetic import sample
+from inspector.quality.synthetic import sample
 
 
 def gpu_name() -> str:

@@ -1,8 +1,9 @@
 """Peak memory of refusing an image above ``preprocess.max_pixels``, against decoding it.
 
 Writes a 20000x20000 8-bit PNG of zeros (about 0.4 MB on disk, 400 MB of pixels), then in two fresh
-processes: ``inspector.preprocess.read_image`` with ``max_pixels=50_000_000`` (refused from the header),
-and a plain ``cv2.imdecode`` of the same bytes. Prints each process's peak resident memory (VmHWM).
+processes: ``inspector.engine.runtime.preprocess.read_image`` with ``max_pixels=50_000_000`` (refused
+from the header), and a plain ``cv2.imdecode`` of the same bytes. Prints each process's peak resident
+memory (VmHWM).
 
     python benchmarks/huge_image_refusal.py
 """
@@ -42,7 +43,8 @@ def main() -> int:
         path = os.path.join(tmp, "huge.png")
         zero_png(path, 20000)
         refused, message = peak_mb(
-            "from inspector.errors import ImageError\nfrom inspector.preprocess import read_image\n"
+            "from inspector.errors import ImageError\n"
+            "from inspector.engine.runtime.preprocess import read_image\n"
             f"try:\n    read_image({path!r}, max_pixels=50_000_000)\nexcept ImageError as e:\n    print(e)")
         decoded, _ = peak_mb(f"import cv2, numpy as np\ncv2.imdecode(np.fromfile({path!r}, np.uint8), "
                              "cv2.IMREAD_UNCHANGED)")

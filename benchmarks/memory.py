@@ -44,9 +44,9 @@ MEASURE = """
 import json, resource, sys, threading, time
 import numpy as np
 sys.path.insert(0, {root!r})
-import inspector.weights
+import inspector.engine.runtime.weights
 from inspector import Inspector
-from inspector.memory import PER_MASK_FACTOR
+from inspector.engine.runtime.memory import PER_MASK_FACTOR
 
 def pss():
     with open("/proc/self/smaps_rollup") as f:
@@ -60,7 +60,7 @@ def sample():
 
 threading.Thread(target=sample, daemon=True).start()
 if {old!r}:
-    inspector.weights.MIN_MODEL_BYTES = 1 << 62  # weights copied into each session, as before
+    inspector.engine.runtime.weights.MIN_MODEL_BYTES = 1 << 62  # weights copied into each session, as before
 size = {size!r}
 insp = Inspector.from_options(model={model!r}, preprocess={{"size": [size, size]}}, method={method!r},
                               runtime={{"providers": ["CPUExecutionProvider"]}})

@@ -30,8 +30,8 @@ import yaml
 from stability import PHOTOS, noisy, pearson
 
 from inspector import Inspector
-from inspector.fusion import FUSIONS
-from inspector.synthetic import sample
+from inspector.engine.method.fusion import FUSIONS
+from inspector.quality.synthetic import sample
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 VARIANTS = {

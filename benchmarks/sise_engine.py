@@ -29,7 +29,7 @@ import onnxruntime as ort
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from inspector import Inspector
-from inspector.session import FP32_CUDA_DEFAULTS
+from inspector.engine.runtime.session import FP32_CUDA_DEFAULTS
 from onnx_tools import export_model
 
 
@@ -122,7 +122,7 @@ def main() -> None:
     import torch
 
     if args.no_pad:
-        importlib.import_module("inspector.methods.sise").PAD_DEVICES = ()
+        importlib.import_module("inspector.engine.methods.sise").PAD_DEVICES = ()
     torch.set_num_threads(args.threads)
     model, taps, plain = build(args.size)
     if cuda and not args.no_reference:

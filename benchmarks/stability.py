@@ -22,8 +22,8 @@ import tempfile
 import numpy as np
 
 from inspector import Inspector
-from inspector.fusion import fuse
-from inspector.synthetic import sample
+from inspector.engine.method.fusion import fuse
+from inspector.quality.synthetic import sample
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "retina", "hubble_deep_field", "immunohistochemistry",

@@ -3,7 +3,7 @@
 For the same synthetic images, in one process and interleaved image by image (machines are shared and
 noisy), it times:
   engine     decode + Inspector.explain + regions (what any caller pays)
-  recorded   inspector.record.explain_and_record into SQLite (what `inspector explain`/`audit` pay:
+  recorded   inspector.jobs.record.explain_and_record into SQLite (what `inspector explain`/`audit` pay:
              rendering, fsynced artifacts, the result in the store)
   station    POST /api/v1/explain over HTTP to a station served by uvicorn in this process (upload,
              multipart parsing, the upload kept on disk, then the same record path, and the JSON answer)
@@ -29,8 +29,8 @@ from station_server import serving
 from store_overhead import engine_only, make_images, timed
 
 from inspector.demo import example_dir
-from inspector.engine import Inspector
-from inspector.record import explain_and_record, start_job
+from inspector.engine.inspector import Inspector
+from inspector.jobs.record import explain_and_record, start_job
 from inspector.station import auth
 from inspector.station.service import Station, StationSettings
 from inspector.store import Store, default_url

@@ -4,8 +4,8 @@ For the same synthetic images, in one process and interleaved image by image (ma
 noisy), it times:
   engine     decode + Inspector.explain + regions (what any caller pays)
   rendered   the above plus the artifacts' bytes (npz compression, two PNG encodings, JSON), not written
-  recorded   inspector.record.explain_and_record: the above plus hashing, claim, artifacts (npz, two PNGs,
-             JSON, written and fsynced), and the result in the store
+  recorded   inspector.jobs.record.explain_and_record: the above plus hashing, claim, artifacts (npz, two
+             PNGs, JSON, written and fsynced), and the result in the store
   resume     explain_and_record on an image the store already has (what a resumed audit pays per image)
 and prints medians per image and the ratio recorded / engine. ``--postgres URL`` (a server URL without
 database, e.g. postgresql+psycopg://postgres@127.0.0.1:5432) adds the same on PostgreSQL. SQLite runs
@@ -25,14 +25,14 @@ import time
 
 import cv2
 
-from inspector import preprocess as pre
 from inspector.demo import example_dir
-from inspector.engine import Inspector
-from inspector.outputs import render
-from inspector.record import explain_and_record, start_job
-from inspector.review import review
+from inspector.engine.inspector import Inspector
+from inspector.engine.review import review
+from inspector.engine.runtime import preprocess as pre
+from inspector.jobs.artifacts import render
+from inspector.jobs.record import explain_and_record, start_job
+from inspector.quality.synthetic import sample
 from inspector.store import Store, default_url
-from inspector.synthetic import sample
 
 
 def make_images(folder: str, count: int) -> list[str]:

@@ -5,17 +5,10 @@
     exp = insp.explain("part.png")          # exp.saliency, exp.layer_maps, exp.scores, ...
 """
 
-from importlib import metadata as _metadata
-
-try:
-    __version__ = _metadata.version("sise-inspector")
-except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
-
+from .common.version import __version__
 from .config import InspectorConfig, load_config
-from .engine import Inspector
+from .engine import Explanation, Inspector
 from .errors import ConfigError, ImageError, InspectorError, ModelContractError, TargetError
-from .explanation import Explanation
 
 __all__ = [
     "ConfigError",

@@ -14,19 +14,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import os
 import sys
 import time
 import traceback
 from typing import NoReturn
 
-from . import __version__
-from .engine import Inspector
+from .common.arguments import number, whole
+from .common.folders import check_output_folder
+from .common.stop import Stop
+from .common.version import __version__
+from .engine.inspector import Inspector
+from .engine.runtime.preprocess import IMAGE_EXTENSIONS
 from .errors import InspectorError, Interrupted, OutputError
-from .folders import check_output_folder
-from .preprocess import IMAGE_EXTENSIONS
-from .stop import Stop
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_INCOMPLETE = 0, 1, 2, 3
 
@@ -44,33 +44,6 @@ def collect_images(items: list[str]) -> list[str]:
         else:
             raise InspectorError(f"{item}: no such file or folder")
     return out
-
-
-def whole(low: int, high: int):
-    """An argparse type: a whole number from ``low`` to ``high``."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value}: must be from {low} to {high}")
-        return value
-    return parse
-
-
-def number(low: float, high: float, *, above_low: bool = False):
-    """An argparse type: a finite number from ``low`` (excluded with ``above_low``) to ``high``."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not math.isfinite(value) or value < low or (above_low and value == low) or value > high:
-            bound = f"above {low:g}" if above_low else f"at least {low:g}"
-            raise argparse.ArgumentTypeError(f"{text}: must be a number {bound} and at most {high:g}")
-        return value
-    return parse
 
 
 _at_least_one = whole(1, 100_000)
@@ -171,7 +144,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import markdown, run_evaluation
+    from .quality.evaluate import markdown, run_evaluation
 
     insp = Inspector.from_config(args.config)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -189,12 +162,12 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from .audit import parse_shard, run_audit
+    from .jobs.audit import parse_shard, run_audit
 
     stop = Stop().install()  # before the model loads: a SIGTERM during start-up still ends in views, exit 3
     shard = parse_shard(args.shard)
     if args.engine == "ray":
-        from .ray_audit import DEFAULT_WORKERS, RayOptions, run_ray_audit
+        from .jobs.ray_audit import DEFAULT_WORKERS, RayOptions, run_ray_audit
 
         options = RayOptions(address=args.ray_address,
                              workers=DEFAULT_WORKERS if args.workers is None else args.workers,
@@ -221,7 +194,7 @@ def cmd_audit(args) -> int:
 
 
 def _list_failures(rows: list[dict]) -> None:
-    from .report import failure_line
+    from .jobs.views import failure_line
 
     _print_failures([failure_line(r) for r in rows if r["status"] == "failed"], limit=20)
 
@@ -237,7 +210,7 @@ def _print_failures(messages: list[str], limit: int | None = None) -> None:
 
 
 def cmd_audit_merge(args) -> int:
-    from .merge import merge_audits
+    from .jobs.merge import merge_audits
 
     s = merge_audits(args.parts, args.out, store_url=args.store, stop=Stop().install())
     print(f"merged {len(s.rows)} image(s) into {os.path.join(args.out, 'results.csv')}; report: "
@@ -253,7 +226,7 @@ def cmd_audit_merge(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import write_views
+    from .jobs.views import write_views
     from .store import Store, default_url, display_url
 
     url = args.store if "://" in args.store else default_url(args.store)
@@ -283,7 +256,7 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_watch(args) -> int:
-    from .watch import watch
+    from .jobs.watch import watch
 
     stop = Stop().install()
     insp = Inspector.from_config(args.config)
@@ -296,7 +269,7 @@ def cmd_watch(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from .record import explain_and_record_many, start_job
+    from .jobs.record import explain_and_record_many, start_job
     from .store import Store, default_url, display_path
 
     stop = Stop().install()

@@ -20,10 +20,8 @@ import yaml
 
 from onnx_tools import SCORE_KINDS
 
+from .common.reading import CONFIG_LIMIT, read_regular
 from .errors import ConfigError
-from .fusion import FUSIONS
-from .reading import CONFIG_LIMIT, read_regular
-from .regions import THRESHOLDS
 
 log = logging.getLogger(__name__)
 ResizeMode = Literal["stretch", "letterbox", "shorter_side_center_crop"]
@@ -32,7 +30,10 @@ Layout = Literal["NCHW", "NHWC"]
 ChannelOrder = Literal["RGB", "BGR", "GRAY"]
 InputDtype = Literal["uint8", "uint16", "float"]
 ScoreKind = Literal[SCORE_KINDS]  # the export's list, one place
-Threshold = Literal[THRESHOLDS]  # what regions.find_regions knows
+Threshold = Literal["otsu", "fixed", "percentile"]  # how engine.method.regions cuts a map into regions
+THRESHOLDS = typing.get_args(Threshold)
+Fusion = Literal["otsu", "soft"]  # the paper's hard Otsu gate; a sigmoid gate around the same threshold
+FUSIONS = typing.get_args(Fusion)
 OverlayFormat = Literal["png", "jpg"]
 RESIZE_MODES = typing.get_args(ResizeMode)
 COLORMAPS = {name[len("COLORMAP_"):].lower(): getattr(cv2, name)
@@ -49,7 +50,6 @@ PRESETS = {
     "fast": {"mu": 0.0, "adaptive": False, "max_masks_per_layer": None, "score_fraction": 0.1},
 }
 Preset = Literal[tuple(PRESETS)]
-Fusion = Literal[FUSIONS]  # inspector.fusion's list, one place
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,11 @@ from importlib import resources
 import cv2
 import numpy as np
 
-from .atomic import write_atomic
+from .common.atomic import write_atomic
 from .config import load_config
-from .engine import Inspector
+from .engine.inspector import Inspector
 from .errors import InspectorError
-from .record import explain_and_record, start_job
+from .jobs.record import explain_and_record, start_job
 from .store import Store, default_url
 
 

@@ -17,7 +17,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from .config import InspectorConfig, load_config
-from .session import CUDA_LIBRARIES, cuda_libraries, probe_session
+from .engine.runtime.session import CUDA_LIBRARIES, cuda_libraries, probe_session
 
 
 def flavour() -> str:
@@ -62,9 +62,9 @@ def self_test(cfg: InspectorConfig) -> tuple[str, float, str]:
     """(provider, seconds, summary) of one capped explanation of a synthetic image."""
     import dataclasses
 
-    from .engine import Inspector
-    from .preprocess import as_configured
-    from .synthetic import sample
+    from .engine.inspector import Inspector
+    from .engine.runtime.preprocess import as_configured
+    from .quality.synthetic import sample
 
     quick = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, max_masks_per_layer=4))
     insp = Inspector(quick)
@@ -104,15 +104,15 @@ def run_doctor(config_path: str | None, *, out=print) -> int:
         out(f"  PROBLEM: the configured first provider {cfg.runtime.providers[0]} does not work here")
         status = 1
     try:
-        from .model import load_model
+        from .engine.runtime.model import load_model
 
         model = load_model(cfg)
         c = model.contract
         out(f"model: {model.path} (sha256 {model.sha256[:12]}), exported: yes, score {c.score}, "
             f"{c.num_classes} classes, {len(c.blocks)} blocks "
             f"({', '.join(f'{b.shape[1]}x{b.shape[2]}x{b.shape[3]}' for b in c.blocks)})")
-        from .engine import Inspector
-        from .weights import weights_path
+        from .engine.inspector import Inspector
+        from .engine.runtime.weights import weights_path
 
         engine = Inspector(cfg)
         shared = (f"memory-mapped from {weights_path(engine.model.path, engine.model.sha256)}"

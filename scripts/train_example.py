@@ -3,7 +3,8 @@ step, and write it with its config and sample images into inspector/example/.
 
     python scripts/train_example.py [--epochs 14] [--train 4000] [--heldout 900] [--seed 1]
 
-Data: inspector.synthetic, training seed ``--seed``, held-out seed ``--seed + 1000`` (never trained on).
+Data: inspector.quality.synthetic, training seed ``--seed``, held-out seed ``--seed + 1000`` (never
+trained on).
 Prints the held-out accuracy per class; refuses to write a model below 95 % overall.
 """
 
@@ -24,7 +25,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from inspector.synthetic import CLASSES, sample
+from inspector.quality.synthetic import CLASSES, sample
 from onnx_tools import export_model
 
 SIZE = 128

@@ -1,4 +1,5 @@
-"""inspector.atomic, the package's one file writer: complete or untouched, umask modes, no leftovers."""
+"""inspector.common.atomic, the package's one file writer: complete or untouched, umask modes, no
+leftovers."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 
 import pytest
 
-from inspector import atomic
+from inspector.common import atomic
 
 
 def test_a_failed_group_leaves_the_old_files_and_no_temporaries(tmp_path, monkeypatch):

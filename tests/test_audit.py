@@ -24,7 +24,7 @@ import sqlalchemy as sa
 import yaml
 
 from inspector.demo import example_dir
-from inspector.synthetic import sample
+from inspector.quality.synthetic import sample
 
 SAMPLES = os.path.join(example_dir(), "samples")
 
@@ -430,9 +430,9 @@ def test_disk_full_stops_the_run_and_a_later_run_continues(tmp_path):
 def test_simulated_enospc_and_transient_failures_in_process(tmp_path, monkeypatch):
     """The same guarantees without root: the file system answers ENOSPC from the 6th artifact on; an
     engine error on one image is a failed result that the next run retries (not with retry=False)."""
-    from inspector import atomic
-    from inspector.audit import run_audit
-    from inspector.engine import Inspector
+    from inspector.common import atomic
+    from inspector.engine.inspector import Inspector
+    from inspector.jobs.audit import run_audit
 
     inp = tmp_path / "in"
     make_inputs(inp, 5)
@@ -571,7 +571,7 @@ def test_a_store_on_a_read_only_file_system_can_be_reported_and_merged(tmp_path)
 
 
 def test_fifos_and_symbolic_links_in_the_input(tmp_path):
-    from inspector.audit import list_inputs
+    from inspector.jobs.audit import list_inputs
 
     inp = tmp_path / "in"
     make_inputs(inp / "real", 2)
@@ -587,8 +587,8 @@ def test_fifos_and_symbolic_links_in_the_input(tmp_path):
 def test_a_claim_taken_over_leaves_the_new_owners_files(tmp_path):
     """A process paused past the heartbeat limit finds its claim taken over: it must not remove the files
     the new owner wrote under the same names."""
-    from inspector.engine import Inspector
-    from inspector.record import Outcome, _commit, _explain, _Held, explain_and_record, start_job
+    from inspector.engine.inspector import Inspector
+    from inspector.jobs.record import Outcome, _commit, _explain, _Held, explain_and_record, start_job
     from inspector.store import ClaimLost, ResultKey, Store
 
     make_inputs(tmp_path / "in", 1)

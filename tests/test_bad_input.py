@@ -16,7 +16,7 @@ import pytest
 
 from inspector import ConfigError, ImageError, load_config
 from inspector.config import config_from_dict
-from inspector.preprocess import decode_image, image_size, read_image
+from inspector.engine.runtime.preprocess import decode_image, image_size, read_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -230,7 +230,7 @@ def test_huge_png_is_refused_before_decoding(tmp_path):
     # forking pytest process's size over).
     r = run_python(f"""
 from inspector.errors import ImageError
-from inspector.preprocess import read_image
+from inspector.engine.runtime.preprocess import read_image
 try:
     read_image({str(path)!r}, max_pixels=50_000_000)
 except ImageError as e:
@@ -268,7 +268,7 @@ for p in {paths!r}:
     ours = run_python(f"""
 import logging, sys
 from inspector.errors import ImageError
-from inspector.preprocess import read_image
+from inspector.engine.runtime.preprocess import read_image
 logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(name)s: %(message)s")
 for p in {paths!r}:
     try:
@@ -279,4 +279,5 @@ print("stderr still works", file=sys.stderr)
 """)
     assert ours.returncode == 0, ours.stderr
     assert ours.stderr == "stderr still works\n"
-    assert "inspector.preprocess: " in ours.stdout and "corrupt.jpg: the decoder reported: " in ours.stdout
+    assert "inspector.engine.runtime.preprocess: " in ours.stdout
+    assert "corrupt.jpg: the decoder reported: " in ours.stdout

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F
 
 from inspector import Inspector
-from inspector.methods.rise import rise_masks
+from inspector.engine.methods.rise import rise_masks
 from onnx_tools import export_model
 
 from .models import export_onnx, fixture
@@ -69,7 +69,7 @@ def test_rise_matches_torch_scoring(resnet):
 
 def test_evaluate_cli_on_a_small_set(tmp_path):
     from inspector.demo import example_dir
-    from inspector.synthetic import main as synth
+    from inspector.quality.synthetic import main as synth
 
     data = tmp_path / "data"
     synth(["--out", str(data), "--count", "8", "--seed", "31"])

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from inspector import Inspector
+from inspector.engine.methods import sise as sise_method
 from inspector.errors import ImageError
-from inspector.methods import sise as sise_method
 
 from .test_audit import audit, config, csv_rows, make_inputs
 from .test_engine import CPU, IDENTITY_PREPROCESS, pearson, smooth_image

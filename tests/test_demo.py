@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 from inspector.demo import example_dir
-from inspector.synthetic import CLASSES
+from inspector.quality.synthetic import CLASSES
 
 
 def test_bundled_example_is_complete():

@@ -189,7 +189,7 @@ def test_padded_chunks_change_nothing(exported, monkeypatch):
     """On CUDA a short last chunk is padded with keep-0 repeats; forced here on the CPU provider."""
     import importlib
 
-    sise_method = importlib.import_module("inspector.methods.sise")
+    sise_method = importlib.import_module("inspector.engine.methods.sise")
 
     _, _, shape, path = exported("resnet18")
     image = smooth_image(shape, seed=4)
@@ -203,7 +203,7 @@ def test_padded_chunks_change_nothing(exported, monkeypatch):
 
 
 def test_plan_chunks_pads_the_last_chunk_at_its_end():
-    from inspector.methods.sise import plan_chunks
+    from inspector.engine.methods.sise import plan_chunks
 
     selected = [np.array([4, 1]), np.array([], np.int64), np.array([0, 2, 3])]
     chunks = plan_chunks([selected], [0], [5, 2, 4], 3, pad=True)
@@ -218,7 +218,7 @@ def test_plan_chunks_pads_the_last_chunk_at_its_end():
 def test_plan_chunks_of_two_images_address_rows_of_the_run_in_the_samplers_order():
     """Maps go image by image into chunks; inside a chunk block by block (the sampler's order), each map's
     row of the flattened activations being n * C_b + c and its owner n (by hand)."""
-    from inspector.methods.sise import plan_chunks
+    from inspector.engine.methods.sise import plan_chunks
 
     first = [np.array([4]), np.array([], np.int64), np.array([3])]
     second = [np.array([1]), np.array([0]), np.array([], np.int64)]

@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from inspector import ConfigError, ImageError, Inspector, ModelContractError, TargetError, load_config
-from inspector.outputs import caption_height
+from inspector.jobs.artifacts import caption_height
 from onnx_tools import export_model
 
 from .models import export_onnx, fixture
@@ -239,7 +239,7 @@ def test_cuda_libraries_preloaded_once_with_the_output_logged(monkeypatch, caplo
     the nvidia-* pip packages (onnxruntime.preload_dlls) once per process, and logs what it printed."""
     import onnxruntime as ort
 
-    from inspector import session
+    from inspector.engine.runtime import session
 
     calls = []
 
@@ -250,7 +250,7 @@ def test_cuda_libraries_preloaded_once_with_the_output_logged(monkeypatch, caplo
     monkeypatch.setattr(ort, "preload_dlls", fake_preload, raising=False)
     monkeypatch.setattr(session, "cuda_libraries", lambda: {"libcudart.so.13": True, "libcudnn.so.9": False})
     monkeypatch.setattr(session, "_preloaded", False)
-    with caplog.at_level("WARNING", logger="inspector.session"):
+    with caplog.at_level("WARNING", logger="inspector.engine.runtime.session"):
         session.preload_cuda_libraries()
         session.preload_cuda_libraries()
     assert calls == [{"msvc": False}]
@@ -262,8 +262,8 @@ def test_cuda_options_float32_sessions_default_to_no_tf32(monkeypatch):
     the config's cuda_options win."""
     import onnxruntime as ort
 
-    from inspector import session
     from inspector.config import RuntimeConfig
+    from inspector.engine.runtime import session
 
     monkeypatch.setattr(ort, "get_available_providers",
                         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
@@ -320,7 +320,8 @@ def test_sampler_matmuls_multiply_matrices_only():
 @pytest.mark.parametrize("preprocess", [{"input_dtype": "uint16", "scale": 1.0 / 65535},
                                         {"input_dtype": "float", "scale": 1.0}])
 def test_doctor_self_test_feeds_the_configured_dtype(preprocess):
-    """The doctor's self-test image (uint8 RGB from inspector.synthetic) is converted like warm_up's."""
+    """The doctor's self-test image (uint8 RGB from inspector.quality.synthetic) is converted like
+    warm_up's."""
     from inspector.config import config_from_dict
     from inspector.doctor import self_test
 

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
+from inspector.engine.method.fusion import fuse, gate
+from inspector.engine.method.otsu import otsu_threshold
 from inspector.errors import ConfigError
-from inspector.fusion import fuse, gate
-from inspector.otsu import otsu_threshold
 
 from .test_batching import example, photos
 
@@ -82,7 +82,7 @@ def test_the_engine_fuses_its_layer_maps_with_the_configured_fusion_at_any_chunk
 
 
 def test_fusion_settings():
-    from inspector.record import result_settings
+    from inspector.jobs.record import result_settings
 
     with pytest.raises(ConfigError, match="fusion_width: must be a number > 0"):
         example(fusion="soft", fusion_width=0)

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from inspector.config import PreprocessConfig
+from inspector.engine.runtime.preprocess import to_original, to_tensor
 from inspector.errors import ImageError
-from inspector.preprocess import to_original, to_tensor
 
 H, W = 100, 200
 CASES = {  # mode: (scale y, scale x, offset y in the model input, offset x)

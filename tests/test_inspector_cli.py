@@ -13,8 +13,8 @@ import cv2
 import pytest
 
 from inspector.demo import example_dir
-from inspector.outputs import caption_height
-from inspector.synthetic import sample
+from inspector.jobs.artifacts import caption_height
+from inspector.quality.synthetic import sample
 
 CONFIG = os.path.join(example_dir(), "config.yaml")
 

@@ -10,10 +10,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from inspector import Inspector, weights
-from inspector.atomic import PART_SUFFIX, open_atomic
+from inspector import Inspector
+from inspector.common.atomic import PART_SUFFIX, open_atomic
+from inspector.engine.runtime import weights
+from inspector.engine.runtime.memory import MAX_CHUNK, PER_MASK_FACTOR, chunk_for_budget, largest_tensor_bytes
 from inspector.errors import ConfigError
-from inspector.memory import MAX_CHUNK, PER_MASK_FACTOR, chunk_for_budget, largest_tensor_bytes
 
 from .test_engine import CPU, IDENTITY_PREPROCESS, check_against_reference, smooth_image
 

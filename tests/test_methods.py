@@ -15,8 +15,8 @@ import pytest
 
 from inspector import ConfigError, Inspector, load_config
 from inspector.demo import example_dir
-from inspector.methods import METHODS, Method, MethodContext, MethodResult, get_method
-from inspector.record import result_settings, settings_hash
+from inspector.engine.methods import METHODS, Method, MethodContext, MethodResult, get_method
+from inspector.jobs.record import result_settings, settings_hash
 
 
 @pytest.fixture(scope="module")

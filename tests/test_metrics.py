@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inspector import metrics as M
+from inspector.quality import metrics as M
 
 
 def square_mask(n=10, top=2, left=2, size=4):

@@ -654,7 +654,7 @@ def test_the_engine_runs_a_qdq_model_as_its_graph_says(tmp_path):
     gradients by 8e-3. The engine's sessions run the graph as written (checked against torch's
     fake_quantize evaluation of the same graph)."""
     from inspector.config import RuntimeConfig
-    from inspector.session import make_session
+    from inspector.engine.runtime.session import make_session
 
     torch.manual_seed(0)
     quantized = _quantized_by_onnxruntime(tmp_path, PoolNet(nn.MaxPool2d(2), classes=6).eval(), "static QDQ",

@@ -22,15 +22,15 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from inspector import watch as watch_module
-from inspector.audit import run_audit
+from inspector.common.stop import Stop
 from inspector.demo import example_dir
-from inspector.engine import Inspector
+from inspector.engine.inspector import Inspector
+from inspector.jobs import watch as watch_module
+from inspector.jobs.audit import run_audit
+from inspector.quality.synthetic import sample
 from inspector.station import auth
 from inspector.station.app import create_app
 from inspector.station.service import Station, StationSettings
-from inspector.stop import Stop
-from inspector.synthetic import sample
 
 from .postgres import new_database, own_server
 from .test_audit import tmpfs

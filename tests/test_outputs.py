@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 
 from inspector.config import config_from_dict
-from inspector.explanation import Explanation
-from inspector.outputs import artifact_suffixes, caption_height, overlay, render, stroke
-from inspector.regions import find_regions
-from inspector.review import Review
+from inspector.engine.explanation import Explanation
+from inspector.engine.method.regions import find_regions
+from inspector.engine.review import Review
+from inspector.jobs.artifacts import artifact_suffixes, caption_height, overlay, render, stroke
 
 CLASSES = ["ok", "scratch"]
 

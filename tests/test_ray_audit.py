@@ -175,7 +175,7 @@ def test_resume_after_the_ray_driver_is_killed(tmp_path):
 
 def test_a_sqlite_store_is_refused_on_a_cluster_of_several_machines():
     from inspector.errors import InspectorError
-    from inspector.ray_audit import check_store_for_cluster
+    from inspector.jobs.ray_audit import check_store_for_cluster
 
     with pytest.raises(InspectorError, match="spans 3 machines.*postgresql"):
         check_store_for_cluster("sqlite:////srv/audit/results.db", 3, "head:6379")
@@ -222,7 +222,7 @@ def test_a_wrong_ray_address_is_named_at_once(tmp_path):
     import socket
 
     from inspector.errors import InspectorError
-    from inspector.ray_audit import check_reachable
+    from inspector.jobs.ray_audit import check_reachable
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -283,7 +283,7 @@ def test_sigterm_stops_the_ray_audit_with_views_and_exit_3(tmp_path):
 def test_workers_that_no_machine_can_hold_are_refused(caplog):
     """Ray waits forever for a worker whose GPU no machine has: refused in one line instead."""
     from inspector.errors import InspectorError
-    from inspector.ray_audit import RayOptions, check_resources
+    from inspector.jobs.ray_audit import RayOptions, check_resources
 
     cpu_only = {"CPU": 2.0, "memory": 1e10}
     with pytest.raises(InspectorError, match="0 GPU.*lower --gpus-per-worker"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inspector.regions import find_regions
+from inspector.engine.method.regions import find_regions
 
 
 def two_blobs():

@@ -17,9 +17,9 @@ import cv2
 import pytest
 import yaml
 
+from inspector.common.reading import NotReadable, image_limit, read_regular
 from inspector.demo import example_dir
-from inspector.reading import NotReadable, image_limit, read_regular
-from inspector.synthetic import sample
+from inspector.quality.synthetic import sample
 
 CONFIG = os.path.join(example_dir(), "config.yaml")
 MEMORY_LIMIT = 3 * 2**30
@@ -102,7 +102,7 @@ def test_read_regular_never_reads_past_its_limit(tmp_path):
 def test_a_second_sigterm_ends_a_process_blocked_in_a_read(tmp_path):
     """The first SIGTERM asks the run to finish its image; a second one ends it at once, even in the
     middle of a read that would never return."""
-    script = ("import sys\nfrom inspector.stop import Stop\nStop().install()\n"
+    script = ("import sys\nfrom inspector.common.stop import Stop\nStop().install()\n"
               "print('ready', flush=True)\nsys.stdin.read()\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

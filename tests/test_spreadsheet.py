@@ -7,8 +7,8 @@ from __future__ import annotations
 import csv
 import io
 
-from inspector.report import CSV_FIELDS, csv_text
-from inspector.spreadsheet import safe_cell
+from inspector.common.spreadsheet import safe_cell
+from inspector.jobs.views import CSV_FIELDS, csv_text
 
 
 def test_each_formula_start_gets_an_apostrophe_and_numbers_stay():

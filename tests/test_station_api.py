@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 import inspector
-from inspector.engine import Inspector
+from inspector.engine.inspector import Inspector
 from inspector.station import auth
 from inspector.station.app import create_app
 from inspector.station.service import UPLOAD_DIR, Station, StationSettings
@@ -65,7 +65,7 @@ def variant(name: str, k: int) -> bytes:
 
 
 def rgb(data: bytes) -> np.ndarray:
-    """Decode as inspector.preprocess.decode_image does (BGR -> RGB), independently of it."""
+    """Decode as inspector.engine.runtime.preprocess.decode_image does (BGR -> RGB), independently of it."""
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image.ndim == 3 and image.shape[2] == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)

@@ -9,9 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from inspector import surrogate
+from inspector.engine.method import surrogate
+from inspector.engine.methods import sise as sise_method
 from inspector.errors import ConfigError
-from inspector.methods import sise as sise_method
 
 from .test_batching import assert_same, example, photos
 
@@ -123,7 +123,7 @@ def test_a_block_without_selected_maps_is_skipped_as_in_full_sise(monkeypatch):
 
 
 def test_maps_with_inf_or_nan_are_not_selected():
-    from inspector.selection import select_maps
+    from inspector.engine.method.selection import select_maps
 
     alpha = np.array([0.5, 0.9, 0.2, 0.7])
     spread = np.array([1.0, np.inf, np.nan, 2.0])

@@ -8,7 +8,7 @@ import os
 import cv2
 import numpy as np
 
-from inspector.synthetic import CLASSES, main, sample
+from inspector.quality.synthetic import CLASSES, main, sample
 
 
 def test_deterministic():

@@ -15,7 +15,7 @@ import cv2
 import sqlalchemy as sa
 
 from inspector.demo import example_dir
-from inspector.synthetic import sample
+from inspector.quality.synthetic import sample
 
 
 @contextlib.contextmanager
@@ -130,7 +130,7 @@ def test_folders_inside_the_watched_folder_are_refused(tmp_path):
 
 
 def test_error_files_of_very_long_names_fit_the_file_system(tmp_path):
-    from inspector.watch import error_file
+    from inspector.jobs.watch import error_file
 
     long = tmp_path / ("x" * 240 + ".png")
     name = error_file(str(long))

@@ -33,9 +33,9 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
+from ..common.reading import ARTIFACT_LIMIT, read_regular
+from ..common.version import __version__
 from ..errors import InspectorError
-from ..reading import ARTIFACT_LIMIT, read_regular
 from ..store import StoreError, display_path
 from . import auth, files, queries
 from .export import dataset_zip

@@ -15,7 +15,7 @@ DEFAULT_OUT = "station"
 
 
 def add_parser(sub, store_help: str) -> None:
-    from ..cli import number, whole
+    from ..common.arguments import number, whole
 
     st = sub.add_parser(
         "station",
@@ -166,7 +166,7 @@ def _serve(args) -> int:
         settle=args.settle,
     )
     if args.watch:
-        from ..watch import check_folders
+        from ..jobs.watch import check_folders
 
         out = os.path.abspath(args.out)
         check_folders(
@@ -197,7 +197,7 @@ def _serve(args) -> int:
     station_log.addHandler(_stdout_handler())
     station_log.propagate = False  # one line per event, not a second "warning:" copy from the root logger
     print(f"review station on http://{args.host}:{args.port}/ (store: {station.store!r})", flush=True)
-    from ..stop import Stop
+    from ..common.stop import Stop
 
     stop = Stop().install()  # uvicorn hands a SIGTERM back to this handler after its graceful shutdown
     uvicorn.run(create_app(station), host=args.host, port=args.port, log_level="warning")

@@ -14,8 +14,8 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 
+from ..common.spreadsheet import csv_text
 from ..errors import InspectorError
-from ..spreadsheet import csv_text
 from ..store import Store, display_path
 from . import queries
 from .files import original_bytes

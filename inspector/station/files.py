@@ -11,9 +11,9 @@ import os
 import cv2
 import numpy as np
 
-from ..outputs import caption_height, display_rgb
-from ..preprocess import decode_image, image_size
-from ..reading import open_regular, read_regular
+from ..common.reading import open_regular, read_regular
+from ..engine.runtime.preprocess import decode_image, image_size
+from ..jobs.artifacts import caption_height, display_rgb
 from ..store import Store
 
 BROWSER_TYPES = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg", b"BM": "image/bmp"}

@@ -11,14 +11,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ..atomic import write_atomic
-from ..engine import Inspector
+from ..common.atomic import write_atomic
+from ..common.stop import Stop
+from ..engine.inspector import Inspector
+from ..engine.runtime.preprocess import image_size
 from ..errors import InspectorError
-from ..preprocess import image_size
-from ..record import Outcome, explain_and_record, start_job
-from ..stop import Stop
+from ..jobs.record import Outcome, explain_and_record, start_job
+from ..jobs.watch import _candidates, watch
 from ..store import STORE_FILE, Store, StoreError, default_url, display_path
-from ..watch import _candidates, watch
 
 log = logging.getLogger("inspector.station")
 UPLOAD_DIR = "uploads"

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
-from ..atomic import process_alive
+from ..common.atomic import process_alive
 from .db import (
     StoreError,
     as_utc,

@@ -16,7 +16,7 @@ import os
 import onnx
 from onnx import numpy_helper
 
-from .atomic import open_atomic, remove_stale_parts
+from ...common.atomic import open_atomic, remove_stale_parts
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import json
 import cv2
 import numpy as np
 
-from .config import COLORMAPS
-from .explanation import Explanation
+from ..config import COLORMAPS
+from ..engine.explanation import Explanation
 
 
 def display_rgb(image: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 
 from onnx_tools import upsample_matrix
 
-from ..fusion import minmax
+from ..method.fusion import minmax
 from .base import Method, MethodContext, MethodResult
 
 

@@ -19,15 +19,15 @@ import numpy as np
 
 from onnx_tools import scores_of
 
-from . import memory
-from . import preprocess as pre
-from .config import InspectorConfig, config_from_dict, load_config
-from .errors import ConfigError, ImageError, InspectorError, ModelContractError, TargetError
+from ..config import InspectorConfig, config_from_dict, load_config
+from ..errors import ConfigError, ImageError, InspectorError, ModelContractError, TargetError
 from .explanation import Explanation
 from .methods import MethodContext, MethodResult, get_method
-from .model import load_model
 from .review import load_roi
-from .session import EngineSessions, runtime_versions
+from .runtime import memory
+from .runtime import preprocess as pre
+from .runtime.model import load_model
+from .runtime.session import EngineSessions, runtime_versions
 
 log = logging.getLogger(__name__)
 # images per explain_batch group: enough to fill a GPU's sampler runs with the masks of small images

@@ -7,9 +7,8 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from ...config import THRESHOLDS
 from .otsu import otsu_threshold
-
-THRESHOLDS = ("otsu", "fixed", "percentile")
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..config import RiseConfig
-from ..fusion import minmax
+from ...config import RiseConfig
+from ..method.fusion import minmax
 from .base import Method, MethodContext, MethodResult
 
 

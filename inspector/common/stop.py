@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import time
 
-from .errors import Interrupted
+from ..errors import Interrupted
 
 
 class Stop:

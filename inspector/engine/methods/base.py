@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 if TYPE_CHECKING:
-    from ..config import MethodConfig
-    from ..session import EngineSessions, ExplainOutputs
+    from ...config import MethodConfig
+    from ..runtime.session import EngineSessions, ExplainOutputs
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .config import InspectorConfig
-from .errors import ConfigError
+from ..common.reading import IMAGE_LIMIT_HINT, image_limit, read_regular
+from ..config import InspectorConfig
+from ..errors import ConfigError
 from .explanation import Explanation
-from .reading import IMAGE_LIMIT_HINT, image_limit, read_regular
-from .regions import Region, find_regions
+from .method.regions import Region, find_regions
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ back onto the image (:mod:`inspector.methods.base` has the protocol).
 
 Adding a method (one file + its line in the registry):
 
-1. ``inspector/methods/<name>.py``: a subclass of :class:`Method` with ``name``, ``needs_gradients``
+1. ``inspector/engine/methods/<name>.py``: a subclass of :class:`Method` with ``name``, ``needs_gradients``
    (does it read ``context.explained``'s gradients/activations?) and ``explain(context) ->
    MethodResult``. Use ``context.target_weights`` (float32 [num_classes]), ``context.tensor``,
    ``context.size``, ``context.chunk_size``, ``context.sessions.score_masks(...)`` for masked forward
@@ -34,7 +34,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (Sise(), GradCam(), Rise())}
 
 def get_method(name: str) -> Method:
     """The registered method called ``name``; ConfigError naming the registered ones otherwise."""
-    from ..errors import ConfigError
+    from ...errors import ConfigError
 
     if name not in METHODS:
         raise ConfigError(f"method.name: {name!r} is not one of {', '.join(sorted(METHODS))}")

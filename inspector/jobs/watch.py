@@ -19,14 +19,14 @@ import os
 import shutil
 import time
 
-from .atomic import write_atomic
-from .engine import Inspector
-from .errors import InspectorError, OutputError
-from .folders import check_output_folder, is_inside
-from .preprocess import IMAGE_EXTENSIONS
+from ..common.atomic import write_atomic
+from ..common.folders import check_output_folder, is_inside
+from ..common.stop import Stop
+from ..engine.inspector import Inspector
+from ..engine.runtime.preprocess import IMAGE_EXTENSIONS
+from ..errors import InspectorError, OutputError
+from ..store import Store, StoreError, default_url, display_path, display_url
 from .record import Outcome, explain_and_record_many, result_settings, settings_hash, start_job
-from .stop import Stop
-from .store import Store, StoreError, default_url, display_path, display_url
 
 RETRY_PAUSE = 10.0  # seconds to wait after an output error before trying again
 

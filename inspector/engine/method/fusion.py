@@ -14,7 +14,6 @@ def minmax(x: np.ndarray) -> np.ndarray:
     return (x - low) / (high - low) if high > low else np.zeros_like(x)
 
 
-FUSIONS = ("otsu", "soft")  # the paper's hard Otsu gate; a sigmoid gate around the same threshold
 
 
 def gate(deeper: np.ndarray, fusion: str = "otsu", width: float = 0.0) -> np.ndarray:

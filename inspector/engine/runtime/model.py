@@ -13,10 +13,10 @@ import onnx
 
 import onnx_tools
 
-from .config import InspectorConfig
-from .errors import ModelContractError
+from ...common.reading import check_regular, open_regular
+from ...config import InspectorConfig
+from ...errors import ModelContractError
 from .memory import largest_tensor_bytes
-from .reading import check_regular, open_regular
 from .weights import externalise
 
 log = logging.getLogger(__name__)

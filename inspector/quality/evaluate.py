@@ -16,13 +16,13 @@ import time
 import cv2
 import numpy as np
 
+from ..common.atomic import write_group
+from ..common.reading import MANIFEST_LIMIT, image_limit, read_regular
+from ..common.spreadsheet import csv_text
+from ..engine.inspector import Inspector
+from ..engine.runtime import preprocess as pre
+from ..errors import InspectorError
 from . import metrics as M
-from . import preprocess as pre
-from .atomic import write_group
-from .engine import Inspector
-from .errors import InspectorError
-from .reading import MANIFEST_LIMIT, image_limit, read_regular
-from .spreadsheet import csv_text
 
 SIZE_BINS = (("small", 0.0, 0.01), ("medium", 0.01, 0.05), ("large", 0.05, 1.01))
 COLUMNS = ("ebpg", "miou", "bbox", "drop", "increase", "deletion", "insertion", "seconds", "masks")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import InspectorError
+from ..errors import InspectorError
 
 
 def is_inside(path: str, folder: str) -> bool:

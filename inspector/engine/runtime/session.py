@@ -16,8 +16,8 @@ import onnxruntime as ort
 
 from onnx_tools import IMAGE, MASKS, SCORES, TARGET
 
-from .config import RuntimeConfig
-from .errors import ConfigError, ModelRunError
+from ...config import RuntimeConfig
+from ...errors import ConfigError, ModelRunError
 
 log = logging.getLogger(__name__)
 

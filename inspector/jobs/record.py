@@ -27,17 +27,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import __version__
-from . import preprocess as pre
-from .atomic import commit_group, discard_group, prepare_group, remove_stale_parts
-from .engine import Inspector
-from .errors import ImageError, InspectorError, OutputError
-from .explanation import Explanation
-from .outputs import artifact_suffixes, render
-from .reading import IMAGE_LIMIT_HINT, image_limit, read_regular
-from .review import Review, review
-from .session import runtime_versions
-from .store import Claim, ClaimLost, ResultKey, Store, StoreError, display_path
+from ..common.atomic import commit_group, discard_group, prepare_group, remove_stale_parts
+from ..common.reading import IMAGE_LIMIT_HINT, image_limit, read_regular
+from ..common.version import __version__
+from ..engine.explanation import Explanation
+from ..engine.inspector import Inspector
+from ..engine.review import Review, review
+from ..engine.runtime import preprocess as pre
+from ..engine.runtime.session import runtime_versions
+from ..errors import ImageError, InspectorError, OutputError
+from ..store import Claim, ClaimLost, ResultKey, Store, StoreError, display_path
+from .artifacts import artifact_suffixes, render
 
 log = logging.getLogger(__name__)
 ARTIFACT_DIR = "images"

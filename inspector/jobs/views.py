@@ -10,10 +10,10 @@ from urllib.parse import quote
 
 import sqlalchemy as sa
 
-from . import spreadsheet
-from .atomic import write_group
-from .store import Store
-from .store.schema import artifacts, inputs, results, runs
+from ..common import spreadsheet
+from ..common.atomic import write_group
+from ..store import Store
+from ..store.schema import artifacts, inputs, results, runs
 
 CSV_FIELDS = ("path", "image_sha256", "status", "prediction", "confidence", "target", "regions",
               "evidence_peak", "evidence_mean", "roi_inside", "flagged", "masks", "seconds", "error",

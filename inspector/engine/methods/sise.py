@@ -14,10 +14,10 @@ import numpy as np
 
 from onnx_tools import IMAGE, KEEP, LAYER_MAPS, OWNER, SCORES, TARGET, act_input, idx_input
 
-from .. import surrogate
-from ..config import MethodConfig
-from ..fusion import fuse, minmax
-from ..selection import select_maps
+from ...config import MethodConfig
+from ..method import surrogate
+from ..method.fusion import fuse, minmax
+from ..method.selection import select_maps
 from .base import Method, MethodContext, MethodResult
 
 # Devices where every sampler run gets the same batch size: cuDNN searches convolution algorithms once

@@ -28,14 +28,14 @@ import time
 
 import numpy as np
 
+from ..common.stop import Stop
+from ..config import load_config
+from ..engine.inspector import Inspector
+from ..errors import InspectorError, OutputError
+from ..store import Store, StoreError, display_path
 from .audit import AuditSummary, _progress, run_audit, wait_for_busy
-from .config import load_config
-from .engine import Inspector
-from .errors import InspectorError, OutputError
 from .ray_reaper import Reaper
 from .record import Job, explain_and_record_many, start_job
-from .stop import Stop
-from .store import Store, StoreError, display_path
 
 log = logging.getLogger(__name__)
 DEFAULT_WORKERS = 2

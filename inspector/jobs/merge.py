@@ -17,17 +17,17 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from . import __version__
-from .atomic import write_atomic
-from .errors import InspectorError, Interrupted, OutputError
-from .folders import check_output_folder
-from .reading import ARTIFACT_LIMIT, read_regular
-from .report import write_views
-from .stop import Stop
-from .store import Store, StoreError, default_url, display_path, display_url
-from .store.db import as_utc, sqlite_path
-from .store.schema import artifacts, images, inputs, results, runs
-from .store.store import dialect_insert
+from ..common.atomic import write_atomic
+from ..common.folders import check_output_folder
+from ..common.reading import ARTIFACT_LIMIT, read_regular
+from ..common.stop import Stop
+from ..common.version import __version__
+from ..errors import InspectorError, Interrupted, OutputError
+from ..store import Store, StoreError, default_url, display_path, display_url
+from ..store.db import as_utc, sqlite_path
+from ..store.schema import artifacts, images, inputs, results, runs
+from ..store.store import dialect_insert
+from .views import write_views
 
 
 def part_url(part: str) -> str:

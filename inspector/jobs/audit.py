@@ -23,15 +23,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from .engine import Inspector
-from .errors import InspectorError, OutputError
-from .folders import check_output_folder, is_inside
-from .preprocess import IMAGE_EXTENSIONS
-from .reading import MANIFEST_LIMIT, read_regular
+from ..common.folders import check_output_folder, is_inside
+from ..common.reading import MANIFEST_LIMIT, read_regular
+from ..common.stop import Stop
+from ..engine.inspector import Inspector
+from ..engine.runtime.preprocess import IMAGE_EXTENSIONS
+from ..errors import InspectorError, OutputError
+from ..store import Store, StoreError, default_url, display_path
 from .record import Job, explain_and_record_many, result_settings, settings_hash, start_job
-from .report import write_views
-from .stop import Stop
-from .store import Store, StoreError, default_url, display_path
+from .views import write_views
 
 
 def list_inputs(source: str) -> list[tuple[str, str]]:

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .config import PreprocessConfig
-from .errors import ImageError
-from .reading import IMAGE_LIMIT_HINT, image_limit, read_regular
+from ...common.reading import IMAGE_LIMIT_HINT, image_limit, read_regular
+from ...config import PreprocessConfig
+from ...errors import ImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 log = logging.getLogger(__name__)
