@@ -302,3 +302,10 @@ def counts(store: Store) -> dict:
 def _with_utc(row) -> dict:
     """A row as a dict with its timestamps in UTC (SQLite gives them back without a zone)."""
     return {k: as_utc(v) if isinstance(v, datetime) else v for k, v in dict(row).items()}
+
+
+def named_scores(scores, classes) -> list[tuple[str, float | None]]:
+    """(class name, score) per class; indices stand in for names the config lacks."""
+    if not scores:
+        return []
+    return [(classes[i] if i < len(classes) else str(i), s) for i, s in enumerate(scores)]

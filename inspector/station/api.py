@@ -1,0 +1,214 @@
+"""The line's API, ``/api/v1``: explain an image, read results and verdicts, give a verdict. Callers
+authenticate with HTTP Basic or a session cookie plus ``X-CSRF-Token`` (deps.ApiViewer, ApiReviewer)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, File, HTTPException, Query, UploadFile
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import InspectorError
+from ..store import display_path
+from . import queries
+from .deps import MAX_ID, ApiReviewer, ApiViewer, PartId, StationDep, load_part, parse_utc
+from .service import Station, UploadRefused
+from .verdicts import VERDICTS, VerdictError, record_verdict
+
+router = APIRouter(prefix="/api/v1", tags=["line"])
+DEFAULT_WAIT, MAX_WAIT, POLL_SECONDS = 10.0, 120.0, 0.25  # seconds, for an image another process explains
+_BUSY = {"description": "Accepted: another station or audit is explaining this image right now; no result "
+                        "yet. Poll the Location header's URL (Retry-After: seconds) until it answers 200.",
+         "headers": {"Location": {"description": "the result to poll", "schema": {"type": "string"}},
+                     "Retry-After": {"description": "seconds", "schema": {"type": "integer"}}}}
+EXPLAIN_RESPONSES = {200: {"description": "the image was explained before: its stored result"},
+                     201: {"description": "explained now: the result"}, 202: _BUSY,
+                     422: {"description": "not a readable image: recorded as a failed part"},
+                     503: {"description": "the result cannot be recorded now (store or disk); send it again"}}
+RESULT_RESPONSES = {200: {"description": "the result"}, 202: _BUSY, 404: {"description": "no such result"}}
+
+
+class ReviewBody(BaseModel):
+    """A verdict sent by the line or a script."""
+
+    model_config = ConfigDict(extra="forbid")
+    verdict: str = Field(description="one of " + ", ".join(VERDICTS))
+    label: str | None = Field(None, max_length=200, description="the class, for overrule")
+    comment: str | None = Field(None, max_length=2000)
+
+
+@router.post("/explain", status_code=201, responses=EXPLAIN_RESPONSES)
+def api_explain(
+    user: ApiReviewer,
+    station: StationDep,
+    image: Annotated[UploadFile, File(description="the part's image file")],
+    wait: Annotated[
+        float,
+        Query(ge=0, le=MAX_WAIT, description="seconds to wait for an image that another station or "
+              "audit is explaining at this moment, before answering 202"),
+    ] = DEFAULT_WAIT,
+):
+    """Explain one image (PNG, JPEG, BMP, TIFF, WebP, PNM) and record it; the same image sent again
+    returns the stored result. Every 200 and 201 carries the result. An image that another process
+    is explaining right now is waited for up to ``wait`` seconds, then answered ``202 Accepted`` with
+    a ``Location`` to poll (``GET /api/v1/results/{id}``: 202 while it runs, 200 with the result).
+    411/413/401 (before the body is read: see ``app.refuse_body``), 413: too many bytes or pixels, 415:
+    a format whose size no header check reads, 422: a damaged image (recorded as a failed part),
+    503: the result cannot be recorded now (the store or the disk)."""
+    data = image.file.read(station.settings.max_upload_bytes + 1)
+    deadline = time.monotonic() + wait
+    for _ in range(5):  # an image given back unfinished by the other process is explained here
+        try:
+            outcome = station.explain_upload(data, image.filename)
+        except UploadRefused as e:
+            raise HTTPException(e.status, str(e)) from e
+        except InspectorError as e:
+            raise HTTPException(503, str(e)) from e
+        if outcome.state != "busy":
+            break
+        row = _wait_until_finished(station, outcome.result_id, deadline)
+        if row is not None:
+            return _still_running(row) if row["status"] == "running" else _done_elsewhere(station, row)
+    else:
+        raise HTTPException(503, "the image was claimed and given back by other processes several "
+                            "times in a row; send it again")
+    row = load_part(station, outcome.result_id)
+    body = result_body(row, station.class_names)
+    body["state"] = outcome.state
+    if row["status"] == "failed":
+        return JSONResponse(body, status_code=422)
+    return JSONResponse(body, status_code=201 if outcome.state == "explained" else 200)
+
+
+def _wait_until_finished(station: Station, result_id: int, deadline: float) -> dict | None:
+    """The result's row once it is no longer running, or at the deadline; None once it is gone."""
+    while True:
+        row = queries.part(station.store, result_id)
+        if row is None or row["status"] != "running" or time.monotonic() >= deadline:
+            return row
+        time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+
+
+def _done_elsewhere(station: Station, row: dict) -> JSONResponse:
+    """The result another process finished while this request waited (as for an image sent again)."""
+    body = result_body(load_part(station, row["id"]), station.class_names)
+    body["state"] = "done" if row["status"] == "done" else "skipped_failed"
+    return JSONResponse(body, status_code=422 if row["status"] == "failed" else 200)
+
+
+def _still_running(row: dict) -> JSONResponse:
+    location = f"/api/v1/results/{row['id']}"
+    body = {"result_id": row["id"], "image_sha256": row["image_sha256"], "status": "running",
+            "state": "busy", "location": location,
+            "detail": "another station or audit is explaining this image now; GET the location until "
+                      "it answers 200 with the result"}
+    return JSONResponse(body, status_code=202, headers={"Location": location, "Retry-After": "1"})
+
+
+@router.get("/results")
+def api_results(
+    user: ApiViewer,
+    station: StationDep,
+    since: Annotated[str | None, Query(description="ISO 8601 time; results finished after it")] = None,
+    after_id: Annotated[
+        int,
+        Query(
+            ge=0,
+            le=MAX_ID,
+            description="with since: results finished exactly at since with a "
+            "larger id (use the response's next link)",
+        ),
+    ] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+):
+    """Finished results in the order they finished, each with its newest verdict; follow ``next``."""
+    moment = parse_utc(since, "since")
+    rows = queries.results_since(station.store, moment, after_id, limit)
+    kinds = queries.artifact_kinds(station.store, [r["id"] for r in rows])
+    items = [result_body({**r, "artifacts": kinds.get(r["id"], [])}, station.class_names) for r in rows]
+    following = None
+    if len(rows) == limit:
+        last = rows[-1]
+        following = "/api/v1/results?" + urlencode(
+            {"since": last["finished_at"].isoformat(), "after_id": last["id"], "limit": limit}
+        )
+    return {"results": items, "next": following}
+
+
+@router.get("/results/{result_id}", responses=RESULT_RESPONSES)
+def api_result(user: ApiViewer, station: StationDep, result_id: PartId):
+    """One result with its verdict history; 202 with ``Location`` while it is still being explained,
+    404 when there is no such result (an explanation given up unfinished leaves none: send the image
+    again)."""
+    row = load_part(station, result_id)
+    if row["status"] == "running":
+        return _still_running(row)
+    body = result_body(row, station.class_names)
+    body["history"] = [review_body(h) for h in row["history"]]
+    return body
+
+
+@router.post("/results/{result_id}/review", status_code=201)
+def api_review(user: ApiReviewer, station: StationDep, result_id: PartId, body: ReviewBody):
+    """Append a verdict (nothing is ever changed in place): ``confirm`` (the model's label),
+    ``overrule_good`` (the first of good_classes), ``overrule`` (to ``label``), ``inconclusive``."""
+    row = load_part(station, result_id)
+    try:
+        review = record_verdict(station, row, body.verdict, body.label, body.comment, user.username)
+    except VerdictError as e:
+        raise HTTPException(422, str(e)) from e
+    return review_body(review)
+
+
+@router.get("/reviews")
+def api_reviews(
+    user: ApiViewer,
+    station: StationDep,
+    after_id: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+):
+    """Verdicts in the order they were given, after ``after_id``."""
+    return {
+        "reviews": [
+            {**review_body(r), "image_sha256": r["image_sha256"], "model_label": r["prediction_name"]}
+            for r in queries.reviews_after(station.store, after_id, limit)
+        ]
+    }
+
+
+def result_body(row: dict, classes) -> dict:
+    rid = row["id"]
+    return {
+        "result_id": rid,
+        "image_sha256": row["image_sha256"],
+        "status": row["status"],
+        "source": display_path(row["source_path"]),
+        "prediction": row["prediction_name"],
+        "confidence": row["confidence"],
+        "scores": dict(queries.named_scores(row.get("scores"), classes)),
+        "regions": row.get("regions") or [],
+        "flagged": row.get("flagged"),
+        "roi_inside": row.get("roi_inside"),
+        "error": row.get("error"),
+        "finished_at": row["finished_at"].isoformat() if row.get("finished_at") else None,
+        "verdict": row.get("verdict"),
+        "review_label": row.get("review_label"),
+        "part_url": f"/parts/{rid}",
+        "artifacts": {kind: f"/artifacts/{rid}/{kind}" for kind in row.get("artifacts", {})},
+    }
+
+
+def review_body(r: dict) -> dict:
+    return {
+        "review_id": r["id"],
+        "result_id": r["result_id"],
+        "verdict": r["verdict"],
+        "label": r["label"],
+        "previous_label": r["previous_label"],
+        "reviewer": r["reviewer"],
+        "comment": r["note"],
+        "created_at": r["created_at"].isoformat(),
+    }

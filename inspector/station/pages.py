@@ -1,0 +1,380 @@
+"""The operator's pages, rendered on the server: log-in, the queue, one part (and its pictures), the shift,
+the dataset export. Who may see each is its dependency (deps.Viewer, Reviewer, Admin)."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from datetime import datetime, timedelta, timezone
+from typing import Annotated
+from urllib.parse import parse_qsl, urlencode
+
+from fastapi import APIRouter, Form, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+
+from ..common.reading import ARTIFACT_LIMIT, read_regular
+from ..common.version import __version__
+from ..errors import InspectorError
+from . import auth, files, queries
+from .deps import (
+    COOKIE,
+    MAX_ID,
+    Admin,
+    Page,
+    PartId,
+    QueueFilters,
+    Reviewer,
+    StationDep,
+    Viewer,
+    client_address,
+    csrf_ok,
+    load_part,
+    parse_local,
+    read_filters,
+    safe_next,
+    shown_message,
+    signed,
+    station_of,
+)
+from .export import dataset_zip
+from .shifts import parse_shifts, shift_of
+from .verdicts import VERDICTS, VerdictError, record_verdict
+
+LOGIN_COOKIE = "sise_login"  # double-submit token of the login form (no session exists yet)
+router = APIRouter(include_in_schema=False)
+
+
+def render(request: Request, name: str, user: auth.User | None, **context):
+    """A page from the station's templates, with what every page shows."""
+    station = station_of(request)
+    context.update(
+        user=user,
+        version=__version__,
+        classes=station.class_names,
+        good_classes=station.good_classes,
+        watching=station.settings.watch_dir is not None,
+    )
+    return request.app.state.templates.TemplateResponse(request, name, context)
+
+
+# ----- log-in -------------------------------------------------------------------------------------------
+@router.api_route("/", methods=["GET", "HEAD"])
+def home():
+    return RedirectResponse("/queue", status_code=303)
+
+
+@router.get("/login")
+def login_page(request: Request, station: StationDep, next: str = "/queue"):
+    token = secrets.token_urlsafe(24)
+    response = render(
+        request, "login.html", None, next=safe_next(next), token=token, error=shown_message(request)
+    )
+    response.set_cookie(
+        LOGIN_COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        secure=station.settings.secure_cookies,
+        max_age=3600,
+    )
+    return response
+
+
+@router.post("/login")
+def login(
+    request: Request,
+    station: StationDep,
+    username: Annotated[str, Form()],
+    password: Annotated[str, Form()],
+    token: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "/queue",
+):
+    expected = request.cookies.get(LOGIN_COOKIE, "")
+    if not expected or not hmac.compare_digest(token, expected):
+        return RedirectResponse(
+            "/login?" + urlencode({"next": next, **signed("the form expired; try again")}),
+            status_code=303,
+        )
+    try:
+        user = auth.check_password(station.store, username, password, client_address(request))
+    except auth.TooManyAttempts as e:
+        return RedirectResponse("/login?" + urlencode({"next": next, **signed(str(e))}), status_code=303)
+    if user is None:
+        return RedirectResponse(
+            "/login?" + urlencode({"next": next, **signed("wrong user name or password")}),
+            status_code=303,
+        )
+    response = RedirectResponse(safe_next(next), status_code=303)
+    response.set_cookie(
+        COOKIE,
+        auth.open_session(station.store, user),
+        httponly=True,
+        samesite="lax",  # links from the line's other systems open the part; forms carry CSRF tokens
+        secure=station.settings.secure_cookies,
+        max_age=int(auth.SESSION_HOURS * 3600),
+    )
+    response.delete_cookie(LOGIN_COOKIE)
+    return response
+
+
+@router.post("/logout")
+def logout(user: Viewer, request: Request, station: StationDep, csrf_token: Annotated[str, Form()] = ""):
+    if not csrf_ok(request, user, csrf_token):
+        raise HTTPException(403, "missing or wrong CSRF token; reload the page")
+    auth.close_session(station.store, request.cookies.get(COOKIE))
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE)
+    return response
+
+
+# ----- queue --------------------------------------------------------------------------------------------
+@router.get("/queue", response_class=HTMLResponse)
+def queue_page(f: QueueFilters, user: Viewer, request: Request, station: StationDep, page: Page = 0):
+    rows, total = queries.queue(station.store, f, station.good_classes, page)
+    return render(
+        request,
+        "queue.html",
+        user,
+        rows=rows,
+        total=total,
+        page=page,
+        f=f,
+        pages=(total + queries.PAGE - 1) // queries.PAGE,
+        qs=f.query_string(),
+        failed_total=queries.counts(station.store)["by_status"].get("failed", 0),
+        waiting=station.waiting_files(),
+    )
+
+
+@router.get("/queue/rows", response_class=HTMLResponse)
+def queue_rows(f: QueueFilters, user: Viewer, request: Request, station: StationDep, page: Page = 0):
+    rows, total = queries.queue(station.store, f, station.good_classes, page)
+    response = render(request, "queue_rows.html", user, rows=rows, qs=f.query_string())
+    response.headers["X-Queue-Total"] = str(total)
+    response.headers["X-Queue-Waiting"] = str(station.waiting_files())
+    return response
+
+
+# ----- one part -----------------------------------------------------------------------------------------
+@router.get("/parts/{result_id}", response_class=HTMLResponse)
+def part_page(
+    f: QueueFilters,
+    user: Viewer,
+    request: Request,
+    station: StationDep,
+    result_id: PartId,
+    saved: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+):
+    row = load_part(station, result_id)
+    previous, following = queries.neighbours(station.store, result_id, f, station.good_classes)
+    scores = queries.named_scores(row.get("scores"), station.class_names)
+    saved_part = queries.part(station.store, saved) if saved else None
+    saved_part = saved_part if saved_part and saved_part["history"] else None
+    return render(
+        request,
+        "part.html",
+        user,
+        part=row,
+        scores=scores,
+        prev_id=previous,
+        next_id=following,
+        qs=f.query_string(),
+        verdicts=VERDICTS,
+        saved=saved_part,
+        part_name=_name(row["source_path"]),
+        has_original=files.original_path(row) is not None,
+        error=shown_message(request),
+        end=request.query_params.get("end"),
+        seen=row["history"][-1]["id"] if row["history"] else 0,
+    )
+
+
+@router.post("/parts/{result_id}/review")
+def review_form(
+    user: Reviewer,
+    request: Request,
+    station: StationDep,
+    result_id: PartId,
+    verdict: Annotated[str, Form()],
+    label: Annotated[str, Form()] = "",
+    comment: Annotated[str, Form()] = "",
+    csrf_token: Annotated[str, Form()] = "",
+    qs: Annotated[str, Form()] = "",
+    seen: Annotated[int, Form(ge=0, le=MAX_ID)] = 0,
+):
+    """A verdict from the part page. ``seen``: the newest verdict the page showed; when another was
+    given since (a second reviewer, a second tab), nothing is recorded and the page says so."""
+    back = f"/parts/{result_id}?"
+    if not csrf_ok(request, user, csrf_token):
+        message = (
+            "the page was out of date (logged in again elsewhere?); nothing was recorded: "
+            "give the verdict again"
+        )
+        return RedirectResponse(back + _qs(qs, **signed(message)), status_code=303)
+    row = load_part(station, result_id)
+    newest = row["history"][-1] if row["history"] else None
+    if (newest["id"] if newest else 0) != seen:
+        message = (
+            f"{newest['reviewer']} gave a verdict ({newest['verdict']} -> "
+            f"{newest['label'] or 'inconclusive'}) while this page was open; nothing was recorded: "
+            "look again and give yours"
+        )
+        return RedirectResponse(back + _qs(qs, **signed(message)), status_code=303)
+    # the next part is found before the verdict: with "unreviewed", this part leaves the list
+    filters = read_filters(**_filter_args(qs))
+    _, following = queries.neighbours(station.store, result_id, filters, station.good_classes)
+    try:
+        record_verdict(station, row, verdict, label, comment, user.username)
+    except VerdictError as e:
+        return RedirectResponse(back + _qs(qs, **signed(str(e))), status_code=303)
+    if following is None:  # the end of the list: say so, and how many are still to review
+        left = queries.counts(station.store)["unreviewed"]
+        return RedirectResponse(f"/parts/{result_id}?{_qs(qs, saved=result_id, end=left)}", status_code=303)
+    return RedirectResponse(f"/parts/{following}?{_qs(qs, saved=result_id)}", status_code=303)
+
+
+@router.get("/parts/{result_id}/original")
+def original(user: Viewer, station: StationDep, result_id: PartId):
+    data = files.original_bytes(load_part(station, result_id))
+    if data is None:
+        raise HTTPException(404, "the original image is no longer where it was explained")
+    try:
+        body, kind = files.for_browser(data, station.config.preprocess.max_pixels)
+    except InspectorError as e:
+        raise HTTPException(415, f"the original image cannot be shown: {e}") from e
+    return Response(body, media_type=kind, headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/parts/{result_id}/overlay-cut")
+def overlay_cut(user: Viewer, station: StationDep, result_id: PartId):
+    row = load_part(station, result_id)
+    path = files.artifact_file(station.store, row, "overlay")
+    data = files.original_bytes(row)
+    if path is None or data is None:
+        raise HTTPException(404, "the overlay or the original image is missing")
+    try:
+        body = files.overlay_cut(path, data, station.config.preprocess.max_pixels)
+    except (OSError, InspectorError) as e:
+        raise HTTPException(404, str(e)) from e
+    return Response(body, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/artifacts/{result_id}/{kind}")
+def artifact(user: Viewer, station: StationDep, result_id: PartId, kind: str):
+    path = files.artifact_file(station.store, load_part(station, result_id), kind)
+    if path is None:
+        raise HTTPException(404, f"part {result_id} has no {kind} file in its folder")
+    try:
+        body = read_regular(path, ARTIFACT_LIMIT, what="result file")
+    except OSError as e:
+        raise HTTPException(404, f"part {result_id}'s {kind} file cannot be read ({e.strerror})") from e
+    return Response(
+        body, media_type=files.media_type(path), headers={"Cache-Control": "private, max-age=3600"}
+    )
+
+
+@router.get("/favicon.ico")
+def favicon():
+    return Response(status_code=204, headers={"Cache-Control": "max-age=86400"})
+
+
+@router.get("/colourbar.png")
+def colour_bar(station: StationDep):
+    return Response(
+        files.colour_bar(station.config.visuals.colormap),
+        media_type="image/png",
+        headers={"Cache-Control": "max-age=86400"},
+    )
+
+
+# ----- shift --------------------------------------------------------------------------------------------
+@router.get("/shift", response_class=HTMLResponse)
+def shift_page(user: Viewer, request: Request, station: StationDep, at: str | None = None):
+    moment = parse_local(at, "at") or datetime.now(timezone.utc)
+    start, end = shift_of(moment, parse_shifts(",".join(station.settings.shifts)))
+    rows = queries.shift_rows(station.store, start.astimezone(timezone.utc), end.astimezone(timezone.utc))
+    figures = shift_figures(rows, start, end, station.class_names, station.good_classes)
+    previous = start - timedelta(minutes=1)
+    return render(
+        request,
+        "shift.html",
+        user,
+        start=start,
+        end=end,
+        s=figures,
+        prev_at=previous.strftime("%Y-%m-%dT%H:%M"),
+        next_at=end.strftime("%Y-%m-%dT%H:%M"),
+        is_current=start <= datetime.now(timezone.utc) < end,
+    )
+
+
+# ----- export -------------------------------------------------------------------------------------------
+@router.get("/export.zip")
+def export(user: Admin, station: StationDep):
+    stamp = datetime.now().strftime("%Y%m%d-%H%M")
+    return StreamingResponse(
+        dataset_zip(station.store, f"sise-reviewed-{stamp}"),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="sise-reviewed-{stamp}.zip"'},
+    )
+
+
+# ----- helpers ------------------------------------------------------------------------------------------
+def local_time(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """A template filter: a stored time on the station's local clock."""
+    return value.astimezone().strftime(fmt) if value is not None else ""
+
+
+def _qs(qs: str, **extra) -> str:
+    items = dict(parse_qsl(qs))
+    items.update({k: str(v) for k, v in extra.items()})
+    return urlencode(items)
+
+
+def _filter_args(qs: str) -> dict:
+    items = dict(parse_qsl(qs))
+    return {k: items.get(k) for k in ("cls", "flagged", "unreviewed", "since", "until", "order")}
+
+
+def _name(source_path: str) -> str:
+    return os.path.basename(source_path) or source_path
+
+
+def shift_figures(rows: list[dict], start: datetime, end: datetime, classes, good_classes) -> dict:
+    done = [r for r in rows if r["status"] == "done"]
+    reviewed = [r for r in done if r["verdict"] is not None]
+    overruled = [r for r in reviewed if r["verdict"] == "overrule"]
+    per_class = {c: 0 for c in classes}
+    for r in done:
+        per_class[r["prediction_name"]] = per_class.get(r["prediction_name"], 0) + 1
+    for r in reviewed:  # a label no configured class has (the classes changed, a shared store) still counts
+        if r["review_label"] is not None:
+            per_class.setdefault(r["review_label"], 0)
+    labels = list(per_class) + ["inconclusive"]
+    confusion = {m: {lab: 0 for lab in labels} for m in per_class}
+    for r in reviewed:
+        label = r["review_label"] if r["review_label"] is not None else "inconclusive"
+        confusion[r["prediction_name"]][label] += 1
+    hours = max(1, round((end - start).total_seconds() / 3600))
+    per_hour = [0] * hours
+    for r in rows:
+        k = int((r["finished_at"] - start).total_seconds() // 3600)
+        if 0 <= k < hours:
+            per_hour[k] += 1
+    return {
+        "total": len(rows),
+        "done": len(done),
+        "failed": len(rows) - len(done),
+        "per_class": per_class,
+        "rejects": sum(v for c, v in per_class.items() if c not in good_classes),
+        "reviewed": len(reviewed),
+        "reviewed_share": len(reviewed) / len(done) if done else None,
+        "overruled": len(overruled),
+        "overrule_rate": len(overruled) / len(reviewed) if reviewed else None,
+        "labels": labels,
+        "confusion": confusion,
+        "per_hour": [
+            ((start + timedelta(hours=k)).astimezone().strftime("%H:%M"), n) for k, n in enumerate(per_hour)
+        ],
+    }
