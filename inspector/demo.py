@@ -3,15 +3,17 @@ overlays, per-layer strips, JSON sidecars and a one-page HTML summary."""
 
 from __future__ import annotations
 
-import html
 import os
 import time
 from importlib import resources
+from urllib.parse import quote
 
 import cv2
 import numpy as np
 
+from .common import documents
 from .common.atomic import write_atomic
+from .common.version import __version__
 from .config import load_config
 from .engine.inspector import Inspector
 from .errors import InspectorError
@@ -23,19 +25,17 @@ def example_dir() -> str:
     return str(resources.files("inspector") / "example")
 
 
-def _row(name: str, result: dict, saliency: np.ndarray, mask: np.ndarray | None, out: str) -> str:
+def _row(name: str, result: dict, saliency: np.ndarray, mask: np.ndarray | None, out: str) -> dict:
+    """One sample's line of the page (the template escapes every value)."""
     inside = ""
     if mask is not None and mask.any():
         energy = float(saliency[mask].sum() / max(saliency.sum(), 1e-12))
         inside = (f"{100 * energy:.0f}% of the evidence lies on the defect "
                   f"({100 * mask.mean():.1f}% of the image)")
-    link = {k: html.escape(os.path.relpath(p, out), quote=True) for k, p in result["artifacts"].items()}
-    return (f"<tr><td><b>{html.escape(name)}</b><br>"
-            f"predicted <b>{html.escape(result['prediction_name'])}</b> "
-            f"({result['confidence']:.3f})<br>{result['masks']} masks, {result['seconds']:.2f} s"
-            f"<br>{inside}</td>"
-            f"<td><img src='{link['overlay']}' width=192></td>"
-            f"<td><img src='{link['layers']}' height=128></td></tr>")
+    link = {k: quote(os.path.relpath(p, out).replace(os.sep, "/")) for k, p in result["artifacts"].items()}
+    return {"name": name, "prediction": result["prediction_name"], "confidence": result["confidence"],
+            "masks": result["masks"], "seconds": result["seconds"], "inside": inside,
+            "overlay": link["overlay"], "layers": link["layers"]}
 
 
 def run_demo(out: str) -> tuple[str, float]:
@@ -67,12 +67,8 @@ def run_demo(out: str) -> tuple[str, float]:
                   flush=True)
         store.end_run(job.run_id, "finished")
     seconds = time.perf_counter() - start
-    page = ("<!doctype html><meta charset=utf-8><title>SISE Inspector demo</title>"
-            "<style>body{font-family:sans-serif}td{padding:6px;vertical-align:top}</style>"
-            "<h1>SISE Inspector demo</h1><p>Bundled example classifier (inspector/example), SISE with the "
-            f"<i>{insp.method.preset}</i> preset on {insp.sessions.provider}; {len(samples)} images in "
-            f"{seconds:.1f} s. Overlays: red = strong evidence for the predicted class. Layer strips: each "
-            "block's map, shallow to deep, then the fused map.</p><table>" + "".join(rows) + "</table>")
+    page = documents.render("demo.html", title="SISE Inspector demo", version=__version__, rows=rows,
+                            preset=insp.method.preset, provider=insp.sessions.provider, seconds=seconds)
     index = os.path.join(out, "index.html")
     write_atomic(index, page)
     return index, seconds

@@ -932,3 +932,12 @@ def test_a_model_without_class_names_can_be_overruled_from_the_page(tmp_path):
         assert r.status_code == 303 and "saved=" in r.headers["location"], r.headers["location"]
         history = client.get(f"/api/v1/results/{rid}", auth=basic("rita")).json()["history"]
     assert [(x["label"], x["previous_label"]) for x in history] == [("0", "2")]
+
+
+def test_the_station_serves_the_one_stylesheet_the_documents_inline(st):
+    from inspector.common import documents
+
+    r = st.client.get("/static/station.css")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/css")
+    assert r.text == documents.stylesheet() and "table.queue" in r.text
+    assert st.client.get("/static/station.js").status_code == 200  # the rest of /static still served

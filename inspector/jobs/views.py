@@ -3,15 +3,15 @@ and the end of every audit). One row per input file; the files are regenerated, 
 
 from __future__ import annotations
 
-import html
 import json
 import os
 from urllib.parse import quote
 
 import sqlalchemy as sa
 
-from ..common import spreadsheet
+from ..common import documents, spreadsheet
 from ..common.atomic import write_group
+from ..common.version import __version__
 from ..store import Store
 from ..store.schema import artifacts, inputs, results, runs
 
@@ -63,19 +63,6 @@ def report_runs(store: Store, scopes: list[str] | None = None) -> list[dict]:
         return [dict(r) for r in conn.execute(query).mappings()]
 
 
-def _runs_table(run_rows: list[dict]) -> str:
-    if not run_rows:
-        return ""
-    cells = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-            r["id"], r["kind"], f"{r['shard_index']}/{r['shard_count']}", r["host"],
-            _when(r["started_at"]), _when(r["ended_at"]), r["status"], r["model_sha256"][:16],
-            r["settings_hash"][:16], r["tool_version"])) + "</tr>" for r in run_rows)
-    head = "".join(f"<th>{h}</th>" for h in ("run", "kind", "shard", "host", "started (UTC)", "ended (UTC)",
-                                              "status", "model SHA-256", "settings", "version"))
-    return f"<h2>Runs ({len(run_rows)})</h2><table class=runs><tr>{head}</tr>{cells}</table>"
-
-
 def _when(value) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
 
@@ -113,20 +100,14 @@ def jsonl_text(rows: list[dict], out_dir: str) -> str:
 
 
 def _link(path: str, out_dir: str) -> str:
-    return html.escape(quote(os.path.relpath(path, out_dir).replace(os.sep, "/")), quote=True)
+    """A relative link to a file under ``out_dir``, percent-encoded (the template escapes it for HTML)."""
+    return quote(os.path.relpath(path, out_dir).replace(os.sep, "/"))
 
 
-def _thumbs(rows: list[dict], out_dir: str) -> str:
-    cells = []
-    for r in rows:
-        overlay = r["artifacts"].get("overlay")
-        picture = (f"<a href='{_link(overlay, out_dir)}'>"
-                   f"<img src='{_link(overlay, out_dir)}' width=160 alt=''></a>"
-                   if overlay else "")
-        cells.append(f"<figure>{picture}<figcaption>{html.escape(r['path'])}<br>"
-                     f"{html.escape(r['prediction_name'] or '')} {r['confidence'] or 0:.3f}"
-                     "</figcaption></figure>")
-    return "".join(cells)
+def _thumb(row: dict, out_dir: str) -> dict:
+    overlay = row["artifacts"].get("overlay")
+    return {"link": _link(overlay, out_dir) if overlay else None, "path": row["path"],
+            "prediction": row["prediction_name"] or "", "confidence": row["confidence"] or 0.0}
 
 
 def failure_line(row: dict) -> str:
@@ -135,14 +116,8 @@ def failure_line(row: dict) -> str:
     return error if error.startswith(row["path"]) else f"{row['path']}: {error}"
 
 
-def _listing(lines: list[str], limit: int = 200) -> str:
-    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines[:limit])
-    more = f"<li>and {len(lines) - limit} more: see results.csv</li>" if len(lines) > limit else ""
-    return items + more
-
-
 def html_text(rows: list[dict], out_dir: str, title: str, *, notes: list[str] = (), lowest: int = 12,
-              run_rows: list[dict] = ()) -> str:
+              run_rows: list[dict] = (), listed: int = 200) -> str:
     done = [r for r in rows if r["status"] == "done"]
     failed = [r for r in rows if r["status"] == "failed"]
     pending = [r for r in rows if r["status"] == "pending"]
@@ -152,30 +127,20 @@ def html_text(rows: list[dict], out_dir: str, title: str, *, notes: list[str] = 
     seconds = sum(r["seconds"] or 0.0 for r in done)
     warn = [(f"INCOMPLETE: {len(pending)} of {len(rows)} images have no result yet; run the same command "
              "again to continue.")] if pending else []
-    banner = "".join(f"<p class=warn>{html.escape(n)}</p>" for n in [*warn, *notes])
-    with_roi = any(r["roi_inside"] is not None for r in done)
-    flagged = [r for r in done if r["flagged"]]
-    least = sorted(done, key=lambda r: r["confidence"])[:lowest]
-    errors = _listing([failure_line(r) for r in failed])
-    missing = _listing([r["path"] for r in pending])
-    return ("<!doctype html><meta charset=utf-8><title>SISE audit</title><style>body{font-family:sans-serif}"
-            "figure{display:inline-block;margin:4px;font-size:11px;max-width:170px;overflow-wrap:anywhere}"
-            ".warn{background:#fde2e1;border:1px solid #c0392b;padding:6px}"
-            ".runs td,.runs th{border-bottom:1px solid #ddd;padding:2px 6px;font-size:12px;"
-            "text-align:left}</style>"
-            f"<h1>{html.escape(title)}</h1>{banner}<p>{len(rows)} images: {len(done)} explained, "
-            f"{len(failed)} failed, {len(pending)} not finished; {seconds:.1f} s of explanation time "
-            f"({seconds / max(len(done), 1):.2f} s per image).</p><h2>Predicted classes</h2><table>"
-            + "".join(f"<tr><td>{html.escape(str(k))}</td><td>{v}</td></tr>"
-                      for k, v in sorted(counts.items()))
-            + "</table>"
-            + (f"<h2>Flagged: evidence mostly outside the ROI ({len(flagged)})</h2>"
-               f"{_thumbs(flagged, out_dir)}"
-               if with_roi else "")
-            + f"<h2>Least confident ({len(least)})</h2>{_thumbs(least, out_dir)}"
-            f"<h2>Failed ({len(failed)})</h2><ul>{errors}</ul>"
-            + (f"<h2>Not finished ({len(pending)})</h2><ul>{missing}</ul>" if pending else "")
-            + _runs_table(list(run_rows)))
+    errors = [failure_line(r) for r in failed]
+    runs = [(r["id"], r["kind"], f"{r['shard_index']}/{r['shard_count']}", r["host"], _when(r["started_at"]),
+             _when(r["ended_at"]), r["status"], r["model_sha256"][:16], r["settings_hash"][:16],
+             r["tool_version"]) for r in run_rows]
+    return documents.render(
+        "report.html", title=title, version=__version__, notes=[*warn, *notes], total=len(rows),
+        done=len(done), failed=len(failed), pending=len(pending), seconds=seconds,
+        seconds_per_image=seconds / max(len(done), 1),
+        classes=sorted(counts.items(), key=lambda kv: str(kv[0])),
+        with_roi=any(r["roi_inside"] is not None for r in done),
+        flagged=[_thumb(r, out_dir) for r in done if r["flagged"]],
+        least=[_thumb(r, out_dir) for r in sorted(done, key=lambda r: r["confidence"])[:lowest]],
+        errors=errors[:listed], errors_more=max(0, len(errors) - listed),
+        missing=[r["path"] for r in pending][:listed], missing_more=max(0, len(pending) - listed), runs=runs)
 
 
 def write_views(store: Store, out_dir: str, *, scopes: list[str] | None = None, title: str = "SISE results",

@@ -62,13 +62,13 @@ def create_app(station: Station) -> FastAPI:
     app.state.templates = templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["local"] = pages.local_time
     templates.env.filters["q"] = lambda s: quote(str(s), safe="")
+    for router in (pages.router, api.router, ops.router):  # before /static: the stylesheet is a page route
+        app.include_router(router)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     with contextlib.suppress(ImportError):
         import swagger_ui_bundle
 
         app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
-    for router in (pages.router, api.router, ops.router):
-        app.include_router(router)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):

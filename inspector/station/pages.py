@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl, urlencode
 from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
+from ..common import documents
 from ..common.reading import ARTIFACT_LIMIT, read_regular
 from ..common.version import __version__
 from ..errors import InspectorError
@@ -272,6 +273,12 @@ def artifact(user: Viewer, station: StationDep, result_id: PartId, kind: str):
     return Response(
         body, media_type=files.media_type(path), headers={"Cache-Control": "private, max-age=3600"}
     )
+
+
+@router.get("/static/station.css")
+def stylesheet():
+    """The project's one stylesheet (inspector/common/documents), also inlined in report.html and the demo."""
+    return Response(documents.stylesheet(), media_type="text/css", headers={"Cache-Control": "max-age=3600"})
 
 
 @router.get("/favicon.ico")
