@@ -22,6 +22,7 @@ from typing import NoReturn
 
 from .common.arguments import number, whole
 from .common.folders import check_output_folder
+from .common.progress import Progress
 from .common.stop import Stop
 from .common.version import __version__
 from .engine.inspector import Inspector
@@ -148,14 +149,15 @@ def cmd_evaluate(args) -> int:
 
     insp = Inspector.from_config(args.config)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    start = time.perf_counter()
+    progress: list[Progress] = []
 
-    def progress(done, total):
-        elapsed = time.perf_counter() - start
-        print(f"\r[{done}/{total}] {elapsed:.0f} s, eta {elapsed / done * (total - done):.0f} s", end="",
-              file=sys.stderr, flush=True)
-    table = run_evaluation(insp, args.data, methods, args.out, limit=args.limit, progress=progress)
-    print(file=sys.stderr)
+    def report(done, total):
+        if not progress:
+            progress.append(Progress(total))
+        progress[0].update(done)
+    table = run_evaluation(insp, args.data, methods, args.out, limit=args.limit, progress=report)
+    if progress:
+        progress[0].finish("evaluated")
     print(markdown(table))
     print(f"wrote {os.path.join(args.out, 'summary.md')}, summary.csv and per_image.csv")
     return 0
@@ -284,8 +286,8 @@ def cmd_explain(args) -> int:
     with Store(args.store or default_url(args.out)) as store:
         job = start_job(insp, store, kind="explain", out_dir=args.out, target=args.target)
         counts, failures = {"explained": 0, "reused": 0, "busy": 0}, []
-        start = time.perf_counter()
-        status = "finished"
+        progress = Progress(len(images), every=1)  # a line per image in a log
+        run_status = "finished"
         try:
             size, i = insp.batch_images(args.batch_images), 0
             with job.keep_alive():
@@ -294,17 +296,15 @@ def cmd_explain(args) -> int:
                         break
                     for outcome in explain_and_record_many(job, images[first:first + size]):
                         i += 1
-                        status = _explain_status(outcome, counts, failures)
-                        elapsed = time.perf_counter() - start
-                        print(f"[{i}/{len(images)}] {display_path(outcome.path)}: {status} (elapsed "
-                              f"{elapsed:.1f} s, eta {elapsed / i * (len(images) - i):.1f} s)",
-                              file=sys.stderr, flush=True)
+                        progress.update(i, f"{display_path(outcome.path)}: "
+                                           f"{_explain_status(outcome, counts, failures)}")
         except BaseException:
-            status = "stopped"
+            run_status = "stopped"
             raise
         finally:
+            progress.finish("handled")
             with contextlib.suppress(InspectorError):  # noted if the store can take it
-                store.end_run(job.run_id, "stopped" if stop.requested else status)
+                store.end_run(job.run_id, "stopped" if stop.requested else run_status)
     print(f"wrote {counts['explained']} explanation(s) to {os.path.join(args.out, 'images')}"
           + (f"; {counts['reused']} were already in the store" if counts["reused"] else ""))
     if counts["busy"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -74,6 +75,12 @@ def test_repeated_names_never_overwrite_and_the_count_is_the_files_written(tmp_p
     # another target, another result
     assert other.returncode == 0 and "wrote 1 explanation(s)" in other.stdout
     assert len(os.listdir(out / "images")) == 28
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(out / "results.db")) as db:  # each run's own status, not its
+        statuses = [s for (s,) in db.execute("SELECT status FROM runs ORDER BY id")]  # last image's
+    assert statuses == ["finished"] * 3
+    assert "handled: 6 of 6 in" in r.stderr and r.stderr.count("[") == 6  # a line per image in a log
 
 
 def test_report_from_a_store_into_another_folder(tmp_path):

@@ -69,3 +69,13 @@ def test_texture_surfaces_from_scikit_image():
         if s.label not in ("ok", "stain"):
             changed = np.abs(s.image.astype(int) - clean.image).max(axis=2) > 0
             assert not np.any(changed & ~s.mask) and changed[s.mask].mean() >= 0.97
+
+
+def test_an_audit_of_the_data_set_takes_its_images_not_its_masks(tmp_path):
+    """The masks folder is marked (.sise-skip): auditing the folder the generator wrote lists its images
+    only (the masks were audited as parts before)."""
+    from inspector.jobs.audit import list_inputs
+
+    assert main(["--out", str(tmp_path), "--count", "6", "--seed", "4", "--size", "64"]) == 0
+    keys = [k for k, _ in list_inputs(str(tmp_path))]
+    assert len(keys) == 6 and all(k.startswith("images/") for k in keys), keys

@@ -7,6 +7,14 @@ import os
 
 from ..errors import InspectorError
 
+# A folder holding a file of this name is never audited as parts (with what lies under it): the
+# synthetic data set marks its ground-truth masks so; a plant may mark reference images the same way.
+SKIP_MARKER = ".sise-skip"
+
+
+def skipped(folder: str) -> bool:
+    return os.path.exists(os.path.join(folder, SKIP_MARKER))
+
 
 def is_inside(path: str, folder: str) -> bool:
     """True when ``path`` is ``folder`` or lies under it (symbolic links resolved)."""

@@ -19,11 +19,11 @@ import csv
 import hashlib
 import io
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 
-from ..common.folders import check_output_folder, is_inside
+from ..common.folders import check_output_folder, is_inside, skipped
+from ..common.progress import Progress
 from ..common.reading import MANIFEST_LIMIT, read_regular
 from ..common.stop import Stop
 from ..engine.inspector import Inspector
@@ -36,9 +36,10 @@ from .views import write_views
 
 def list_inputs(source: str) -> list[tuple[str, str]]:
     """(key, absolute path) pairs sorted by the key's bytes: a folder's image files (recursively, through
-    symbolic links to folders, each folder once; key = relative path) or the ``image`` column of a manifest
-    CSV (key = the column's value, relative to the manifest; a repeated row counts once). Only regular
-    files are taken: a FIFO or device named like an image would block the run."""
+    symbolic links to folders, each folder once, skipping folders marked with ``.sise-skip``; key =
+    relative path) or the ``image`` column of a manifest CSV (key = the column's value, relative to the
+    manifest; a repeated row counts once). Only regular files are taken: a FIFO or device named like an
+    image would block the run."""
     source = os.path.abspath(source)
     if os.path.isdir(source):
         out, seen = [], set()
@@ -48,6 +49,9 @@ def list_inputs(source: str) -> list[tuple[str, str]]:
                 dirs[:] = []
                 continue
             seen.add((st.st_dev, st.st_ino))
+            if skipped(root):  # masks, references: marked as not parts
+                dirs[:] = []
+                continue
             dirs.sort()
             for f in files:
                 path = os.path.join(root, f)
@@ -131,18 +135,6 @@ class AuditSummary:
         return 1 if self.failed else 0
 
 
-def _progress(i: int, total: int, start: float, note: str) -> None:
-    """One line rewritten in place on a terminal; in a log file (cron, systemd) a line per 5 % instead."""
-    elapsed = time.perf_counter() - start
-    rate = i / elapsed if elapsed > 0 else 0.0
-    eta = (total - i) / rate if rate > 0 else 0.0
-    line = f"[{i}/{total}] {rate:.2f} img/s, eta {eta:.0f} s"
-    if sys.stderr.isatty():
-        print(f"\r{line} {note[:60]:<60}", end="", file=sys.stderr, flush=True)
-    elif i == total or i % max(1, total // 20) == 0:
-        print(line, file=sys.stderr, flush=True)
-
-
 def wait_for_busy(job: Job, busy: list[str], wait_for_others: float, stop: Stop | None = None) -> list:
     """Try the images another run is explaining again until none is busy, ``wait_for_others`` seconds have
     passed or a stop is requested; the last outcome of each (still ``busy`` where time ran out)."""
@@ -160,7 +152,7 @@ def explain_here(job: Job, todo: list[str], stop: Stop, summary: AuditSummary, b
                  wait_for_others: float) -> None:
     """The audit's images explained by this process, ``batch_images`` at a time, in order; images another
     run is explaining are waited for up to ``wait_for_others`` seconds."""
-    start = time.perf_counter()
+    progress = Progress(len(todo))
     busy: list[str] = []
     try:
         for first in range(0, len(todo), batch_images):
@@ -175,12 +167,11 @@ def explain_here(job: Job, todo: list[str], stop: Stop, summary: AuditSummary, b
             busy += [o.path for o in outcomes if o.state == "busy"]
             for o in outcomes:
                 summary.count(o)
-            _progress(first + len(outcomes), len(todo), start, outcomes[-1].state)
+            progress.update(first + len(outcomes), outcomes[-1].state)
         for o in wait_for_busy(job, busy, wait_for_others, stop):
             summary.count(o)
     finally:
-        if todo and sys.stderr.isatty():
-            print(file=sys.stderr)
+        progress.finish("handled")
 
 
 def run_audit(insp: Inspector, source: str, out: str, *, store_url: str | None = None,

@@ -24,16 +24,16 @@ import math
 import os
 import signal
 import socket
-import time
 
 import numpy as np
 
+from ..common.progress import Progress
 from ..common.stop import Stop
 from ..config import load_config
 from ..engine.inspector import Inspector
 from ..errors import InspectorError, OutputError
 from ..store import Store, StoreError, display_path
-from .audit import AuditSummary, _progress, run_audit, wait_for_busy
+from .audit import AuditSummary, run_audit, wait_for_busy
 from .ray_reaper import Reaper
 from .record import Job, explain_and_record_many, start_job
 
@@ -261,16 +261,19 @@ def _pipeline(ray, todo: list[str], options: RayOptions, batch: int, wait_for_ot
 
 
 def _collect(stream, stop: Stop, summary: AuditSummary, worker_runs: set[int], total: int) -> None:
-    start, done = time.perf_counter(), 0
-    for outcomes in stream:
-        worker_runs.update(int(r) for r in outcomes["run_id"])
-        for state in outcomes["state"]:
-            summary.explained += state == "explained"
-            summary.reused += state == "done"
-        done += len(outcomes["state"])
-        _progress(done, total, start, "ray")
-        stopped = [s for s in outcomes["stopped"] if s]
-        if stopped:
-            raise OutputError(stopped[0])
-        if stop.requested:
-            return
+    progress, done = Progress(total), 0
+    try:
+        for outcomes in stream:
+            worker_runs.update(int(r) for r in outcomes["run_id"])
+            for state in outcomes["state"]:
+                summary.explained += state == "explained"
+                summary.reused += state == "done"
+            done += len(outcomes["state"])
+            progress.update(done, "ray")
+            stopped = [s for s in outcomes["stopped"] if s]
+            if stopped:
+                raise OutputError(stopped[0])
+            if stop.requested:
+                return
+    finally:
+        progress.finish("handled")

@@ -21,6 +21,8 @@ import cv2
 import numpy as np
 
 from ..common.atomic import write_atomic
+from ..common.folders import SKIP_MARKER
+from ..common.progress import Progress
 
 CLASSES = ("ok", "scratch", "crack", "pits", "inclusion", "stain")
 SURFACES = ("brushed", "cast", "fabric", "wood")
@@ -173,6 +175,8 @@ def write_dataset(out: str, count: int, seed: int, size: int = 128, progress=Non
     """Write ``count`` samples and a manifest; returns the manifest path."""
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     os.makedirs(os.path.join(out, "masks"), exist_ok=True)
+    write_atomic(os.path.join(out, "masks", SKIP_MARKER),  # an audit of the data set reads no mask as a part
+                 "ground-truth masks, not parts: inspector audit skips a folder holding this file\n")
     rows = []
     for i in range(count):
         s = sample(seed, i, size, surfaces=surfaces)
@@ -209,11 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not surfaces:
         parser.error(f"--surfaces: unknown {unknown}; choose among {', '.join(SURFACES + TEXTURES)}")
 
-    def progress(done, total):
-        if done % 100 == 0 or done == total:
-            print(f"\r{done}/{total}", end="", file=sys.stderr, flush=True)
-    path = write_dataset(args.out, args.count, args.seed, args.size, progress, surfaces)
-    print(f"\nwrote {args.count} samples and {path}")
+    progress = Progress(args.count, unit="samples")
+    path = write_dataset(args.out, args.count, args.seed, args.size,
+                         lambda done, _total: progress.update(done), surfaces)
+    progress.finish("written")
+    print(f"wrote {args.count} samples and {path}")
     return 0
 
 
