@@ -1,5 +1,6 @@
 """The deployment kit: deploy/edge/install.sh in a temporary prefix (CPU flavour, ending with a passing
-`inspector doctor`), and the systemd units through `systemd-analyze verify`."""
+`inspector doctor`; with the CPU image's constraints on Python 3.12), the systemd units through
+`systemd-analyze verify`, and the images' constraints files against pyproject.toml and the Dockerfiles."""
 
 from __future__ import annotations
 
@@ -30,6 +31,56 @@ def test_install_script_rejects_bad_options(tmp_path):
     r = subprocess.run(["bash", os.path.join(ROOT, "deploy", "edge", "install.sh"), "--flavour", "tpu"],
                        capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2 and "--flavour must be auto, cpu or gpu" in r.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--flavour", "gpu", "--cuda", "11"], "--cuda must be 12 or 13 (got 11)"),
+    (["--flavour", "cpu", "--cuda", "13"], "--cuda is for the gpu flavour (this is cpu)"),
+    (["--flavour", "cpu", "--constraints", "/nonexistent/c.txt"],
+     "--constraints /nonexistent/c.txt: no such file"),
+])
+def test_install_script_rejects_bad_cuda_and_constraints(tmp_path, args, message):
+    prefix = tmp_path / "sise"
+    r = subprocess.run(["bash", os.path.join(ROOT, "deploy", "edge", "install.sh"), "--prefix", str(prefix),
+                        *args], capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert not prefix.exists()
+
+
+def python312() -> str | None:
+    """A Python 3.12 interpreter (the images' Python), or None."""
+    pyenv = os.path.expanduser("~/.pyenv/versions/3.12*/bin/python3.12")
+    candidates = [shutil.which("python3.12"), *sorted(glob.glob(pyenv))]
+    for candidate in filter(None, candidates):
+        r = subprocess.run([candidate, "-c", "import sys; print(sys.version_info[:2] == (3, 12))"],
+                           capture_output=True, text=True, timeout=60, check=False)
+        if r.stdout.strip() == "True":
+            return candidate
+    return None
+
+
+def test_edge_install_script_with_the_cpu_image_constraints(tmp_path):
+    """install.sh --constraints deploy/constraints-cpu.txt on Python 3.12: what the CPU image installs,
+    every package at its pinned version (pip included), and a passing `inspector doctor`."""
+    python = python312()
+    if python is None:
+        pytest.skip("no Python 3.12 here (the constraints are resolved for the images' Python 3.12)")
+    prefix = tmp_path / "sise"
+    constraints = os.path.join(ROOT, "deploy", "constraints-cpu.txt")
+    r = subprocess.run(["bash", os.path.join(ROOT, "deploy", "edge", "install.sh"), "--prefix", str(prefix),
+                        "--flavour", "cpu", "--constraints", constraints],
+                       capture_output=True, text=True, timeout=900, check=False,
+                       env={**os.environ, "PYTHON": python})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "doctor: all good" in r.stdout
+    _, pins = read_pins("cpu")
+    freeze = subprocess.run([str(prefix / "bin" / "pip"), "freeze", "--all"], capture_output=True, text=True,
+                            check=True).stdout.splitlines()
+    installed = dict(line.split("==") for line in freeze if "==" in line)
+    installed = {normalize(n): v for n, v in installed.items() if normalize(n) != "sise-inspector"}
+    assert installed == {n: v for n, v in pins.items() if n in installed}
+    # not installed: the postgres extra's packages, and setuptools (it builds the wheel in an isolated env)
+    assert set(pins) - set(installed) == {"psycopg", "psycopg-binary", "setuptools"}
 
 
 # --- systemd units -------------------------------------------------------------------------------------
@@ -96,3 +147,83 @@ def test_systemd_unit_has_comments_on_their_own_lines_only(unit):
             _, sep, value = stripped.partition("=")
             assert sep, f"{unit}:{n}: not a Key=Value line: {line!r}"
             assert "#" not in value and " ;" not in value, f"{unit}:{n}: a comment after a value: {line!r}"
+
+
+# --- the images' constraints files ---------------------------------------------------------------------
+
+def read_pins(flavour: str) -> tuple[str, dict[str, str]]:
+    """(header comment, {normalized name: version}) of deploy/constraints-FLAVOUR.txt."""
+    header, pins = [], {}
+    with open(os.path.join(ROOT, "deploy", f"constraints-{flavour}.txt"), encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("#"):
+                header.append(line)
+                continue
+            name, sep, version = line.strip().partition("==")
+            assert sep and version and name == normalize(name) and name not in pins, line
+            pins[name] = version
+    return "".join(header), pins
+
+
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def project_requirements(extras: list[str]) -> list:
+    """The project's requirements for these extras (packaging Requirement objects), without the extras
+    that name the project itself (dev)."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    specs = list(project["dependencies"])
+    for extra in extras:
+        specs += project["optional-dependencies"][extra]
+    return [Requirement(s) for s in specs]
+
+
+@pytest.mark.parametrize("flavour,extras", [("cpu", ["cpu", "postgres"]),
+                                            ("gpu", ["gpu", "postgres", "ray"])])
+def test_constraints_pin_every_requirement_of_the_image(flavour, extras):
+    """Every requirement of the extras the image can install is pinned, to a version the project allows;
+    the build backend and pip are pinned too; the file says how to regenerate it."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    header, pins = read_pins(flavour)
+    assert "deploy/regenerate-constraints.sh" in header and "Python 3.12 on Linux x86_64" in header
+    assert list(pins) == sorted(pins)
+    for req in project_requirements(extras):
+        name = normalize(req.name)
+        assert name in pins, f"{req} is not pinned in constraints-{flavour}.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} breaks {req}"
+    if "postgres" in extras:  # psycopg[binary]: the extra's package, at psycopg's version
+        assert pins["psycopg-binary"] == pins["psycopg"]
+    tomllib = pytest.importorskip("tomllib")
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        build_requires = [Requirement(r) for r in tomllib.load(f)["build-system"]["requires"]]
+    for req in build_requires:
+        assert req.specifier.contains(pins[normalize(req.name)])
+    assert "pip" in pins
+    if flavour == "gpu":
+        assert Version(pins["onnxruntime-gpu"]) >= Version("1.27"), "the CUDA 13 image needs a CUDA 13 build"
+        assert "onnxruntime" not in pins  # one of the two: they install the same package
+        assert "aiohttp" in pins and "ray" in pins  # ray[default]: the dashboard, which KubeRay needs
+    else:
+        assert "onnxruntime" in pins and "onnxruntime-gpu" not in pins
+
+
+@pytest.mark.parametrize("flavour", ["cpu", "gpu"])
+def test_dockerfile_installs_with_its_constraints(flavour):
+    with open(os.path.join(ROOT, "deploy", f"Dockerfile.{flavour}"), encoding="utf-8") as f:
+        text = f.read()
+    constraints = f"deploy/constraints-{flavour}.txt"
+    assert f"COPY {constraints} ./deploy/" in text
+    installs = [c for c in re.split(r"&&|\nRUN ", text.replace("\\\n", " ")) if "pip install" in c]
+    assert len(installs) == 2, installs
+    for command in installs:
+        assert f"-c {constraints}" in command, command
+    assert f"--build-constraint {constraints}" in installs[1]
+    if flavour == "gpu":
+        assert '"onnxruntime-gpu>=1.27"' in installs[1]
