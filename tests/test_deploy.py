@@ -1,6 +1,7 @@
 """The deployment kit: deploy/edge/install.sh in a temporary prefix (CPU flavour, ending with a passing
 `inspector doctor`; with the CPU image's constraints on Python 3.12), the systemd units through
-`systemd-analyze verify`, and the images' constraints files against pyproject.toml and the Dockerfiles."""
+`systemd-analyze verify`, the images' constraints files against pyproject.toml and the Dockerfiles, and the
+KubeRay RayJob."""
 
 from __future__ import annotations
 
@@ -227,3 +228,44 @@ def test_dockerfile_installs_with_its_constraints(flavour):
     assert f"--build-constraint {constraints}" in installs[1]
     if flavour == "gpu":
         assert '"onnxruntime-gpu>=1.27"' in installs[1]
+
+
+def test_rayjob_image_and_cluster_match_the_constraints():
+    """The RayJob names the Ray version the image has (KubeRay picks its health checks by it) and runs
+    with token authentication."""
+    import yaml
+
+    _, pins = read_pins("gpu")
+    with open(os.path.join(ROOT, "deploy", "ray", "rayjob.yaml"), encoding="utf-8") as f:
+        job = yaml.safe_load(f)
+    cluster = job["spec"]["rayClusterSpec"]
+    assert cluster["rayVersion"] == pins["ray"]
+    assert cluster["authOptions"] == {"mode": "token"}
+    pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    images = {c["image"] for p in pods for c in p["spec"]["containers"]}
+    assert images == {"registry.example/sise-inspector:gpu-ray"}
+
+
+def test_rayjob_entrypoint_takes_the_store_from_the_head(tmp_path):
+    """KubeRay puts the entrypoint into a `bash -ce` command line in the submitter pod (`ray job submit
+    ... -- ENTRYPOINT`), which has no SISE_STORE; `ray job submit` quotes its arguments (shlex.join) and
+    the head runs the result with a shell (subprocess.Popen(..., shell=True)), in an environment that has
+    SISE_STORE. Here the same three steps, with a stand-in inspector that prints its arguments."""
+    import shlex
+
+    import yaml
+
+    with open(os.path.join(ROOT, "deploy", "ray", "rayjob.yaml"), encoding="utf-8") as f:
+        entrypoint = yaml.safe_load(f)["spec"]["entrypoint"]
+    submitter = subprocess.run(["bash", "-ce", f"printf '%s\\0' {entrypoint} ;"], env={"PATH": os.defpath},
+                               capture_output=True, text=True, check=True, timeout=30)
+    submitted = shlex.join(submitter.stdout.split("\0")[:-1])
+    assert "SISE_STORE" in submitted and "psycopg" not in submitted  # the URL is not in the job's record
+    fake = tmp_path / "inspector"
+    fake.write_text("#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done\n")
+    fake.chmod(0o755)
+    url = "postgresql+psycopg://sise:a b?c@db-host/sise?sslmode=require"
+    head = subprocess.run(submitted, shell=True, env={"PATH": f"{tmp_path}:{os.defpath}", "SISE_STORE": url},
+                          capture_output=True, text=True, check=True, timeout=30)
+    args = head.stdout.splitlines()
+    assert args[:1] == ["audit"] and args[args.index("--store") + 1] == url, args
