@@ -11,7 +11,8 @@
 # --cuda         gpu flavour: the box's CUDA major version. 12 takes onnxruntime-gpu < 1.27 (CUDA 12
 #                builds), 13 takes >= 1.27 (CUDA 13 builds, driver >= 580). Default: no bound (the newest).
 # --constraints  a pip constraints file for every package, pip and the build backend included, e.g.
-#                deploy/constraints-cpu.txt or -gpu.txt: the images' exact versions (Python 3.12, x86_64)
+#                deploy/constraints-cpu.txt or -gpu.txt: the images' exact versions (Python 3.12, x86_64;
+#                the gpu file pins a CUDA 13 build of onnxruntime-gpu)
 # --config       config for the final `inspector doctor` check (default: the bundled example)
 # --station      also install the review station's extra (`inspector station`)
 set -euo pipefail
@@ -32,7 +33,7 @@ while [ $# -gt 0 ]; do
         --constraints) constraints="$2"; shift 2 ;;
         --config) config="$2"; shift 2 ;;
         --station) extras=",station"; shift ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
