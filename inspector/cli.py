@@ -7,6 +7,7 @@ Exit codes, the same for every command:
     2  usage, config, model or store error: one line ``error: ...`` saying what to fix (--debug: traceback)
     3  incomplete: interrupted (SIGTERM/SIGINT) or stopped by an output error (disk full, permissions),
        or a merge that lacks shards or images; running the same command again continues
+  141  the reader of standard output went away (`inspector schema | head`); nothing is printed
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .engine.runtime.preprocess import IMAGE_EXTENSIONS
 from .errors import InspectorError, Interrupted, OutputError
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_INCOMPLETE = 0, 1, 2, 3
+EXIT_BROKEN_PIPE = 128 + 13  # as a shell reports a tool ended by SIGPIPE
 
 
 def collect_images(items: list[str]) -> list[str]:
@@ -94,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--no-retry", action="store_true", help="skip images whose earlier result failed")
     au.add_argument("--batch-images", **batch_option)
     au.add_argument("--engine", choices=["local", "ray"], default="local",
-                    help="local: this process; ray: a pool of Ray Data workers (pip install "
-                         "'sise-inspector[ray]'), on this machine or the cluster at --ray-address")
+                    help="local: this process; ray: a pool of Ray Data workers (the [ray] extra: pip "
+                         "install -e '.[ray]' in the checkout), on this machine or the cluster at "
+                         "--ray-address")
     au.add_argument("--ray-address", default=None,
                     help="a running Ray cluster (e.g. ray://head:10001 or auto); default: a local Ray")
     au.add_argument("--workers", type=whole(1, 4096), default=None,
@@ -355,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except BrokenPipeError:  # the reader left (`inspector schema | head`): no message, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("error: interrupted; run the same command again to continue", file=sys.stderr)
         return EXIT_INCOMPLETE

@@ -19,14 +19,25 @@ from onnx import helper, numpy_helper
 from .config import InspectorConfig, load_config
 from .engine.runtime.session import CUDA_LIBRARIES, cuda_libraries, probe_session
 
+# pip packages that each install the `onnxruntime` module: two of them in one environment overwrite each
+# other's files, and removing either breaks `import onnxruntime`
+FLAVOURS = ("onnxruntime-gpu", "onnxruntime", "onnxruntime-openvino", "onnxruntime-directml",
+            "onnxruntime-training")
 
-def flavour() -> str:
+
+def installed_flavours() -> list[str]:
+    """``name version`` of each onnxruntime package installed here."""
     found = []
-    for dist in ("onnxruntime-gpu", "onnxruntime"):
+    for dist in FLAVOURS:
         try:
             found.append(f"{dist} {md.version(dist)}")
         except md.PackageNotFoundError:
             pass
+    return found
+
+
+def flavour() -> str:
+    found = installed_flavours()
     return " + ".join(found) if found else "unknown (no onnxruntime distribution metadata)"
 
 
@@ -82,6 +93,13 @@ def run_doctor(config_path: str | None, *, out=print) -> int:
     path = config_path or f"{example_dir()}/config.yaml"
     status = 0
     out(f"onnxruntime: {ort.__version__} ({flavour()})")
+    packages = installed_flavours()
+    if len(packages) > 1:
+        names = " ".join(p.split()[0] for p in packages)
+        out(f"  PROBLEM: {len(packages)} onnxruntime packages are installed at once ({', '.join(packages)}); "
+            "they share one module and overwrite each other: pip uninstall -y " + names + ", then install "
+            "exactly one extra again (pip install -e '.[gpu]' on a GPU box, '.[cpu]' elsewhere)")
+        status = 1
     available = ort.get_available_providers()
     out(f"available providers: {', '.join(available)}")
     cfg = load_config(path)

@@ -1,4 +1,5 @@
-"""A straightforward PyTorch implementation of SISE as the paper and docs/sise_method.md describe it,
+"""A straightforward PyTorch implementation of SISE as the paper (Sattarzadeh et al., AAAI 2021) and
+docs/method.md describe it,
 written independently of the engine (no code shared), used as the ground truth of the parity tests."""
 
 from __future__ import annotations

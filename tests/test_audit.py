@@ -166,9 +166,20 @@ def test_killed_at_random_points_then_resumed_every_image_once(tmp_path, backend
     url, extra = backend_url(backend, out, request)
     rng = random.Random(7)
     done_at_kill = []
+
+    def done() -> int:
+        try:
+            return store_counts(url)["done"]
+        except sa.exc.DatabaseError:  # not created yet
+            return 0
     for _ in range(3):
+        before = done()
         proc = audit("-c", cfg, inp, "--out", out, *extra, wait=False)
-        time.sleep(rng.uniform(0.5, 4.0))
+        # killed at a random moment once this run recorded a result (not at a time after its start: on a
+        # busy machine start-up alone took longer than that window, and no kill landed mid-run)
+        while done() == before and proc.poll() is None and before < 24:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         try:

@@ -327,3 +327,22 @@ def test_doctor_self_test_feeds_the_configured_dtype(preprocess):
 
     provider, seconds, summary = self_test(config_from_dict(example_config(**preprocess)))
     assert provider == "CPUExecutionProvider" and seconds > 0 and summary.endswith("saliency ok")
+
+
+def test_doctor_reports_two_onnxruntime_packages_at_once(monkeypatch):
+    """`pip install '.[gpu]'` into an environment that has `.[cpu]` leaves onnxruntime and onnxruntime-gpu
+    side by side, sharing one module: doctor says so, with the fix, and exits 1 (it did not notice)."""
+    import importlib.metadata as md
+
+    from inspector import doctor
+
+    real = md.version
+    monkeypatch.setattr(doctor.md, "version",
+                        lambda dist: "1.31.1" if dist == "onnxruntime-gpu" else real(dist))
+    lines: list[str] = []
+    assert doctor.run_doctor(None, out=lines.append) == 1
+    problem = [line for line in lines if "onnxruntime packages are installed at once" in line]
+    assert len(problem) == 1 and "pip uninstall -y onnxruntime-gpu onnxruntime" in problem[0], lines
+    monkeypatch.setattr(doctor.md, "version", real)
+    lines.clear()
+    assert doctor.run_doctor(None, out=lines.append) == 0, lines  # one package: all good

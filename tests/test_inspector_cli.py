@@ -184,3 +184,26 @@ def test_every_numeric_option_is_checked_for_range_and_finiteness(args, words, t
     r = subprocess.run([sys.executable, "-m", "inspector", *args], capture_output=True, text=True, timeout=60,
                        check=False, cwd=tmp_path)
     assert words in one_error_line(r), r.stderr
+
+
+def test_a_reader_that_leaves_early_is_no_error(tmp_path):
+    """`inspector schema | head`: the pipe closes before the schema is written; the command stops
+    quietly with the status a shell gives a tool ended by SIGPIPE (it printed 'error: Broken pipe')."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        r = subprocess.run([sys.executable, "-m", "inspector", "schema"], stdout=write,
+                           stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    finally:
+        os.close(write)
+    assert (r.returncode, r.stderr) == (141, "")
+
+
+def test_an_explanation_prints_its_shapes_not_its_arrays():
+    from inspector import Inspector
+
+    insp = Inspector.from_config(CONFIG)
+    exp = insp.explain(sample(8, 2).image)
+    text = repr(exp)
+    assert len(text) < 300 and "saliency=128x128" in text and f"masks={exp.total_masks}" in text, text
+    assert "array" not in text and "\n" not in text

@@ -137,6 +137,13 @@ def test_a_killed_ray_worker_still_gives_every_image_exactly_once(tmp_path, back
     assert {r["status"] for r in csv_rows(out)} == {"done"} and len(csv_rows(out)) == 24
 
 
+def _process(pid: int):
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
+
+
 def running(processes: list) -> list:
     alive = []
     for p in processes:
@@ -198,11 +205,19 @@ def test_an_audit_on_a_cluster_started_with_ray_start(tmp_path, monkeypatch):
     ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     env = {**os.environ, "RAY_TMPDIR": temp}
-    start = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
-                            "--disable-usage-stats", "--include-dashboard=false", f"--temp-dir={temp}"],
-                           capture_output=True, text=True, timeout=180, env=env, check=False)
+    log = open(tmp_path / "head.log", "w")  # noqa: SIM115 - closed in finally
+    # --block: the head's processes stay under this one process group, which the test stops itself
+    # (`ray stop --force` stopped every Ray on the machine, other tests' and other users' too)
+    head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--num-gpus=0", "--disable-usage-stats", "--include-dashboard=false",
+                             f"--temp-dir={temp}"], stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
     try:
-        assert start.returncode == 0, start.stderr
+        deadline = time.time() + 180
+        while "Ray runtime started" not in (tmp_path / "head.log").read_text() and head.poll() is None:
+            assert time.time() < deadline, (tmp_path / "head.log").read_text()
+            time.sleep(0.2)
+        assert head.poll() is None, (tmp_path / "head.log").read_text()
         inp = tmp_path / "in"
         make_inputs(inp, 6)
         monkeypatch.setenv("RAY_AUTH_MODE", "token")
@@ -212,7 +227,16 @@ def test_an_audit_on_a_cluster_started_with_ray_start(tmp_path, monkeypatch):
         assert "6 image(s): 6 explained now" in r.stdout
         assert_exactly_once(tmp_path / "out", 6)
     finally:
-        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120, env=env, check=False)
+        processes = [head_process, *head_process.children(recursive=True)] if (
+            head_process := _process(head.pid)) else []
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)
+        _, left = psutil.wait_procs(processes, timeout=30)
+        for p in left:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        head.wait(timeout=30)
+        log.close()
         shutil.rmtree(temp, ignore_errors=True)
 
 

@@ -41,6 +41,13 @@ class Explanation:
     settings: dict = field(default_factory=dict)
     source: str | None = None
 
+    def __repr__(self) -> str:  # the arrays' shapes, not their values
+        h, w = self.saliency.shape
+        return (f"Explanation(target={self.target}, predicted={self.predicted}, "
+                f"score={float(self.scores[self.predicted]):.4f}, saliency={h}x{w}, "
+                f"saliency_full={self.saliency_full.shape[0]}x{self.saliency_full.shape[1]}, "
+                f"layers={len(self.layer_maps)}, masks={self.total_masks}, source={self.source!r})")
+
     @property
     def total_masks(self) -> int:
         return int(sum(self.masks_per_layer))

@@ -12,7 +12,8 @@ found done in the store (not explained twice); those it held are taken over at o
 (its process is gone), or after the store's heartbeat limit on another one. Resume, retry and exit codes are
 those of the single-process audit: run the same command again.
 
-Imported only by this path; Ray is the optional extra ``pip install 'sise-inspector[ray]'``.
+Imported only by this path; Ray is the optional extra ``[ray]`` (``pip install -e '.[ray]'`` in the
+checkout, or ``pip install 'ray[data,client]>=2.40'``).
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ def _import_ray():
         import ray
         import ray.data  # the Data library (pyarrow, pandas) comes with the extra
     except ImportError as e:
-        raise InspectorError("--engine ray needs Ray Data: pip install 'sise-inspector[ray]' (or "
-                             f"pip install 'ray[data]'); {e}") from e
+        raise InspectorError("--engine ray needs Ray Data: pip install 'ray[data,client]>=2.40' (the [ray] "
+                             f"extra); {e}") from e
     return ray
 
 

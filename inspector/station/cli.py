@@ -149,7 +149,10 @@ def _serve(args) -> int:
     try:
         import uvicorn
     except ImportError as e:
-        raise InspectorError("the station needs its extra: pip install 'sise-inspector[station]'") from e
+        raise InspectorError(
+            "the station needs its extra [station]: pip install -e '.[station]' in the checkout, or "
+            "pip install fastapi uvicorn jinja2 python-multipart swagger-ui-bundle-v2"
+        ) from e
     from .app import create_app
     from .service import Station, StationSettings
     from .shifts import parse_shifts

@@ -129,7 +129,7 @@ def make_engine(url: str, *, readonly: bool = False) -> sa.Engine:
         return sa.create_engine(parsed, pool_pre_ping=True)
     except ModuleNotFoundError as e:
         raise StoreError(f"--store {display_url(url)}: the PostgreSQL driver is missing ({e.name}); "
-                         "install it with pip install 'sise-inspector[postgres]'") from e
+                         "install it with pip install 'psycopg[binary]>=3.1' (the [postgres] extra)") from e
     except sa.exc.NoSuchModuleError as e:
         raise StoreError(f"--store {display_url(url)}: unknown database driver; use postgresql+psycopg://"
                          "USER@HOST:PORT/DB") from e
