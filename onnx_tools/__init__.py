@@ -6,7 +6,8 @@ The upper-case sampler names are the tensor names of the graphs :func:`build_sam
 :func:`build_mask_scorer` build (``act_input(b)`` / ``idx_input(b)``: block b's inputs).
 """
 
-from .contract import SCORE_KINDS, Contract, read_contract
+from .contract import SCORE_KINDS, TASKS, Contract, read_contract
+from .detection import BOXES, CLASSES, CONVENTIONS, OBJECTNESS, DetectionHead
 from .errors import ExportError
 from .export import analyse, export_file, export_model
 from .graph import dims_of, find_image_input
@@ -26,7 +27,33 @@ from .sampler import (
 )
 from .scores import scores_of
 
-__all__ = ["IMAGE", "KEEP", "LAYER_MAPS", "MASKS", "OWNER", "SCORES", "SCORE_KINDS", "TARGET", "Contract",
-           "ExportError", "act_input", "analyse", "build_mask_scorer", "build_sampler", "dims_of",
-           "export_file", "export_model", "find_image_input", "idx_input", "read_contract", "scores_of",
-           "upsample_matrix"]
+__all__ = [
+    "BOXES",
+    "CLASSES",
+    "CONVENTIONS",
+    "IMAGE",
+    "KEEP",
+    "LAYER_MAPS",
+    "MASKS",
+    "OBJECTNESS",
+    "OWNER",
+    "SCORES",
+    "SCORE_KINDS",
+    "TARGET",
+    "TASKS",
+    "Contract",
+    "DetectionHead",
+    "ExportError",
+    "act_input",
+    "analyse",
+    "build_mask_scorer",
+    "build_sampler",
+    "dims_of",
+    "export_file",
+    "export_model",
+    "find_image_input",
+    "idx_input",
+    "read_contract",
+    "scores_of",
+    "upsample_matrix",
+]

@@ -15,6 +15,7 @@ from collections import Counter
 from typing import NoReturn
 
 from . import contract as C
+from .detection import CONVENTIONS
 from .errors import ExportError
 from .export import analyse, export_file
 from .gradients import gradient_path
@@ -54,7 +55,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-shape", type=_shape_arg, default=None,
                    help="image input dims in the model's own layout, e.g. 1,3,224,224 "
                         "(needed for dynamic H/W)")
-    p.add_argument("--output", default=None, help="class-score output name when the model has several")
+    p.add_argument("--output", default=None,
+                   help="class-score output name (a detector's head output) when the model has several")
+    p.add_argument("--task", default="classify", choices=C.TASKS,
+                   help="classify (default): a [N, num_classes] output; detect: a one-stage detector's head")
+    p.add_argument("--head", default="auto", choices=("auto", *CONVENTIONS),
+                   help="with --task detect: the head's convention (default: found from its outputs; nms: "
+                        "the tensors feeding a NonMaxSuppression node)")
     p.add_argument("--layout", default=None, choices=("NCHW", "NHWC"),
                    help="the image input's layout (default: found from the graph)")
     p.add_argument("--keep-batch", action="store_true",
@@ -89,10 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_export(args) -> int:
     result = export_file(args.model, args.out, blocks=args.blocks, score=args.score,
                          input_shape=args.input_shape, output=args.output, layout=args.layout,
-                         keep_batch=args.keep_batch)
+                         keep_batch=args.keep_batch, task=args.task, head=args.head)
     c = result.contract
+    what = (f"detector: head {_head_text(c.head)}" if c.detector
+            else f"score={c.score}, {c.num_classes} classes")
     print(f"wrote {args.out} in {result.seconds:.2f} s: {len(c.blocks)} blocks, "
-          f"{sum(b.channels for b in c.blocks)} feature maps, score={c.score}, {c.num_classes} classes")
+          f"{sum(b.channels for b in c.blocks)} feature maps, {what}")
     for b in c.blocks:
         print(f"  {b.act_output:<12} {b.grad_output:<13} {b.tensor}  {list(b.shape[1:])}")
     return 0
@@ -102,18 +111,22 @@ def cmd_inspect(args) -> int:
     model = load_model(args.model)
     existing = C.read_contract(model)
     if existing is not None:
-        print(f"{args.model} is already exported (contract v{existing.version}, score={existing.score}):")
+        what = (f"detector, head {_head_text(existing.head)}" if existing.detector
+                else f"score={existing.score}")
+        print(f"{args.model} is already exported (contract v{existing.version}, {what}):")
         for b in existing.blocks:
             print(f"  block {b.index}: {b.tensor}  {list(b.shape[1:])}")
         return 0
     try:
         a = analyse(model, blocks=args.blocks, input_shape=args.input_shape, output=args.output,
-                    layout=args.layout)
+                    layout=args.layout, task=args.task, head=args.head)
     except ExportError as e:
         raise type(e)(f"{args.model}: {e}") from e
     io = a.io
     print(f"input  {io.input_name} {list(io.input_dims)} layout {io.layout}; output {io.output_name} "
           f"({io.num_classes} classes); opset {a.index.opset}")
+    if a.head is not None:
+        print(f"detector head: {_head_text(a.head)}")
     print(f"blocks ({len(a.blocks)}, {sum(a.index.shape(t)[1] for t in a.blocks)} feature maps):")
     for i, t in enumerate(a.blocks):
         shape = a.index.shape(t)
@@ -144,8 +157,15 @@ def cmd_example(args) -> int:
     out = os.path.join(args.out, "resnet50.sise.onnx")
     print(f"example: {src} (ResNet-50 graph, constant weights, ends in Softmax -> --score identity)")
     args = argparse.Namespace(model=src, out=out, blocks="auto", score="identity", input_shape=None,
-                              output=None, layout=None, keep_batch=False)
+                              output=None, layout=None, keep_batch=False, task="classify", head="auto")
     return cmd_export(args)
+
+
+def _head_text(head) -> str:
+    """A detector head in one line: convention, anchors, classes, box encoding, where the sigmoid is."""
+    return (f"{head.convention} ({', '.join(head.tensors)}), {head.num_anchors} anchors, {head.num_classes} "
+            f"classes, boxes {head.box_encoding}{' + grid decoding' if head.strides else ''}, "
+            f"{'logits (sigmoid applied by the export)' if head.logits else 'probabilities'}")
 
 
 def _message(e: Exception) -> str:

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 
 import onnx
 
+from .detection import DetectionHead
+
 CONTRACT_KEY = "sise.contract"
 CONTRACT_VERSION = 1
 TARGET_INPUT = "sise_target"
@@ -50,9 +52,16 @@ class BlockInfo:
         return self.shape[1]
 
 
+TASKS = ("classify", "detect")
+
+
 @dataclass(frozen=True)
 class Contract:
-    """Everything the engine needs to drive an exported model."""
+    """Everything the engine needs to drive an exported model.
+
+    A detector (``task`` "detect") has ``head``: where its head is and how to read it; ``output_name`` is
+    then the head's scores tensor, ``num_classes`` its class count, and the target input weighs
+    (anchor, class) pairs, [N, A, C]. A classifier's contract has neither key (older engines read it)."""
 
     input_name: str
     input_layout: str  # "NCHW" or "NHWC"
@@ -65,13 +74,25 @@ class Contract:
     version: int = CONTRACT_VERSION
     source_opset: int = 0
     exporter: str = field(default="onnx_tools")
+    task: str = "classify"
+    head: DetectionHead | None = None
+
+    @property
+    def detector(self) -> bool:
+        return self.task == "detect"
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        raw = asdict(self)
+        if not self.detector:
+            raw.pop("task")
+            raw.pop("head")
+        return json.dumps(raw, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Contract:
         raw = json.loads(text)
+        if raw.get("head") is not None:
+            raw["head"] = DetectionHead.from_dict(raw["head"])
         blocks = tuple(
             BlockInfo(
                 index=b["index"],

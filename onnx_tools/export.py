@@ -18,6 +18,7 @@ import onnx.version_converter
 
 from . import ceil_pools, precision
 from . import contract as C
+from . import detection as D
 from .blocks import check_explicit_blocks, discover_blocks
 from .errors import AlreadyExportedError, ExportError, ModelInputError
 from .graph import (
@@ -32,7 +33,7 @@ from .graph import (
     unknown_dims_as_symbols,
 )
 from .model_io import LAYOUTS, ModelIO, analysis_copy, detect_layout, find_class_output, fix_input_shape
-from .passes import AddGradients, ExportState, ExposeBlocks, PassManager
+from .passes import AddDetectionHead, AddGradients, ExportState, ExposeBlocks, PassManager
 from .rebatch import rebatch
 from .scores import score_op
 
@@ -48,6 +49,7 @@ class Analysis:
     index: GraphIndex
     io: ModelIO
     blocks: list[str]
+    head: D.DetectionHead | None = None  # a detector's head (io.output_name is its scores tensor)
 
 
 @dataclass
@@ -138,7 +140,7 @@ def _check_computation(a: Analysis, score: str) -> None:
                 f"block '{tensor}' is {dtype.name}: the engine computes in float32 (and in float16 on a GPU "
                 "with runtime.fp16: true); export the model in float32 (torch: model.float() before "
                 "torch.onnx.export)")
-    if a.io.num_classes == 1 and score == "softmax":
+    if a.head is None and a.io.num_classes == 1 and score == "softmax":
         raise ModelInputError(
             f"the class output '{a.io.output_name}' has one class: a softmax over it is always 1 and "
             "explains nothing; for a binary classifier's logit use --score sigmoid (export.score in an "
@@ -147,12 +149,17 @@ def _check_computation(a: Analysis, score: str) -> None:
 
 def analyse(model: onnx.ModelProto, *, blocks: str | list[str] = "auto",
             input_shape: tuple[int, ...] | None = None, output: str | None = None,
-            layout: str | None = None) -> Analysis:
-    """Find the image input (and its layout, unless stated), the class output and the block tensors
+            layout: str | None = None, task: str = "classify", head: str = "auto") -> Analysis:
+    """Find the image input (and its layout, unless stated), the class output (for ``task`` "detect":
+    the detection head, in convention ``head`` or the one its outputs match) and the block tensors
     (automatic or explicit)."""
     if layout is not None and layout not in LAYOUTS:
         raise ModelInputError(f"--layout {layout}: use NCHW or NHWC")
+    if task not in C.TASKS:
+        raise ModelInputError(f"--task {task}: use one of {', '.join(C.TASKS)}")
     _refuse_unreadable(model)
+    if task == "detect":
+        D.refuse_two_stage(model)
     check_topological(model)
     model = fix_input_shape(model, input_shape)  # a copy: changed in place below
     index = GraphIndex(analysis_copy(model))
@@ -163,7 +170,9 @@ def analyse(model: onnx.ModelProto, *, blocks: str | list[str] = "auto",
                  ", ".join(floored))
         index = GraphIndex(analysis_copy(model))
     image = find_image_input(model)
-    output_name, num_classes = find_class_output(index, output)
+    found = D.find_head(index, head, output) if task == "detect" else None
+    output_name, num_classes = (found.scores_tensor, found.num_classes) if found else \
+        find_class_output(index, output)
     io = ModelIO(input_name=image.name, layout=layout or detect_layout(index, image.name),
                  input_dims=tuple(dims_of(image)), output_name=output_name, num_classes=num_classes)
     if blocks == "auto" or blocks is None:
@@ -171,7 +180,7 @@ def analyse(model: onnx.ModelProto, *, blocks: str | list[str] = "auto",
     else:
         chosen = check_explicit_blocks(index, list(blocks), io.input_name, io.output_name,
                                        image_hw=_spatial(io.input_dims, io.layout))
-    return Analysis(model=model, index=index, io=io, blocks=chosen)
+    return Analysis(model=model, index=index, io=io, blocks=chosen, head=found)
 
 
 def _spatial(dims, layout: str) -> tuple[int, int] | None:
@@ -181,13 +190,18 @@ def _spatial(dims, layout: str) -> tuple[int, int] | None:
 
 def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", score: str = "softmax",
                  input_shape: tuple[int, ...] | None = None, output: str | None = None,
-                 layout: str | None = None, keep_batch: bool = False, check: bool = True) -> ExportResult:
+                 layout: str | None = None, keep_batch: bool = False, check: bool = True,
+                 task: str = "classify", head: str = "auto") -> ExportResult:
     """Return a rewritten copy of ``model`` carrying block activations, gradients and the contract.
 
     Args:
-        model: an ONNX classifier with one image input (NCHW or NHWC) and a [N, K] class output.
+        model: an ONNX classifier with one image input (NCHW or NHWC) and a [N, K] class output; or, with
+            ``task`` "detect", a one-stage detector (see :mod:`onnx_tools.detection`).
         blocks: "auto" or tensor names (ordered shallow to deep in the result).
-        score: psi applied to the class output: softmax | sigmoid | logit | identity.
+        score: psi applied to the class output: softmax | sigmoid | logit | identity (a detector's score
+            is its canonical head's objectness * class probability: ``score`` does not apply).
+        task: "classify" or "detect".
+        head: a detector's head convention (:data:`onnx_tools.detection.CONVENTIONS`) or "auto".
         input_shape: the image input's dims, required when its spatial dims are dynamic.
         output: name of the class output when the model has several candidates.
         layout: "NCHW" or "NHWC" of the image input; None: found from the graph.
@@ -213,18 +227,24 @@ def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", sc
         freed = rebatch(model)
         model = freed.model
         (log.info if freed.changed or "free already" in freed.note else log.warning)("%s", freed.note)
-    a = analyse(model, blocks=blocks, input_shape=input_shape, output=output, layout=layout)
+    a = analyse(model, blocks=blocks, input_shape=input_shape, output=output, layout=layout, task=task,
+                head=head)
+    if a.head is not None:
+        score = "identity"  # a detection's score: the canonical head's objectness * class probability
     _check_computation(a, score)
     out = a.model  # already a copy (fix_input_shape deep-copies)
     producer = a.index.producer.get(a.io.output_name)
     last_op = a.index.nodes[producer].op_type if producer is not None else None
-    if score_op(score) is not None and last_op in {op for op in C.SCORE_OPS.values() if op}:
+    scoring = {op for op in C.SCORE_OPS.values() if op}
+    if a.head is None and score_op(score) is not None and last_op in scoring:
         log.warning("the class output '%s' is already produced by %s; --score identity is probably meant",
                     a.io.output_name, last_op)
     batch_dim = a.io.input_dims[0] if a.io.input_dims[0] is not None else "N"
     state = ExportState(index=a.index, blocks=tuple(a.blocks), batch_dim=batch_dim)
     # ExposeBlocks renames the block tensors; its precondition (the gradient outputs exist) keeps it last
-    passes = PassManager([AddGradients(logits=a.io.output_name, num_classes=a.io.num_classes, score=score),
+    passes = PassManager([AddGradients(logits=a.io.output_name, num_classes=a.io.num_classes, score=score,
+                                       head=a.head),
+                          *([AddDetectionHead(a.head)] if a.head is not None else []),
                           ExposeBlocks()])
     run = passes(out, state)
     out = run.model
@@ -233,7 +253,8 @@ def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", sc
                   for i, t in enumerate(a.blocks))  # the names the passes' postconditions checked
     contract = C.Contract(input_name=a.io.input_name, input_layout=a.io.layout, input_shape=a.io.input_dims,
                           output_name=a.io.output_name, num_classes=a.io.num_classes, score=score,
-                          blocks=infos, source_opset=default_opset(model))
+                          blocks=infos, source_opset=default_opset(model),
+                          task="detect" if a.head is not None else "classify", head=a.head)
     C.write_contract(out, contract)
     if check:
         try:

@@ -1,5 +1,7 @@
 """Pass: add input ``sise_target`` and outputs ``sise/grad/<i>`` = spatial mean of
-d(sum_c target[n, c] * psi_c) / d(block_i), where psi is the score chosen at export."""
+d(sum_c target[n, c] * psi_c) / d(block_i), where psi is the score chosen at export; for a detector,
+d(sum_{a,c} target[n, a, c] * score[n, a, c]) / d(block_i), score = objectness * class probability of the
+canonical head (:mod:`onnx_tools.detection`)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import onnx
 from onnx import helper
 
 from ..contract import TARGET_INPUT, grad_output
+from ..detection import DetectionHead, emit_seed
 from ..errors import AlignmentError
 from ..gradients import Emitter, attach, build_gradients
 from ..graph import GraphIndex, check_aligned, taken_names
@@ -40,17 +43,18 @@ class AddGradients(Pass):
 
     name = "add_gradients"
 
-    def __init__(self, *, logits: str, num_classes: int, score: str):
-        self.logits = logits
+    def __init__(self, *, logits: str, num_classes: int, score: str, head: DetectionHead | None = None):
+        self.logits = head.scores_tensor if head is not None else logits
         self.num_classes = num_classes
         self.score = score
+        self.head = head
 
     def requires(self, model: onnx.ModelProto, state: ExportState) -> None:
         gone = missing(list(state.blocks) + [self.logits], produced(model))
         if gone:
             raise self.fail("requires", "the block tensors and the class output must exist in the model "
                                         f"under their original names; missing: {', '.join(gone)}")
-        if self.logits not in graph_outputs(model):
+        if self.head is None and self.logits not in graph_outputs(model):
             raise self.fail("requires", f"the class output '{self.logits}' must be a graph output")
         if TARGET_INPUT in graph_inputs(model):
             raise self.fail("requires", f"the model already has the input '{TARGET_INPUT}' (gradients added "
@@ -71,9 +75,13 @@ class AddGradients(Pass):
     def call(self, model: onnx.ModelProto, state: ExportState) -> PassResult:
         index, blocks, batch_dim = state.index, list(state.blocks), state.batch_dim
         emit = Emitter(index.opset, "sise/bw", taken_names(model))
-        model.graph.input.append(helper.make_tensor_value_info(TARGET_INPUT, onnx.TensorProto.FLOAT,
-                                                               [batch_dim, self.num_classes]))
-        seed = _score_seed(emit, index, self.logits, TARGET_INPUT, self.score)
+        if self.head is None:
+            dims = [batch_dim, self.num_classes]
+            seed = _score_seed(emit, index, self.logits, TARGET_INPUT, self.score)
+        else:  # a weight per (anchor, class) of the canonical head's scores
+            dims = [batch_dim, self.head.num_anchors, self.head.num_classes]
+            seed = emit_seed(emit, self.head, TARGET_INPUT)
+        model.graph.input.append(helper.make_tensor_value_info(TARGET_INPUT, onnx.TensorProto.FLOAT, dims))
         result = build_gradients(index, emit, output=self.logits, seed=seed, wrt=blocks)
         names = []
         for i, tensor in enumerate(blocks):
