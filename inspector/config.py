@@ -18,7 +18,7 @@ from typing import Literal
 import cv2
 import yaml
 
-from onnx_tools import SCORE_KINDS
+from onnx_tools import CONVENTIONS, SCORE_KINDS, TASKS
 
 from .common.reading import CONFIG_LIMIT, read_regular
 from .errors import ConfigError
@@ -30,6 +30,8 @@ Layout = Literal["NCHW", "NHWC"]
 ChannelOrder = Literal["RGB", "BGR", "GRAY"]
 InputDtype = Literal["uint8", "uint16", "float"]
 ScoreKind = Literal[SCORE_KINDS]  # the export's list, one place
+Task = Literal[TASKS]
+HeadConvention = Literal[("auto", *CONVENTIONS)]  # onnx_tools.detection's conventions
 Threshold = Literal["otsu", "fixed", "percentile"]  # how engine.method.regions cuts a map into regions
 THRESHOLDS = typing.get_args(Threshold)
 Fusion = Literal["otsu", "soft"]  # the paper's hard Otsu gate; a sigmoid gate around the same threshold
@@ -153,11 +155,25 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """Used only when ``model`` is a plain ONNX classifier (exported on first use, cached beside it)."""
+    """Used only when ``model`` is a plain ONNX model (exported on first use, cached beside it): a
+    classifier, or with ``task: detect`` a one-stage detector whose head follows ``head``."""
 
     score: ScoreKind = "softmax"
     blocks: tuple[str, ...] | None = None  # None: automatic discovery
     layout: Layout | None = None  # the image input's layout; None: found from the graph
+    task: Task = "classify"
+    head: HeadConvention = "auto"
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """A detector's detections: an anchor's best class is kept when its score (objectness x class
+    probability) reaches ``conf``, then class-wise non-maximum suppression at IoU ``iou``; at most
+    ``max_detections`` per image, the highest scores first. Each kept detection is explained."""
+
+    conf: float = 0.25
+    iou: float = 0.45
+    max_detections: int = 20
 
 
 @dataclass(frozen=True)
@@ -207,6 +223,7 @@ class InspectorConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
     regions: RegionsConfig = field(default_factory=RegionsConfig)
     visuals: VisualsConfig = field(default_factory=VisualsConfig)
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
@@ -322,6 +339,9 @@ def _validate(cfg: InspectorConfig) -> None:
         known = ", ".join(cfg.classes) if cfg.classes else "none configured: add the key classes"
         raise ConfigError(f"good_classes: {unknown} not among classes ({known})")
     _validate_regions(cfg.regions)
+    _check_range("detect.conf", cfg.detect.conf, 0, 1)
+    _check_range("detect.iou", cfg.detect.iou, 0, 1)
+    _check_range("detect.max_detections", cfg.detect.max_detections, 1, 1000)
     if cfg.roi is not None:
         _check_range("roi.flag_below", cfg.roi.flag_below, 0, 1)
     if cfg.regions.min_area < 1:

@@ -1,26 +1,34 @@
 """The sampler graph: SISE's per-mask work for a chunk of selected feature maps, as one ONNX graph
 built from an exported model, so that only channel indices go in and one map per layer comes out.
 
-One run scores the maps of N images at once (N = 1 for a single explanation).
+One run scores the maps of N images for T targets at once: a target is what one explanation explains
+(a class of an image; for a detector, one detection), and a masked image is shared by every target that
+selected its map (the detections of one image share their masked images).
 
 Inputs (B blocks of the contract, model input H x W):
-    sampler/image     the N pre-processed images [N, ...] in the model's layout
-    sampler/act/<b>   block b's activations [N, C_b, h_b, w_b] (stay on the device between runs)
-    sampler/idx/<b>   int64 [K_b]: the selected maps of block b in this chunk, as rows n * C_b + c of the
-                      activations flattened to [N * C_b, h_b, w_b] (image n, channel c; may be empty)
-    sampler/owner     int64 [K]: the image n of each selected map, in the sampler's order (below)
-    sampler/target    float32 [N, num_classes]: class weights of each image's explained target
-    sampler/keep      float32 [K]: 1 for a selected map, 0 for padding (a caller keeping every run at
-                      the same batch size repeats a map with keep 0; it adds nothing to the layer maps)
+    sampler/image         the N pre-processed images [N, ...] in the model's layout
+    sampler/act/<b>       block b's activations [N, C_b, h_b, w_b] (stay on the device between runs)
+    sampler/idx/<b>       int64 [K_b]: the selected maps of block b in this chunk, as rows n * C_b + c of the
+                          activations flattened to [N * C_b, h_b, w_b] (image n, channel c; may be empty)
+    sampler/owner         int64 [K]: the image n each selected map masks, in the sampler's order (below)
+    sampler/target        float32 [T, num_classes]: a classifier's class weights per target; a detector's
+                          class of each target detection (one-hot over its C classes)
+    sampler/target_boxes  float32 [T, 4] (detectors only): each target detection's x1, y1, x2, y2 in
+                          model-input pixels
+    sampler/keep          float32 [K, T]: 1 where target t uses map k (it selected it), 0 elsewhere and
+                          for padding (a caller keeping every run at the same batch size repeats a map
+                          with keep 0; it adds nothing)
 
 Per selected map k (K = sum K_b, block order, then the order of idx/<b>): m_k = min-max(bilinear-upsample(
-act row idx_k)) (half-pixel centres, as PyTorch's align_corners=False), s_k = sum_c target[n_k, c] *
-psi_c(model(image[n_k] * m_k)) with n_k = owner_k.
+act row idx_k)) (half-pixel centres, as PyTorch's align_corners=False); x_k = image[owner_k] * m_k, and
+s_kt its score for target t: a classifier's sum_c target[t, c] * psi_c(model(x_k)); a detector's D-RISE
+similarity (Petsiuk et al., CVPR 2021) between target t and the detections of x_k,
+max_a IoU(box_t, box_a) * cos(class_t, classes_a) * objectness_a over the canonical head's anchors a.
 
 Outputs:
-    sampler/layer_maps  [N, B, H, W]: per image n and layer b, the sum over the chunk's maps of image n
-                        and layer b of keep_k * s_k * m_k / sum(m_k)
-    sampler/scores      [K]: s_k, in the sampler's order
+    sampler/layer_maps  [T, B, H, W]: per target t and layer b, the sum over the chunk's maps of layer b of
+                        keep_kt * s_kt * m_k / sum(m_k)
+    sampler/scores      [K, T]: s_kt, in the sampler's order
 
 The caller drops constant maps (``sise/range/<b>`` <= eps) before sampling; they have no min-max mask.
 """
@@ -34,6 +42,7 @@ import onnx
 from onnx import helper
 
 from .contract import Contract, read_contract
+from .detection import emit_canonical_head
 from .errors import ModelInputError
 from .gradients import Emitter
 from .graph import default_opset, taken_names
@@ -41,7 +50,7 @@ from .interpolation import upsample_matrix
 from .scores import emit_score
 
 IMAGE, TARGET, LAYER_MAPS, SCORES = "sampler/image", "sampler/target", "sampler/layer_maps", "sampler/scores"
-KEEP, OWNER = "sampler/keep", "sampler/owner"
+KEEP, OWNER, TARGET_BOXES = "sampler/keep", "sampler/owner", "sampler/target_boxes"
 MASKS = "scorer/masks"
 OPTIONAL_OUTPUT_OPS = {"MaxPool", "Dropout"}
 
@@ -59,16 +68,21 @@ def image_size(contract: Contract) -> tuple[int, int]:
     return (dims[2], dims[3]) if contract.input_layout == "NCHW" else (dims[1], dims[2])
 
 
-def _forward_nodes(model: onnx.ModelProto, output: str) -> list[onnx.NodeProto]:
-    """Copies of the nodes the class output needs (the original forward graph), optional outputs
-    nobody reads (MaxPool Indices added for the backward pass) removed."""
-    needed, keep = {output}, []
+def _head_tensors(contract: Contract) -> list[str]:
+    """The model tensors the masked forward pass must produce: the class output, or a detector's head."""
+    return list(contract.head.tensors) if contract.detector else [contract.output_name]
+
+
+def _forward_nodes(model: onnx.ModelProto, outputs: list[str]) -> list[onnx.NodeProto]:
+    """Copies of the nodes ``outputs`` need (the original forward graph), optional outputs nobody reads
+    (MaxPool Indices added for the backward pass) removed."""
+    needed, keep = set(outputs), []
     for node in reversed(model.graph.node):
         if any(o in needed for o in node.output):
             keep.append(node)
             needed.update(i for i in node.input if i)
     keep.reverse()
-    read = {i for n in keep for i in n.input} | {output}
+    read = {i for n in keep for i in n.input} | set(outputs)
     out = []
     for node in keep:
         node = onnx.NodeProto.FromString(node.SerializeToString())
@@ -84,7 +98,7 @@ def _forward_nodes(model: onnx.ModelProto, output: str) -> list[onnx.NodeProto]:
 
 def _half_precision(nodes: list, inits: list, exported: onnx.ModelProto,
                     contract: Contract) -> tuple[list, list]:
-    """The forward nodes computing in float16 between float32 input and output (casts at both ends),
+    """The forward nodes computing in float16 between float32 input and outputs (casts at both ends),
     via onnxconverter-common, which knows which inputs must stay float32 (Resize scales, ...)."""
     quantizers = [n for n in nodes if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     if quantizers:
@@ -99,8 +113,9 @@ def _half_precision(nodes: list, inits: list, exported: onnx.ModelProto,
                               "(pip install onnxconverter-common; it comes with the gpu extra)") from e
     image = helper.make_tensor_value_info(contract.input_name, onnx.TensorProto.FLOAT,
                                           ["K"] + list(contract.input_shape[1:]))
-    logits = helper.make_tensor_value_info(contract.output_name, onnx.TensorProto.FLOAT, None)
-    part = helper.make_model(helper.make_graph(nodes, "forward", [image], [logits], inits),
+    outputs = [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+               for name in _head_tensors(contract)]
+    part = helper.make_model(helper.make_graph(nodes, "forward", [image], outputs, inits),
                              opset_imports=list(exported.opset_import))
     part.ir_version = max(exported.ir_version, 7)
     with warnings.catch_warnings():  # one "will be truncated" warning per tiny weight: not news to a user
@@ -111,14 +126,15 @@ def _half_precision(nodes: list, inits: list, exported: onnx.ModelProto,
 
 def _masked_forward(emit: Emitter, exported: onnx.ModelProto, contract: Contract, masks: str,
                     fp16: bool = False, owner: str | None = None) -> tuple[list, list, int]:
-    """Emit image * masks ([K, H, W]), the model on that batch and SCORES (psi of the target per mask).
-    ``owner``: int64 [K], the row of IMAGE and TARGET each mask belongs to; without it both have one row.
+    """Emit image * masks ([K, H, W]), the model on that batch and SCORES [K, T]: the score of each masked
+    image for each target (:func:`_emit_scores`). ``owner``: int64 [K], the row of IMAGE each mask
+    belongs to; without it IMAGE has one row.
 
     Returns the forward nodes, their initializers, and the position in ``emit.nodes`` where the
     forward nodes must be inserted. With ``fp16`` the forward part computes in float16; masking,
     scores and accumulations stay float32.
     """
-    forward = _forward_nodes(exported, contract.output_name)
+    forward = _forward_nodes(exported, _head_tensors(contract))
     used = {i for n in forward for i in n.input}
     inits = [t for t in exported.graph.initializer if t.name in used]
     if fp16:
@@ -129,25 +145,51 @@ def _masked_forward(emit: Emitter, exported: onnx.ModelProto, contract: Contract
     position = len(emit.nodes)
     for node in forward:
         node.input[:] = [masked if i == contract.input_name else i for i in node.input]
-    flat = emit.op("Flatten", [contract.output_name], axis=1)
-    psi = emit_score(emit, flat, contract.score)
-    if owner is None:
-        scores = emit.op("MatMul", [psi, emit.op("Transpose", [TARGET], perm=[1, 0])])
-        emit.op("Reshape", [scores, emit.ints([-1])], outputs=[SCORES])
-    else:
-        weighted = emit.op("Mul", [psi, emit.op("Gather", [TARGET, owner], axis=0)])
-        emit.reduce("ReduceSum", weighted, [1], keepdims=False, output=SCORES)
+    _emit_scores(emit, contract)
     return forward, inits, position
+
+
+def _emit_scores(emit: Emitter, contract: Contract) -> None:
+    """SCORES [K, T] from the masked batch's head: a classifier's psi @ TARGET^T; a detector's D-RISE
+    similarity of each masked image's detections to each target detection."""
+    if not contract.detector:
+        psi = emit_score(emit, emit.op("Flatten", [contract.output_name], axis=1), contract.score)
+        emit.op("MatMul", [psi, emit.op("Transpose", [TARGET], perm=[1, 0])], outputs=[SCORES])
+        return
+    boxes, classes, objectness = emit_canonical_head(emit, contract.head)  # [K, A, 4], [K, A, C], [K, A]
+    tiny = emit.const(np.array(1e-12, np.float32))
+    zero = emit.const(np.zeros((), np.float32))
+    detected = emit.unsqueeze(boxes, [1])  # [K, 1, A, 4]
+    wanted = emit.unsqueeze(TARGET_BOXES, [0, 2])  # [1, T, 1, 4]
+    low = emit.op("Max", [emit.slice(detected, [0], [2], [3]), emit.slice(wanted, [0], [2], [3])])
+    high = emit.op("Min", [emit.slice(detected, [2], [4], [3]), emit.slice(wanted, [2], [4], [3])])
+    overlap = emit.op("Max", [emit.op("Sub", [high, low]), zero])  # [K, T, A, 2]
+    inter = emit.op("Mul", [emit.slice(overlap, [0], [1], [3]), emit.slice(overlap, [1], [2], [3])])
+
+    def area(b):  # [..., 4] -> [..., 1]
+        sides = emit.op("Max", [emit.op("Sub", [emit.slice(b, [2], [4], [3]), emit.slice(b, [0], [2], [3])]),
+                                zero])
+        return emit.op("Mul", [emit.slice(sides, [0], [1], [3]), emit.slice(sides, [1], [2], [3])])
+    union = emit.op("Sub", [emit.op("Add", [area(detected), area(wanted)]), inter])
+    iou = emit.reduce("ReduceSum", emit.op("Div", [inter, emit.op("Max", [union, tiny])]), [3],
+                      keepdims=False)  # [K, T, A]
+    norm = emit.op("Sqrt", [emit.reduce("ReduceSum", emit.op("Mul", [classes, classes]), [2], keepdims=True)])
+    cosine = emit.op("Div", [emit.op("MatMul", [classes, emit.op("Transpose", [TARGET], perm=[1, 0])]),
+                             emit.op("Max", [norm, tiny])])  # [K, A, T]
+    weighted = emit.op("Mul", [emit.op("Transpose", [cosine], perm=[0, 2, 1]),
+                               emit.unsqueeze(objectness, [1])])
+    emit.reduce("ReduceMax", emit.op("Mul", [iou, weighted]), [2], keepdims=False, output=SCORES)  # [K, T]
 
 
 def _assemble(exported: onnx.ModelProto, contract: Contract, emit: Emitter, forward: tuple,
               inputs: list, outputs: list, name: str, images: int | str = 1) -> onnx.ModelProto:
-    """``images``: the batch of IMAGE and TARGET (1, or "N" for the sampler's images)."""
+    """``images``: the batch of IMAGE (1, or "N" for the sampler's images)."""
     nodes_fw, inits_fw, position = forward
     image_dims = [images] + list(contract.input_shape[1:])
     inputs = [helper.make_tensor_value_info(IMAGE, onnx.TensorProto.FLOAT, image_dims)] + inputs
-    inputs.append(helper.make_tensor_value_info(TARGET, onnx.TensorProto.FLOAT,
-                                                [images, contract.num_classes]))
+    inputs.append(helper.make_tensor_value_info(TARGET, onnx.TensorProto.FLOAT, ["T", contract.num_classes]))
+    if contract.detector:
+        inputs.append(helper.make_tensor_value_info(TARGET_BOXES, onnx.TensorProto.FLOAT, ["T", 4]))
     nodes = emit.nodes[:position] + nodes_fw + emit.nodes[position:]
     graph = helper.make_graph(nodes, name, inputs, outputs, inits_fw + emit.initializers)
     model = helper.make_model(graph, opset_imports=list(exported.opset_import))
@@ -203,36 +245,31 @@ def build_sampler(exported: onnx.ModelProto, *, fp16: bool = False) -> onnx.Mode
     mass = emit.op("Max", [emit.reduce("ReduceSum", masks, [1, 2], keepdims=False),
                            emit.const(np.array(1e-12, np.float32))])
     forward = _masked_forward(emit, exported, contract, masks, fp16, owner=OWNER)
-    inputs += [helper.make_tensor_value_info(KEEP, onnx.TensorProto.FLOAT, ["K"]),
+    inputs += [helper.make_tensor_value_info(KEEP, onnx.TensorProto.FLOAT, ["K", "T"]),
                helper.make_tensor_value_info(OWNER, onnx.TensorProto.INT64, ["K"])]
-    weights = emit.op("Mul", [emit.op("Div", [SCORES, mass]), KEEP])
-    # [K, N]: 1 where map k belongs to image n (owner_k == n), N read from the target's rows
-    n_images = emit.op("Gather", [emit.op("Shape", [TARGET]), emit.const(np.array(0, np.int64))], axis=0)
-    image_ids = emit.op("Range", [emit.const(np.array(0, np.int64)), n_images,
-                                  emit.const(np.array(1, np.int64))])
-    of_image = emit.op("Cast", [emit.op("Equal", [emit.unsqueeze(OWNER, [1]), image_ids])],
-                       to=onnx.TensorProto.FLOAT)
-    layer_weights = emit.op("Mul", [emit.op("Concat", assign, axis=0),
-                                    emit.unsqueeze(weights, [1])])  # [K, B]
-    # [K, N * B]: map k's weight in the slot (its image, its layer)
-    pairs = emit.op("Mul", [emit.unsqueeze(of_image, [2]), emit.unsqueeze(layer_weights, [1])])  # [K, N, B]
+    weights = emit.op("Mul", [emit.op("Div", [SCORES, emit.unsqueeze(mass, [1])]), KEEP])  # [K, T]
+    layer_weights = emit.op("Concat", assign, axis=0)  # [K, B]
+    # [K, T * B]: map k's weight in the slot (target t, its layer)
+    pairs = emit.op("Mul", [emit.unsqueeze(weights, [2]), emit.unsqueeze(layer_weights, [1])])  # [K, T, B]
     slots = emit.op("Reshape", [pairs, emit.ints([0, -1])])
     flat_masks = emit.op("Reshape", [masks, emit.ints([-1, height * width])])
-    maps = emit.op("MatMul", [emit.op("Transpose", [slots], perm=[1, 0]), flat_masks])  # [N * B, H W]
+    maps = emit.op("MatMul", [emit.op("Transpose", [slots], perm=[1, 0]), flat_masks])  # [T * B, H W]
     emit.op("Reshape", [maps, emit.ints([-1, n_blocks, height, width])], outputs=[LAYER_MAPS])
     outputs = [helper.make_tensor_value_info(LAYER_MAPS, onnx.TensorProto.FLOAT,
-                                             ["N", n_blocks, height, width]),
-               helper.make_tensor_value_info(SCORES, onnx.TensorProto.FLOAT, ["K"])]
+                                             ["T", n_blocks, height, width]),
+               helper.make_tensor_value_info(SCORES, onnx.TensorProto.FLOAT, ["K", "T"])]
     return _assemble(exported, contract, emit, forward, inputs, outputs, "sise_sampler", images="N")
 
 
 def build_mask_scorer(exported: onnx.ModelProto, *, fp16: bool = False) -> onnx.ModelProto:
-    """Graph scoring arbitrary masks: inputs ``sampler/image``, ``scorer/masks`` float32 [K, H, W] and
-    ``sampler/target``; output ``sampler/scores`` [K] = psi of the target for image * mask. Used by
-    RISE and by the Drop/Increase and deletion/insertion metrics, with the same masking convention."""
+    """Graph scoring arbitrary masks: inputs ``sampler/image`` [1, ...], ``scorer/masks`` float32
+    [K, H, W], ``sampler/target`` [T, num_classes] (and a detector's ``sampler/target_boxes`` [T, 4]);
+    output ``sampler/scores`` [K, T], each masked image's score for each target as the sampler scores it.
+    Used by RISE, D-RISE and the Drop/Increase and deletion/insertion metrics, with the same masking
+    convention."""
     contract, emit = _start(exported, "scorer")
     height, width = image_size(contract)
     forward = _masked_forward(emit, exported, contract, MASKS, fp16)
     inputs = [helper.make_tensor_value_info(MASKS, onnx.TensorProto.FLOAT, ["K", height, width])]
-    outputs = [helper.make_tensor_value_info(SCORES, onnx.TensorProto.FLOAT, ["K"])]
+    outputs = [helper.make_tensor_value_info(SCORES, onnx.TensorProto.FLOAT, ["K", "T"])]
     return _assemble(exported, contract, emit, forward, inputs, outputs, "sise_mask_scorer")

@@ -33,11 +33,11 @@ def normalise(v: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _scores(model, x, masks, target, batch, autocast):
+def _scores(model, x, masks, score, batch, autocast):
     out = []
     with torch.autocast(x.device.type, dtype=torch.float16, enabled=autocast):
         for i in range(0, len(masks), batch):
-            out.append(torch.softmax(model(x * masks[i:i + batch, None]).float(), 1)[:, target])
+            out.append(score(model(x * masks[i:i + batch, None]).float()))
     return torch.cat(out)
 
 
@@ -93,8 +93,12 @@ def _gp_scores(f: torch.Tensor, known: list[int], s: torch.Tensor) -> torch.Tens
 
 def sise_reference(model, taps, x: np.ndarray, target: int, *, mu: float = 0.0, adaptive: bool = False,
                    cap: int | None = None, batch: int = 64, autocast: bool = False,
-                   score_fraction: float = 1.0, predict: bool = True):
+                   score_fraction: float = 1.0, predict: bool = True, psi=None, score=None):
     """Returns (layer maps list (None for a skipped block), fused map, masks scored per block).
+
+    ``psi(output)``: the scalar differentiated, from the model's output for the image (default: the softmax
+    probability of ``target``); ``score(outputs)``: each masked image's score [M] from the model's
+    outputs for them (default: the same probability). A detection's are in :func:`detection_scores`.
 
     With ``score_fraction`` < 1, per block max(2, floor(fraction * maps)) maps are scored (k-means
     representatives of the maps at their own resolution) and the others' scores are a Gaussian process's
@@ -110,8 +114,10 @@ def sise_reference(model, taps, x: np.ndarray, target: int, *, mu: float = 0.0, 
     names = {t.split("#")[0] for t in taps}
     hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: calls.setdefault(n, []).append(o))
              for n in names]
+    psi = psi or (lambda out: torch.softmax(out, 1)[0, target])
+    score = score or (lambda out: torch.softmax(out, 1)[:, target])
     try:
-        psi = torch.softmax(model(x), 1)[0, target]
+        psi = psi(model(x))
     finally:
         for h in hooks:
             h.remove()
@@ -151,13 +157,13 @@ def sise_reference(model, taps, x: np.ndarray, target: int, *, mu: float = 0.0, 
             low = (low - low.amin(1, keepdim=True)) / (low.amax(1, keepdim=True) - low.amin(1, keepdim=True))
             n = min(len(masks), max(2, int(np.floor(score_fraction * len(masks) + 1e-9))))
             known = _kmeans_representatives(low, n)
-            measured = _scores(model, x, masks[known], target, batch, autocast).double()
+            measured = _scores(model, x, masks[known], score, batch, autocast).double()
             s = _gp_scores(low, known, measured) if predict else torch.zeros(len(masks), dtype=torch.float64)
             s[known] = measured
             s = s.to(masks.dtype)
             counts.append(len(known))
         else:
-            s = _scores(model, x, masks, target, batch, autocast)
+            s = _scores(model, x, masks, score, batch, autocast)
             counts.append(len(masks))
         v = (s[:, None, None] * masks / masks.sum((1, 2), keepdim=True)).sum(0)
         layer_maps.append(normalise(v))
@@ -167,3 +173,27 @@ def sise_reference(model, taps, x: np.ndarray, target: int, *, mu: float = 0.0, 
         fused = (fused + v) * (v > otsu_reference(v)).to(fused.dtype)
     return ([None if v is None else v.cpu().numpy() for v in layer_maps], normalise(fused).cpu().numpy(),
             counts)
+
+
+def detection_scores(canonical, anchor: int, cls: int, box):
+    """(psi, score) for explaining one detection: psi the detection's own score, objectness x class
+    probability at (anchor, cls); score each masked image's D-RISE similarity to it (Petsiuk et al.,
+    CVPR 2021): the best over its anchors of IoU with ``box`` (x1, y1, x2, y2) x cosine of its class
+    probabilities with the one-hot ``cls`` x objectness. ``canonical(output)`` -> boxes [M, A, 4] (x1, y1,
+    x2, y2), classes [M, A, C], objectness [M, A] in torch."""
+    box = torch.as_tensor(box, dtype=torch.float32)
+
+    def psi(out):
+        _, classes, objectness = canonical(out)
+        return objectness[0, anchor] * classes[0, anchor, cls]
+
+    def score(out):
+        boxes, classes, objectness = canonical(out)
+        low = torch.maximum(boxes[..., :2], box[:2])
+        high = torch.minimum(boxes[..., 2:], box[2:])
+        inter = (high - low).clamp(min=0).prod(-1)
+        area = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0).prod(-1)
+        union = area + (box[2:] - box[:2]).clamp(min=0).prod() - inter
+        cosine = classes[..., cls] / classes.norm(dim=-1).clamp(min=1e-12)
+        return (inter / union.clamp(min=1e-12) * cosine * objectness).amax(1)
+    return psi, score

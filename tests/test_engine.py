@@ -208,11 +208,11 @@ def test_plan_chunks_pads_the_last_chunk_at_its_end():
     selected = [np.array([4, 1]), np.array([], np.int64), np.array([0, 2, 3])]
     chunks = plan_chunks([selected], [0], [5, 2, 4], 3, pad=True)
     assert [[list(i) for i in c.indices] for c in chunks] == [[[4, 1], [], [0]], [[], [], [2, 3, 3]]]
-    assert [list(c.keep) for c in chunks] == [[1, 1, 1], [1, 1, 0]]
+    assert [c.keep.tolist() for c in chunks] == [[[1], [1], [1]], [[1], [1], [0]]]  # [K, T]: one target
     assert [list(c.owner) for c in chunks] == [[0, 0, 0], [0, 0, 0]]
     unpadded = plan_chunks([selected], [0], [5, 2, 4], 3)
     assert [[list(i) for i in c.indices] for c in unpadded][1] == [[], [], [2, 3]]
-    assert list(unpadded[1].keep) == [1, 1]
+    assert unpadded[1].keep.tolist() == [[1], [1]]
 
 
 def test_plan_chunks_of_two_images_address_rows_of_the_run_in_the_samplers_order():
@@ -225,10 +225,24 @@ def test_plan_chunks_of_two_images_address_rows_of_the_run_in_the_samplers_order
     chunks = plan_chunks([first, second], [0, 1], [5, 2, 4], 3, pad=True)
     # chunk 1: (img 0, b0, c4), (img 0, b2, c3), (img 1, b0, c1) -> block order: b0 [4, 5+1], b2 [3]
     assert [list(i) for i in chunks[0].indices] == [[4, 6], [], [3]]
-    assert list(chunks[0].owner) == [0, 1, 0] and list(chunks[0].keep) == [1, 1, 1]
+    # keep [K, T]: each map is its own image's target's
+    assert list(chunks[0].owner) == [0, 1, 0] and chunks[0].keep.tolist() == [[1, 0], [0, 1], [1, 0]]
     # chunk 2: (img 1, b1, c0) -> row 2 * 1 + 0, padded twice with keep 0
     assert [list(i) for i in chunks[1].indices] == [[], [2, 2, 2], []]
-    assert list(chunks[1].owner) == [1, 1, 1] and list(chunks[1].keep) == [1, 0, 0]
+    assert list(chunks[1].owner) == [1, 1, 1] and chunks[1].keep.tolist() == [[0, 1], [0, 0], [0, 0]]
+
+
+def test_targets_of_one_image_share_the_maps_they_both_selected():
+    """Two detections of one image (rows 0 and 1 of the run, one image key): a map both selected is one
+    sampler entry used by both targets (keep [1, 1]), addressed at the first target's row."""
+    from inspector.engine.methods.sise import plan_chunks
+
+    first = [np.array([4, 1]), np.array([0])]
+    second = [np.array([1, 2]), np.array([], np.int64)]
+    chunks = plan_chunks([first, second], [0, 1], [5, 2], 8, images=["part", "part"])
+    assert len(chunks) == 1
+    assert [list(i) for i in chunks[0].indices] == [[4, 1, 2], [0]]  # 4 maps, not 5: channel 1 shared
+    assert chunks[0].keep.tolist() == [[1, 0], [1, 1], [0, 1], [1, 0]] and list(chunks[0].owner) == [0] * 4
 
 
 class PatchDetector(torch.nn.Module):

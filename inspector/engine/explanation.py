@@ -8,6 +8,29 @@ import numpy as np
 
 
 @dataclass(frozen=True)
+class Detection:
+    """One detection a detector made and that is explained.
+
+    Attributes:
+        box: x1, y1, x2, y2 in the original image's pixels.
+        box_input: the same box in model-input pixels (the canonical head's).
+        class_index: the detected class.
+        score: the detection's score, objectness x class probability.
+        anchor: the head anchor it came from.
+    """
+
+    box: tuple[float, float, float, float]
+    box_input: tuple[float, float, float, float]
+    class_index: int
+    score: float
+    anchor: int
+
+    def to_dict(self) -> dict:
+        return {"box": [round(float(v), 2) for v in self.box], "class_index": self.class_index,
+                "score": float(self.score), "anchor": self.anchor}
+
+
+@dataclass(frozen=True)
 class Explanation:
     """SISE output for one image.
 
@@ -27,6 +50,8 @@ class Explanation:
             among them.
         settings: the resolved method settings, provider and model identity.
         source: the image path, or None for an array.
+        detection: for a detector, the detection explained (its box, class and score); None for a
+            classifier. ``scores`` are then its anchor's class scores (objectness x class probability).
     """
 
     saliency: np.ndarray
@@ -40,10 +65,12 @@ class Explanation:
     timings: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     source: str | None = None
+    detection: Detection | None = None
 
     def __repr__(self) -> str:  # the arrays' shapes, not their values
         h, w = self.saliency.shape
-        return (f"Explanation(target={self.target}, predicted={self.predicted}, "
+        box = f"box={[round(float(v), 1) for v in self.detection.box]}, " if self.detection else ""
+        return (f"Explanation({box}target={self.target}, predicted={self.predicted}, "
                 f"score={float(self.scores[self.predicted]):.4f}, saliency={h}x{w}, "
                 f"saliency_full={self.saliency_full.shape[0]}x{self.saliency_full.shape[1]}, "
                 f"layers={len(self.layer_maps)}, masks={self.total_masks}, source={self.source!r})")

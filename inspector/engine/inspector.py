@@ -17,11 +17,12 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from onnx_tools import scores_of
+from onnx_tools import BOXES, CLASSES, OBJECTNESS, scores_of
 
 from ..config import InspectorConfig, config_from_dict, load_config
 from ..errors import ConfigError, ImageError, InspectorError, ModelContractError, TargetError
-from .explanation import Explanation
+from .explanation import Detection, Explanation
+from .method.nms import detect, iou
 from .methods import MethodContext, MethodResult, get_method
 from .review import load_roi
 from .runtime import memory
@@ -52,6 +53,7 @@ class Inspector:
         self._method = get_method(self.method.name)
         self.model = load_model(config)
         c = self.contract = self.model.contract
+        self.detector = c.detector
         self.size = (c.input_shape[2], c.input_shape[3]) if c.input_layout == "NCHW" else \
             (c.input_shape[1], c.input_shape[2])
         if config.preprocess.size is not None and tuple(config.preprocess.size) != self.size:
@@ -102,9 +104,15 @@ class Inspector:
         when the gradients are all zero (every map would be empty) or beyond ``GRADIENT_BOUND``."""
         noise = np.random.default_rng(1).integers(0, 256, (*self.size, 3), dtype=np.uint8)
         tensor, _ = self.prepare(pre.as_configured(noise, self.config.preprocess), name="probe image")
-        first = self._explain_run(tensor, self._one_hot(0))[0]
-        top = int(np.argmax(first.logits))
-        out = first if top == 0 else self._explain_run(tensor, self._one_hot(top))[0]
+        if self.detector:  # the best-scoring (anchor, class) of the probe image
+            first = self._explain_run(tensor, self._anchor_target())[0]
+            anchor, top = np.unravel_index(int(np.argmax(first.logits)), first.logits.shape)
+            out = self._explain_run(tensor, self._anchor_target(int(anchor), int(top)))[0]
+            top = f"{top} at anchor {anchor}"
+        else:
+            first = self._explain_run(tensor, self._one_hot(0))[0]
+            top = int(np.argmax(first.logits))
+            out = first if top == 0 else self._explain_run(tensor, self._one_hot(top))[0]
         where = f"model {self.model.path}, on a probe image (seeded noise), class {top}"
         if not np.isfinite(out.logits).all() or not all(np.isfinite(a).all() for a in out.alphas):
             raise ModelContractError(f"{where}: the class scores or gradients are not finite (NaN or "
@@ -172,13 +180,22 @@ class Inspector:
         target_weights[0, index] = 1.0
         return target_weights
 
+    def _anchor_target(self, anchor: int | None = None, index: int = 0) -> np.ndarray:
+        """A detector's target weights [1, A, C]: one-hot at (anchor, class), or zeros without an anchor."""
+        head = self.contract.head
+        target_weights = np.zeros((1, head.num_anchors, head.num_classes), np.float32)
+        if anchor is not None:
+            target_weights[0, anchor, index] = 1.0
+        return target_weights
+
     def _explain_run(self, tensors: np.ndarray, target_weights: np.ndarray) -> list:
-        """The explain model on images [N, ...] with target weights [N, num_classes]: ExplainOutputs per
-        image."""
+        """The explain model on images [N, ...] with target weights [N, num_classes] (a detector's
+        [N, A, C]): ExplainOutputs per image."""
         c = self.contract
         return self.sessions.run_explain(tensors, target_weights, input_name=c.input_name,
                                          target_name=c.target_input, output_name=c.output_name,
-                                         blocks=c.blocks)
+                                         blocks=c.blocks,
+                                         head=(BOXES, CLASSES, OBJECTNESS) if self.detector else ())
 
     # ----- explanations ---------------------------------------------------------------------------
     def prepare(self, image, *, name: str | None = None) -> tuple[np.ndarray, pre.Geometry]:
@@ -198,17 +215,21 @@ class Inspector:
         """The model's confidence in ``target`` for ``tensor`` times each mask [K, H, W] (the masking
         convention of the explanations); returns [K]."""
         target_weights = self._one_hot(target)
-        return self.sessions.score_masks(tensor, masks, target_weights, chunk=self.method.chunk_size)
+        return self.sessions.score_masks(tensor, masks, target_weights, chunk=self.method.chunk_size)[:, 0]
 
     def explain(self, image, *, target=None, method: str | None = None, progress=None,
-                name: str | None = None) -> Explanation:
-        """Explain one image.
+                name: str | None = None) -> Explanation | list[Explanation]:
+        """Explain one image; for a detector, each of its detections: a list, one Explanation per kept
+        detection (``detection`` says which), highest score first.
 
         Args:
             image: a file path, or an HxW / HxWxC array (RGB order) of the configured input dtype.
-            target: None (the top class), a class index, a class name, or a weight vector [num_classes].
-            method: a registered method name (``inspector.methods.METHODS``: sise, gradcam, rise);
-                default: the configured one.
+            target: None (the top class; for a detector every detection), a class index, a class name,
+                or a weight vector [num_classes]. For a detector: None, the index of a detection, or
+                (box, class): the detection of that class whose box (x1, y1, x2, y2 in the original
+                image's pixels) overlaps it most.
+            method: a registered method name (``inspector.methods.METHODS``: sise, gradcam, rise,
+                drise); default: the configured one.
             progress: optional callable(done_chunks, total_chunks).
             name: what error messages call an array image (e.g. the file it was decoded from).
         """
@@ -221,7 +242,10 @@ class Inspector:
         """Explain (image, name) pairs together: one explain-model run for all, then the method on all
         (SISE packs their masks into shared sampler runs). Returns an Explanation or the InspectorError of
         each image; an image that fails on its own does not stop the others. Shared stages' seconds are
-        divided among the images."""
+        divided among the images. A detector's result per image is the list of its detections'
+        explanations."""
+        if self.detector:
+            return [self._explain_detections(image, name, target, method, progress) for image, name in items]
         timings: dict[str, float] = {}
         results: list = [None] * len(items)
         t0 = time.perf_counter()
@@ -273,6 +297,88 @@ class Inspector:
                 settings={**self.settings(), "method": method or self.method.name}, source=source)
         return results
 
+    def _explain_detections(self, image, name: str | None, target, method: str | None,
+                            progress=None) -> list | InspectorError:
+        """Every kept detection of one image (or the one ``target`` names), each explained with the
+        gradient of its own score; their sampler runs share the masked images (SISE scores each masked
+        image against every detection at once). The InspectorError of the image where it fails."""
+        try:
+            timings: dict[str, float] = {}
+            t0 = time.perf_counter()
+            source = os.fspath(image) if isinstance(image, (str, os.PathLike)) else None
+            tensor, geometry = self.prepare(image, name=name)
+            timings["preprocess"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            probe = self._explain_run(tensor, self._anchor_target())[0]
+            timings["predict"] = time.perf_counter() - t0
+            detections = self._detections(probe, geometry, target)
+            if not detections:
+                return []
+            chosen = self._method if method is None else get_method(method)
+            t0 = time.perf_counter()
+            targets = np.concatenate([self._anchor_target(d.anchor, d.class_index) for d in detections])
+            if self.batch_images() == 1 and self.method.chunk_size == 1:  # a batch fixed at 1: one run each
+                explained = [self._explain_run(tensor, targets[k:k + 1])[0] for k in range(len(detections))]
+            else:
+                explained = self._explain_run(np.repeat(tensor, len(detections), axis=0), targets)
+            timings["explain_model"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            settings = chosen.settings(self.method)
+            contexts = [MethodContext(sessions=self.sessions, explained=e, tensor=tensor,
+                                      target_weights=self._one_hot(d.class_index)[0], size=self.size,
+                                      chunk_size=self.method.chunk_size, settings=settings, progress=progress,
+                                      target_box=np.array(d.box_input, np.float32), image_key="image")
+                        for e, d in zip(explained, detections)]
+            method_results = chosen.explain_many(contexts)
+            timings["sampling"] = time.perf_counter() - t0
+        except InspectorError as e:
+            return e
+        share = {k: v / len(detections) for k, v in timings.items()}
+        out = []
+        for d, e, result in zip(detections, explained, method_results):
+            layer_maps, masks_per_layer = self._per_block(result, chosen.name)
+            t0 = time.perf_counter()
+            saliency_full = np.clip(pre.to_original(result.saliency, geometry), 0.0, 1.0)
+            own = {**share, "fusion": time.perf_counter() - t0}
+            own["total"] = sum(share.values()) + own["fusion"]
+            out.append(Explanation(
+                saliency=result.saliency, saliency_full=saliency_full.astype(np.float32),
+                layer_maps=layer_maps, scores=probe.logits[d.anchor].astype(np.float32), target=d.class_index,
+                target_weights=self._one_hot(d.class_index)[0], predicted=d.class_index,
+                masks_per_layer=masks_per_layer, timings=own,
+                settings={**self.settings(), "method": method or self.method.name}, source=source,
+                detection=d))
+        return out
+
+    def _detections(self, probe, geometry: pre.Geometry, target) -> list[Detection]:
+        """The kept detections of a probe run (detect.conf, detect.iou, detect.max_detections), or the one
+        ``target`` names: an index into them, or (box, class) in the original image's pixels."""
+        d = self.config.detect
+        boxes, classes, objectness = probe.head
+        found = [Detection(box=pre.box_to_original(boxes[a], geometry),
+                           box_input=tuple(float(v) for v in boxes[a]), class_index=k, score=s, anchor=a)
+                 for a, k, s in detect(boxes, classes, objectness, conf=d.conf, iou_limit=d.iou,
+                                       limit=d.max_detections)]
+        if target is None:
+            return found
+        if isinstance(target, (int, np.integer)):
+            if not 0 <= int(target) < len(found):
+                raise TargetError(f"detection {int(target)} does not exist: the image has {len(found)} "
+                                  f"detection(s) at detect.conf {d.conf}")
+            return [found[int(target)]]
+        try:
+            box, wanted = target
+            index = self.class_index(wanted)
+            box = np.asarray(box, np.float64).reshape(4)
+        except (TypeError, ValueError) as e:
+            raise TargetError("a detector's target is None, a detection index or (box, class); got "
+                              f"{target!r}") from e
+        same = [f for f in found if f.class_index == index]
+        if not same:
+            raise TargetError(f"no detection of class {wanted!r} in the image (detect.conf {d.conf})")
+        overlaps = iou(box, np.array([f.box for f in same], np.float64))
+        return [same[int(np.argmax(overlaps))]]
+
     def _per_block(self, result: MethodResult, name: str) -> tuple[np.ndarray, tuple[int, ...]]:
         """A method's layer maps and forward passes as the Explanation shows them: one per block of the
         model, shallow to deep; what the method gave describes the deepest blocks, the rest are zero maps
@@ -308,6 +414,8 @@ class Inspector:
             raise ConfigError(f"batch_images {wanted}: must be at least 1")
         c = self.contract
         if isinstance(c.input_shape[0], int) and c.input_shape[0] == 1:
+            return 1
+        if self.detector:  # an image's detections fill its explain-model run; images go one at a time
             return 1
         return min(wanted or DEFAULT_BATCH_IMAGES, self.method.chunk_size)
 

@@ -36,6 +36,10 @@ class MethodContext:
         chunk_size: masks per batched forward pass (1 for a model with a fixed batch of 1).
         settings: the method's own settings (an instance of its ``settings_type``), or None.
         progress: optional callable(done, total) for long methods.
+        target_box: a detector's target: the detection's box, float32 [4] (x1, y1, x2, y2 in model-input
+            pixels), its class being ``target_weights`` (one-hot over the classes); None for a classifier.
+        image_key: which image the target is of: targets with equal keys (the detections of one image)
+            share masked images; None: the image of its own row.
     """
 
     sessions: EngineSessions
@@ -46,6 +50,13 @@ class MethodContext:
     chunk_size: int
     settings: Any = None
     progress: Callable[[int, int], None] | None = None
+    target_box: np.ndarray | None = None
+    image_key: Any = None
+
+    @property
+    def shows(self) -> Any:
+        """The identity of the image this target is of (``image_key``, else its row of the run)."""
+        return self.image_key if self.image_key is not None else ("row", self.explained.row)
 
 
 @dataclass

@@ -39,7 +39,8 @@ class Rise(Method):
         rise = context.settings
         masks = rise_masks(rise.masks, context.size, grid=rise.grid, p=rise.p,
                            seed=0 if rise.seed is None else rise.seed)
+        boxes = None if context.target_box is None else context.target_box[None]
         scores = context.sessions.score_masks(context.tensor, masks, context.target_weights[None],
-                                              chunk=context.chunk_size)
+                                              chunk=context.chunk_size, target_boxes=boxes)[:, 0]
         saliency = minmax(np.tensordot(scores.astype(np.float64), masks, axes=1) / (len(masks) * rise.p))
         return MethodResult(saliency=saliency, layer_maps=None, masks_per_layer=(len(masks),))

@@ -4,6 +4,10 @@ For each block: select channels (alpha > mu * max alpha, or Ada-SISE's Otsu rule
 and let the sampler graph score image * mask for every selected map in chunks; the layer map is
 sum_k s_k m_k / sum(m_k), min-max normalised. Chunks mix blocks and the images of one explain-model run,
 so every run but the last is full (on CUDA the last is padded too, see PAD_DEVICES).
+
+Each context is one target (a class of an image, or one detection). Targets that show the same image
+(the detections of one image: equal ``image_key``) share their masked images: a map selected by several
+of them is scored once, for all of them, so the cost grows with the union of their selections.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnx_tools import IMAGE, KEEP, LAYER_MAPS, OWNER, SCORES, TARGET, act_input, idx_input
+from onnx_tools import IMAGE, KEEP, LAYER_MAPS, OWNER, SCORES, TARGET, TARGET_BOXES, act_input, idx_input
 
 from ...config import MethodConfig
 from ..method import surrogate
@@ -28,32 +32,41 @@ PAD_DEVICES = ("cuda",)
 @dataclass(frozen=True)
 class Chunk:
     indices: list[np.ndarray]  # per block: int64 rows n * C_b + c of the run's activations [N * C_b, h, w]
-    owner: np.ndarray  # int64 [K]: the image (row n) of each map, in the sampler's order
-    keep: np.ndarray  # float32 [K]: 1 for a selected map, 0 for padding, in the sampler's order
+    owner: np.ndarray  # int64 [K]: the image (row n) each map masks, in the sampler's order
+    keep: np.ndarray  # float32 [K, T]: 1 where target t uses map k, 0 elsewhere and for padding
 
 
 def plan_chunks(selected: list[list[np.ndarray]], rows: list[int], channels: list[int], chunk_size: int, *,
-                pad: bool = False) -> list[Chunk]:
-    """Split the selected maps of several images of one explain-model run into sampler runs.
+                pad: bool = False, images: list | None = None) -> list[Chunk]:
+    """Split the selected maps of the targets of one explain-model run into sampler runs.
 
-    ``selected[i][b]``: the selected channels of block b of image i, whose row in the run is ``rows[i]``;
-    ``channels[b]``: C_b. Maps are taken image by image, block by block, into chunks of at most
-    ``chunk_size``; inside a chunk they are put in the sampler's order (block by block, stable). With
-    ``pad`` a short last chunk is filled up to ``chunk_size`` by repeating its last map with keep 0."""
-    maps = [(rows[i], b, int(c)) for i, per_block in enumerate(selected)
-            for b, idx in enumerate(per_block) for c in idx]
+    ``selected[t][b]``: the selected channels of block b of target t, whose row in the run is ``rows[t]``;
+    ``images[t]``: which image target t shows (default: its row): targets showing the same image share a
+    map they both selected, scored once. ``channels[b]``: C_b. Maps are taken target by target, block by
+    block (a shared map where it first appears) into chunks of at most ``chunk_size``; inside a chunk
+    they are put in the sampler's order (block by block, stable). With ``pad`` a short last chunk is
+    filled up to ``chunk_size`` by repeating its last map with keep 0."""
+    images = list(rows) if images is None else list(images)
+    row_of: dict = {}
+    users: dict[tuple, list[int]] = {}  # (image, block, channel) -> the targets using the map
+    for t, per_block in enumerate(selected):
+        row_of.setdefault(images[t], rows[t])
+        for b, idx in enumerate(per_block):
+            for c in idx:
+                users.setdefault((images[t], b, int(c)), []).append(t)
+    maps = list(users)
     chunks = []
     for start in range(0, len(maps), chunk_size):
         part = maps[start:start + chunk_size]
-        keep = [1.0] * len(part)
+        keep = np.zeros((max(len(part), chunk_size if pad else 0), len(selected)), np.float32)
+        for k, key in enumerate(part):
+            keep[k, users[key]] = 1.0
         if pad and len(part) < chunk_size:
-            keep += [0.0] * (chunk_size - len(part))
             part = part + [part[-1]] * (chunk_size - len(part))
         order = sorted(range(len(part)), key=lambda k: part[k][1])
-        indices = [np.array([part[k][0] * channels[b] + part[k][2] for k in order if part[k][1] == b],
+        indices = [np.array([row_of[part[k][0]] * channels[b] + part[k][2] for k in order if part[k][1] == b],
                             np.int64) for b in range(len(channels))]
-        chunks.append(Chunk(indices, np.array([part[k][0] for k in order], np.int64),
-                            np.array([keep[k] for k in order], np.float32)))
+        chunks.append(Chunk(indices, np.array([row_of[part[k][0]] for k in order], np.int64), keep[order]))
     return chunks
 
 
@@ -100,27 +113,27 @@ class Sise(Method):
         pad = sessions.device in PAD_DEVICES
         plans = [(members, plan_chunks([scored[i] for i in members],
                                        [contexts[i].explained.row for i in members], channels,
-                                       first.chunk_size, pad=pad))
+                                       first.chunk_size, pad=pad,
+                                       images=[contexts[i].shows for i in members]))
                  for members in runs.values()]
         total_chunks, done = sum(len(chunks) for _, chunks in plans), 0
         totals = np.zeros((len(contexts), len(channels), *size), np.float64)
-        measured = [[{} for _ in channels] for _ in contexts]  # per image and block: channel -> score
+        measured = [[{} for _ in channels] for _ in contexts]  # per target and block: channel -> score
         for members, chunks in plans:
             explained = contexts[members[0]].explained
             device_feeds = {act_input(b): act for b, act in enumerate(explained.activations)}
             device_feeds[IMAGE] = explained.images
-            targets = np.zeros((explained.images.shape()[0], len(first.target_weights)), np.float32)
-            for i in members:
-                targets[contexts[i].explained.row] = contexts[i].target_weights
-            by_row = {contexts[i].explained.row: i for i in members}
+            targets = {TARGET: np.stack([contexts[i].target_weights for i in members]).astype(np.float32)}
+            if contexts[members[0]].target_box is not None:
+                targets[TARGET_BOXES] = np.stack([contexts[i].target_box for i in members]).astype(np.float32)
             for chunk in chunks:
                 feeds = {idx_input(b): idx for b, idx in enumerate(chunk.indices)}
-                feeds.update({TARGET: targets, KEEP: chunk.keep, OWNER: chunk.owner})
+                feeds.update({**targets, KEEP: chunk.keep, OWNER: chunk.owner})
                 layer_maps, scores = sessions.run_sampler(feeds, device_feeds, [LAYER_MAPS, SCORES])
-                for i in members:
-                    totals[i] += layer_maps[contexts[i].explained.row]
+                for t, i in enumerate(members):
+                    totals[i] += layer_maps[t]
                 if sampling:
-                    self._note_scores(chunk, channels, scores, by_row, measured)
+                    self._note_scores(chunk, channels, scores, members, measured)
                 done += 1
                 if first.progress is not None:
                     first.progress(done, total_chunks)
@@ -146,15 +159,15 @@ class Sise(Method):
         return idx[surrogate.choose(features, surrogate.scored_count(len(idx), fraction))]
 
     @staticmethod
-    def _note_scores(chunk: Chunk, channels: list[int], scores: np.ndarray, by_row: dict,
+    def _note_scores(chunk: Chunk, channels: list[int], scores: np.ndarray, members: list[int],
                      measured: list) -> None:
-        """Record each measured score under its image and channel (the sampler's order: block by block,
-        then the order of idx/<b>; padding has keep 0)."""
+        """Record each measured score [K, T] under the targets that use its map, by block and channel (the
+        sampler's order: block by block, then the order of idx/<b>; padding has keep 0)."""
         k = 0
         for b, rows in enumerate(chunk.indices):
             for row in rows:
-                if chunk.keep[k] > 0:
-                    measured[by_row[int(row) // channels[b]]][b][int(row) % channels[b]] = float(scores[k])
+                for t in np.flatnonzero(chunk.keep[k]):
+                    measured[members[t]][b][int(row) % channels[b]] = float(scores[k, t])
                 k += 1
 
     @staticmethod

@@ -93,6 +93,8 @@ def _export_cached(path: str, proto: onnx.ModelProto, cfg: InspectorConfig) -> s
     shape = _input_shape(proto, path, cfg)
     export = cfg.export
     options = {"score": export.score, "blocks": list(export.blocks or []), "layout": export.layout}
+    if export.task != "classify":  # (a classifier's options keep the name they had before detectors)
+        options.update(task=export.task, head=export.head)
     # the defaults keep the name caches had before options were part of it
     tag = "" if options == {"score": "softmax", "blocks": [], "layout": None} else \
         "." + hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
@@ -103,7 +105,7 @@ def _export_cached(path: str, proto: onnx.ModelProto, cfg: InspectorConfig) -> s
     blocks = list(cfg.export.blocks) if cfg.export.blocks else "auto"
     try:
         onnx_tools.export_file(path, out, score=cfg.export.score, blocks=blocks, input_shape=shape,
-                               layout=cfg.export.layout)
+                               layout=cfg.export.layout, task=cfg.export.task, head=cfg.export.head)
     except onnx_tools.ExportError as e:
         raise ModelContractError(f"model {path} has no SISE contract and exporting it failed: {e}. "
                                  "Run `python -m onnx_tools export` with the options it needs and point "

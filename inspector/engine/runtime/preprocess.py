@@ -349,3 +349,16 @@ def to_original(saliency: np.ndarray, geometry: Geometry) -> np.ndarray:
         canvas[top:top + saliency.shape[0], left:left + saliency.shape[1]] = saliency
         saliency = canvas
     return cv2.resize(np.ascontiguousarray(saliency, np.float32), (w0, h0), interpolation=cv2.INTER_LINEAR)
+
+
+def box_to_original(box, geometry: Geometry) -> tuple[float, float, float, float]:
+    """An x1, y1, x2, y2 box in model-input pixels, in the original image's pixels (clipped to it): the
+    inverse of the resize and of the letterbox's border or the crop's offset."""
+    h0, w0 = geometry.original
+    rh, rw = geometry.resized
+    top, left = geometry.offset
+    sign = 1.0 if geometry.mode == "shorter_side_center_crop" else -1.0  # crop: the input starts inside
+    x1, y1, x2, y2 = (float(v) for v in box)
+    xs = [min(max((x + sign * left) * w0 / rw, 0.0), float(w0)) for x in (x1, x2)]
+    ys = [min(max((y + sign * top) * h0 / rh, 0.0), float(h0)) for y in (y1, y2)]
+    return xs[0], ys[0], xs[1], ys[1]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from onnx_tools import IMAGE, MASKS, SCORES, TARGET
+from onnx_tools import IMAGE, MASKS, SCORES, TARGET, TARGET_BOXES
 
 from ...config import RuntimeConfig
 from ...errors import ConfigError, ModelRunError
@@ -135,12 +135,13 @@ class ExplainOutputs:
     """One image of an explain-model run: host copies of its small outputs, and device handles of the
     whole run's images and activations, of which it is row ``row``."""
 
-    logits: np.ndarray  # [K] class output of the image
+    logits: np.ndarray  # [K] class output of the image (a detector's: its anchors' scores [A, C])
     alphas: list[np.ndarray]  # per block [C_b]
     spreads: list[np.ndarray]  # per block [C_b]
     activations: list  # per block OrtValue [N, C_b, h, w] on the session's device (the run's N images)
     images: object = None  # OrtValue [N, ...]: the run's input tensors, on the device
     row: int = 0  # this image's row in ``images`` and ``activations``
+    head: tuple | None = None  # a detector's canonical head: boxes [A, 4], classes [A, C], objectness [A]
 
 
 class EngineSessions:
@@ -156,45 +157,56 @@ class EngineSessions:
         self._scorer_bytes, self._cfg, self._scorer = scorer_bytes, cfg, None
         self._weights_folder = weights_folder
 
-    def score_masks(self, image: np.ndarray, masks: np.ndarray, target: np.ndarray, *,
-                    chunk: int) -> np.ndarray:
-        """psi of the target for image * mask, for float32 masks [K, H, W] (in chunks); returns [K]."""
+    def score_masks(self, image: np.ndarray, masks: np.ndarray, target: np.ndarray, *, chunk: int,
+                    target_boxes: np.ndarray | None = None) -> np.ndarray:
+        """The score of image * mask for each target, float32 masks [K, H, W] (in chunks), targets [T, C]
+        (a detector's: their classes, with ``target_boxes`` [T, 4]); returns [K, T]."""
         if self._scorer is None:  # built on first use (RISE, metrics)
             self._scorer = make_session(self._scorer_bytes, self._cfg, "mask scorer", fp32=not self._cfg.fp16,
                                         quiet=True, weights_folder=self._weights_folder)
         out = []
         for start in range(0, len(masks), chunk):
             feeds = {IMAGE: image, MASKS: np.ascontiguousarray(masks[start:start + chunk], np.float32),
-                     TARGET: target}
+                     TARGET: np.ascontiguousarray(target, np.float32)}
+            if target_boxes is not None:
+                feeds[TARGET_BOXES] = np.ascontiguousarray(target_boxes, np.float32)
             with _named_failure("the mask scorer", len(feeds[MASKS])):
                 out.append(self._scorer.run([SCORES], feeds)[0])
-        return np.concatenate(out) if out else np.zeros(0, np.float32)
+        return np.concatenate(out) if out else np.zeros((0, len(target)), np.float32)
 
     def run_explain(self, images: np.ndarray, targets: np.ndarray, *, input_name: str, target_name: str,
-                    output_name: str, blocks) -> list[ExplainOutputs]:
-        """The explain model on N images [N, ...] with their target weights [N, num_classes]: one
-        :class:`ExplainOutputs` per image, sharing the run's device values."""
+                    output_name: str, blocks, head: tuple[str, ...] = ()) -> list[ExplainOutputs]:
+        """The explain model on N images [N, ...] with their target weights [N, num_classes] (a
+        detector's [N, A, C], with ``head`` the names of its canonical outputs boxes, classes,
+        objectness): one :class:`ExplainOutputs` per image, sharing the run's device values."""
         binding = self.explain.io_binding()
         images_value = self.device_value(images)
         binding.bind_ortvalue_input(input_name, images_value)
         binding.bind_cpu_input(target_name, targets)
-        binding.bind_output(output_name, "cpu")
+        host = list(head) if head else [output_name]
+        for name in host:
+            binding.bind_output(name, "cpu")
         for b in blocks:
             binding.bind_output(b.act_output, self.device)
             binding.bind_output(b.grad_output, "cpu")
             binding.bind_output(b.range_output, "cpu")
         with _named_failure("the explain model", len(images)):
             self.explain.run_with_iobinding(binding)
-        values = dict(zip([output_name]
-                          + [n for b in blocks for n in (b.act_output, b.grad_output, b.range_output)],
+        values = dict(zip(host + [n for b in blocks for n in (b.act_output, b.grad_output, b.range_output)],
                           binding.get_outputs()))
-        logits = values[output_name].numpy().reshape(len(images), -1)
         alphas = [values[b.grad_output].numpy() for b in blocks]
         spreads = [values[b.range_output].numpy() for b in blocks]
         activations = [values[b.act_output] for b in blocks]
+        if head:
+            boxes, classes, objectness = (values[name].numpy() for name in head)
+            logits = objectness[..., None] * classes  # [N, A, C]: each anchor's class scores
+            heads = [(boxes[n], classes[n], objectness[n]) for n in range(len(images))]
+        else:
+            logits = values[output_name].numpy().reshape(len(images), -1)
+            heads = [None] * len(images)
         return [ExplainOutputs(logits=logits[n], alphas=[a[n] for a in alphas],
                                spreads=[s[n] for s in spreads], activations=activations,
-                               images=images_value, row=n)
+                               images=images_value, row=n, head=heads[n])
                 for n in range(len(images))]
 
     def device_value(self, array: np.ndarray):
