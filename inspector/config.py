@@ -75,6 +75,16 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _check_random_masks(key: str, masks, grid, p) -> None:
+    """The ranges of a random-mask method's settings (``key``: where they are in the YAML)."""
+    if masks < 1:
+        raise ConfigError(f"{key}.masks: must be >= 1, got {masks}")
+    if grid < 1:
+        raise ConfigError(f"{key}.grid: must be >= 1, got {grid}")
+    if not 0 < p <= 1:
+        raise ConfigError(f"{key}.p: must be in (0, 1], got {p}")
+
+
 @dataclass(frozen=True)
 class RiseConfig:
     """The RISE baseline's settings (YAML ``method: {rise: {...}}``): number of random masks, grid cells
@@ -86,12 +96,22 @@ class RiseConfig:
     seed: int | None = None
 
     def __post_init__(self):
-        if self.masks < 1:
-            raise ConfigError(f"method.rise.masks: must be >= 1, got {self.masks}")
-        if self.grid < 1:
-            raise ConfigError(f"method.rise.grid: must be >= 1, got {self.grid}")
-        if not 0 < self.p <= 1:
-            raise ConfigError(f"method.rise.p: must be in (0, 1], got {self.p}")
+        _check_random_masks("method.rise", self.masks, self.grid, self.p)
+
+
+@dataclass(frozen=True)
+class DRiseConfig:
+    """The D-RISE baseline's settings for detectors (YAML ``method: {drise: {...}}``), with the defaults of
+    Petsiuk et al. (CVPR 2021): 5,000 masks on a 16 x 16 grid, keep probability 0.5; seed None:
+    ``method.seed``."""
+
+    masks: int = 5000
+    grid: int = 16
+    p: float = 0.5
+    seed: int | None = None
+
+    def __post_init__(self):
+        _check_random_masks("method.drise", self.masks, self.grid, self.p)
 
 
 # The RISE keys before they moved into method.rise, accepted (with a warning) for one release.
@@ -101,7 +121,7 @@ LEGACY_METHOD_KEYS = {"rise_masks": "masks", "rise_grid": "grid", "rise_p": "p"}
 @dataclass(frozen=True)
 class MethodConfig:
     """The ``method`` section: which method, SISE's settings (preset, mu, adaptive, max_masks_per_layer),
-    what every method shares (chunk_size, seed) and the other methods' own settings (rise)."""
+    what every method shares (chunk_size, seed) and the other methods' own settings (rise, drise)."""
 
     name: str = "sise"
     preset: Preset = "quality"
@@ -114,6 +134,7 @@ class MethodConfig:
     chunk_size: int | None = None  # masks per sampler run; None: from runtime.memory_budget_mb
     seed: int = 0  # seed of the seeded methods (RISE's masks) unless their own settings name one
     rise: RiseConfig = field(default_factory=RiseConfig)
+    drise: DRiseConfig = field(default_factory=DRiseConfig)
     # SISE's block-wise gate: otsu, the paper's [V > Otsu(V)]; soft, sigmoid((V - Otsu(V)) / (width *
     # std(V))), steadier when the image barely changes (README, "Explanations that hold still")
     fusion: Fusion = "otsu"
@@ -128,7 +149,7 @@ class MethodConfig:
                               f"map), got {self.score_fraction!r}")
 
     def resolved(self) -> MethodConfig:
-        """A copy with the preset's values filled in where a field is None, and RISE's seed."""
+        """A copy with the preset's values filled in where a field is None, and RISE's and D-RISE's seeds."""
         base = PRESETS[self.preset]
         return dataclasses.replace(
             self, mu=base["mu"] if self.mu is None else self.mu,
@@ -136,7 +157,9 @@ class MethodConfig:
             max_masks_per_layer=(base["max_masks_per_layer"] if self.max_masks_per_layer is None
                                  else self.max_masks_per_layer),
             score_fraction=base["score_fraction"] if self.score_fraction is None else self.score_fraction,
-            rise=dataclasses.replace(self.rise, seed=self.seed if self.rise.seed is None else self.rise.seed))
+            rise=dataclasses.replace(self.rise, seed=self.seed if self.rise.seed is None else self.rise.seed),
+            drise=dataclasses.replace(self.drise,
+                                      seed=self.seed if self.drise.seed is None else self.drise.seed))
 
 
 @dataclass(frozen=True)
@@ -169,11 +192,14 @@ class ExportConfig:
 class DetectConfig:
     """A detector's detections: an anchor's best class is kept when its score (objectness x class
     probability) reaches ``conf``, then class-wise non-maximum suppression at IoU ``iou``; at most
-    ``max_detections`` per image, the highest scores first. Each kept detection is explained."""
+    ``max_detections`` per image, the highest scores first. Each kept detection is explained.
+    ``none_label``: what a part without any detection is labelled (its result's prediction; a good class
+    when named in ``good_classes``); a part with detections is labelled its highest-scoring one's class."""
 
     conf: float = 0.25
     iou: float = 0.45
     max_detections: int = 20
+    none_label: str = "ok"
 
 
 @dataclass(frozen=True)
@@ -334,10 +360,12 @@ def _validate(cfg: InspectorConfig) -> None:
         raise ConfigError(f"visuals.opacity: must be in [0, 1], got {cfg.visuals.opacity}")
     _check_range("visuals.good_opacity", cfg.visuals.good_opacity, 0, 1)
     _check_range("outputs.jpeg_quality", cfg.outputs.jpeg_quality, 1, 100)
-    unknown = [c for c in cfg.good_classes if cfg.classes is None or c not in cfg.classes]
+    labels = [*(cfg.classes or []), cfg.detect.none_label]  # a detector's part without detections
+    unknown = [c for c in cfg.good_classes if c not in labels]
     if unknown:
         known = ", ".join(cfg.classes) if cfg.classes else "none configured: add the key classes"
-        raise ConfigError(f"good_classes: {unknown} not among classes ({known})")
+        raise ConfigError(f"good_classes: {unknown} not among classes ({known}) or detect.none_label "
+                          f"({cfg.detect.none_label})")
     _validate_regions(cfg.regions)
     _check_range("detect.conf", cfg.detect.conf, 0, 1)
     _check_range("detect.iou", cfg.detect.iou, 0, 1)

@@ -125,9 +125,9 @@ def test_both_spellings_of_a_rise_key_are_refused(tmp_path):
 
 
 def test_unknown_method_names_the_registered_ones(example):
-    with pytest.raises(ConfigError, match=r"^method\.name: 'nope' is not one of gradcam, rise, sise$"):
+    with pytest.raises(ConfigError, match=r"^method\.name: 'nope' is not one of drise, gradcam, rise, sise$"):
         get_method("nope")
-    with pytest.raises(ConfigError, match=r"'nope' is not one of gradcam, rise, sise"):
+    with pytest.raises(ConfigError, match=r"'nope' is not one of drise, gradcam, rise, sise"):
         example.explain(sample(), method="nope")
     with pytest.raises(ConfigError, match=r"method\.name: 'nope'"):
         Inspector.from_options(model=os.path.join(example_dir(), "defect_resnet.sise.onnx"),

@@ -54,6 +54,9 @@ class Inspector:
         self.model = load_model(config)
         c = self.contract = self.model.contract
         self.detector = c.detector
+        if self.method.name == "drise" and not self.detector:
+            raise ConfigError(f"method.name: drise explains a detector's detections; {self.model.path} is a "
+                              "classifier: use rise")
         self.size = (c.input_shape[2], c.input_shape[3]) if c.input_layout == "NCHW" else \
             (c.input_shape[1], c.input_shape[2])
         if config.preprocess.size is not None and tuple(config.preprocess.size) != self.size:
@@ -67,6 +70,7 @@ class Inspector:
         if config.classes is not None and len(config.classes) != c.num_classes:
             raise ConfigError(f"classes: {len(config.classes)} names for a model with "
                               f"{c.num_classes} classes")
+        self._check_labels()
         self.roi = load_roi(config.roi.mask, config.preprocess.max_pixels) if config.roi is not None else None
         self.sessions = EngineSessions(self.model.explain_bytes, self.model.sampler_bytes,
                                        self.model.scorer_bytes, config.runtime, self.model.weights_folder)
@@ -76,6 +80,18 @@ class Inspector:
         self.method = dataclasses.replace(self.method, chunk_size=self._chunk_size())
         for problem in self.gradient_problems():
             log.warning("%s", problem)
+
+    def _check_labels(self) -> None:
+        """A detector's part without detections is labelled detect.none_label, which must be no class; a
+        classifier's good classes are classes."""
+        cfg, none_label = self.config, self.config.detect.none_label
+        if self.detector and none_label in (cfg.classes or []):
+            raise ConfigError(f"detect.none_label: {none_label!r} is one of classes; a part without "
+                              "detections needs a label of its own (e.g. ok)")
+        if not self.detector and none_label in cfg.good_classes and none_label not in (cfg.classes or []):
+            known = ", ".join(cfg.classes or [])
+            raise ConfigError(f"good_classes: {none_label!r} is not among classes ({known}); "
+                              "detect.none_label names a good part only for a detector")
 
     def _chunk_size(self) -> int:
         """method.chunk_size, or the largest that runtime.memory_budget_mb allows (inspector.memory); 1 for a
@@ -211,11 +227,17 @@ class Inspector:
         return pre.to_tensor(array, self.config.preprocess, self.size, self.contract.input_layout,
                              name=source or name or "image array")
 
-    def score_masks(self, tensor: np.ndarray, masks: np.ndarray, target: int) -> np.ndarray:
+    def score_masks(self, tensor: np.ndarray, masks: np.ndarray, target: int, *,
+                    box: np.ndarray | None = None) -> np.ndarray:
         """The model's confidence in ``target`` for ``tensor`` times each mask [K, H, W] (the masking
-        convention of the explanations); returns [K]."""
+        convention of the explanations); returns [K]. For a detector, ``box`` (x1, y1, x2, y2 in model-input
+        pixels) and ``target`` are the detection's, and the score is D-RISE's similarity to it."""
+        if self.detector and box is None:
+            raise TargetError("a detector's masked images are scored against a detection: give its box")
         target_weights = self._one_hot(target)
-        return self.sessions.score_masks(tensor, masks, target_weights, chunk=self.method.chunk_size)[:, 0]
+        boxes = None if box is None else np.asarray(box, np.float32).reshape(1, 4)
+        return self.sessions.score_masks(tensor, masks, target_weights, chunk=self.method.chunk_size,
+                                         target_boxes=boxes)[:, 0]
 
     def explain(self, image, *, target=None, method: str | None = None, progress=None,
                 name: str | None = None) -> Explanation | list[Explanation]:

@@ -38,7 +38,11 @@ def load_roi(path: str, max_pixels: int) -> np.ndarray:
 
 
 def review(exp: Explanation, cfg: InspectorConfig, roi: np.ndarray | None = None) -> Review:
-    s = exp.saliency_full
+    return review_map(exp.saliency_full, cfg, roi)
+
+
+def review_map(s: np.ndarray, cfg: InspectorConfig, roi: np.ndarray | None = None) -> Review:
+    """:func:`review` of a map on the original image (a detector's image: its detections' maps joined)."""
     r = cfg.regions
     regions = find_regions(s, how=r.threshold, value=r.value, min_area=r.min_area)
     if roi is None:

@@ -53,7 +53,8 @@ def result_settings(insp: Inspector) -> dict:
     """Everything that decides a stored result (not how fast it is computed: chunk size, threads and the
     provider are left out)."""
     cfg = insp.config
-    method = {k: v for k, v in dataclasses.asdict(insp.method).items() if k not in ("chunk_size", "rise")
+    own = ("chunk_size", "rise", "drise")
+    method = {k: v for k, v in dataclasses.asdict(insp.method).items() if k not in own
               and METHOD_LATER_DEFAULTS.get(k, object()) != v}
     if insp.method.fusion == "otsu":  # the width of a soft gate does not change the paper's fusion
         method.pop("fusion_width")
@@ -61,6 +62,8 @@ def result_settings(insp: Inspector) -> dict:
     # so that results stored before the move keep their settings hash
     rise = insp.method.rise
     method.update(rise_masks=rise.masks, rise_grid=rise.grid, rise_p=rise.p, seed=rise.seed)
+    if insp.method.name == "drise":  # added with detectors: only D-RISE's own results depend on it
+        method["drise"] = dataclasses.asdict(insp.method.drise)
     roi = None
     if insp.roi is not None:
         roi = {"mask_sha256": hashlib.sha256(np.packbits(insp.roi).tobytes()
@@ -68,9 +71,12 @@ def result_settings(insp: Inspector) -> dict:
                "flag_below": cfg.roi.flag_below}
     preprocess = {k: v for k, v in dataclasses.asdict(cfg.preprocess).items()
                   if k not in LATER_DEFAULTS or v != LATER_DEFAULTS[k]}
-    return {"model_sha256": insp.model.sha256, "score": insp.contract.score, "method": method,
-            "fp16": cfg.runtime.fp16, "preprocess": preprocess,
-            "classes": cfg.classes, "regions": dataclasses.asdict(cfg.regions), "roi": roi}
+    settings = {"model_sha256": insp.model.sha256, "score": insp.contract.score, "method": method,
+                "fp16": cfg.runtime.fp16, "preprocess": preprocess,
+                "classes": cfg.classes, "regions": dataclasses.asdict(cfg.regions), "roi": roi}
+    if insp.detector:  # which detections are kept and how a part without any is labelled
+        settings["detect"] = dataclasses.asdict(cfg.detect)
+    return settings
 
 
 def settings_hash(settings: dict) -> str:

@@ -25,11 +25,12 @@ A method registered at runtime (``METHODS["mine"] = Mine()``) works the same way
 from __future__ import annotations
 
 from .base import Method, MethodContext, MethodResult
+from .drise import DRise
 from .gradcam import GradCam
 from .rise import Rise
 from .sise import Sise
 
-METHODS: dict[str, Method] = {m.name: m for m in (Sise(), GradCam(), Rise())}
+METHODS: dict[str, Method] = {m.name: m for m in (Sise(), GradCam(), Rise(), DRise())}
 
 
 def get_method(name: str) -> Method:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from onnx_tools import IMAGE, MASKS, SCORES, TARGET, TARGET_BOXES
+from onnx_tools import IMAGE, KEEP, MASKS, SCORES, TARGET, TARGET_BOXES
 
 from ...config import RuntimeConfig
 from ...errors import ConfigError, ModelRunError
@@ -156,6 +156,9 @@ class EngineSessions:
         self.device = DEVICE_OF.get(self.provider, "cpu")
         self._scorer_bytes, self._cfg, self._scorer = scorer_bytes, cfg, None
         self._weights_folder = weights_folder
+        # masked images run through the model so far (sampler and mask scorer, padding included): the
+        # forward passes that benchmarks and evaluations report
+        self.masked_images = 0
 
     def score_masks(self, image: np.ndarray, masks: np.ndarray, target: np.ndarray, *, chunk: int,
                     target_boxes: np.ndarray | None = None) -> np.ndarray:
@@ -172,6 +175,7 @@ class EngineSessions:
                 feeds[TARGET_BOXES] = np.ascontiguousarray(target_boxes, np.float32)
             with _named_failure("the mask scorer", len(feeds[MASKS])):
                 out.append(self._scorer.run([SCORES], feeds)[0])
+            self.masked_images += len(feeds[MASKS])
         return np.concatenate(out) if out else np.zeros((0, len(target)), np.float32)
 
     def run_explain(self, images: np.ndarray, targets: np.ndarray, *, input_name: str, target_name: str,
@@ -224,6 +228,7 @@ class EngineSessions:
             binding.bind_output(name, "cpu")
         with _named_failure("the sampler", None):
             self.sampler.run_with_iobinding(binding)
+        self.masked_images += len(feeds[KEEP])
         return [v.numpy() for v in binding.get_outputs()]
 
 
