@@ -332,6 +332,11 @@ def _explain_status(outcome, counts: dict, failures: list) -> str:
     if outcome.state == "explained":
         counts["explained"] += 1
         exp = outcome.explanation
+        if isinstance(exp, list):  # a detector's image
+            found = ", ".join(f"{d['class_name']} {d['score']:.2f}"
+                              for d in outcome.fields["detections"]) or "none"
+            return (f"{len(exp)} detection(s) ({found}), {sum(e.timings['total'] for e in exp):.2f} s, "
+                    f"{sum(e.total_masks for e in exp)} masks")
         return f"{exp.timings['total']:.2f} s, {exp.total_masks} masks"
     if outcome.state == "done":
         counts["reused"] += 1

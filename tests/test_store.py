@@ -180,11 +180,11 @@ def test_paths_that_are_not_utf8_are_kept_byte_for_byte(store_url):
     assert row["source_path"] == "/line3/lot\\xff\\xfe #7/caf\\xe9.png"
 
 
-LATER_TABLES = ("reviews", "users", "sessions", "login_failures")  # made by the upgrades to versions 2-4
+LATER_TABLES = ("reviews", "users", "sessions", "login_failures", "detections")  # by the upgrades to 2-5
 
 
 def _back_to_version_1(conn: sa.Connection) -> None:
-    for name in ("login_failures", "sessions", "users", "reviews"):
+    for name in ("detections", "login_failures", "sessions", "users", "reviews"):
         conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
     conn.execute(sa.text("DROP INDEX IF EXISTS ix_results_finished"))
     conn.execute(sa.update(schema_version).values(version=1))
@@ -213,10 +213,23 @@ def test_a_version_1_store_is_upgraded_with_its_data(store_url):
     engine.dispose()
     with Store(store_url) as store:
         with store.begin() as conn:
-            assert conn.execute(sa.select(schema_version.c.version)).scalar_one() == SCHEMA_VERSION == 4
+            assert conn.execute(sa.select(schema_version.c.version)).scalar_one() == SCHEMA_VERSION == 5
             assert "ix_results_finished" in {i["name"] for i in sa.inspect(conn).get_indexes("results")}
-            assert {"users", "sessions", "login_failures"} <= set(sa.inspect(conn).get_table_names())
+            tables = set(sa.inspect(conn).get_table_names())
+            assert {"users", "sessions", "login_failures", "detections"} <= tables
         assert store.result(claim.result_id)["prediction_name"] == "class3"
+        assert store.result(claim.result_id)["detections"] == []
+        # a detector's result, recorded into the upgraded store with its detections
+        key = ResultKey("d" * 64, "s" * 64, "top")
+        store.add_image(key.image_sha256, 10, "/y.png")
+        held = store.claim(key, run, "/y.png")
+        box = {"class_index": 1, "class_name": "dent", "x1": 1.0, "y1": 2.0, "x2": 30.5, "y2": 40.0,
+               "evidence_in_box": 0.7, "evidence_peak": 1.0, "regions": [], "masks": 12}
+        store.finish(held, run, {**done_fields(), "detections": [{"position": 1, "score": 0.9, **box},
+                                                                  {"position": 2, "score": 0.4, **box}]},
+                     scope="scope", path="/y.png", image_sha256=key.image_sha256)
+        assert [(d["position"], d["score"], d["x2"]) for d in store.result(held.result_id)["detections"]] == \
+            [(1, 0.9, 30.5), (2, 0.4, 30.5)]
         first = store.add_review(claim.result_id, verdict="overrule", label="ok", reviewer="operator 7")
         second = store.add_review(claim.result_id, verdict="confirm", label="ok", reviewer="operator 9")
         assert count(store, reviews) == 2

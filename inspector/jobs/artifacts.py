@@ -138,11 +138,14 @@ def _encode(img: np.ndarray, ext: str, params=()) -> bytes:
     return buf.tobytes()
 
 
-def artifact_suffixes(outputs) -> dict[str, str]:
+def artifact_suffixes(outputs, detections: int = 0) -> dict[str, str]:
     """Artifact kinds and the file name suffix of each, for an ``OutputsConfig``: the one place that says
-    which files an explanation gets (the writer, the store's checks and the reports read it)."""
+    which files an explanation gets (the writer, the store's checks and the reports read it). A
+    detector's image with ``detections`` detections also gets one overlay per detection,
+    ``overlay.<k>``."""
     kinds = {"npz": ".npz"} if outputs.npz else {}
     kinds.update(overlay=f"_overlay.{outputs.overlay}", layers="_layers.png", sidecar=".json")
+    kinds.update({f"overlay.{k}": f"_overlay_{k}.{outputs.overlay}" for k in range(1, detections + 1)})
     return kinds
 
 

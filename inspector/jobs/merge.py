@@ -25,7 +25,7 @@ from ..common.version import __version__
 from ..errors import InspectorError, Interrupted, OutputError
 from ..store import Store, StoreError, default_url, display_path, display_url
 from ..store.db import as_utc, sqlite_path
-from ..store.schema import artifacts, images, inputs, results, runs
+from ..store.schema import artifacts, detections, images, inputs, results, runs
 from ..store.store import dialect_insert
 from .views import write_views
 
@@ -159,6 +159,11 @@ class _Copier:
             new_id = current["id"]
             self.conn.execute(sa.update(results).where(results.c.id == new_id).values(**values))
             self.conn.execute(sa.delete(artifacts).where(artifacts.c.result_id == new_id))
+            self.conn.execute(sa.delete(detections).where(detections.c.result_id == new_id))
+        found = [{k: v for k, v in d.items() if k != "id"} | {"result_id": new_id} for d in
+                 s.execute(sa.select(detections).where(detections.c.result_id == row["id"])).mappings()]
+        if found:
+            self.conn.execute(sa.insert(detections), found)
         for art in s.execute(sa.select(artifacts).where(artifacts.c.result_id == row["id"])).mappings():
             _copy_file(self.src.locate(row["out_dir"], art["path"]), os.path.join(self.out_dir, art["path"]),
                        art["sha256"])

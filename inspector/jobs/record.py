@@ -35,9 +35,10 @@ from ..engine.inspector import Inspector
 from ..engine.review import Review, review
 from ..engine.runtime import preprocess as pre
 from ..engine.runtime.session import runtime_versions
-from ..errors import ImageError, InspectorError, OutputError
+from ..errors import ConfigError, ImageError, InspectorError, OutputError
 from ..store import Claim, ClaimLost, ResultKey, Store, StoreError, display_path
 from .artifacts import artifact_suffixes, render
+from .detection_artifacts import image_review, joined_map, render_detections, review_detections
 
 log = logging.getLogger(__name__)
 ARTIFACT_DIR = "images"
@@ -163,6 +164,9 @@ def start_job(insp: Inspector, store: Store, *, kind: str, out_dir: str, scope: 
     continue each other (an audit's resumptions); by default, runs of one kind with the same settings and
     target share one, so a file explained again is listed once. ``plan``: every input of the run, recorded
     with it (an audit's list; the scope's inputs become exactly these)."""
+    if insp.detector and target is not None:
+        raise ConfigError(f"target {target!r}: a detector's runs explain every detection of each image; "
+                          "leave out the target")
     settings = result_settings(insp)
     digest = settings_hash(settings)
     key, engine_target = target_key(insp, target)
@@ -190,7 +194,7 @@ class Outcome:
     error: str | None = None
     fields: dict = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)  # kind -> absolute path
-    explanation: Explanation | None = None
+    explanation: Explanation | list[Explanation] | None = None  # a detector's: one per detection
     review: Review | None = None
 
     @property
@@ -376,8 +380,11 @@ def _fail(outcome: Outcome, e: Exception, versions: dict) -> None:
                       "versions": versions, **dict.fromkeys(_RESULT_COLUMNS)}
 
 
-def _describe(job: Job, outcome: Outcome, exp: Explanation, image: np.ndarray, versions: dict) -> dict:
+def _describe(job: Job, outcome: Outcome, exp: Explanation | list[Explanation], image: np.ndarray,
+              versions: dict) -> dict:
     """Review and render one explanation, fill the outcome's fields; the artifacts' bytes by kind."""
+    if isinstance(exp, list):
+        return _describe_detections(job, outcome, exp, image, versions)
     cfg = job.insp.config
     rv = review(exp, cfg, job.insp.roi)
     extra = {"image_sha256": outcome.image_sha256, "settings_hash": job.settings_hash,
@@ -397,6 +404,47 @@ def _describe(job: Job, outcome: Outcome, exp: Explanation, image: np.ndarray, v
         "timings": {k: round(v, 6) for k, v in exp.timings.items()},
     }
     return files
+
+
+def _describe_detections(job: Job, outcome: Outcome, exps: list[Explanation], image: np.ndarray,
+                         versions: dict) -> dict:
+    """:func:`_describe` for a detector's image: the result is the image's (labelled its top detection's
+    class, or detect.none_label without any; each class's score its best detection's), with a row per
+    detection; the artifacts show every detection and each one alone."""
+    insp, cfg = job.insp, job.insp.config
+    found = review_detections(exps, cfg, insp.roi)
+    rv = image_review(exps, image.shape[:2], cfg, insp.roi)
+    top = found[0] if found else None
+    scores = [0.0] * insp.contract.num_classes
+    for d in found:
+        scores[d.class_index] = max(scores[d.class_index], d.score)
+    timings: dict[str, float] = {}
+    for e in exps:
+        for k, v in e.timings.items():
+            timings[k] = timings.get(k, 0.0) + v
+    blocks = len(insp.contract.blocks)
+    per_layer = [sum(d.masks_per_layer[b] for d in found) for b in range(blocks)]
+    joined = joined_map(exps, image.shape[:2])
+    outcome.fields = {
+        "status": "done", "error": None, "retryable": None, "versions": versions,
+        "prediction": top.class_index if top else None,
+        "prediction_name": top.class_name if top else cfg.detect.none_label,
+        "confidence": _finite(top.score) if top else None, "scores": [_finite(v) for v in scores],
+        "target": None, "target_name": None, "regions": [r.to_dict() for r in rv.regions],
+        "region_count": len(rv.regions), "evidence_peak": max((r.peak for r in rv.regions), default=0.0),
+        "evidence_mean": float(joined.mean()), "roi_inside": rv.roi_inside, "flagged": rv.flagged,
+        "masks": sum(per_layer), "masks_per_layer": per_layer,
+        "timings": {k: round(v, 6) for k, v in timings.items()},
+        "detections": [d.row() for d in found],
+    }
+    outcome.explanation, outcome.review = exps, rv
+    meta = {"prediction": {"index": outcome.fields["prediction"], "name": outcome.fields["prediction_name"],
+                           "confidence": outcome.fields["confidence"]},
+            "timings_s": outcome.fields["timings"], "settings": insp.settings()}
+    extra = {"image_sha256": outcome.image_sha256, "settings_hash": job.settings_hash,
+             "target_key": job.target_key}
+    return render_detections(exps, image, cfg, source=display_path(os.path.abspath(outcome.path)),
+                             found=found, image_review=rv, roi=insp.roi, extra=extra, meta=meta)
 
 
 def _finite(value) -> float | None:
@@ -420,7 +468,8 @@ def _commit(job: Job, claim: Claim, outcome: Outcome, files: dict[str, bytes]) -
     then the files renamed into place: files are never renamed for a result this run does not own, and a
     crash between the store and the renames leaves a done result whose missing files the next run makes."""
     base = artifact_base(job, outcome.image_sha256, outcome.path)
-    suffixes = artifact_suffixes(job.insp.config.outputs)
+    suffixes = artifact_suffixes(job.insp.config.outputs,
+                                 detections=sum(kind.startswith("overlay.") for kind in files))
     named = {kind: os.path.join(job.artifact_dir, base + suffixes[kind]) for kind in files}
     rows = [{"kind": kind, "path": os.path.relpath(named[kind], job.out_dir),
              "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)} for kind, data in files.items()]

@@ -13,17 +13,18 @@ from ..common import documents, spreadsheet
 from ..common.atomic import write_group
 from ..common.version import __version__
 from ..store import Store
-from ..store.schema import artifacts, inputs, results, runs
+from ..store.schema import artifacts, detections, inputs, results, runs
 
 CSV_FIELDS = ("path", "image_sha256", "status", "prediction", "confidence", "target", "regions",
               "evidence_peak", "evidence_mean", "roi_inside", "flagged", "masks", "seconds", "error",
-              "retryable", "shard", "result_id")
+              "retryable", "shard", "result_id", "detections")
 VIEW_FILES = ("results.csv", "results.jsonl", "report.html")
 
 
 def report_rows(store: Store, scopes: list[str] | None = None) -> list[dict]:
     """One dict per input of ``scopes`` (all inputs when None), sorted by path, with its result, status
-    (done | failed | pending) and artifacts (kind -> absolute path)."""
+    (done | failed | pending), artifacts (kind -> absolute path) and a detector's detections (highest
+    score first; [] for a classifier's)."""
     r = results.c
     query = (sa.select(inputs.c.path, inputs.c.path_bytes, inputs.c.image_sha256,
                        inputs.c.error.label("input_error"),
@@ -44,6 +45,12 @@ def report_rows(store: Store, scopes: list[str] | None = None) -> list[dict]:
         files: dict[int, dict[str, str]] = {}
         for a in conn.execute(arts).mappings():
             files.setdefault(a["result_id"], {})[a["kind"]] = store.locate(a["out_dir"], a["path"])
+        found: dict[int, list[dict]] = {}
+        for d in conn.execute(sa.select(detections).order_by(detections.c.result_id, detections.c.position)
+                              ).mappings():
+            found.setdefault(d["result_id"], []).append(
+                {"position": d["position"], "class": d["class_name"], "score": d["score"],
+                 "box": [d["x1"], d["y1"], d["x2"], d["y2"]], "evidence_in_box": d["evidence_in_box"]})
     for row in rows:
         if row["input_error"]:
             row.update(status="failed", error=row["input_error"], retryable=True)
@@ -51,6 +58,7 @@ def report_rows(store: Store, scopes: list[str] | None = None) -> list[dict]:
             row["status"] = "pending"
         row["shard"] = f"{row['shard_index']}/{row['shard_count']}"
         row["artifacts"] = files.get(row["result_id"], {}) if row["status"] == "done" else {}
+        row["detections"] = found.get(row["result_id"], []) if row["status"] == "done" else []
     return rows
 
 
@@ -83,7 +91,14 @@ def csv_text(rows: list[dict]) -> str:
          _cell(r["confidence"], 4), _cell(r["target_name"]), _cell(r["region_count"]),
          _cell(r["evidence_peak"], 4), _cell(r["evidence_mean"], 4), _cell(r["roi_inside"], 4),
          _cell(r["flagged"]), _cell(r["masks"]), _cell(r["seconds"], 3), _cell(r["error"]),
-         _cell(r["retryable"]), r["shard"], _cell(r["result_id"])] for r in rows))
+         _cell(r["retryable"]), r["shard"], _cell(r["result_id"]), detection_cell(r.get("detections", []))]
+        for r in rows))
+
+
+def detection_cell(found: list[dict]) -> str:
+    """A detector's detections in one cell: ``class score @x1,y1,x2,y2`` each, ``; `` between them."""
+    return "; ".join(f"{d['class']} {d['score']:.3f} @{','.join(f'{v:.0f}' for v in d['box'])}"
+                     for d in found)
 
 
 def jsonl_text(rows: list[dict], out_dir: str) -> str:
@@ -93,6 +108,7 @@ def jsonl_text(rows: list[dict], out_dir: str) -> str:
     lines = []
     for r in rows:
         item = {k: r[k] for k in keep}
+        item["detections"] = r.get("detections", [])  # a detector's
         item.update(prediction=r["prediction_name"], target=r["target_name"])  # the CSV's names
         item["artifacts"] = {k: os.path.relpath(p, out_dir) for k, p in sorted(r["artifacts"].items())}
         lines.append(json.dumps(item, sort_keys=True) + "\n")
@@ -107,7 +123,7 @@ def _link(path: str, out_dir: str) -> str:
 def _thumb(row: dict, out_dir: str) -> dict:
     overlay = row["artifacts"].get("overlay")
     return {"link": _link(overlay, out_dir) if overlay else None, "path": row["path"],
-            "prediction": row["prediction_name"] or "", "confidence": row["confidence"] or 0.0}
+            "prediction": row["prediction_name"] or "", "confidence": row["confidence"]}
 
 
 def failure_line(row: dict) -> str:
@@ -122,8 +138,11 @@ def html_text(rows: list[dict], out_dir: str, title: str, *, notes: list[str] = 
     failed = [r for r in rows if r["status"] == "failed"]
     pending = [r for r in rows if r["status"] == "pending"]
     counts: dict[str, int] = {}
+    detected: dict[str, int] = {}
     for r in done:
         counts[r["prediction_name"]] = counts.get(r["prediction_name"], 0) + 1
+        for d in r.get("detections", []):
+            detected[d["class"]] = detected.get(d["class"], 0) + 1
     seconds = sum(r["seconds"] or 0.0 for r in done)
     warn = [(f"INCOMPLETE: {len(pending)} of {len(rows)} images have no result yet; run the same command "
              "again to continue.")] if pending else []
@@ -138,7 +157,9 @@ def html_text(rows: list[dict], out_dir: str, title: str, *, notes: list[str] = 
         classes=sorted(counts.items(), key=lambda kv: str(kv[0])),
         with_roi=any(r["roi_inside"] is not None for r in done),
         flagged=[_thumb(r, out_dir) for r in done if r["flagged"]],
-        least=[_thumb(r, out_dir) for r in sorted(done, key=lambda r: r["confidence"])[:lowest]],
+        detected=sorted(detected.items()),
+        least=[_thumb(r, out_dir) for r in sorted((r for r in done if r["confidence"] is not None),
+                                                  key=lambda r: r["confidence"])[:lowest]],
         errors=errors[:listed], errors_more=max(0, len(errors) - listed),
         missing=[r["path"] for r in pending][:listed], missing_more=max(0, len(pending) - listed), runs=runs)
 

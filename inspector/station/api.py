@@ -128,7 +128,12 @@ def api_results(
     moment = parse_utc(since, "since")
     rows = queries.results_since(station.store, moment, after_id, limit)
     kinds = queries.artifact_kinds(station.store, [r["id"] for r in rows])
-    items = [result_body({**r, "artifacts": kinds.get(r["id"], [])}, station.class_names) for r in rows]
+    found = queries.detections_of(station.store, [r["id"] for r in rows])
+    items = [
+        result_body({**r, "artifacts": kinds.get(r["id"], []), "detections": found.get(r["id"], [])},
+                    station.class_names)
+        for r in rows
+    ]
     following = None
     if len(rows) == limit:
         last = rows[-1]
@@ -198,6 +203,18 @@ def result_body(row: dict, classes) -> dict:
         "review_label": row.get("review_label"),
         "part_url": f"/parts/{rid}",
         "artifacts": {kind: f"/artifacts/{rid}/{kind}" for kind in row.get("artifacts", {})},
+        "detections": [
+            {
+                "position": d["position"],
+                "class": d["class_name"],
+                "score": d["score"],
+                "box": [d["x1"], d["y1"], d["x2"], d["y2"]],
+                "evidence_in_box": d["evidence_in_box"],
+                "regions": d["regions"] or [],
+                "overlay": f"/artifacts/{rid}/overlay.{d['position']}",
+            }
+            for d in row.get("detections", [])
+        ],
     }
 
 

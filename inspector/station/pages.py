@@ -248,9 +248,15 @@ def original(user: Viewer, station: StationDep, result_id: PartId):
 
 
 @router.get("/parts/{result_id}/overlay-cut")
-def overlay_cut(user: Viewer, station: StationDep, result_id: PartId):
+def overlay_cut(
+    user: Viewer,
+    station: StationDep,
+    result_id: PartId,
+    kind: Annotated[str, Query(pattern=r"^overlay(\.[1-9][0-9]{0,3})?$")] = "overlay",
+):
+    """The overlay's image area; ``kind`` overlay.<k>: a detector's detection k alone."""
     row = load_part(station, result_id)
-    path = files.artifact_file(station.store, row, "overlay")
+    path = files.artifact_file(station.store, row, kind)
     data = files.original_bytes(row)
     if path is None or data is None:
         raise HTTPException(404, "the overlay or the original image is missing")

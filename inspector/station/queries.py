@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from ..store import Store
 from ..store.db import as_utc
-from ..store.schema import artifacts, inputs, results, reviews, runs
+from ..store.schema import artifacts, detections, inputs, results, reviews, runs
 
 PAGE = 100
 SHOWN = ("done", "failed")  # results still running are not parts yet
@@ -156,8 +156,8 @@ def _reverse(query, category, f: Filters):
 
 
 def part(store: Store, result_id: int) -> dict | None:
-    """One result with its run's folder, artifacts (kind -> (relative path, sha256)), input paths and
-    verdict history (oldest first)."""
+    """One result with its run's folder, artifacts (kind -> (relative path, sha256)), input paths,
+    verdict history (oldest first) and, for a detector, its detections (highest score first)."""
     with store.read() as conn:
         row = (
             conn.execute(
@@ -186,7 +186,9 @@ def part(store: Store, result_id: int) -> dict | None:
             .mappings()
             .all()
         )
+        found = store.detection_rows(conn, result_id)
     out = _with_utc(row)
+    out["detections"] = found
     out["artifacts"] = {a.kind: (a.path, a.sha256) for a in arts}
     out["input_paths"] = [bytes(row["source_path_bytes"]), *paths]
     out["history"] = [_with_utc(h) for h in history]
@@ -234,6 +236,22 @@ def artifact_kinds(store: Store, result_ids: list[int]) -> dict[int, list[str]]:
         ):
             kinds.setdefault(rid, []).append(kind)
     return kinds
+
+
+def detections_of(store: Store, result_ids: list[int]) -> dict[int, list[dict]]:
+    """A detector's results' detections (highest score first), by result."""
+    if not result_ids:
+        return {}
+    found: dict[int, list[dict]] = {}
+    with store.read() as conn:
+        for d in conn.execute(
+            sa.select(detections)
+            .where(detections.c.result_id.in_(result_ids))
+            .order_by(detections.c.result_id, detections.c.position)
+        ).mappings():
+            row = {k: v for k, v in d.items() if k not in ("id", "result_id")}
+            found.setdefault(d["result_id"], []).append(row)
+    return found
 
 
 def reviews_after(store: Store, after_id: int, limit: int) -> list[dict]:

@@ -106,8 +106,10 @@ class Station:
 
     @property
     def class_names(self) -> list[str]:
-        """What a part can be labelled: the config's class names, or the class indices as text."""
-        return self.classes or [str(i) for i in range(self.insp.contract.num_classes)]
+        """What a part can be labelled: the config's class names, or the class indices as text; for a
+        detector also detect.none_label (a part without detections)."""
+        names = self.classes or [str(i) for i in range(self.insp.contract.num_classes)]
+        return [*names, self.config.detect.none_label] if self.insp.detector else names
 
     @property
     def good_classes(self) -> list[str]:

@@ -7,6 +7,8 @@ Version history (``schema_version.version``):
        label, and an index for the newest-first queue.
     4. login_failures: wrong passwords by user name and client address, so that the lock-out holds across
        stations sharing the store and across restarts.
+    5. detections: a detector's result holds one row per detection it explains (box, class, score, the
+       evidence of its own map).
 
 A new store is created at the newest version; one made by an older version is upgraded step by step
 when it is opened for writing; a store made by
@@ -164,6 +166,25 @@ login_failures = sa.Table(
     sa.Index("ix_login_failures_address", "address", "failed_at"),
 )
 
+detections = sa.Table(
+    "detections", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("result_id", sa.Integer, sa.ForeignKey("results.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),         # 1, 2, ...: highest score first
+    sa.Column("class_index", sa.Integer, nullable=False),
+    sa.Column("class_name", sa.Text, nullable=False),
+    sa.Column("score", sa.Float, nullable=False),               # objectness x class probability
+    sa.Column("x1", sa.Float, nullable=False),                  # the box in the original image's pixels
+    sa.Column("y1", sa.Float, nullable=False),
+    sa.Column("x2", sa.Float, nullable=False),
+    sa.Column("y2", sa.Float, nullable=False),
+    sa.Column("evidence_in_box", sa.Float),                     # share of its map's evidence inside its box
+    sa.Column("evidence_peak", sa.Float),
+    sa.Column("regions", sa.JSON),
+    sa.Column("masks", sa.Integer),
+    sa.UniqueConstraint("result_id", "position", name="uq_detections_result_position"),
+)
+
 
 def _add_reviews(conn: sa.Connection) -> None:
     """Version 1 -> 2. The table as it was at version 2, frozen here so that a later change to ``reviews``
@@ -230,9 +251,34 @@ def _add_login_failures(conn: sa.Connection) -> None:
     ).create(conn)
 
 
+def _add_detections(conn: sa.Connection) -> None:
+    """Version 4 -> 5: detections (frozen as at 5)."""
+    frozen = sa.MetaData()
+    sa.Table("results", frozen, sa.Column("id", sa.Integer, primary_key=True))
+    sa.Table(
+        "detections", frozen,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("result_id", sa.Integer, sa.ForeignKey("results.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("position", sa.Integer, nullable=False),
+        sa.Column("class_index", sa.Integer, nullable=False),
+        sa.Column("class_name", sa.Text, nullable=False),
+        sa.Column("score", sa.Float, nullable=False),
+        sa.Column("x1", sa.Float, nullable=False),
+        sa.Column("y1", sa.Float, nullable=False),
+        sa.Column("x2", sa.Float, nullable=False),
+        sa.Column("y2", sa.Float, nullable=False),
+        sa.Column("evidence_in_box", sa.Float),
+        sa.Column("evidence_peak", sa.Float),
+        sa.Column("regions", sa.JSON),
+        sa.Column("masks", sa.Integer),
+        sa.UniqueConstraint("result_id", "position", name="uq_detections_result_position"),
+    ).create(conn)
+
+
 UPGRADES: list[Callable[[sa.Connection], None]] = [
     _add_reviews,
     _add_station,
     _add_login_failures,
+    _add_detections,
 ]
 SCHEMA_VERSION = len(UPGRADES) + 1

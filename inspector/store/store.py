@@ -31,7 +31,7 @@ from .db import (
     sqlite_path,
     utcnow,
 )
-from .schema import artifacts, images, inputs, results, reviews, runs
+from .schema import artifacts, detections, images, inputs, results, reviews, runs
 
 HEARTBEAT_SECONDS = 30.0
 UPKEEP_SECONDS = 2.0  # how often a run tries again to give back claims the store could not take back
@@ -381,8 +381,11 @@ class Store:
 
     def finish(self, claim: Claim, run_id: int, fields: dict, artifact_rows: list[dict] = (), *,
                scope: str, path: str, image_sha256: str) -> None:
-        """Record the outcome of a held claim (``fields``: ``status`` done/failed and the result's columns),
-        its artifacts and the input it came from, in one transaction."""
+        """Record the outcome of a held claim (``fields``: ``status`` done/failed and the result's columns,
+        and for a detector ``detections``: their rows), its artifacts and the input it came from, in one
+        transaction."""
+        fields = dict(fields)
+        found = fields.pop("detections", None) or []
         with self.begin() as conn:
             updated = conn.execute(sa.update(results).where(
                 results.c.id == claim.result_id, results.c.run_id == run_id, results.c.status == "running")
@@ -391,6 +394,9 @@ class Store:
                 raise ClaimLost(f"result {claim.result_id} was taken over by another run while this one "
                                 "explained it (no heartbeat?); its result stands")
             conn.execute(sa.delete(artifacts).where(artifacts.c.result_id == claim.result_id))
+            conn.execute(sa.delete(detections).where(detections.c.result_id == claim.result_id))
+            if found:
+                conn.execute(sa.insert(detections), [{"result_id": claim.result_id, **d} for d in found])
             if artifact_rows:
                 conn.execute(sa.insert(artifacts),
                              [{"result_id": claim.result_id, **a} for a in artifact_rows])
@@ -415,8 +421,17 @@ class Store:
             arts = conn.execute(sa.select(artifacts.c.kind, artifacts.c.path, artifacts.c.sha256)
                                 .where(artifacts.c.result_id == result_id)).mappings().all()
             out_dir = conn.execute(sa.select(runs.c.out_dir).where(runs.c.id == row["run_id"])).scalar_one()
+            found = self.detection_rows(conn, result_id)
         files = {a["kind"]: self.locate(out_dir, a["path"]) for a in arts}
-        return {**row, "out_dir": out_dir, "artifacts": files}
+        return {**row, "out_dir": out_dir, "artifacts": files, "detections": found}
+
+    @staticmethod
+    def detection_rows(conn: sa.Connection, result_id: int) -> list[dict]:
+        """A detector's result's detections, first (highest score) first; [] for a classifier's."""
+        rows = conn.execute(sa.select(detections).where(detections.c.result_id == result_id)
+                            .order_by(detections.c.position)).mappings().all()
+        return [{k: v for k, v in r.items() if k not in ("id", "result_id")} for r in rows]
+
 
     # ----- reviews --------------------------------------------------------------------------------
     def add_review(self, result_id: int, *, verdict: str, reviewer: str, label: str | None = None,

@@ -78,6 +78,15 @@ function setupPart() {
   };
   const layersButton = document.getElementById("layers-button");
   if (layersButton) layersButton.addEventListener("click", showLayers);
+  const choices = Array.from(document.querySelectorAll("#detections button"));
+  let shown = 0;  // a detector's part: which map the overlay shows (0: all detections)
+  const show = k => {
+    if (!choices.length || !overlay) return;
+    shown = (k + choices.length) % choices.length;
+    choices.forEach((b, i) => b.classList.toggle("chosen", i === shown));
+    overlay.src = choices[shown].dataset.src;
+  };
+  choices.forEach((b, i) => b.addEventListener("click", () => show(i)));
   const label = document.getElementById("label");
   const form = document.getElementById("review");
   const comment = document.getElementById("comment");
@@ -105,6 +114,8 @@ function setupPart() {
     if (e.key === "j") go("next");
     else if (e.key === "k") go("prev");
     else if (e.key === "o") toggle();
+    else if (e.key === "d") show(shown + 1);
+    else if (e.key === "a") show(0);
     else if (e.key === "l" && layers) showLayers();
     else if (e.key === "c") { const c = document.getElementById("comment"); if (c) { e.preventDefault(); c.focus(); } }
   });
