@@ -82,11 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--batch-images", **batch_option)
     ev = sub.add_parser("evaluate", help="explanation quality against ground-truth defect masks")
     ev.add_argument("-c", "--config", required=True)
-    ev.add_argument("--data", required=True, help="folder with manifest.csv (python -m inspector.synthetic)")
-    ev.add_argument("--methods", default="sise,gradcam,rise", help="comma-separated method names")
+    ev.add_argument("--data", required=True,
+                    help="folder with manifest.csv (python -m inspector.synthetic), or for a detector with "
+                         "truth.json (python -m inspector.synthetic --scenes)")
+    ev.add_argument("--methods", default=None,
+                    help="comma-separated method names (default sise,gradcam,rise; for a detector "
+                         "sise,drise,gradcam)")
     ev.add_argument("--out", default="sise-evaluation", help="output folder (default ./sise-evaluation)")
     ev.add_argument("--limit", type=whole(1, MAX_ID), default=None,
-                    help="evaluate only the first N defect images")
+                    help="evaluate only the first N defect images (a detector's: scenes)")
     au = sub.add_parser("audit", help="resumable, shardable batch run with results.csv/jsonl and report.html")
     au.add_argument("-c", "--config", required=True)
     au.add_argument("input", help="folder of images or a manifest .csv with an 'image' column")
@@ -148,10 +152,15 @@ def cmd_demo(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .quality.evaluate import markdown, run_evaluation
-
     insp = Inspector.from_config(args.config)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if insp.detector:
+        from .quality.evaluate_detections import markdown
+        from .quality.evaluate_detections import run_detector_evaluation as run_evaluation
+        default, per = "sise,drise,gradcam", "per_detection.csv"
+    else:
+        from .quality.evaluate import markdown, run_evaluation
+        default, per = "sise,gradcam,rise", "per_image.csv"
+    methods = [m.strip() for m in (args.methods or default).split(",") if m.strip()]
     progress: list[Progress] = []
 
     def report(done, total):
@@ -162,7 +171,7 @@ def cmd_evaluate(args) -> int:
     if progress:
         progress[0].finish("evaluated")
     print(markdown(table))
-    print(f"wrote {os.path.join(args.out, 'summary.md')}, summary.csv and per_image.csv")
+    print(f"wrote {os.path.join(args.out, 'summary.md')}, summary.csv and {per}")
     return 0
 
 

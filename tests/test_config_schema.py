@@ -16,7 +16,8 @@ from inspector.config import ConfigError, config_from_dict, json_schema
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMA_FILE = os.path.join(ROOT, "configs", "inspector-config.schema.json")
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml"))) + [
-    os.path.join(ROOT, "inspector", "example", "config.yaml")]
+    os.path.join(ROOT, "inspector", "example", "config.yaml"),
+    os.path.join(ROOT, "inspector", "example", "detector", "config.yaml")]
 
 
 def test_the_committed_schema_is_the_generated_one():

@@ -52,11 +52,11 @@ def _inspector(*args: str, **kwargs) -> subprocess.CompletedProcess:
                           text=True, timeout=120, **kwargs)
 
 
-def _start(tmp_path: Path, out: Path, inbox: Path) -> tuple[str, subprocess.Popen]:
+def _start(tmp_path: Path, out: Path, inbox: Path, config: Path = CONFIG) -> tuple[str, subprocess.Popen]:
     """`inspector station --watch` as a subprocess; returns (base URL, process) once /healthz answers."""
     port = _free_port()
     log = open(tmp_path / "station.log", "a")  # noqa: SIM115 - the child holds it; closed with the test
-    proc = subprocess.Popen([sys.executable, "-m", "inspector", "station", "-c", str(CONFIG),
+    proc = subprocess.Popen([sys.executable, "-m", "inspector", "station", "-c", str(config),
                              "--out", str(out), "--watch", str(inbox), "--port", str(port),
                              "--settle", "0.5"],
                             stdout=log, stderr=subprocess.STDOUT)
@@ -260,3 +260,55 @@ def _done(db_path: Path) -> int:
             db.close()
     except sqlite3.Error:
         return 0
+
+
+def test_an_operator_steps_through_a_detectors_boxes(tmp_path):
+    """The bundled detector's station: a scene with several defects; the part page lists each detection,
+    ``d`` shows each one's own map in turn (the picture changes), ``a`` all of them again."""
+    out, inbox = tmp_path / "station", tmp_path / "in"
+    inbox.mkdir()
+    added = _inspector("station", "add-user", "quality", "--role", "admin", "--out", str(out),
+                       "--password-stdin", input=PASSWORD + "\n")
+    assert added.returncode == 0, added.stderr
+    detector = EXAMPLE / "detector"
+    base, proc = _start(tmp_path, out, inbox, detector / "config.yaml")
+    shots = Path(os.environ.get("STATION_SCREENSHOTS") or tmp_path / "shots")
+    shots.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.copyfile(detector / "samples" / "scene_00500.png", inbox / ".scene.part")
+        os.rename(inbox / ".scene.part", inbox / "scene.png")
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(base + "/login?next=/queue")
+            page.fill("input[name=username]", "quality")
+            page.fill("input[name=password]", PASSWORD)
+            page.click("button[type=submit]")
+            page.wait_for_selector("tr[data-id]", timeout=90_000)
+            part_id = page.locator("tr[data-id]").first.get_attribute("data-id")
+            page.locator("tr[data-id]").first.click()
+            page.wait_for_url(f"{base}/parts/*")
+            page.wait_for_load_state("load")
+            buttons = page.locator("#detections button")
+            count = buttons.count()
+            assert count >= 3, page.inner_text("main")  # "all", then at least two detections
+            overlay = page.locator("#overlay")
+            shown = [overlay.get_attribute("src")]
+            pictures = [overlay.screenshot()]
+            page.screenshot(path=str(shots / "detector_part.png"))
+            for k in range(1, count):
+                page.keyboard.press("d")
+                playwright.expect(buttons.nth(k)).to_have_class("chosen")
+                wanted = f"/parts/{part_id}/overlay-cut?kind=overlay.{k}"
+                playwright.expect(overlay).to_have_attribute("src", wanted)
+                page.wait_for_function("() => document.getElementById('overlay').complete")
+                shown.append(overlay.get_attribute("src"))
+                pictures.append(overlay.screenshot())
+            assert len(set(pictures)) == count  # each detection's own picture, not the same one again
+            page.keyboard.press("a")
+            playwright.expect(overlay).to_have_attribute("src", shown[0])
+            browser.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 import cv2
 import numpy as np
 
-from inspector.quality.synthetic import CLASSES, main, sample
+from inspector.quality.synthetic import CLASSES, main, sample, scene
 
 
 def test_deterministic():
@@ -79,3 +80,32 @@ def test_an_audit_of_the_data_set_takes_its_images_not_its_masks(tmp_path):
     assert main(["--out", str(tmp_path), "--count", "6", "--seed", "4", "--size", "64"]) == 0
     keys = [k for k, _ in list_inputs(str(tmp_path))]
     assert len(keys) == 6 and all(k.startswith("images/") for k in keys), keys
+
+
+def test_scenes_hold_several_separate_defects_and_their_truth(tmp_path):
+    """A detector's data: 1-4 defects a scene, of every defect class, none touching another; each box is
+    its mask's extent; the CLI's truth.json lists exactly the files it wrote, and an audit skips masks/."""
+    scenes = [scene(3, i) for i in range(80)]
+    assert {len(s.defects) for s in scenes} >= {1, 2, 3, 4} and max(len(s.defects) for s in scenes) <= 4
+    assert {d.label for s in scenes for d in s.defects} == set(CLASSES[1:])
+    for s in scenes:
+        taken = np.zeros(s.image.shape[:2], bool)
+        for d in s.defects:
+            ys, xs = np.nonzero(d.mask)
+            assert d.box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+            near = cv2.dilate(d.mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+            assert not (near & taken).any()
+            taken |= d.mask
+    assert np.array_equal(scene(3, 7).image, scenes[7].image)
+    assert main(["--scenes", "--out", str(tmp_path), "--count", "5", "--seed", "3"]) == 0
+    with open(tmp_path / "truth.json") as f:
+        truth = json.load(f)
+    assert truth["seed"] == 3 and len(truth["scenes"]) == 5
+    for i, entry in enumerate(truth["scenes"]):
+        image = cv2.cvtColor(cv2.imread(str(tmp_path / entry["image"])), cv2.COLOR_BGR2RGB)
+        assert np.array_equal(image, scenes[i].image)
+        for d, listed in zip(scenes[i].defects, entry["defects"], strict=True):
+            mask = cv2.imread(str(tmp_path / listed["mask"]), cv2.IMREAD_GRAYSCALE) > 127
+            assert np.array_equal(mask, d.mask)
+            assert listed["label"] == d.label and tuple(listed["box"]) == d.box
+    assert os.path.isfile(tmp_path / "masks" / ".sise-skip")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -139,6 +140,26 @@ def defect_mask(rng: np.random.Generator, label: str, size: int) -> np.ndarray:
     return m
 
 
+def _apply(grey: np.ndarray, soft: np.ndarray, label: str, mask: np.ndarray, rng) -> tuple:
+    """Draw one defect of class ``label`` with mask ``mask`` onto a grey surface; returns the new grey
+    surface and the stain coverage (soft, brownish) so far."""
+    if label == "stain":  # soft-edged brownish discolouration (the hard mask is its core)
+        blur = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 2.0)
+        return grey * (1 - 0.35 * blur) + 0.05 * blur, np.maximum(soft, blur)
+    dark = rng.random() < 0.75
+    contrast = rng.uniform(0.25, 0.45) * (-1 if dark else 1)
+    return np.where(mask, np.clip(grey + contrast, 0, 1), grey), soft
+
+
+def _finish(grey: np.ndarray, soft: np.ndarray, rng) -> np.ndarray:
+    """Tint, stains' colour and sensor noise: uint8 RGB."""
+    tint = rng.uniform(0.85, 1.15, 3).astype(np.float32)
+    brown = 1.0 - soft[:, :, None] * np.array([0.0, 0.1, 0.25], np.float32)
+    rgb = np.clip(grey[:, :, None] * tint[None, None] * brown, 0, 1)
+    rgb = np.clip(rgb + rng.normal(0, 0.015, rgb.shape), 0, 1)
+    return (rgb * 255).round().astype(np.uint8)
+
+
 def render(label: str, kind: str, size: int, seeds: tuple) -> Sample:
     """Render one image. Surface, defect and finish (tint, sensor noise) draw from separate random
     streams, so the same ``seeds`` with label "ok" give the identical image without the defect."""
@@ -148,18 +169,57 @@ def render(label: str, kind: str, size: int, seeds: tuple) -> Sample:
     soft = np.zeros((size, size), np.float32)
     if label != "ok":
         mask = defect_mask(defect_rng, label, size).astype(bool)
-        if label == "stain":  # soft-edged brownish discolouration (the hard mask is its core)
-            soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 2.0)
-            grey = grey * (1 - 0.35 * soft) + 0.05 * soft
+        grey, soft = _apply(grey, soft, label, mask, defect_rng)
+    return Sample(image=_finish(grey, soft, finish_rng), mask=mask, label=label, surface=kind)
+
+
+@dataclass(frozen=True)
+class Defect:
+    """One defect of a scene: its class, its exact mask, and its box (x0, y0, x1, y1, exclusive ends)."""
+
+    label: str
+    mask: np.ndarray  # bool [S, S]
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        ys, xs = np.nonzero(self.mask)
+        return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A surface with several defects (the detector's data): each with its own mask and box."""
+
+    image: np.ndarray  # uint8 [S, S, 3] RGB
+    defects: tuple[Defect, ...]
+    surface: str
+
+
+def scene(seed: int, index: int, size: int = 128, *, count: tuple[int, int] = (1, 4),
+          surfaces: tuple[str, ...] = SURFACES) -> Scene:
+    """The ``index``-th scene of the detection data set with ``seed``: between count[0] and count[1]
+    defects (classes drawn at random, "ok" excepted), none touching another (a defect that would is
+    drawn again, up to 20 times), on a random surface; deterministic."""
+    rng = np.random.default_rng([seed, index, 7])
+    kind = surfaces[int(rng.integers(len(surfaces)))]
+    surface_rng, finish_rng = (np.random.default_rng([seed, index, 7, k]) for k in range(2))
+    grey = surface(surface_rng, kind, size)
+    soft = np.zeros((size, size), np.float32)
+    taken = np.zeros((size, size), bool)
+    defects = []
+    for _ in range(int(rng.integers(count[0], count[1] + 1))):
+        label = CLASSES[1 + int(rng.integers(len(CLASSES) - 1))]
+        for _attempt in range(20):
+            mask = defect_mask(rng, label, size).astype(bool)
+            near = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+            if mask.sum() >= 4 and not (near & taken).any():
+                break
         else:
-            dark = defect_rng.random() < 0.75
-            contrast = defect_rng.uniform(0.25, 0.45) * (-1 if dark else 1)
-            grey = np.where(mask, np.clip(grey + contrast, 0, 1), grey)
-    tint = finish_rng.uniform(0.85, 1.15, 3).astype(np.float32)
-    brown = 1.0 - soft[:, :, None] * np.array([0.0, 0.1, 0.25], np.float32)
-    rgb = np.clip(grey[:, :, None] * tint[None, None] * brown, 0, 1)
-    rgb = np.clip(rgb + finish_rng.normal(0, 0.015, rgb.shape), 0, 1)
-    return Sample(image=(rgb * 255).round().astype(np.uint8), mask=mask, label=label, surface=kind)
+            continue
+        taken |= mask
+        grey, soft = _apply(grey, soft, label, mask, rng)
+        defects.append(Defect(label, mask))
+    return Scene(image=_finish(grey, soft, finish_rng), defects=tuple(defects), surface=kind)
 
 
 def sample(seed: int, index: int, size: int = 128, *, label: str | None = None,
@@ -197,11 +257,42 @@ def write_dataset(out: str, count: int, seed: int, size: int = 128, progress=Non
     return manifest
 
 
+def write_scenes(out: str, count: int, seed: int, size: int = 128, progress=None, *, first: int = 0,
+                 images: str = "images", surfaces: tuple[str, ...] = SURFACES) -> str:
+    """Write scenes ``first`` .. ``first + count - 1`` of ``seed`` (several defects each: a detector's data)
+    into ``out/<images>/``, their defects' exact masks into ``out/masks/``, and ``out/truth.json``: per
+    scene its image and each defect's label, box (x1, y1, x2, y2, pixels) and mask, paths relative to
+    ``out``. Returns the truth.json path."""
+    os.makedirs(os.path.join(out, images), exist_ok=True)
+    os.makedirs(os.path.join(out, "masks"), exist_ok=True)
+    write_atomic(os.path.join(out, "masks", SKIP_MARKER),  # an audit of the data set reads no mask as a part
+                 "ground-truth masks, not parts: inspector audit skips a folder holding this file\n")
+    listed = []
+    for k in range(count):
+        s = scene(seed, first + k, size, surfaces=surfaces)
+        name = f"scene_{first + k:05d}"
+        image = f"{images}/{name}.png"
+        cv2.imwrite(os.path.join(out, image), cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR))
+        defects = []
+        for j, d in enumerate(s.defects):
+            mask = f"masks/{name}_{j}.png"
+            cv2.imwrite(os.path.join(out, mask), d.mask.astype(np.uint8) * 255)
+            defects.append({"label": d.label, "box": list(d.box), "mask": mask})
+        listed.append({"image": image, "surface": s.surface, "defects": defects})
+        if progress:
+            progress(k + 1, count)
+    path = os.path.join(out, "truth.json")
+    write_atomic(path, json.dumps({"seed": seed, "size": size, "scenes": listed}, indent=1))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inspector.synthetic",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--count", type=int, default=600)
+    parser.add_argument("--scenes", action="store_true",
+                        help="scenes with several defects each and truth.json (a detector's data)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--surfaces", default=",".join(SURFACES),
@@ -213,6 +304,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not surfaces:
         parser.error(f"--surfaces: unknown {unknown}; choose among {', '.join(SURFACES + TEXTURES)}")
 
+    if args.scenes:
+        progress = Progress(args.count, unit="scenes")
+        path = write_scenes(args.out, args.count, args.seed, args.size,
+                            lambda done, _total: progress.update(done), surfaces=surfaces)
+        progress.finish("written")
+        print(f"wrote {args.count} scenes and {path}")
+        return 0
     progress = Progress(args.count, unit="samples")
     path = write_dataset(args.out, args.count, args.seed, args.size,
                          lambda done, _total: progress.update(done), surfaces)
