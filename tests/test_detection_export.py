@@ -146,3 +146,35 @@ def test_a_yolox_head_whose_anchors_are_not_one_per_cell_is_refused():
     model.graph.output.append(helper.make_tensor_value_info("tripled", onnx.TensorProto.FLOAT, None))
     with pytest.raises(ModelInputError, match="252 anchors, but a YOLOX head on a 64x64 input .* has 84"):
         export_model(model, task="detect", head="yolox")
+
+
+@pytest.mark.parametrize("convention,sigmoid", [("yolov8", True), ("yolov5", False), ("yolox", False)])
+def test_detection_gradients_match_central_differences_on_the_model_itself(convention, sigmoid):
+    """Shift one channel of a block by +-eps everywhere in the original ONNX model: the detection's score
+    (decoded in numpy from the raw output, float64) changes by H*W*eps*alpha_c, alpha from the export."""
+    from .test_real_models import perturbable
+
+    model, result = exported(convention, sigmoid)
+    c = result.contract
+    original = export_detector(model, SIZE)
+    x = np.random.default_rng(3).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
+    target = np.zeros((1, c.head.num_anchors, c.head.num_classes), np.float32)
+    target[0, 21, 2] = 1.0  # one detection: anchor 21, class 2
+    outs = run_model(result.model, {c.input_name: x, c.target_input: target}, optimize=False)
+    eps = 1e-3
+    for b in c.blocks:
+        grad = outs[b.grad_output][0].astype(np.float64)
+        shifted = perturbable(original, b.tensor, b.channels)
+        h, w = b.shape[2:]
+        for k in np.argsort(-np.abs(grad))[:3]:
+            delta = np.zeros((1, b.channels, 1, 1), np.float32)
+            delta[0, k] = eps
+            score = []
+            for sign in (1, -1):
+                raw = run_model(shifted, {c.input_name: x, "delta": sign * delta}, optimize=False,
+                                outputs=["output0"])["output0"]
+                _, classes, objectness = decode(raw, convention, not sigmoid, SIZE)
+                score.append(float(objectness[0, 21] * classes[0, 21, 2]))
+            fd = (score[0] - score[1]) / (2 * eps)
+            analytic = h * w * grad[k]
+            assert abs(fd - analytic) <= 2e-2 * abs(analytic) + 1e-6, (b.index, int(k), fd, analytic)
