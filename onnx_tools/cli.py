@@ -61,7 +61,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="classify (default): a [N, num_classes] output; detect: a one-stage detector's head")
     p.add_argument("--head", default="auto", choices=("auto", *CONVENTIONS),
                    help="with --task detect: the head's convention (default: found from its outputs; nms: "
-                        "the tensors feeding a NonMaxSuppression node)")
+                        "the tensors feeding a NonMaxSuppression node; gfl: class scores and box bins per "
+                        "stride; centernet: heatmap, sizes and offsets)")
     p.add_argument("--layout", default=None, choices=("NCHW", "NHWC"),
                    help="the image input's layout (default: found from the graph)")
     p.add_argument("--keep-batch", action="store_true",
@@ -163,8 +164,10 @@ def cmd_example(args) -> int:
 
 def _head_text(head) -> str:
     """A detector head in one line: convention, anchors, classes, box encoding, where the sigmoid is."""
-    return (f"{head.convention} ({', '.join(head.tensors)}), {head.num_anchors} anchors, {head.num_classes} "
-            f"classes, boxes {head.box_encoding}{' + grid decoding' if head.strides else ''}, "
+    return (f"{head.convention} ({', '.join(head.parts or head.tensors)}), {head.num_anchors} anchors, "
+            f"{head.num_classes} "
+            f"classes, boxes {head.box_encoding}{' + grid decoding' if head.strides else ''}"
+            f"{f', {head.bins} bins a side' if head.bins else ''}, "
             f"{'logits (sigmoid applied by the export)' if head.logits else 'probabilities'}")
 
 

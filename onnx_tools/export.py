@@ -171,6 +171,10 @@ def analyse(model: onnx.ModelProto, *, blocks: str | list[str] = "auto",
         index = GraphIndex(analysis_copy(model))
     image = find_image_input(model)
     found = D.find_head(index, head, output) if task == "detect" else None
+    if found is not None and found.convention in D.SPLIT:  # its tensors joined into one, read from there
+        model = D.join_head(model, found, default_opset(model))
+        index = GraphIndex(analysis_copy(model))
+        check_aligned(model, index)
     output_name, num_classes = (found.scores_tensor, found.num_classes) if found else \
         find_class_output(index, output)
     io = ModelIO(input_name=image.name, layout=layout or detect_layout(index, image.name),

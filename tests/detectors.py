@@ -21,6 +21,8 @@ from .models import conv_bn, randomize_bn
 TAPS = ["stem", "stage1", "stage2"]
 STRIDES = (8, 16, 32)
 CONVENTIONS = ("yolov8", "yolov5", "yolox")
+SPLIT_KINDS = ("gfl-nchw", "gfl-flat", "gfl-single", "centernet")  # the split heads' fixture layouts
+BINS = {"gfl-nchw": 8, "gfl-flat": 8, "gfl-single": 16}
 
 
 class TinyYolo(nn.Module):
@@ -70,19 +72,117 @@ class TinyYolo(nn.Module):
         return out.permute(0, 2, 1) if self.convention == "yolov8" else out
 
 
+class TinySplit(TinyYolo):
+    """The same backbone with a split head. ``kind``: gfl-nchw (mmdet's GFL: per stride class logits
+    [N, C, h, w] and box bins [N, 4B, h, w], outputs reg_s, cls_s interleaved), gfl-flat (PicoDet: per
+    stride [N, h*w, C] after a sigmoid and [N, h*w, 4B], all classes first), gfl-single (YOLOv8's raw head:
+    per stride [N, 4 * 16 + C, h, w]), centernet (at stride 8: heatmap [N, C, h, w], sizes and offsets
+    [N, 2, h, w], in cells)."""
+
+    def __init__(self, num_classes: int = 3, kind: str = "gfl-nchw", sigmoid: bool = False, width: int = 8):
+        super().__init__(num_classes, "yolov8", sigmoid, width)
+        self.convention, self.kind = ("centernet" if kind == "centernet" else "gfl"), kind
+        w = 4 * width
+        if kind == "centernet":
+            self.heads = nn.ModuleList([nn.Conv2d(w, num_classes, 1), nn.Conv2d(w, 2, 1), nn.Conv2d(w, 2, 1)])
+        elif kind == "gfl-single":
+            self.heads = nn.ModuleList(nn.Conv2d(w, 4 * BINS[kind] + num_classes, 1) for _ in STRIDES)
+        else:
+            self.heads = nn.ModuleList(nn.ModuleList([nn.Conv2d(w, num_classes, 1),
+                                                      nn.Conv2d(w, 4 * BINS[kind], 1)]) for _ in STRIDES)
+
+    def output_names(self) -> list[str]:
+        if self.kind == "centernet":
+            return ["hm", "wh", "reg"]
+        if self.kind == "gfl-single":
+            return [f"output{s}" for s in STRIDES]
+        if self.kind == "gfl-flat":
+            return [f"cls_{s}" for s in STRIDES] + [f"reg_{s}" for s in STRIDES]
+        return [n for s in STRIDES for n in (f"reg_{s}", f"cls_{s}")]
+
+    def forward(self, x):
+        levels = self.features(x)
+        sig = torch.sigmoid if self.sigmoid else (lambda v: v)
+        if self.kind == "centernet":
+            hm, wh, off = (head(levels[0]) for head in self.heads)
+            return sig(hm), nn.functional.softplus(wh) * 2, torch.sigmoid(off)
+        if self.kind == "gfl-single":
+            outs = []
+            for head, p in zip(self.heads, levels):
+                t = head(p)
+                outs.append(torch.cat([t[:, :4 * BINS[self.kind]], sig(t[:, 4 * BINS[self.kind]:])], 1))
+            return tuple(outs)
+        cls = [sig(h[0](p)) for h, p in zip(self.heads, levels)]
+        reg = [h[1](p) for h, p in zip(self.heads, levels)]
+        if self.kind == "gfl-flat":
+            flat = (lambda t: t.flatten(2).permute(0, 2, 1))
+            return tuple(flat(t) for t in cls) + tuple(flat(t) for t in reg)
+        return tuple(t for pair in zip(reg, cls) for t in pair)
+
+
 def detector(convention: str = "yolov8", sigmoid: bool = True, num_classes: int = 3) -> nn.Module:
     torch.manual_seed(3)
+    if convention in SPLIT_KINDS:
+        return randomize_bn(TinySplit(num_classes, convention, sigmoid))
     return randomize_bn(TinyYolo(num_classes, convention, sigmoid))
 
 
 def export_detector(model: nn.Module, size: int = 64, opset: int = 17) -> onnx.ModelProto:
     f = io.BytesIO()
+    names = model.output_names() if isinstance(model, TinySplit) else ["output0"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (torch.randn(1, 3, size, size),), f, dynamo=False, opset_version=opset,
-                          input_names=["images"], output_names=["output0"],
-                          dynamic_axes={"images": {0: "N"}, "output0": {0: "N"}})
+                          input_names=["images"], output_names=names,
+                          dynamic_axes={"images": {0: "N"}, **{n: {0: "N"} for n in names}})
     return onnx.load_from_string(f.getvalue())
+
+
+def split_canonical(outputs: dict, kind: str, logits: bool, size: int, lib=np):
+    """The canonical head of a split fixture's outputs (by name), written from the conventions'
+    definitions: GFL's bins' softmax expectation times the stride from the cell centre, CenterNet's
+    (cell + offset) * stride and size * stride. ``lib``: numpy (float64) or torch."""
+    if lib is np:
+        outputs = {k: np.asarray(v, np.float64) for k, v in outputs.items()}
+        softmax = (lambda v: np.exp(v - v.max(-1, keepdims=True)) / np.exp(v - v.max(-1, keepdims=True))
+                   .sum(-1, keepdims=True))
+        cat, sig, ones = np.concatenate, (lambda v: 1 / (1 + np.exp(-v))), np.ones
+        rows = (lambda t: t.reshape(t.shape[0], t.shape[1], -1).transpose(0, 2, 1))
+    else:
+        softmax, cat, sig, ones = (lambda v: torch.softmax(v, -1)), torch.cat, torch.sigmoid, torch.ones
+        rows = (lambda t: t.flatten(2).permute(0, 2, 1))
+    prob = sig if logits else (lambda v: v)
+    if kind == "centernet":
+        stride = 8
+        n = size // stride
+        ys, xs = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        cells = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64)
+        cells = cells if lib is np else torch.from_numpy(cells).float()
+        centre = (cells + rows(outputs["reg"])) * stride
+        half = rows(outputs["wh"]) * stride / 2
+        classes = prob(rows(outputs["hm"]))
+        return cat([centre - half, centre + half], -1), classes, ones(classes.shape[:2])
+    bins = BINS[kind]
+    boxes, classes = [], []
+    for s in STRIDES:
+        n = size // s
+        if kind == "gfl-single":
+            t = rows(outputs[f"output{s}"])
+            reg, cls = t[..., :4 * bins], t[..., 4 * bins:]
+        elif kind == "gfl-flat":
+            reg, cls = outputs[f"reg_{s}"], outputs[f"cls_{s}"]
+        else:
+            reg, cls = rows(outputs[f"reg_{s}"]), rows(outputs[f"cls_{s}"])
+        p = softmax(reg.reshape(reg.shape[0], n * n, 4, bins))
+        values = np.arange(bins, dtype=np.float64) if lib is np else torch.arange(bins, dtype=torch.float32)
+        sides = (p * values).sum(-1) * s  # l, t, r, b
+        ys, xs = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        centre = (np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64) + 0.5) * s
+        centre = centre if lib is np else torch.from_numpy(centre).float()
+        boxes.append(cat([centre - sides[..., :2], centre + sides[..., 2:]], -1))
+        classes.append(prob(cls))
+    classes = cat(classes, 1)
+    return cat(boxes, 1), classes, ones(classes.shape[:2])
 
 
 def anchor_grid(size: int) -> np.ndarray:
@@ -124,7 +224,11 @@ def torch_detection_gradients(model: nn.Module, x: np.ndarray, target: np.ndarra
         for h in hooks:
             h.remove()
     sig = torch.sigmoid if not model.sigmoid else (lambda v: v)
-    if model.convention == "yolov8":
+    if isinstance(model, TinySplit):
+        outputs = dict(zip(model.output_names(), raw))
+        _, classes, objectness = split_canonical(outputs, model.kind, not model.sigmoid, x.shape[2], torch)
+        scores = objectness[..., None] * classes
+    elif model.convention == "yolov8":
         scores = sig(raw.permute(0, 2, 1)[..., 4:])
     else:
         scores = sig(raw[..., 4:5]) * sig(raw[..., 5:])
@@ -138,6 +242,9 @@ def torch_canonical(model: nn.Module, size: int):
     grid = torch.from_numpy(anchor_grid(size)).float()
 
     def canonical(raw):
+        if isinstance(model, TinySplit):
+            return split_canonical(dict(zip(model.output_names(), raw)), model.kind, not model.sigmoid, size,
+                                   torch)
         sig = torch.sigmoid if not model.sigmoid else (lambda v: v)
         if model.convention == "yolov8":
             rows = raw.permute(0, 2, 1)

@@ -37,7 +37,9 @@ def _scores(model, x, masks, score, batch, autocast):
     out = []
     with torch.autocast(x.device.type, dtype=torch.float16, enabled=autocast):
         for i in range(0, len(masks), batch):
-            out.append(score(model(x * masks[i:i + batch, None]).float()))
+            y = model(x * masks[i:i + batch, None])
+            y = tuple(t.float() for t in y) if isinstance(y, tuple) else y.float()  # a split head's outputs
+            out.append(score(y))
     return torch.cat(out)
 
 

@@ -31,8 +31,9 @@ def engines(tmp_path_factory):
     from inspector import Inspector
 
     out = {}
-    for convention in ("yolov8", "yolov5", "yolox"):
-        model = detector(convention, sigmoid=convention != "yolov8")  # yolov8 with logits: sigmoid applied
+    for convention in ("yolov8", "yolov5", "yolox", "gfl-nchw", "centernet"):
+        # yolov8 and the split heads with logits (the sigmoid applied by the export); centernet's inside
+        model = detector(convention, sigmoid=convention in ("yolov5", "yolox", "centernet"))
         path = tmp_path_factory.mktemp(convention) / "det.sise.onnx"
         head = "yolox" if convention == "yolox" else "auto"
         onnx.save(export_model(export_detector(model, SIZE), task="detect", head=head).model, path)
@@ -48,7 +49,7 @@ def image(seed: int = 0) -> np.ndarray:
     return (np.random.default_rng(seed).random((SIZE, SIZE, 3)) * 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("convention", ["yolov8", "yolov5", "yolox"])
+@pytest.mark.parametrize("convention", ["yolov8", "yolov5", "yolox", "gfl-nchw", "centernet"])
 def test_each_detection_is_explained_as_the_pytorch_sise_explains_it(engines, convention):
     model, insp = engines[convention]
     picture = image(1)

@@ -16,7 +16,15 @@ from onnx_tools import export_model
 from onnx_tools.errors import ModelInputError
 
 from .conftest import rel_err, run_model
-from .detectors import TAPS, decode, detector, export_detector, torch_detection_gradients
+from .detectors import (
+    SPLIT_KINDS,
+    TAPS,
+    decode,
+    detector,
+    export_detector,
+    split_canonical,
+    torch_detection_gradients,
+)
 
 SIZE = 64
 TOL = 1e-4
@@ -148,15 +156,18 @@ def test_a_yolox_head_whose_anchors_are_not_one_per_cell_is_refused():
         export_model(model, task="detect", head="yolox")
 
 
-@pytest.mark.parametrize("convention,sigmoid", [("yolov8", True), ("yolov5", False), ("yolox", False)])
+@pytest.mark.parametrize("convention,sigmoid", [("yolov8", True), ("yolov5", False), ("yolox", False),
+                                                ("gfl-nchw", False), ("centernet", True)])
 def test_detection_gradients_match_central_differences_on_the_model_itself(convention, sigmoid):
     """Shift one channel of a block by +-eps everywhere in the original ONNX model: the detection's score
     (decoded in numpy from the raw output, float64) changes by H*W*eps*alpha_c, alpha from the export."""
     from .test_real_models import perturbable
 
-    model, result = exported(convention, sigmoid)
-    c = result.contract
+    model = detector(convention, sigmoid)
     original = export_detector(model, SIZE)
+    head = "yolox" if convention == "yolox" else "auto"
+    result = export_model(original, task="detect", head=head)
+    c = result.contract
     x = np.random.default_rng(3).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
     target = np.zeros((1, c.head.num_anchors, c.head.num_classes), np.float32)
     target[0, 21, 2] = 1.0  # one detection: anchor 21, class 2
@@ -171,10 +182,55 @@ def test_detection_gradients_match_central_differences_on_the_model_itself(conve
             delta[0, k] = eps
             score = []
             for sign in (1, -1):
+                names = model.output_names() if convention in SPLIT_KINDS else ["output0"]
                 raw = run_model(shifted, {c.input_name: x, "delta": sign * delta}, optimize=False,
-                                outputs=["output0"])["output0"]
-                _, classes, objectness = decode(raw, convention, not sigmoid, SIZE)
+                                outputs=names)
+                if convention in SPLIT_KINDS:
+                    _, classes, objectness = split_canonical(raw, convention, not sigmoid, SIZE)
+                else:
+                    _, classes, objectness = decode(raw["output0"], convention, not sigmoid, SIZE)
                 score.append(float(objectness[0, 21] * classes[0, 21, 2]))
             fd = (score[0] - score[1]) / (2 * eps)
             analytic = h * w * grad[k]
             assert abs(fd - analytic) <= 2e-2 * abs(analytic) + 1e-6, (b.index, int(k), fd, analytic)
+
+
+# ----- split heads: GFL/DFL per stride, CenterNet maps ---------------------------------------------------
+@pytest.mark.parametrize("kind", SPLIT_KINDS)
+@pytest.mark.parametrize("sigmoid", [True, False], ids=["sigmoid-inside", "logits"])
+def test_split_heads_give_the_canonical_head_and_the_detection_gradients(kind, sigmoid):
+    model = detector(kind, sigmoid)
+    original = export_detector(model, SIZE)
+    result = export_model(original, task="detect")  # found by itself among the outputs
+    c = result.contract
+    convention = "centernet" if kind == "centernet" else "gfl"
+    assert c.head.convention == convention and c.head.logits == (not sigmoid)
+    anchors = (SIZE // 8) ** 2 if kind == "centernet" else 64 + 16 + 4
+    assert (c.head.num_anchors, c.head.num_classes) == (anchors, 3)
+    assert len(c.blocks) == len(TAPS)
+    x, target = feeds(c, np.random.default_rng(0))
+    outs = run_model(result.model, {c.input_name: x, c.target_input: target})
+    boxes, classes, objectness = split_canonical({n: outs[n] for n in model.output_names()}, kind,
+                                                 not sigmoid, SIZE)
+    assert rel_err(outs["sise/det/boxes"], boxes) <= 1e-5
+    assert rel_err(outs["sise/det/classes"], classes) <= 1e-6
+    assert rel_err(outs["sise/det/objectness"], objectness) <= 1e-6
+    plain = run_model(original, {"images": x})  # the original outputs, bit for bit
+    for name in model.output_names():
+        assert np.array_equal(outs[name], plain[name]), name
+    acts, grads = torch_detection_gradients(model, x, target)
+    for block, act, grad in zip(c.blocks, acts, grads):
+        assert rel_err(outs[block.act_output], act) <= TOL
+        err = rel_err(outs[block.grad_output], grad)
+        assert err <= TOL, f"{kind} block {block.index}: gradient rel. error {err:.2e}"
+
+
+def test_split_heads_named_explicitly_and_refused_in_one_line():
+    gfl = export_detector(detector("gfl-nchw", False), SIZE)
+    assert export_model(gfl, task="detect", head="gfl").contract.head.bins == 8
+    with pytest.raises(ModelInputError, match=r"--head centernet: the outputs \(reg_8 \[1, 32, 8, 8\], .*\) "
+                                              r"do not make one: a CenterNet head has three"):
+        export_model(gfl, task="detect", head="centernet")
+    single = export_detector(detector("yolov8"), SIZE)
+    with pytest.raises(ModelInputError, match=r"--head gfl: .* a GFL head has outputs at two strides or "):
+        export_model(single, task="detect", head="gfl")
