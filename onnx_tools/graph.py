@@ -319,9 +319,15 @@ def _dequantize_linear():
     return DequantizeLinear
 
 
-def fold_constants(model: onnx.ModelProto, max_rounds: int = 6) -> onnx.ModelProto:
+def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     """Shape-infer ``model`` and replace, in place, every single-output node computable without the
     graph inputs (constants, and Shape of statically shaped tensors) by a Constant node.
+
+    Folding runs in rounds until nothing is left to fold: a shape folded in one round can make the next
+    tensor's shape static. A network of repeated units whose shapes each come from the one before (a
+    ShuffleNet's channel split reads ``Shape`` of the previous unit's output, and a re-batched Reshape
+    target ``[0, C, H, W]`` copies its batch from an input whose shape is only known once the previous
+    split is folded) needs one round per unit.
 
     Exporters compute pads, shapes and axes with small integer subgraphs (torch's F.pad builds its
     pads with ConstantOfShape/Concat/Slice/Transpose); folding them makes the downstream shapes and
@@ -334,7 +340,7 @@ def fold_constants(model: onnx.ModelProto, max_rounds: int = 6) -> onnx.ModelPro
         return ReferenceEvaluator(model, new_ops=[_dequantize_linear()])
 
     unfoldable: set[str] = set()  # outputs of nodes onnx's reference implementation cannot evaluate
-    for _ in range(max_rounds):
+    for _ in range(len(model.graph.node) + 1):  # each round folds at least one node or returns
         model = infer_shapes(model)
         index = GraphIndex(model)
         known = set(index.constants)
