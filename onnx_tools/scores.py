@@ -8,6 +8,8 @@ import numpy as np
 
 from .contract import SCORE_KINDS, SCORE_OPS
 from .errors import ModelInputError
+from .gradients.ops.elementwise import sigmoid_slope
+from .gradients.ops.softmax import softmax_vjp
 
 
 def score_op(kind: str) -> str | None:
@@ -34,15 +36,17 @@ def emit_score(emit, logits: str, kind: str) -> str:
 
 def emit_score_seed(emit, logits: str, target: str, kind: str, dtype: np.dtype) -> str:
     """d(loss)/d(logits) for loss = sum(target * psi(logits)), ``logits`` [N, K] and ``target`` of the
-    same shape and element type ``dtype``."""
+    same shape and element type ``dtype``, in forms that keep their digits near saturation (a confidence
+    of 1 - 1e-7 leaves ``1 - p`` no correct float32 digit): the softmax's as
+    :func:`~onnx_tools.gradients.ops.softmax.softmax_vjp`, the sigmoid's as
+    :func:`~onnx_tools.gradients.ops.elementwise.sigmoid_slope`."""
     s = emit_score(emit, logits, kind)
     op = score_op(kind)
     if op == "Softmax":
-        dot = emit.reduce("ReduceSum", emit.op("Mul", [target, s]), [1], keepdims=True)
-        return emit.op("Mul", [s, emit.op("Sub", [target, dot])])
+        return softmax_vjp(emit, s, target, [1], dtype)
     if op == "Sigmoid":
         one = emit.const(np.ones((), dtype=dtype), hint="one")
-        return emit.op("Mul", [target, emit.op("Mul", [s, emit.op("Sub", [one, s])])])
+        return emit.op("Mul", [target, sigmoid_slope(emit, logits, one)])
     return target  # psi is the output itself
 
 

@@ -18,6 +18,18 @@ def smooth(*shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
+def tied(*shape, seed=7):
+    """Smooth values with the two largest entries along axis 1 equal at every other position (from their
+    own generator: the shared one's sequence sets the other cases' values)."""
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    top = np.argsort(x, axis=1)
+    first, second = np.take_along_axis(x, top[:, -1:], 1), top[:, -2:-1]
+    ties = np.take_along_axis(x, second, 1).copy()
+    ties.reshape(-1)[::2] = first.reshape(-1)[::2]
+    np.put_along_axis(x, second, ties, 1)
+    return x
+
+
 def away_from(*shape, kinks=(0.0,), margin=0.1, spread=3.0):
     """Values at least ``margin`` away from every kink, so a small step never crosses one."""
     x = rng.uniform(-spread, spread, size=shape)
@@ -117,6 +129,10 @@ CASES = [
     unary("Softmax", smooth(2, 3, 4), opset=11, axis=1),
     unary("LogSoftmax", smooth(2, 3, 6), opset=13, axis=-1),
     unary("LogSoftmax", smooth(2, 3, 4), opset=11),
+    unary("Softmax", tied(2, 5, 3), opset=13, axis=1),  # the dominant-entry forms with tied maxima
+    unary("Softmax", tied(2, 5, 3), opset=9, axis=1),
+    unary("LogSoftmax", tied(2, 5, 3), opset=13, axis=1),
+    unary("LogSoftmax", tied(2, 5, 3), opset=9, axis=1),
     OpCase("batchnorm", "BatchNormalization", ["x", "s", "b", "m", "v"],
            {"x": smooth(2, 3, 4, 4), "s": smooth(3), "b": smooth(3), "m": smooth(3), "v": positive(3)},
            ["x"], {"epsilon": 1e-3}, eps=1.0),
