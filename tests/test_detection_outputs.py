@@ -28,6 +28,7 @@ torch = pytest.importorskip("torch")
 from inspector.cli import main as inspector_main
 from inspector.engine.inspector import Inspector
 from inspector.errors import ConfigError
+from inspector.jobs.artifacts import canvas_scale, image_area
 from inspector.jobs.detection_artifacts import BOX_COLOURS
 from inspector.jobs.views import write_views
 from inspector.store import Store, default_url
@@ -104,8 +105,9 @@ def test_explain_records_every_detection_with_its_files(setup, tmp_path, capsys)
             assert all(os.path.isfile(p) for p in result["artifacts"].values())
             for d in found:  # overlay k: detection k's box on top, in its colour
                 picture = cv2.imread(result["artifacts"][f"overlay.{d['position']}"])
-                top = picture.shape[0] - 80
-                x1, y1, y2 = round(d["x1"]), round(d["y1"]), round(d["y2"])
+                top, _, _ = image_area((80, 96))
+                k = canvas_scale((80, 96))  # the 80x96 scene is drawn enlarged
+                x1, y1, y2 = (round(d[key] * k) for key in ("x1", "y1", "y2"))
                 assert tuple(picture[top + (y1 + y2) // 2, x1]) == BOX_COLOURS[d["position"] - 1]
             sidecar = json.loads(Path(result["artifacts"]["sidecar"]).read_text(encoding="utf-8"))
             assert [(s["class"]["name"], s["box"]) for s in sidecar["detections"]] == \

@@ -14,7 +14,7 @@ import cv2
 import pytest
 
 from inspector.demo import example_dir
-from inspector.jobs.artifacts import caption_height
+from inspector.jobs.artifacts import image_area
 from inspector.quality.synthetic import sample
 
 CONFIG = os.path.join(example_dir(), "config.yaml")
@@ -65,7 +65,8 @@ def test_repeated_names_never_overwrite_and_the_count_is_the_files_written(tmp_p
                 and n.endswith("_overlay.png")]
         assert len(name) == 1
         shown, source = cv2.imread(str(out / "images" / name[0])).shape, cv2.imread(meta["source"]).shape
-        assert shown[0] == caption_height(source) + source[0] and shown[1] > source[1]
+        top, height, width = image_area(source)
+        assert shown[0] == top + height and shown[1] > width
 
     again = inspector("explain", "-c", CONFIG, tmp_path / "day1", tmp_path / "day2", "--out", out)
     assert again.returncode == 0 and "wrote 0 explanation(s)" in again.stdout

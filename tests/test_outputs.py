@@ -13,7 +13,17 @@ from inspector.config import config_from_dict
 from inspector.engine.explanation import Explanation
 from inspector.engine.method.regions import find_regions
 from inspector.engine.review import Review
-from inspector.jobs.artifacts import artifact_suffixes, caption_height, overlay, render, stroke
+from inspector.jobs.artifacts import (
+    LABEL_BAND,
+    artifact_suffixes,
+    canvas_scale,
+    caption_height,
+    image_area,
+    layer_strip,
+    overlay,
+    render,
+    stroke,
+)
 
 CLASSES = ["ok", "scratch"]
 
@@ -42,14 +52,48 @@ def test_the_image_sits_below_the_caption_bar_untouched_and_a_colour_bar_beside_
     exp, image = explanation(1)
     out = overlay(image, exp.saliency_full, alpha=0.5, colormap="viridis",
                   label="scratch 0.90 | target scratch")
-    top = caption_height(image.shape)
+    top, height, width = image_area(image.shape)
+    assert (height, width) == (288, 384)  # 96 px enlarged 3 times: at least 256 on the short side
     heat = cv2.applyColorMap((exp.saliency_full * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)
     expected = cv2.addWeighted(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), 0.5, heat, 0.5, 0.0)
-    assert np.array_equal(out[top:top + 96, :128], expected)  # no caption drawn over the part
-    assert out.shape[0] == top + 96 and out[:top].max() == 255  # the caption is in the bar above
-    bar = out[top:top + 96, 128 + 4 + 2]  # one column of the colour bar, top to bottom
-    ramp = cv2.applyColorMap(np.linspace(255, 0, 96).astype(np.uint8)[:, None], cv2.COLORMAP_VIRIDIS)[:, 0]
+    expected = cv2.resize(expected, (width, height), interpolation=cv2.INTER_NEAREST)
+    assert np.array_equal(out[top:top + height, :width], expected)  # no caption drawn over the part
+    assert out.shape[0] == top + height and out[:top].max() == 255  # the caption is in the bar above
+    bar = out[top:top + height, width + 4 + 2]  # one column of the colour bar, top to bottom
+    ramp = np.linspace(255, 0, height).astype(np.uint8)[:, None]
+    ramp = cv2.applyColorMap(ramp, cv2.COLORMAP_VIRIDIS)[:, 0]
     assert np.array_equal(bar, ramp)
+
+
+def test_a_camera_image_is_drawn_at_its_own_size():
+    assert canvas_scale((2048, 2448)) == canvas_scale((256, 300)) == 1
+    assert image_area((300, 256))[1:] == (300, 256)
+    assert canvas_scale((255, 400)) == 2 and canvas_scale((16, 16)) == 16 and canvas_scale((28, 28)) == 10
+
+
+def test_a_small_images_labels_cover_little_of_it_and_the_strip_names_lie_above_the_tiles():
+    """A 16x16 patch with one region: the region's label and box change under a tenth of the enlarged
+    image (drawn at 16 x 16 px they covered most of it); the layer strip's names are in bands above
+    its tiles, which hold the maps untouched."""
+    h = w = 16
+    saliency = np.zeros((h, w), np.float32)
+    saliency[6:10, 6:10] = 1.0
+    regions = find_regions(saliency, how="fixed", value=0.5, min_area=1)
+    image = np.full((h, w, 3), 128, np.uint8)
+    out = overlay(image, saliency, alpha=0.0, regions=regions, label="crack 0.99 | target crack")
+    top, height, width = image_area(image.shape)
+    assert (height, width) == (256, 256)
+    changed = (out[top:top + height, :width] != 128).any(axis=2)
+    assert 0 < changed.mean() < 0.1, changed.mean()
+    exp = Explanation(saliency=saliency, saliency_full=saliency, layer_maps=np.stack([saliency, saliency]),
+                      scores=np.array([0.01, 0.99], np.float32), target=1, target_weights=np.eye(2)[1],
+                      predicted=1, masks_per_layer=(3, 4))
+    strip = layer_strip(exp, image)
+    assert strip.shape == (LABEL_BAND + 128, 4 * 128, 3)
+    fused = strip[LABEL_BAND:, 3 * 128:]
+    expected = cv2.resize(cv2.applyColorMap((saliency * 255).astype(np.uint8), cv2.COLORMAP_JET), (128, 128),
+                          interpolation=cv2.INTER_NEAREST)
+    assert np.array_equal(fused, expected) and (strip[:LABEL_BAND] == 255).any()
 
 
 def test_region_boxes_are_thick_enough_for_a_camera_image_and_labelled_with_their_share():
@@ -81,10 +125,12 @@ def test_a_part_predicted_good_gets_a_muted_overlay_without_boxes():
         regions = find_regions(exp.saliency_full)
         files = render(exp, image, cfg, review=Review(regions=regions, roi_inside=None, flagged=False))
         picture = decode(files["overlay"])
-        area = picture[caption_height(image.shape):][:, :128].astype(int)
+        top, height, width = image_area(image.shape)
+        area = picture[top:top + height, :width].astype(int)
         alpha = cfg.visuals.good_opacity if good else cfg.visuals.opacity
         heat = cv2.applyColorMap((exp.saliency_full * 255).astype(np.uint8), cv2.COLORMAP_JET)
         blended = cv2.addWeighted(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), 1 - alpha, heat, alpha, 0.0)
+        blended = cv2.resize(blended, (width, height), interpolation=cv2.INTER_NEAREST)
         if good:  # the faint heatmap alone: nothing drawn on a good part
             assert alpha == 0.15 and np.array_equal(area, blended.astype(int))
         else:
@@ -97,9 +143,9 @@ def test_the_layer_strip_follows_the_colormap():
     exp, image = explanation(1)
     cfg = config(visuals={"colormap": "viridis"})
     strip = decode(render(exp, image, cfg)["layers"])
-    tile = strip[20:, 128:256]  # block 0 (below its name), scaled from 96x128 to 96x128
-    expected = cv2.applyColorMap((exp.layer_maps[0] * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)[20:]
-    assert np.array_equal(tile, expected)
+    tile = strip[LABEL_BAND:, 171:342]  # block 0 (below its name), 96x128 enlarged to 128x171
+    expected = cv2.applyColorMap((exp.layer_maps[0] * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)
+    assert np.array_equal(tile, cv2.resize(expected, (171, 128), interpolation=cv2.INTER_NEAREST))
 
 
 def test_jpeg_overlays_and_no_npz():

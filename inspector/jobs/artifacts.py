@@ -43,6 +43,24 @@ def _text_scale(shape: tuple[int, ...]) -> float:
     return max(0.4, min(shape[:2]) / 700)
 
 
+MIN_CANVAS = 256  # px on the short side of the image as an overlay draws it
+
+
+def canvas_scale(shape: tuple[int, ...]) -> int:
+    """The whole-number factor an image is enlarged by (nearest neighbour) before an overlay is drawn on
+    it: a small image (16-64 px, as digit, patch and tile classifiers take) gets at least MIN_CANVAS px on
+    its short side, so the caption, the colour bar's words and the region labels keep a readable size
+    beside or over a small part of the image instead of covering it. Large images: 1."""
+    return max(1, -(-MIN_CANVAS // max(1, min(shape[:2]))))
+
+
+def image_area(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """Where an image of ``shape`` lies in its overlay: (first row, height, width); column 0."""
+    k = canvas_scale(shape)
+    height, width = shape[0] * k, shape[1] * k
+    return caption_height((height, width)), height, width
+
+
 def caption_height(shape: tuple[int, ...]) -> int:
     """Height of the caption bar above the image in an overlay of an image of this shape."""
     (_, th), base_line = cv2.getTextSize("Ag", FONT, _text_scale(shape), stroke(shape))
@@ -68,12 +86,12 @@ def _colour_bar(height: int, shape: tuple[int, ...], colormap: str) -> np.ndarra
     return panel
 
 
-def _draw_regions(out: np.ndarray, regions, total: float) -> None:
+def _draw_regions(out: np.ndarray, regions, total: float, k: int = 1) -> None:
     """Thick boxes (white on a black edge, visible on any colour) labelled with their number and their
-    share of the map's evidence."""
+    share of the map's evidence; ``k``: the canvas scale (boxes are in the image's pixels)."""
     width, scale = stroke(out.shape), _text_scale(out.shape) * 0.8
     for i, r in enumerate(regions, 1):
-        x0, y0, x1, y1 = r.box
+        x0, y0, x1, y1 = (v * k for v in r.box)
         cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), (0, 0, 0), 3 * width)
         cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), (255, 255, 255), width)
         label = f"{i}: {r.mean * r.area / total:.0%}" if total > 0 else str(i)
@@ -87,11 +105,17 @@ def overlay(image: np.ndarray, saliency: np.ndarray, *, alpha: float = 0.5, colo
             label: str | None = None, regions=(), roi: np.ndarray | None = None) -> np.ndarray:
     """BGR uint8 picture: a caption bar on top, the image with a heatmap of ``saliency`` blended over it
     (opacity ``alpha``), region boxes labelled with their share of the evidence, the ROI outline (green),
-    and a colour bar on the right. The image starts at row ``caption_height(image.shape)``, column 0."""
+    and a colour bar on the right. A small image is enlarged first (:func:`canvas_scale`);
+    :func:`image_area` says where the image lies."""
+    k = canvas_scale(image.shape)
     base = cv2.cvtColor(display_rgb(image), cv2.COLOR_RGB2BGR)
     heat = cv2.applyColorMap((np.clip(saliency, 0, 1) * 255).astype(np.uint8), COLORMAPS[colormap.lower()])
+    if k > 1:
+        size = (base.shape[1] * k, base.shape[0] * k)
+        base, heat = (cv2.resize(a, size, interpolation=cv2.INTER_NEAREST) for a in (base, heat))
+        roi = None if roi is None else cv2.resize(roi.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
     picture = cv2.addWeighted(base, 1.0 - alpha, heat, alpha, 0.0)
-    _draw_regions(picture, regions, float(np.clip(saliency, 0, 1).sum()))
+    _draw_regions(picture, regions, float(np.clip(saliency, 0, 1).sum()), k)
     if roi is not None:
         contours, _ = cv2.findContours(roi.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(picture, contours, -1, (0, 255, 0), stroke(base.shape))
@@ -182,21 +206,31 @@ def render(exp: Explanation, image: np.ndarray, cfg, *, source: str | None = Non
     return out
 
 
-def layer_strip(exp: Explanation, image: np.ndarray, *, tile: int = 128, colormap: str = "jet") -> np.ndarray:
+def layer_strip(exp: Explanation, image: np.ndarray, *, tile: int = 128, colormap: str = "jet",
+                title: str = "input") -> np.ndarray:
     """BGR uint8 strip: the model-resolution input, each block's map (shallow to deep), the fused map, in
-    ``colormap``."""
+    ``colormap``; each tile at least ``tile`` px on its short side (enlarged by nearest neighbour) and
+    named in a band above it, never over it (``title`` names the input's tile)."""
     h, w = exp.saliency.shape
     base = cv2.resize(display_rgb(image), (w, h), interpolation=cv2.INTER_AREA)
     tiles = [cv2.cvtColor(base, cv2.COLOR_RGB2BGR)]
-    names = ["input"]
+    names = [title]
     for b, m in enumerate(exp.layer_maps):
         tiles.append(cv2.applyColorMap((m * 255).astype(np.uint8), COLORMAPS[colormap.lower()]))
         names.append(f"block {b} ({exp.masks_per_layer[b]})")
     tiles.append(cv2.applyColorMap((exp.saliency * 255).astype(np.uint8), COLORMAPS[colormap.lower()]))
     names.append("fused")
+    k = max(1, tile / min(h, w))
+    size = (max(tile, round(w * k)), max(tile, round(h * k)))
     out = []
     for t, name in zip(tiles, names):
-        t = cv2.resize(t, (tile, tile * h // w), interpolation=cv2.INTER_NEAREST)
-        cv2.putText(t, name, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
-        out.append(t)
+        band = np.full((LABEL_BAND, size[0], 3), 32, np.uint8)
+        scale = 0.4
+        while scale > 0.25 and cv2.getTextSize(name, FONT, scale, 1)[0][0] + 6 > size[0]:
+            scale -= 0.05
+        cv2.putText(band, name, (3, LABEL_BAND - 5), FONT, scale, (255, 255, 255), 1, cv2.LINE_AA)
+        out.append(np.concatenate([band, cv2.resize(t, size, interpolation=cv2.INTER_NEAREST)], axis=0))
     return np.concatenate(out, axis=1)
+
+
+LABEL_BAND = 16  # px above each tile of a layer strip, for its name

@@ -14,7 +14,18 @@ import numpy as np
 
 from ..engine.explanation import Explanation
 from ..engine.review import Review, review, review_map
-from .artifacts import FONT, _encode, _put, _text_scale, display_rgb, layer_strip, overlay, stroke
+from .artifacts import (
+    FONT,
+    _encode,
+    _put,
+    _text_scale,
+    canvas_scale,
+    display_rgb,
+    image_area,
+    layer_strip,
+    overlay,
+    stroke,
+)
 
 # box colours (BGR), one per detection in turn: distinct on the jet and turbo maps and on grey parts
 BOX_COLOURS = ((255, 255, 255), (255, 0, 255), (0, 255, 255), (0, 128, 255), (255, 255, 0), (128, 255, 128))
@@ -90,16 +101,17 @@ def image_review(exps: list[Explanation], shape: tuple[int, int], cfg, roi=None)
     return review_map(joined_map(exps, shape), cfg, roi)
 
 
-def _draw_boxes(picture: np.ndarray, found: list[DetectionReview], top: int, highlight: int | None) -> None:
+def _draw_boxes(picture: np.ndarray, found: list[DetectionReview], top: int, highlight: int | None,
+                k: int = 1) -> None:
     """Each detection's box in its colour, labelled ``k class score``; with ``highlight``, that one thick
-    (drawn last, over the others) and the others thin and grey."""
+    (drawn last, over the others) and the others thin and grey. ``k``: the canvas scale."""
     width, scale = stroke(picture.shape), _text_scale(picture.shape) * 0.8
     for d in sorted(found, key=lambda d: d.position == highlight):
         colour = BOX_COLOURS[(d.position - 1) % len(BOX_COLOURS)]
         thick = width
         if highlight is not None:
             colour, thick = ((colour, 2 * width) if d.position == highlight else ((160, 160, 160), width))
-        x1, y1, x2, y2 = (round(v) for v in d.box)
+        x1, y1, x2, y2 = (round(v * k) for v in d.box)
         y1, y2 = y1 + top, y2 + top
         cv2.rectangle(picture, (x1, y1), (x2 - 1, y2 - 1), (0, 0, 0), thick + 2 * width)
         cv2.rectangle(picture, (x1, y1), (x2 - 1, y2 - 1), colour, thick)
@@ -151,7 +163,8 @@ def render_detections(exps: list[Explanation], image: np.ndarray, cfg, *, source
     def picture(saliency, label, highlight=None, regions=()):
         pic = overlay(image, saliency, alpha=v.good_opacity if good else v.opacity, colormap=v.colormap,
                       label=label, roi=roi, regions=regions)
-        _draw_boxes(pic, found, top=pic.shape[0] - shape[0], highlight=highlight)
+        top, _, _ = image_area(shape)
+        _draw_boxes(pic, found, top=top, highlight=highlight, k=canvas_scale(shape))
         return pic
 
     encode = ((lambda p: _encode(p, ".png")) if cfg.outputs.overlay == "png" else
@@ -162,9 +175,8 @@ def render_detections(exps: list[Explanation], image: np.ndarray, cfg, *, source
                  f"evidence in its box {d.evidence_in_box:.0%}")
         out[f"overlay.{d.position}"] = encode(picture(e.saliency_full, label, d.position, d.review.regions))
     if exps:
-        strips = [layer_strip(e, image, colormap=v.colormap) for e in exps]
-        for d, strip in zip(found, strips):
-            _put(strip, f"{d.position} {d.class_name}", (3, strip.shape[0] - 5), 0.35, 1)
+        strips = [layer_strip(e, image, colormap=v.colormap, title=f"{d.position} {d.class_name}")
+                  for d, e in zip(found, exps)]
         out["layers"] = _encode(np.concatenate(strips, axis=0), ".png")
     else:
         h, w = shape

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..common.reading import open_regular, read_regular
 from ..engine.runtime.preprocess import decode_image, image_size
-from ..jobs.artifacts import caption_height, display_rgb
+from ..jobs.artifacts import display_rgb, image_area
 from ..store import Store
 
 BROWSER_TYPES = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg", b"BM": "image/bmp"}
@@ -109,12 +109,14 @@ def _cut(overlay_path: str, _mtime_ns: int, size: tuple[int, int]) -> bytes:
     picture = cv2.imread(overlay_path, cv2.IMREAD_COLOR)
     if picture is None:
         raise OSError(f"{overlay_path}: not a readable overlay")
-    top = caption_height((height, width))
-    area = picture[top : top + height, :width]
-    if area.shape[:2] != (height, width):
+    top, drawn_height, drawn_width = image_area((height, width))  # a small image is drawn enlarged
+    area = picture[top : top + drawn_height, :drawn_width]
+    if area.shape[:2] != (drawn_height, drawn_width):
         raise OSError(
             f"{overlay_path}: {picture.shape[1]}x{picture.shape[0]} does not fit a {width}x{height} image"
         )
+    if (drawn_height, drawn_width) != (height, width):
+        area = cv2.resize(area, (width, height), interpolation=cv2.INTER_AREA)
     _, buf = cv2.imencode(".png", np.ascontiguousarray(area), [cv2.IMWRITE_PNG_COMPRESSION, 1])
     return buf.tobytes()
 
