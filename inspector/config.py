@@ -186,6 +186,9 @@ class ExportConfig:
     layout: Layout | None = None  # the image input's layout; None: found from the graph
     task: Task = "classify"
     head: HeadConvention = "auto"
+    # a constant value (a number, or a list shaped as one image's share of the input) for each input of
+    # the model besides the image, written into the exported graph (a model without such inputs: {})
+    extra_inputs: dict = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -353,8 +356,19 @@ def _build(cls, raw, prefix: str = ""):
     return cls(**values)
 
 
+def _numbers(value) -> bool:
+    """A finite number (not a bool), or a non-empty list of such lists or numbers."""
+    if isinstance(value, list):
+        return bool(value) and all(_numbers(v) for v in value)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _validate(cfg: InspectorConfig) -> None:
     p, m = cfg.preprocess, cfg.method
+    for name, value in cfg.export.extra_inputs.items():
+        if not isinstance(name, str) or not _numbers(value):
+            raise ConfigError(f"export.extra_inputs.{name}: expected a number or a list of numbers (one "
+                              f"image's value of that input), got {value!r}")
     _check_choice("visuals.colormap", cfg.visuals.colormap.lower(), tuple(COLORMAPS))
     if not 0.0 <= cfg.visuals.opacity <= 1.0:
         raise ConfigError(f"visuals.opacity: must be in [0, 1], got {cfg.visuals.opacity}")

@@ -10,6 +10,7 @@ from .contract import SCORE_KINDS, TASKS, Contract, read_contract
 from .detection import BOXES, CLASSES, CONVENTIONS, OBJECTNESS, DetectionHead
 from .errors import ExportError
 from .export import analyse, export_file, export_model
+from .external_data import data_files, external_tensors, load_into
 from .graph import dims_of, find_image_input
 from .interpolation import upsample_matrix
 from .sampler import (
@@ -50,11 +51,14 @@ __all__ = [
     "analyse",
     "build_mask_scorer",
     "build_sampler",
+    "data_files",
     "dims_of",
     "export_file",
     "export_model",
+    "external_tensors",
     "find_image_input",
     "idx_input",
+    "load_into",
     "read_contract",
     "scores_of",
     "upsample_matrix",

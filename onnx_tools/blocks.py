@@ -5,9 +5,13 @@ down-sampling layers, so the last tensor at each spatial resolution that *every*
 to the class output passes through (a dominator of the output) stands for that block.
 
 Details:
-- Only tensors on the NCHW side are candidates: produced by a Conv/pooling op or derived from one
-  without a layout-changing op (Transpose, Reshape, ...) in between. This skips the image input, its
-  pre-processing, and NHWC tensors of Keras heads.
+- Only activations downstream of a Conv/pooling op are candidates (not the image input or its
+  pre-processing), channels-first or channels-last: their layout is followed through Transposes
+  ([0, 2, 3, 1] to NHWC, [0, 3, 1, 2] back), and other layout-changing ops (Reshape, Flatten, ...) end it.
+  A graph that computes in NHWC between its convolutions (a PyTorch re-export of a TensorFlow model
+  transposes back after every Conv) has its blocks where an NCHW graph of the same network has them; a
+  chosen NHWC tensor is read through a Transpose to NCHW that the export inserts
+  (:func:`channels_first_views`).
 - Dominators are found with one sweep over a topological order of the tensor graph: a tensor T is
   on every path from X to Y iff no edge (a -> b) of that graph has pos(a) < pos(T) < pos(b).
 - Dominators are grouped by spatial size; the last of each group (in topological order) is kept;
@@ -20,12 +24,15 @@ Details:
 
 from __future__ import annotations
 
+import onnx
+
 from .errors import BlockDiscoveryError
-from .graph import GraphIndex
+from .graph import GraphIndex, taken_names
 
 LAYOUT_SOURCES = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool"}
 LAYOUT_BREAKERS = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "SpaceToDepth", "DepthToSpace",
                    "Gemm", "MatMul", "Einsum"}
+TO_CHANNELS_LAST, TO_CHANNELS_FIRST = [0, 2, 3, 1], [0, 3, 1, 2]
 POOL_OPS = {"MaxPool", "AveragePool", "LpPool"}
 CONV_OPS = LAYOUT_SOURCES - POOL_OPS
 
@@ -35,15 +42,29 @@ def path_tensors(index: GraphIndex, source: str, sink: str) -> set[str]:
     return index.reach_forward([source]) & index.reach_backward([sink])
 
 
-def nchw_tensors(index: GraphIndex) -> set[str]:
-    """Rank-4 tensors in channels-first layout downstream of a convolution or pooling op."""
-    out: set[str] = set()
+def layouts(index: GraphIndex) -> dict[str, str]:
+    """"NCHW" or "NHWC" for each rank-4 tensor downstream of a convolution or pooling op (see the module's
+    notes); tensors whose inputs mix the two are left out."""
+    out: dict[str, str] = {}
     for node in index.nodes:
-        if node.op_type in LAYOUT_BREAKERS:
-            continue
-        if node.op_type in LAYOUT_SOURCES or any(i in out for i in node.input):
-            out.update(o for o in node.output if index.rank(o) == 4)
+        outputs = [o for o in node.output if index.rank(o) == 4]
+        if node.op_type in LAYOUT_SOURCES:
+            out.update(dict.fromkeys(outputs, "NCHW"))
+        elif node.op_type == "Transpose":
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            turned = {("NCHW", str(TO_CHANNELS_LAST)): "NHWC", ("NHWC", str(TO_CHANNELS_FIRST)): "NCHW"}
+            layout = turned.get((out.get(node.input[0]), str(perm)))
+            if layout is not None:
+                out.update(dict.fromkeys(outputs, layout))
+        elif node.op_type not in LAYOUT_BREAKERS:
+            seen = {out[i] for i in node.input if i in out}
+            if len(seen) == 1:
+                out.update(dict.fromkeys(outputs, seen.pop()))
     return out
+
+
+def _spatial_axes(layout: str) -> tuple[int, int]:
+    return (2, 3) if layout == "NCHW" else (1, 2)
 
 
 def dominators(index: GraphIndex, source: str, sink: str) -> list[str]:
@@ -83,19 +104,20 @@ def _conv_output_sizes(index: GraphIndex, on_path: set[str]) -> set[tuple[int, i
     return sizes
 
 
-def _moves_pixels(index: GraphIndex, node) -> bool:
+def _moves_pixels(index: GraphIndex, node, spatial: tuple[int, int] = (2, 3)) -> bool:
     """Whether ``node``'s output holds the values of its input elsewhere than the image put them (its maps
-    would not line up with the image) or twice: padded, flipped, rolled or strided copies, tiles."""
+    would not line up with the image) or twice: padded, flipped, rolled or strided copies, tiles.
+    ``spatial``: the output's height and width axes."""
     if node.op_type in ("Pad", "Tile"):
         return True
     if node.op_type in ("Concat", "Gather"):
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        return axis % 4 in (2, 3)
+        return axis % 4 in spatial
     if node.op_type == "Slice":
         before, after = index.info.get(node.input[0]), index.info.get(node.output[0])
         if before is None or after is None or before.shape is None or after.shape is None:
             return True
-        if tuple(before.shape[2:]) != tuple(after.shape[2:]):
+        if [before.shape[a] for a in spatial] != [after.shape[a] for a in spatial]:
             return True
         if len(node.input) <= 4 or not node.input[4]:
             return False  # unit steps, and the spatial size is kept: the identity on those axes
@@ -104,26 +126,29 @@ def _moves_pixels(index: GraphIndex, node) -> bool:
             return True  # steps computed at run time: assume they move
         axes = index.const_value(node.input[3]) if node.input[3] else None
         axes = range(len(steps)) if axes is None else [int(a) % 4 for a in axes.reshape(-1)]
-        return any(int(step) != 1 and axis in (2, 3) for axis, step in zip(axes, steps.reshape(-1)))
+        return any(int(step) != 1 and axis in spatial for axis, step in zip(axes, steps.reshape(-1)))
     return False
 
 
 def discover_blocks(index: GraphIndex, source: str, sink: str) -> list[str]:
-    """Automatic block choice, shallow to deep. Raises when nothing qualifies."""
-    channels_first = nchw_tensors(index)
+    """Automatic block choice, shallow to deep (channels-last ones among them are named by
+    :func:`channels_last`). Raises when nothing qualifies."""
+    layout = layouts(index)
     conv_sizes = _conv_output_sizes(index, path_tensors(index, source, sink))
     groups: dict[tuple[int, int], list[str]] = {}
     for name in dominators(index, source, sink):
-        if name not in channels_first or name in index.graph_inputs or not index.info[name].is_float:
+        if name not in layout or name in index.graph_inputs or not index.info[name].is_float:
             continue  # (a QDQ model's quantized activations are integers; their dequantized copies count)
-        if _moves_pixels(index, index.nodes[index.producer[name]]):
+        spatial = _spatial_axes(layout[name])
+        if _moves_pixels(index, index.nodes[index.producer[name]], spatial):
             continue
         shape = index.info[name].shape
-        if shape is None or any(d <= 0 for d in shape) or shape[2] * shape[3] <= 1:
+        if shape is None or any(d <= 0 for d in shape):
             continue
-        if (shape[2], shape[3]) not in conv_sizes:
+        size = (shape[spatial[0]], shape[spatial[1]])
+        if size[0] * size[1] <= 1 or size not in conv_sizes:
             continue
-        groups.setdefault((shape[2], shape[3]), []).append(name)
+        groups.setdefault(size, []).append(name)
     pos = index.topo_position()
     chosen = []
     for members in groups.values():
@@ -132,10 +157,43 @@ def discover_blocks(index: GraphIndex, source: str, sink: str) -> list[str]:
         chosen.append(max(members, key=pos.__getitem__))
     if not chosen:
         raise BlockDiscoveryError(
-            f"no convolutional block found between input '{source}' and output '{sink}' (no channels-first "
-            "tensor with spatial size > 1 lies on every path); name the block tensors with "
-            "--blocks NAME,NAME,... (`python -m onnx_tools inspect MODEL` lists the tensors)")
+            f"no convolutional block found between input '{source}' and output '{sink}' (no activation "
+            "with spatial size > 1 downstream of a convolution lies on every path); name the block tensors "
+            "with --blocks NAME,NAME,... (`python -m onnx_tools inspect MODEL` lists the tensors)")
     return sorted(chosen, key=pos.__getitem__)
+
+
+def channels_last(index: GraphIndex, names: list[str]) -> list[str]:
+    """Those of ``names`` that are NHWC activations."""
+    layout = layouts(index)
+    return [n for n in names if layout.get(n) == "NHWC"]
+
+
+def channels_first_views(model: onnx.ModelProto, names: list[str]) -> dict[str, str]:
+    """Read each NHWC tensor of ``names`` through ``Transpose([0, 3, 1, 2])``, in place: the NCHW view
+    (the block) is transposed back for the tensor's readers, so the model's values are unchanged (both
+    transposes are exact). Returns tensor -> its view's name."""
+    taken = taken_names(model)
+    views, nodes = {}, []
+    for name in names:
+        view, back = f"sise/nchw/{name}", f"sise/nhwc/{name}"
+        if view in taken or back in taken:
+            raise BlockDiscoveryError(f"internal error: tensor names {view}, {back} are taken; "
+                                      "please report it")
+        for node in model.graph.node:
+            for i, x in enumerate(node.input):
+                if x == name:
+                    node.input[i] = back
+        views[name] = view
+        nodes.append((name, [onnx.helper.make_node("Transpose", [name], [view], name=f"{view}/node",
+                                                   perm=TO_CHANNELS_FIRST),
+                             onnx.helper.make_node("Transpose", [view], [back], name=f"{back}/node",
+                                                   perm=TO_CHANNELS_LAST)]))
+    for name, pair in nodes:  # right after the producer, keeping the order topological
+        at = next(p for p, node in enumerate(model.graph.node) if name in node.output)
+        for k, node in enumerate(pair):
+            model.graph.node.insert(at + 1 + k, node)
+    return views
 
 
 def _looks_channels_last(shape, image_hw: tuple[int, int] | None) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import logging
 import os
 import sys
@@ -18,9 +19,10 @@ from . import contract as C
 from .detection import CONVENTIONS
 from .errors import ExportError
 from .export import analyse, export_file
+from .extra_inputs import bake, other_inputs, parse_value
 from .gradients import gradient_path
 from .gradients.registry import lookup
-from .graph import load_model
+from .graph import dims_of, load_model
 from .model_io import parse_shape
 
 
@@ -65,6 +67,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "stride; centernet: heatmap, sizes and offsets)")
     p.add_argument("--layout", default=None, choices=("NCHW", "NHWC"),
                    help="the image input's layout (default: found from the graph)")
+    p.add_argument("--extra-input", action="append", default=[], metavar="NAME=VALUE",
+                   help="a constant value for an input besides the image (a number or a JSON list, e.g. "
+                        "meta=[0.5,1,0,2]), written into the exported graph; once per such input")
     p.add_argument("--keep-batch", action="store_true",
                    help="keep a fixed batch of 1 (by default it is freed when outputs show that is safe)")
 
@@ -97,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_export(args) -> int:
     result = export_file(args.model, args.out, blocks=args.blocks, score=args.score,
                          input_shape=args.input_shape, output=args.output, layout=args.layout,
-                         keep_batch=args.keep_batch, task=args.task, head=args.head)
+                         keep_batch=args.keep_batch, task=args.task, head=args.head,
+                         extra_inputs=_extra_values(args))
     c = result.contract
     what = (f"detector: head {_head_text(c.head)}" if c.detector
             else f"score={c.score}, {c.num_classes} classes")
@@ -105,7 +111,16 @@ def cmd_export(args) -> int:
           f"{sum(b.channels for b in c.blocks)} feature maps, {what}")
     for b in c.blocks:
         print(f"  {b.act_output:<12} {b.grad_output:<13} {b.tensor}  {list(b.shape[1:])}")
+    for name, extra in c.extra_inputs.items():
+        print(f"  input {name} {extra['shape']} written into the graph as {json.dumps(extra['value'])}")
     return 0
+
+
+def _extra_values(args) -> dict:
+    values = dict(parse_value(text) for text in args.extra_input)
+    if len(values) != len(args.extra_input):
+        raise ExportError("--extra-input names one input twice; give each input once")
+    return values
 
 
 def cmd_inspect(args) -> int:
@@ -118,7 +133,21 @@ def cmd_inspect(args) -> int:
         for b in existing.blocks:
             print(f"  block {b.index}: {b.tensor}  {list(b.shape[1:])}")
         return 0
+    values = _extra_values(args)
+    image = None
+    for vi in other_inputs(model):
+        dims = dims_of(vi)
+        if vi.name in values:
+            given = json.dumps(values[vi.name])
+            print(f"input  {vi.name} {dims}: not the image; --extra-input gives it {given}")
+        elif len(dims) == 4 and image is None:
+            image = vi.name
+        else:
+            print(f"input  {vi.name} {dims}: not the image; the export needs its value: "
+                  f"--extra-input {vi.name}=VALUE (inspector config: export.extra_inputs)")
+            values[vi.name] = 0  # read with zeros here: the analysis needs shapes, not values
     try:
+        bake(model, values)
         a = analyse(model, blocks=args.blocks, input_shape=args.input_shape, output=args.output,
                     layout=args.layout, task=args.task, head=args.head)
     except ExportError as e:
@@ -158,7 +187,8 @@ def cmd_example(args) -> int:
     out = os.path.join(args.out, "resnet50.sise.onnx")
     print(f"example: {src} (ResNet-50 graph, constant weights, ends in Softmax -> --score identity)")
     args = argparse.Namespace(model=src, out=out, blocks="auto", score="identity", input_shape=None,
-                              output=None, layout=None, keep_batch=False, task="classify", head="auto")
+                              output=None, layout=None, keep_batch=False, task="classify", head="auto",
+                              extra_input=[])
     return cmd_export(args)
 
 

@@ -76,6 +76,9 @@ class Contract:
     exporter: str = field(default="onnx_tools")
     task: str = "classify"
     head: DetectionHead | None = None
+    # inputs besides the image, written into the graph as constants (onnx_tools.extra_inputs): name ->
+    # {"shape": declared dims, "dtype": numpy name, "value": per image, nested lists}
+    extra_inputs: dict = field(default_factory=dict)
 
     @property
     def detector(self) -> bool:
@@ -86,6 +89,8 @@ class Contract:
         if not self.detector:
             raw.pop("task")
             raw.pop("head")
+        if not self.extra_inputs:  # (older engines read the contract of a one-input model)
+            raw.pop("extra_inputs")
         return json.dumps(raw, sort_keys=True)
 
     @classmethod

@@ -16,10 +16,11 @@ import numpy as np
 import onnx
 import onnx.version_converter
 
-from . import ceil_pools, precision
+from . import ceil_pools, external_data, precision
 from . import contract as C
 from . import detection as D
-from .blocks import check_explicit_blocks, discover_blocks
+from . import extra_inputs as extra_inputs_module
+from .blocks import channels_first_views, channels_last, check_explicit_blocks, discover_blocks
 from .errors import AlreadyExportedError, ExportError, ModelInputError
 from .graph import (
     DEFAULT_DOMAINS,
@@ -29,7 +30,7 @@ from .graph import (
     default_opset,
     dims_of,
     find_image_input,
-    load_model,
+    read_model,
     unknown_dims_as_symbols,
 )
 from .model_io import LAYOUTS, ModelIO, analysis_copy, detect_layout, find_class_output, fix_input_shape
@@ -181,6 +182,13 @@ def analyse(model: onnx.ModelProto, *, blocks: str | list[str] = "auto",
                  input_dims=tuple(dims_of(image)), output_name=output_name, num_classes=num_classes)
     if blocks == "auto" or blocks is None:
         chosen = discover_blocks(index, io.input_name, io.output_name)
+        nhwc = channels_last(index, chosen)
+        if nhwc:  # read through inserted transposes to NCHW; the copy is made again to see them
+            views = channels_first_views(model, nhwc)
+            index = GraphIndex(analysis_copy(model))
+            check_aligned(model, index)
+            chosen = [views.get(t, t) for t in chosen]
+            log.info("channels-last blocks read through a transpose to channels-first: %s", ", ".join(nhwc))
     else:
         chosen = check_explicit_blocks(index, list(blocks), io.input_name, io.output_name,
                                        image_hw=_spatial(io.input_dims, io.layout))
@@ -195,7 +203,8 @@ def _spatial(dims, layout: str) -> tuple[int, int] | None:
 def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", score: str = "softmax",
                  input_shape: tuple[int, ...] | None = None, output: str | None = None,
                  layout: str | None = None, keep_batch: bool = False, check: bool = True,
-                 task: str = "classify", head: str = "auto") -> ExportResult:
+                 task: str = "classify", head: str = "auto",
+                 extra_inputs: dict | None = None) -> ExportResult:
     """Return a rewritten copy of ``model`` carrying block activations, gradients and the contract.
 
     Args:
@@ -211,6 +220,8 @@ def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", sc
         layout: "NCHW" or "NHWC" of the image input; None: found from the graph.
         keep_batch: keep a fixed batch of 1 (by default it is freed when that is shown safe, see
             :mod:`onnx_tools.rebatch`).
+        extra_inputs: a constant value for each input besides the image, written into the graph
+            (:mod:`onnx_tools.extra_inputs`); an input left without one is refused.
         check: run ``onnx.checker`` with full shape checking on the result.
     """
     start = time.perf_counter()
@@ -226,6 +237,7 @@ def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", sc
     unknown = unknown_dims_as_symbols(model)
     if unknown:
         log.info("dims written as -1 or 0 read as dynamic: %s", ", ".join(unknown))
+    baked = extra_inputs_module.bake(model, dict(extra_inputs or {}))
     if not keep_batch:
         model = fix_input_shape(model, input_shape)
         freed = rebatch(model)
@@ -258,7 +270,8 @@ def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", sc
     contract = C.Contract(input_name=a.io.input_name, input_layout=a.io.layout, input_shape=a.io.input_dims,
                           output_name=a.io.output_name, num_classes=a.io.num_classes, score=score,
                           blocks=infos, source_opset=default_opset(model),
-                          task="detect" if a.head is not None else "classify", head=a.head)
+                          task="detect" if a.head is not None else "classify", head=a.head,
+                          extra_inputs=baked)
     C.write_contract(out, contract)
     if check:
         try:
@@ -272,19 +285,25 @@ def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", sc
 
 def export_file(in_path: str | os.PathLike, out_path: str | os.PathLike, **options) -> ExportResult:
     """Export ``in_path`` to ``out_path`` atomically: nothing is written unless the export succeeds,
-    and ``in_path`` is never modified."""
+    and ``in_path`` is never modified. A model that came with external data files (or has over 1 GB of
+    weights) is written the same way: ``out_path`` and ``<out_path>.<sha256[:12]>.data`` beside it, which
+    ``result.model`` then points at (:mod:`onnx_tools.external_data`)."""
     in_path, out_path = os.fspath(in_path), os.fspath(out_path)
     if os.path.abspath(in_path) == os.path.abspath(out_path) or (
             os.path.exists(out_path) and os.path.exists(in_path) and os.path.samefile(in_path, out_path)):
         raise ModelInputError(f"output path {out_path} is the input model; choose another -o path "
                               "(the input is never overwritten)")
     check_output_path(out_path)
-    model = load_model(in_path)
+    model, came_split = read_model(in_path)
     try:
         result = export_model(model, **options)
     except ExportError as e:
         raise type(e)(f"{in_path}: {e}") from e
-    save_atomic(result.model, out_path)
+    del model  # its weights: the export's copy is the one written
+    if external_data.should_split(result.model, came_split):
+        external_data.save_split(result.model, out_path, save_atomic)
+    else:
+        save_atomic(result.model, out_path)
     return result
 
 

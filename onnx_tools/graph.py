@@ -27,11 +27,20 @@ SHAPE_OPS = {"Shape", "Size", "NonZero", "ArgMax", "ArgMin", "EyeLike", "Constan
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Read ``path`` as an ONNX model, refusing what the export step cannot handle.
+    """Read ``path`` as an ONNX model (with its external data, see :mod:`onnx_tools.external_data`),
+    refusing what the export step cannot handle.
 
     Raises:
-        ModelLoadError: missing, empty, unparsable or truncated file, or a model with external data.
+        ModelLoadError: missing, empty, unparsable or truncated file, or external data that is missing,
+            truncated or outside the model's folder.
     """
+    return read_model(path)[0]
+
+
+def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, bool]:
+    """:func:`load_model`, and whether the model kept weights in external data files."""
+    from . import external_data
+
     path = os.fspath(path)
     if not os.path.isfile(path):  # a FIFO or device is never opened: reading it could block or never end
         raise ModelLoadError(f"{path}: not a regular file (a folder, device, FIFO or socket); give the model "
@@ -46,23 +55,16 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if not model.graph.node or not model.opset_import:
         raise ModelLoadError(f"{path}: not an ONNX model (no graph nodes or opset); "
                              "check that the file is complete")
-    if _uses_external_data(model):
-        raise ModelLoadError(
-            f"{path}: the model keeps its weights in external data files, which this tool does not read; "
-            "re-save it in one file: onnx.save(onnx.load(path), out_path, save_as_external_data=False)")
-    try:
-        onnx.checker.check_model(model)
+    split = bool(external_data.external_tensors(model))
+    if split:
+        external_data.data_files(model, path)  # each tensor's file and bytes, before the checker's words
+    try:  # a split model is checked from its file (its data is found from there, and may pass 2 GB)
+        onnx.checker.check_model(path if split else model)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
         raise ModelLoadError(f"{path}: invalid ONNX model ({first}); check that the file is complete") from e
-    return model
-
-
-def _uses_external_data(model: onnx.ModelProto) -> bool:
-    tensors = list(model.graph.initializer)
-    for node in model.graph.node:
-        tensors.extend(a.t for a in node.attribute if a.type == onnx.AttributeProto.TENSOR)
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors)
+    external_data.load_into(model, path)
+    return model, split
 
 
 # The names of ONNX's default operator domain; its opset is "the model's opset" everywhere in onnx_tools.

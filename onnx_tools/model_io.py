@@ -95,13 +95,13 @@ def analysis_copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 LAYOUTS = ("NCHW", "NHWC")
 # Ops a converter puts between the image and the first layout-aware op (dtype casts, scaling, mean
-# subtraction): the layout is decided by what reads their result.
-PASS_THROUGH = {"Cast", "Identity", "Mul", "Add", "Sub", "Div"}
+# subtraction, padding, clipping): they keep the layout, which is decided by what reads their result.
+PASS_THROUGH = {"Cast", "Identity", "Mul", "Add", "Sub", "Div", "Pad", "Clip"}
 
 
 def detect_layout(index: GraphIndex, input_name: str) -> str:
-    """NHWC when every path from the input, through pass-through preprocessing (Cast, Identity,
-    Mul/Add/Sub/Div), reaches a Transpose with perm [0, 3, 1, 2]; otherwise NCHW."""
+    """NHWC when every path from the input, through pass-through preprocessing (:data:`PASS_THROUGH`),
+    reaches a Transpose with perm [0, 3, 1, 2]; otherwise NCHW."""
     readers, frontier, seen = [], [input_name], {input_name}
     while frontier:
         for i in index.consumers.get(frontier.pop(), []):

@@ -58,7 +58,7 @@ def _baked_in_ones(model: onnx.ModelProto) -> bool:
 def _free_batch(model: onnx.ModelProto) -> list[str]:
     """Rewrite, in place, the batch dims written as 1 (graph inputs and outputs; value_info is dropped,
     shape inference makes it again) and Reshape target shapes starting with a literal 1 (made 0: "the
-    input's batch"). Returns what was changed."""
+    input's batch", or -1 where allowzero=1). Returns what was changed."""
     graph, changed = model.graph, []
     image = find_image_input(model).name
     for vi in [*graph.input, *graph.output]:
@@ -75,21 +75,25 @@ def _free_batch(model: onnx.ModelProto) -> list[str]:
     for node in graph.node:
         if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in constants:
             continue
-        if any(a.name == "allowzero" and a.i == 1 for a in node.attribute):
-            continue
         shape = numpy_helper.to_array(constants[node.input[1]]).astype(np.int64).reshape(-1)
         if len(shape) < 2 or shape[0] != 1:
             continue
-        if node.input[1] not in shared:  # a new constant per target shape (others may use the old one)
+        # 0 copies the input's batch; where allowzero=1 makes 0 a literal zero (PyTorch's dynamo exporter
+        # writes it), -1 infers it from the other dims, unless one of them is -1 already
+        allowzero = any(a.name == "allowzero" and a.i == 1 for a in node.attribute)
+        if allowzero and -1 in shape:
+            continue
+        key = (node.input[1], allowzero)
+        if key not in shared:  # a new constant per target shape (others may use the old one)
             fixed = shape.copy()
-            fixed[0] = 0
-            name = f"{node.input[1]}_rebatched"
+            fixed[0] = -1 if allowzero else 0
+            name = f"{node.input[1]}_rebatched{'_inferred' if allowzero else ''}"
             graph.initializer.append(numpy_helper.from_array(fixed, name))
             if model.ir_version < 4:  # IR 3 lists every initializer among the graph inputs too
                 graph.input.append(
                     onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64, [len(fixed)]))
-            shared[node.input[1]] = name
-        node.input[1] = shared[node.input[1]]
+            shared[key] = name
+        node.input[1] = shared[key]
         changed.append(f"Reshape '{node.name or node.output[0]}' target {shape.tolist()}")
     return changed
 

@@ -116,12 +116,18 @@ def test_empty_and_missing_files(tmp_path):
                          expect="no such file")
 
 
-def test_external_data(tmp_path):
+def test_external_data_is_read_and_a_missing_data_file_named(tmp_path):
     path = tmp_path / "ext.onnx"
     onnx.save(small_cnn(), path, save_as_external_data=True, all_tensors_to_one_file=True,
               location="ext.data", size_threshold=0)
+    (tmp_path / "out").mkdir()
+    r = cli("export", path, "-o", tmp_path / "out" / "ext.sise.onnx")
+    assert r.returncode == 0, r.stderr
+    written = sorted(os.listdir(tmp_path / "out"))
+    assert len(written) == 2 and written[0] == "ext.sise.onnx", written  # and its data file
+    (tmp_path / "ext.data").unlink()
     assert_clean_failure(cli("export", path, "-o", tmp_path / "o.sise.onnx"), tmp_path,
-                         expect="external data")
+                         expect="ext.data, which does not exist")
 
 
 def test_dynamic_spatial_dims_need_input_shape(tmp_path):

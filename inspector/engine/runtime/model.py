@@ -9,6 +9,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 
 import onnx_tools
@@ -37,15 +38,19 @@ class LoadedModel:
     largest_tensor_bytes: int = 0  # of one image's forward pass (inspector.memory)
 
 
-def file_sha256(path: str) -> str:
+def file_sha256(path: str, data_files: list[str] = ()) -> str:
+    """SHA-256 of a model file, continued over the external data files it points into (the weights are
+    part of what the model is; a model without them hashes as its file alone)."""
     h = hashlib.sha256()
-    with open_regular(path, what="model file") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    for name, what in [(path, "model file"), *((d, "model data file") for d in data_files)]:
+        with open_regular(name, what=what) as f:
+            while block := f.read(1 << 20):
+                h.update(block)
     return h.hexdigest()
 
 
-def _load_proto(path: str) -> onnx.ModelProto:
+def _load_proto(path: str) -> tuple[onnx.ModelProto, list[str]]:
+    """The model's graph, its external tensors left in their files, and those files (checked)."""
     if not os.path.lexists(path):
         raise ModelContractError(f"model {path}: no such file (config key: model)")
     try:
@@ -53,9 +58,13 @@ def _load_proto(path: str) -> onnx.ModelProto:
     except OSError as e:
         raise ModelContractError(f"model {path}: cannot read it ({e.strerror}) (config key: model)") from e
     try:
-        return onnx.load(path)
+        proto = onnx.load(path, load_external_data=False)
     except Exception as e:
         raise ModelContractError(f"model {path}: not a readable ONNX model ({e})") from e
+    try:
+        return proto, onnx_tools.data_files(proto, path)
+    except onnx_tools.ExportError as e:
+        raise ModelContractError(f"{e} (config key: model)") from e
 
 
 def _input_shape(proto: onnx.ModelProto, path: str, cfg: InspectorConfig) -> tuple[int, ...] | None:
@@ -84,17 +93,19 @@ def _input_shape(proto: onnx.ModelProto, path: str, cfg: InspectorConfig) -> tup
                              "with `python -m onnx_tools export --input-shape 1,3,H,W` (its own layout)")
 
 
-def _export_cached(path: str, proto: onnx.ModelProto, cfg: InspectorConfig) -> str:
+def _export_cached(path: str, proto: onnx.ModelProto, data: list[str], cfg: InspectorConfig) -> str:
     """Export a plain model once per export setting; the result lives beside it as
     ``<stem>.<model hash>[.<options hash>][.<shape>].sise.onnx`` (a model exported with other
     ``export`` settings is another file, never the old one reused)."""
-    digest = file_sha256(path)[:12]
+    digest = file_sha256(path, data)[:12]
     stem = os.path.splitext(path)[0]
     shape = _input_shape(proto, path, cfg)
     export = cfg.export
     options = {"score": export.score, "blocks": list(export.blocks or []), "layout": export.layout}
     if export.task != "classify":  # (a classifier's options keep the name they had before detectors)
         options.update(task=export.task, head=export.head)
+    if export.extra_inputs:
+        options.update(extra_inputs=export.extra_inputs)
     # the defaults keep the name caches had before options were part of it
     tag = "" if options == {"score": "softmax", "blocks": [], "layout": None} else \
         "." + hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
@@ -105,7 +116,8 @@ def _export_cached(path: str, proto: onnx.ModelProto, cfg: InspectorConfig) -> s
     blocks = list(cfg.export.blocks) if cfg.export.blocks else "auto"
     try:
         onnx_tools.export_file(path, out, score=cfg.export.score, blocks=blocks, input_shape=shape,
-                               layout=cfg.export.layout, task=cfg.export.task, head=cfg.export.head)
+                               layout=cfg.export.layout, task=cfg.export.task, head=cfg.export.head,
+                               extra_inputs=cfg.export.extra_inputs)
     except onnx_tools.ExportError as e:
         raise ModelContractError(f"model {path} has no SISE contract and exporting it failed: {e}. "
                                  "Run `python -m onnx_tools export` with the options it needs and point "
@@ -117,25 +129,48 @@ def _export_cached(path: str, proto: onnx.ModelProto, cfg: InspectorConfig) -> s
     return out
 
 
+def _check_extra_inputs(contract: onnx_tools.Contract, cfg: InspectorConfig, path: str) -> None:
+    """The values the config gives the model's other inputs are those its export wrote into the graph."""
+    given, written = cfg.export.extra_inputs, contract.extra_inputs
+    for name, value in given.items():
+        if name not in written:
+            raise ModelContractError(f"model {path} has no input '{name}' besides the image (its export "
+                                     f"wrote {sorted(written) or 'none'}); remove export.extra_inputs.{name}")
+        want = np.asarray(written[name]["value"], dtype=written[name]["dtype"])
+        try:
+            same = np.array_equal(np.broadcast_to(np.asarray(value, want.dtype), want.shape), want)
+        except ValueError:
+            same = False
+        if not same:
+            raise ModelContractError(
+                f"model {path} was exported with input '{name}' = {json.dumps(written[name]['value'])}, but "
+                f"export.extra_inputs.{name} is {json.dumps(value)}; point the config at the plain model (it "
+                "is exported again with the config's value) or remove the key")
+
+
 def load_model(cfg: InspectorConfig) -> LoadedModel:
     """The exported model for ``cfg`` (exporting a plain model first), its contract and sampler graph."""
     source = cfg.model
-    proto = _load_proto(source)
+    proto, data = _load_proto(source)
     path = source
     if onnx_tools.read_contract(proto) is None:
-        path = _export_cached(source, proto, cfg)
+        path = _export_cached(source, proto, data, cfg)
         del proto  # a large model's two protos at once would double the start-up peak
-        proto = _load_proto(path)
+        proto, data = _load_proto(path)
     contract = onnx_tools.read_contract(proto)
     if contract is None:
         raise ModelContractError(f"model {path} has no SISE contract; run `python -m onnx_tools export` "
                                  "on the original model, or point the config at the plain model "
                                  "to export it on the fly")
-    sha256 = file_sha256(path)
+    _check_extra_inputs(contract, cfg, path)
+    sha256 = file_sha256(path, data)
     half = cfg.runtime.fp16
     folder = None
-    if not half:  # the float16 graphs carry converted copies of the weights, not the file's
-        folder = externalise(proto, path, sha256)
+    if half:  # the float16 graphs carry converted copies of the weights, not the file's
+        onnx_tools.load_into(proto, path)
+    else:  # weights in the model's own data files are read from there, the rest from the shared file
+        own = os.path.dirname(os.path.abspath(path)) if data else None
+        folder = externalise(proto, path, sha256) or own
     try:
         sampler = onnx_tools.build_sampler(proto, fp16=half).SerializeToString()
         scorer = onnx_tools.build_mask_scorer(proto, fp16=half).SerializeToString()
