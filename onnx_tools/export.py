@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnx.version_converter
 
-from . import ceil_pools, external_data, precision
+from . import ceil_pools, external_data, precision, strided_views
 from . import contract as C
 from . import detection as D
 from . import extra_inputs as extra_inputs_module
@@ -238,6 +238,10 @@ def export_model(model: onnx.ModelProto, *, blocks: str | list[str] = "auto", sc
     if unknown:
         log.info("dims written as -1 or 0 read as dynamic: %s", ", ".join(unknown))
     baked = extra_inputs_module.bake(model, dict(extra_inputs or {}))
+    views = strided_views.as_reshapes(model)
+    if views:
+        log.info("as_strided views (a Gather counting a flattened tensor in order) read as Reshapes: %s",
+                 ", ".join(views))
     if not keep_batch:
         model = fix_input_shape(model, input_shape)
         freed = rebatch(model)

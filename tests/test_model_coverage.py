@@ -830,3 +830,32 @@ def test_a_shufflenet_exported_with_a_fixed_batch_of_one_matches_torch():
     onnx_model = export_onnx(model, (1, 3, 32, 32), dynamic_batch=False)
     result = check_against_torch(model, onnx_model, (1, 3, 32, 32), ["stem.1", "units.7.cat"])
     assert result.contract.input_shape[0] == "N"  # the batch was freed: the engine scores many masks per run
+
+
+class ChannelsLastMix(nn.Module):
+    """A ConvNeXt-style tail: a Linear over the channels of a permuted map, permuted back (no longer
+    contiguous), then an adaptive average pool, which PyTorch's dynamo exporter ends in as_strided."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.r1 = nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU()
+        self.c2 = nn.Conv2d(8, 8, 3, 2, 1)
+        self.mix, self.act = nn.Linear(8, 8), nn.GELU()
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(8, 5)
+
+    def forward(self, x):
+        y = self.c2(self.r1(self.c1(x))).permute(0, 2, 3, 1)
+        y = self.act(self.mix(y)).permute(0, 3, 1, 2)
+        return self.fc(torch.flatten(self.pool(y), 1))
+
+
+def test_dynamos_as_strided_view_is_read_as_a_reshape_and_matches_torch():
+    """as_strided exports as Reshape([-1]) then Gather(axis 0) of indices 0..C-1 shaped [1, C, 1, 1]:
+    refused before ('gathering along the batch axis'), as ConvNeXt exported with the default exporter was;
+    read as a Reshape, its gradients match torch and the batch is freed."""
+    torch.manual_seed(0)
+    model = ChannelsLastMix().eval()
+    onnx_model = export_onnx(model, (1, 3, 16, 16), dynamo=True)
+    assert any(n.op_type == "Gather" and "as_strided" in n.name for n in onnx_model.graph.node)
+    result = check_against_torch(model, onnx_model, (1, 3, 16, 16), ["r1", "c2"])
+    assert result.contract.input_shape[0] == "N"
