@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from inspector import ConfigError, ImageError, Inspector, ModelContractError, TargetError, load_config
-from inspector.jobs.artifacts import caption_height
+from inspector.jobs.artifacts import canvas_scale, image_area
 from onnx_tools import export_model
 
 from .models import export_onnx, fixture
@@ -192,16 +192,21 @@ def test_cli_explain_writes_outputs_and_lists_failures(models, tmp_path):
     assert len(meta["settings"]["model_sha256"]) == 64 and meta["settings"]["onnxruntime"]
     assert meta["settings"]["provider"] == "CPUExecutionProvider"
     assert set(meta["timings_s"]) >= {"preprocess", "explain_model", "sampling", "fusion", "total"}
-    top = caption_height((48, 80))  # the caption bar is above the image, the colour bar right of it
-    overlay = cv2.imread(f"{a}_overlay.png")[top:top + 48, :80]
+    # the caption bar is above the image, the colour bar right of it; the 48x80 image is drawn 6 times
+    # as large (at least 256 px on its short side)
+    top, height, width = image_area((48, 80))
+    k = canvas_scale((48, 80))
+    assert (height, width) == (48 * k, 80 * k) == (288, 480)
+    overlay = cv2.imread(f"{a}_overlay.png")[top:top + height, :width]
     # colour order: the file (BGR on disk) is half the input in BGR plus half the JET heatmap
     heat = cv2.applyColorMap((data["saliency_full"] * 255).astype(np.uint8), cv2.COLORMAP_JET)
     expected = cv2.addWeighted(cv2.cvtColor(pic, cv2.COLOR_RGB2BGR), 0.5, heat, 0.5, 0.0)
+    expected = cv2.resize(expected, (width, height), interpolation=cv2.INTER_NEAREST)
     drawn = np.zeros(overlay.shape[:2], np.uint8)  # region boxes (3 px with their black edges), labels
     for region in meta["regions"]:
-        x0, y0, x1, y1 = region["box"]
+        x0, y0, x1, y1 = (v * k for v in region["box"])
         cv2.rectangle(drawn, (x0, y0), (x1 - 1, y1 - 1), 1, 5)
-        drawn[max(0, y0 - 20):y0 + 20, x0:x0 + 50] = 1
+        drawn[max(0, y0 - 24):y0 + 24, x0:x0 + 70] = 1
     assert drawn.mean() < 0.8
     assert np.abs(overlay[drawn == 0].astype(int) - expected[drawn == 0]).max() <= 1
     assert meta["roi_inside"] is None and meta["flagged"] is False
