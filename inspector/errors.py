@@ -37,3 +37,12 @@ class OutputError(InspectorError):
 
 class Interrupted(InspectorError):
     """Stopped by SIGTERM/SIGINT before the work was complete; running the same command again continues."""
+
+
+class VerdictConflict(InspectorError):
+    """A verdict not recorded: another was given on the part since the one the reviewer saw, or the same
+    reviewer gave the same verdict moments ago. ``newest``: the part's newest verdict (a dict)."""
+
+    def __init__(self, message: str, newest: dict | None = None):
+        super().__init__(message)
+        self.newest = newest

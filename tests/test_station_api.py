@@ -283,6 +283,31 @@ def test_api_review_appends_history(st):
     assert [r["reviewer"] for r in rows] == ["rita", "rob"]
 
 
+def test_api_review_refuses_a_verdict_on_an_outdated_view_and_a_repeat_with_409(st, session):
+    """``seen`` names the newest verdict the sender saw: another given since means 409 with that verdict and
+    nothing recorded; the same verdict by the same reviewer moments later is not recorded twice (the API
+    and a reloaded page alike)."""
+    rid = explained(st, "crack-36.png", variant("crack", 36))["result_id"]
+    first = api_review(st, rid, {"verdict": "confirm", "seen": 0}, "rita")
+    assert first.status_code == 201, first.text
+    stale = api_review(st, rid, {"verdict": "overrule", "label": "ok", "seen": 0}, "rob")
+    assert stale.status_code == 409
+    assert "rita gave a verdict (confirm -> crack) after the one you saw" in stale.json()["detail"]
+    assert stale.json()["newest"]["review_id"] == first.json()["review_id"]
+    again = api_review(st, rid, {"verdict": "confirm"}, "rita")
+    assert again.status_code == 409 and "not recorded twice" in again.json()["detail"]
+    reviewer, csrf = session("rita")
+    page = reviewer.post(f"/parts/{rid}/review", data={"verdict": "confirm", "csrf_token": csrf,
+                                                       "seen": str(first.json()["review_id"])},
+                         follow_redirects=False)
+    assert page.status_code == 303 and "not recorded twice" in reviewer.get(page.headers["location"]).text
+    fresh = api_review(st, rid, {"verdict": "overrule", "label": "ok",
+                                 "seen": first.json()["review_id"]}, "rob")
+    assert fresh.status_code == 201 and fresh.json()["previous_label"] == "crack"
+    assert [(r["reviewer"], r["verdict"]) for r in review_rows(st, rid)] == [("rita", "confirm"),
+                                                                             ("rob", "overrule")]
+
+
 def test_api_result_shows_its_newest_verdict(st):
     """GET /api/v1/results/{id} (and an upload of an image already reviewed) carry the part's newest verdict
     and label, as the /api/v1/results list does."""
@@ -753,14 +778,14 @@ def test_api_results_paging_follows_next(st, limit):
     with st.station.store.begin() as conn:
         same = conn.execute(sa.select(results.c.finished_at).where(results.c.id == made[0])).scalar_one()
         conn.execute(sa.update(results).where(results.c.id.in_(made)).values(finished_at=same))
-    url, seen, pages = f"/api/v1/results?limit={limit}", [], 0
-    while url is not None:
+    url, seen, pages, more = f"/api/v1/results?limit={limit}", [], 0, True
+    while more:
         r = st.client.get(url, auth=basic("vic"))
         assert r.status_code == 200, r.text
         body = r.json()
         assert len(body["results"]) <= limit
         seen += [x["result_id"] for x in body["results"]]
-        url = body["next"]
+        url, more = body["next"], body["more"]
         pages += 1
         assert pages < 1000
     assert len(seen) == len(set(seen))
@@ -768,6 +793,12 @@ def test_api_results_paging_follows_next(st, limit):
     assert set(seen) == every
     assert pages >= 2
     assert [i for i in seen if i in made] == made  # in the order they finished, then by id
+    # the last page's next is a cursor too: polled later, it gives what finished since, and nothing else
+    assert st.client.get(url, auth=basic("vic")).json()["results"] == []
+    late = explained(st, f"page-late-{limit}.png", variant("pits", 951 + limit))["result_id"]
+    polled = st.client.get(url, auth=basic("vic")).json()
+    assert [x["result_id"] for x in polled["results"]] == [late] and polled["more"] is False
+    assert st.client.get(polled["next"], auth=basic("vic")).json()["results"] == []
 
 
 # ----- 13. health ---------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
+from inspector.errors import VerdictConflict
 from inspector.store import SCHEMA_VERSION, ResultKey, Store, StoreError
 from inspector.store import store as store_module
 from inspector.store.db import utcnow
@@ -306,6 +307,81 @@ def test_reviewers_at_once_each_see_the_others_verdict_as_previous(store_url):
     assert len(rows) == 20 and len({r.label for r in rows}) == 20
     assert rows[0].previous_label == "class3"  # the model's label came first
     assert all(rows[i].previous_label == rows[i - 1].label for i in range(1, 20))
+
+
+def _rounds_in_process(url: str, result_id: int, reviewer: str, rounds: int, barrier, queue) -> None:
+    """Each round: read the part's newest verdict, wait for the other process, then give a verdict that
+    says it saw that one."""
+    store = Store(url)
+    outcomes = []
+    for r in range(rounds):
+        barrier.wait()
+        with store.read() as conn:
+            seen = conn.execute(sa.select(sa.func.max(reviews.c.id))
+                                .where(reviews.c.result_id == result_id)).scalar() or 0
+        barrier.wait()  # both have read the same newest verdict: now both give theirs at once
+        try:
+            store.add_review(result_id, verdict="overrule", label=f"{reviewer}-{r}", reviewer=reviewer,
+                             seen=seen)
+            outcomes.append("recorded")
+        except VerdictConflict:
+            outcomes.append("refused")
+    queue.put((reviewer, outcomes))
+    store.close()
+
+
+def test_of_two_verdicts_given_at_once_on_what_both_saw_exactly_one_is_recorded(store_url):
+    """50 rounds of two processes giving a verdict on one part at the same moment, each having seen the
+    same newest verdict: the check that it is still the newest runs in the transaction that inserts, so
+    each round records exactly one (the other is refused) and every row's previous label is the label of
+    the row before it."""
+    rounds = 50
+    with Store(store_url) as store:
+        run = new_run(store)
+        store.add_image(KEY.image_sha256, 10, "/x.png")
+        claim = store.claim(KEY, run, "/x.png")
+        store.finish(claim, run, done_fields(), scope="scope", path="/x.png", image_sha256=KEY.image_sha256)
+    ctx = multiprocessing.get_context("spawn")
+    barrier, queue = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_rounds_in_process,
+                         args=(store_url, claim.result_id, name, rounds, barrier, queue))
+             for name in ("rita", "rob")]
+    for p in procs:
+        p.start()
+    outcomes = dict(queue.get(timeout=300) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    for r in range(rounds):
+        assert sorted(outcomes[name][r] for name in outcomes) == ["recorded", "refused"], r
+    with Store(store_url) as store, store.begin() as conn:
+        rows = conn.execute(sa.select(reviews.c.label, reviews.c.previous_label).order_by(reviews.c.id)).all()
+    assert len(rows) == rounds
+    assert [int(row.label.split("-")[1]) for row in rows] == list(range(rounds))  # one per round, in order
+    assert rows[0].previous_label == "class3"
+    assert all(rows[i].previous_label == rows[i - 1].label for i in range(1, rounds))
+
+
+def test_the_same_verdict_again_moments_later_is_not_recorded_twice(store_url, monkeypatch):
+    with Store(store_url) as store:
+        run = new_run(store)
+        store.add_image(KEY.image_sha256, 10, "/x.png")
+        claim = store.claim(KEY, run, "/x.png")
+        store.finish(claim, run, done_fields(), scope="scope", path="/x.png", image_sha256=KEY.image_sha256)
+        first = store.add_review(claim.result_id, verdict="confirm", label="class3", reviewer="rita")
+        with pytest.raises(VerdictConflict, match=r"you gave this verdict \(confirm -> class3\) \d+ s ago"):
+            store.add_review(claim.result_id, verdict="confirm", label="class3", reviewer="rita")
+        with pytest.raises(VerdictConflict, match="rita gave a verdict .* after the one you saw") as e:
+            store.add_review(claim.result_id, verdict="inconclusive", reviewer="rob", seen=0)
+        assert e.value.newest["id"] == first["id"]
+        again = {"verdict": "confirm", "label": "class3"}
+        store.add_review(claim.result_id, reviewer="rob", **again)  # another person
+        store.add_review(claim.result_id, reviewer="rita", **again)  # hers is no longer the newest
+        monkeypatch.setattr(store_module, "REPEAT_SECONDS", 0.0)
+        store.add_review(claim.result_id, reviewer="rita", **again)  # after the window
+        with store.begin() as conn:
+            names = [r.reviewer for r in conn.execute(sa.select(reviews.c.reviewer).order_by(reviews.c.id))]
+        assert names == ["rita", "rob", "rita", "rita"]
 
 
 @pytest.mark.parametrize("stored", ["'abc'", "0", "-3", "2.5", "two rows", "no row"])

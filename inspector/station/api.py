@@ -11,7 +11,7 @@ from fastapi import APIRouter, File, HTTPException, Query, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import InspectorError
+from ..errors import InspectorError, VerdictConflict
 from ..store import display_path
 from . import queries
 from .deps import MAX_ID, ApiReviewer, ApiViewer, PartId, StationDep, load_part, parse_utc
@@ -38,6 +38,14 @@ class ReviewBody(BaseModel):
     verdict: str = Field(description="one of " + ", ".join(VERDICTS))
     label: str | None = Field(None, max_length=200, description="the class, for overrule")
     comment: str | None = Field(None, max_length=2000)
+    seen: int | None = Field(None, ge=0, le=MAX_ID, description=(
+        "the review_id of the newest verdict the sender saw (0: none); when another was given since, nothing "
+        "is recorded and the answer is 409 with that verdict"))
+
+
+REVIEW_RESPONSES = {409: {"description": "not recorded: another verdict was given since `seen`, or the same "
+                                         "reviewer gave this verdict moments ago; `detail` says which, "
+                                         "`newest` is the part's newest verdict"}}
 
 
 @router.post("/explain", status_code=201, responses=EXPLAIN_RESPONSES)
@@ -124,7 +132,9 @@ def api_results(
     ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ):
-    """Finished results in the order they finished, each with its newest verdict; follow ``next``."""
+    """Finished results in the order they finished, each with its newest verdict. ``next`` is always the
+    cursor after this page: follow it at once while ``more`` is true, and later (a poll) for results that
+    finish after these."""
     moment = parse_utc(since, "since")
     rows = queries.results_since(station.store, moment, after_id, limit)
     kinds = queries.artifact_kinds(station.store, [r["id"] for r in rows])
@@ -134,13 +144,12 @@ def api_results(
                     station.class_names)
         for r in rows
     ]
-    following = None
-    if len(rows) == limit:
-        last = rows[-1]
-        following = "/api/v1/results?" + urlencode(
-            {"since": last["finished_at"].isoformat(), "after_id": last["id"], "limit": limit}
-        )
-    return {"results": items, "next": following}
+    if rows:
+        cursor = {"since": rows[-1]["finished_at"].isoformat(), "after_id": rows[-1]["id"]}
+    else:  # nothing new: the same place again
+        cursor = {"since": moment.isoformat(), "after_id": after_id} if moment is not None else {}
+    following = "/api/v1/results?" + urlencode({**cursor, "limit": limit})
+    return {"results": items, "next": following, "more": len(rows) == limit}
 
 
 @router.get("/results/{result_id}", responses=RESULT_RESPONSES)
@@ -156,15 +165,19 @@ def api_result(user: ApiViewer, station: StationDep, result_id: PartId):
     return body
 
 
-@router.post("/results/{result_id}/review", status_code=201)
+@router.post("/results/{result_id}/review", status_code=201, responses=REVIEW_RESPONSES)
 def api_review(user: ApiReviewer, station: StationDep, result_id: PartId, body: ReviewBody):
     """Append a verdict (nothing is ever changed in place): ``confirm`` (the model's label),
     ``overrule_good`` (the first of good_classes), ``overrule`` (to ``label``), ``inconclusive``."""
     row = load_part(station, result_id)
     try:
-        review = record_verdict(station, row, body.verdict, body.label, body.comment, user.username)
+        review = record_verdict(station, row, body.verdict, body.label, body.comment, user.username,
+                                seen=body.seen)
     except VerdictError as e:
         raise HTTPException(422, str(e)) from e
+    except VerdictConflict as e:
+        newest = review_body(e.newest) if e.newest else None
+        return JSONResponse({"detail": str(e), "newest": newest}, status_code=409)
     return review_body(review)
 
 

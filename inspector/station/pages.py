@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from ..common import documents
 from ..common.reading import ARTIFACT_LIMIT, read_regular
 from ..common.version import __version__
-from ..errors import InspectorError
+from ..errors import InspectorError, VerdictConflict
 from . import auth, files, queries
 from .deps import (
     COOKIE,
@@ -214,20 +214,12 @@ def review_form(
         )
         return RedirectResponse(back + _qs(qs, **signed(message)), status_code=303)
     row = load_part(station, result_id)
-    newest = row["history"][-1] if row["history"] else None
-    if (newest["id"] if newest else 0) != seen:
-        message = (
-            f"{newest['reviewer']} gave a verdict ({newest['verdict']} -> "
-            f"{newest['label'] or 'inconclusive'}) while this page was open; nothing was recorded: "
-            "look again and give yours"
-        )
-        return RedirectResponse(back + _qs(qs, **signed(message)), status_code=303)
     # the next part is found before the verdict: with "unreviewed", this part leaves the list
     filters = read_filters(**_filter_args(qs))
     _, following = queries.neighbours(station.store, result_id, filters, station.good_classes)
-    try:
-        record_verdict(station, row, verdict, label, comment, user.username)
-    except VerdictError as e:
+    try:  # refused inside the store's transaction when another verdict was given since the page's
+        record_verdict(station, row, verdict, label, comment, user.username, seen=seen)
+    except (VerdictError, VerdictConflict) as e:
         return RedirectResponse(back + _qs(qs, **signed(str(e))), status_code=303)
     if following is None:  # the end of the list: say so, and how many are still to review
         left = queries.counts(station.store)["unreviewed"]

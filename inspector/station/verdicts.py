@@ -43,12 +43,15 @@ def label_for(
 
 
 def record_verdict(station, row: dict, verdict: str, label: str | None, comment: str | None,
-                   reviewer: str) -> dict:
-    """Append a verdict on the part ``row`` (from a page or the API); the stored review row."""
+                   reviewer: str, *, seen: int | None = None) -> dict:
+    """Append a verdict on the part ``row`` (from a page or the API); the stored review row. ``seen``: the
+    newest verdict the reviewer was shown (:meth:`~inspector.store.Store.add_review` refuses the verdict,
+    with :class:`~inspector.errors.VerdictConflict`, when another was given since)."""
     if row["status"] != "done":
         raise VerdictError(f"part {row['id']} has no explanation (it failed); nothing to review")
     stored, new_label = label_for(
         verdict, row["prediction_name"], label or None, station.class_names, station.good_classes
     )
     note = (comment or "").strip()[:2000] or None
-    return station.store.add_review(row["id"], verdict=stored, label=new_label, reviewer=reviewer, note=note)
+    return station.store.add_review(row["id"], verdict=stored, label=new_label, reviewer=reviewer, note=note,
+                                    seen=seen)

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta, timezone
 import sqlalchemy as sa
 
 from ..common.atomic import process_alive
+from ..errors import VerdictConflict
 from .db import (
     StoreError,
     as_utc,
@@ -36,6 +37,23 @@ from .schema import artifacts, detections, images, inputs, results, reviews, run
 HEARTBEAT_SECONDS = 30.0
 UPKEEP_SECONDS = 2.0  # how often a run tries again to give back claims the store could not take back
 STALE_AFTER = timedelta(seconds=180)  # a run that sent no heartbeat for this long is presumed dead
+REPEAT_SECONDS = 60.0  # the same reviewer's same verdict on a part again within this: not recorded twice
+
+
+def _refusal(last: dict | None, seen: int | None, given: tuple, now: datetime) -> str | None:
+    """Why a verdict ``given`` = (reviewer, verdict, label) on a part whose newest verdict is ``last`` is
+    not recorded (see :meth:`Store.add_review`), or None."""
+    if seen is not None and (last["id"] if last else 0) != seen:
+        if last is None:
+            return "the verdict you saw is no longer there; nothing was recorded: look again"
+        return (f"{last['reviewer']} gave a verdict ({last['verdict']} -> {last['label'] or 'inconclusive'}) "
+                "after the one you saw; nothing was recorded: look again and give yours")
+    if last is not None and (last["reviewer"], last["verdict"], last["label"]) == given:
+        ago = (now - as_utc(last["created_at"])).total_seconds()
+        if ago < REPEAT_SECONDS:
+            return (f"you gave this verdict ({given[1]} -> {given[2] or 'inconclusive'}) {ago:.0f} s ago; it "
+                    "was not recorded twice")
+    return None
 
 
 def _machine() -> str:
@@ -435,19 +453,30 @@ class Store:
 
     # ----- reviews --------------------------------------------------------------------------------
     def add_review(self, result_id: int, *, verdict: str, reviewer: str, label: str | None = None,
-                   note: str | None = None) -> dict:
+                   note: str | None = None, seen: int | None = None) -> dict:
         """Append a verdict (never an update): the row notes the label in force before it (the previous
-        verdict's, or the model's prediction for a first verdict), read under a lock on the result so two
-        reviewers at once each see the other's verdict as previous."""
+        verdict's, or the model's prediction for a first verdict). Everything is read and decided under a
+        lock on the result, in the transaction that inserts, so of two verdicts given at once on one part
+        the second sees the first:
+
+        - ``seen``: the id of the newest verdict the reviewer was shown (0: none). When another has been
+          given since, nothing is recorded (:class:`VerdictConflict` names it). None: no such check.
+        - the same reviewer giving the same verdict and label again within ``REPEAT_SECONDS`` (a reloaded
+          page, a second key press) records nothing either.
+        """
         with self.begin() as conn:
             found = conn.execute(sa.select(results.c.prediction_name, results.c.status)
                                  .where(results.c.id == result_id).with_for_update()).first()
             if found is None or found.status != "done":
                 raise StoreError(f"result {result_id}: no such explained result")
-            last = conn.execute(sa.select(reviews.c.label).where(reviews.c.result_id == result_id)
-                                .order_by(reviews.c.id.desc()).limit(1)).first()
-            previous = found.prediction_name if last is None else last.label
+            last = conn.execute(sa.select(reviews).where(reviews.c.result_id == result_id)
+                                .order_by(reviews.c.id.desc()).limit(1)).mappings().first()
+            now = utcnow()
+            refused = _refusal(dict(last) if last else None, seen, (reviewer, verdict, label), now)
+            if refused:
+                raise VerdictConflict(refused, dict(last) if last else None)
             row = {"result_id": result_id, "verdict": verdict, "label": label, "reviewer": reviewer,
-                   "note": note, "created_at": utcnow(), "previous_label": previous}
+                   "note": note, "created_at": now, "previous_label": found.prediction_name if last is None
+                   else last["label"]}
             row["id"] = conn.execute(sa.insert(reviews).values(row).returning(reviews.c.id)).scalar_one()
         return row
