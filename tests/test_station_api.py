@@ -15,6 +15,7 @@ import io
 import os
 import re
 import struct
+import time
 import zipfile
 import zlib
 from types import SimpleNamespace
@@ -30,6 +31,7 @@ from inspector.engine.inspector import Inspector
 from inspector.station import auth
 from inspector.station.app import create_app
 from inspector.station.service import UPLOAD_DIR, Station, StationSettings
+from inspector.station.verdicts import overrule_choices
 from inspector.store.schema import artifacts, results, reviews, users
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.abspath(inspector.__file__)), "example")
@@ -696,6 +698,31 @@ def test_metrics_match_the_store(st, session):
     assert buckets == sorted(buckets)
     assert m["sise_explain_seconds_sum"] > 0
     assert m["sise_queue_depth"] == 0
+    # the counters are this process's: its start time says from when
+    assert m["process_start_time_seconds"] == pytest.approx(st.station.metrics.started, abs=1e-3)
+    assert 0 < time.time() - m["process_start_time_seconds"] < 24 * 3600
+
+
+def test_key_3_offers_the_likeliest_other_defect_first_and_a_good_part_counts_no_regions(st, session):
+    """The overrule list: every class but the predicted one, by the model's score, the good class that key
+    2 gives last (it used to come first, so 3 did what 2 does); a part predicted good shows no region
+    count beside 'not drawn'."""
+    assert overrule_choices("crack", [("ok", 0.3), ("crack", 0.5), ("pits", 0.05), ("stain", 0.15)],
+                            ["ok", "crack", "pits", "stain"], ["ok"]) == ["stain", "pits", "ok"]
+    assert overrule_choices("ok", [("ok", 0.9), ("crack", 0.02), ("pits", 0.08)], ["ok", "crack", "pits"],
+                            ["ok"]) == ["pits", "crack"]
+    assert overrule_choices("1", [], ["0", "1", "2"], []) == ["0", "2"]
+    viewer, _ = session("rita")
+    part = explained(st, "crack-77.png", variant("crack", 771))
+    html = viewer.get(f"/parts/{part['result_id']}").text
+    offered = re.findall(r'<option value="([^"]+)">', html)
+    scores = part["scores"]  # class -> score
+    others = [c for c in offered if c not in st.station.good_classes]
+    assert offered[-1] in st.station.good_classes and others == sorted(others, key=lambda c: -scores[c])
+    good = explained(st, "ok-77.png", variant("ok", 772))
+    assert good["prediction"] in st.station.good_classes
+    html = viewer.get(f"/parts/{good['result_id']}").text
+    assert "Regions of evidence</h2>" in html and "neither drawn nor counted" in html
 
 
 # ----- 10. hostile names --------------------------------------------------------------------------------

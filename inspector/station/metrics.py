@@ -13,6 +13,11 @@ def prometheus_text(station: Station) -> str:
         explained, failed, in_flight = m.explained, m.failed, m.in_flight
         buckets, total, count = list(m.buckets), m.seconds_sum, m.seconds_count
     lines = [
+        ("# HELP process_start_time_seconds When this station process started (Unix time): the *_total "
+         "counters and the histogram count from then and start again at 0 with a new process, as "
+         "Prometheus counters do (rate() and increase() handle it); the store's figures below do not."),
+        "# TYPE process_start_time_seconds gauge",
+        f"process_start_time_seconds {m.started:.3f}",
         "# HELP sise_parts_explained_total Parts this station process explained (uploads, watched folder).",
         "# TYPE sise_parts_explained_total counter",
         f"sise_parts_explained_total {explained}",

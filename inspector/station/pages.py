@@ -40,7 +40,7 @@ from .deps import (
 )
 from .export import dataset_zip
 from .shifts import parse_shifts, shift_of
-from .verdicts import VERDICTS, VerdictError, record_verdict
+from .verdicts import VERDICTS, VerdictError, overrule_choices, record_verdict
 
 LOGIN_COOKIE = "sise_login"  # double-submit token of the login form (no session exists yet)
 router = APIRouter(include_in_schema=False)
@@ -178,6 +178,8 @@ def part_page(
         user,
         part=row,
         scores=scores,
+        other_classes=overrule_choices(row["prediction_name"], scores, station.class_names,
+                                       station.good_classes),
         prev_id=previous,
         next_id=following,
         qs=f.query_string(),

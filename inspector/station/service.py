@@ -36,6 +36,7 @@ class Metrics:
     buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
     seconds_sum: float = 0.0
     seconds_count: int = 0
+    started: float = field(default_factory=time.time)  # Unix time: the counters count from here
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def observe(self, outcome: Outcome, seconds: float) -> None:

@@ -42,6 +42,19 @@ def label_for(
     return stored, label
 
 
+def overrule_choices(prediction: str | None, scores: list[tuple[str, float | None]], classes,
+                     good_classes) -> list[str]:
+    """The classes key 3 offers (every class but the predicted one), the most likely first by the model's
+    scores; the good class that key 2 gives goes last, so 3 starts at the likeliest other defect."""
+    score = dict(scores)
+    others = [c for c in classes if c != prediction]
+    others.sort(key=lambda c: -(score.get(c) if score.get(c) is not None else float("-inf")))
+    if good_classes and prediction not in good_classes and good_classes[0] in others:
+        others.remove(good_classes[0])
+        others.append(good_classes[0])
+    return others
+
+
 def record_verdict(station, row: dict, verdict: str, label: str | None, comment: str | None,
                    reviewer: str, *, seen: int | None = None) -> dict:
     """Append a verdict on the part ``row`` (from a page or the API); the stored review row. ``seen``: the
