@@ -112,7 +112,9 @@ def cmd_export(args) -> int:
     for b in c.blocks:
         print(f"  {b.act_output:<12} {b.grad_output:<13} {b.tensor}  {list(b.shape[1:])}")
     for name, extra in c.extra_inputs.items():
-        print(f"  input {name} {extra['shape']} written into the graph as {json.dumps(extra['value'])}")
+        value = json.dumps(extra["value"])
+        value = value if len(value) <= 80 else value[:77] + "..."
+        print(f"  input {name} {extra['shape']} written into the graph as {value}")
     return 0
 
 

@@ -298,16 +298,23 @@ def export_file(in_path: str | os.PathLike, out_path: str | os.PathLike, **optio
         raise ModelInputError(f"output path {out_path} is the input model; choose another -o path "
                               "(the input is never overwritten)")
     check_output_path(out_path)
-    model, came_split = read_model(in_path)
+    model, data_files = read_model(in_path)
+    if any(os.path.realpath(out_path) == os.path.realpath(d) for d in data_files):
+        raise ModelInputError(f"output path {out_path} is a data file of the input model; choose another -o "
+                              "path (the input is never overwritten)")
     try:
         result = export_model(model, **options)
     except ExportError as e:
         raise type(e)(f"{in_path}: {e}") from e
     del model  # its weights: the export's copy is the one written
-    if external_data.should_split(result.model, came_split):
-        external_data.save_split(result.model, out_path, save_atomic)
+    earlier = external_data.written_by_earlier_export(out_path)
+    written = set()
+    if external_data.should_split(result.model, bool(data_files)):
+        written.add(external_data.save_split(result.model, out_path, save_atomic))
     else:
         save_atomic(result.model, out_path)
+    external_data.remove({f for f in earlier if os.path.realpath(f) not in
+                          {os.path.realpath(k) for k in (*written, *data_files)}})
     return result
 
 

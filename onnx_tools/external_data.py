@@ -7,7 +7,8 @@ tensor and the file.
 
 Writing is atomic across the two files: the data goes to ``<model file name>.<sha256[:12]>.data`` (its
 name is its content's hash, so a file of that name is always complete and the same), then the model that
-points at it replaces the old one; data files of earlier exports to the same path are removed after.
+points at it replaces the old one; the data file the replaced export pointed at is removed after (only
+that one, and never one the input model reads).
 """
 
 from __future__ import annotations
@@ -31,12 +32,26 @@ SPLIT_BYTES = 1 << 30  # a model with more weights than this is written split ev
 _DATA_NAME = re.compile(r"\.[0-9a-f]{12}\.data$")
 
 
+def _tensors(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
+    """The initializers and tensor attributes of ``graph`` and of the subgraphs of its nodes (If, Loop)."""
+    tensors = list(graph.initializer)
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                tensors.append(a.t)
+            elif a.type == onnx.AttributeProto.TENSORS:
+                tensors.extend(a.tensors)
+            elif a.type == onnx.AttributeProto.GRAPH:
+                tensors.extend(_tensors(a.g))
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    tensors.extend(_tensors(g))
+    return tensors
+
+
 def external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
-    """The initializers and Constant-node tensors whose data lives in an external file."""
-    tensors = list(model.graph.initializer)
-    for node in model.graph.node:
-        tensors.extend(a.t for a in node.attribute if a.type == onnx.AttributeProto.TENSOR)
-    return [t for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL]
+    """The tensors (initializers, Constant nodes, in subgraphs too) whose data lives in an external file."""
+    return [t for t in _tensors(model.graph) if t.data_location == onnx.TensorProto.EXTERNAL]
 
 
 def _entries(t: onnx.TensorProto) -> dict[str, str]:
@@ -64,6 +79,9 @@ def _checked_span(t: onnx.TensorProto, model_path: str) -> tuple[str, int, int]:
                              "onnx.save(model, path, save_as_external_data=True)")
     folder = os.path.dirname(os.path.abspath(model_path))
     path = os.path.join(folder, *[p for p in parts if p not in ("", ".")])
+    if os.path.islink(path):
+        raise ModelLoadError(f"{where} keeps its data in {path}, a symbolic link, which ONNX does not "
+                             "follow; copy the file it points to in its place")
     if not os.path.isfile(path):
         raise ModelLoadError(f"{where} keeps its data in {path}, which "
                              f"{'is not a regular file' if os.path.exists(path) else 'does not exist'}; copy "
@@ -100,8 +118,10 @@ def load_into(model: onnx.ModelProto, model_path: str) -> bool:
 
 
 def should_split(model: onnx.ModelProto, came_split: bool) -> bool:
-    """Write an exported model split when its source was, or when its weights near protobuf's 2 GB limit."""
-    return came_split or sum(len(t.raw_data) for t in model.graph.initializer) > SPLIT_BYTES
+    """Write an exported model split when its source was, or when its weights near protobuf's 2 GB limit;
+    never when no tensor is large enough to leave the graph."""
+    sizes = [len(t.raw_data) for t in model.graph.initializer]
+    return any(n >= MIN_TENSOR_BYTES for n in sizes) and (came_split or sum(sizes) > SPLIT_BYTES)
 
 
 def save_split(model: onnx.ModelProto, path: str, write_model) -> str:
@@ -143,15 +163,33 @@ def save_split(model: onnx.ModelProto, path: str, write_model) -> str:
             entry = t.external_data.add()
             entry.key, entry.value = key, value
     write_model(model, path)
-    _remove_earlier(folder, base, keep=name)
     return os.path.join(folder, name)
 
 
-def _remove_earlier(folder: str, base: str, keep: str) -> None:
-    """Data files an earlier export to the same path wrote (``<base>.<12 hex>.data``), now unreferenced."""
-    for entry in os.listdir(folder):
-        if entry != keep and entry.startswith(base + ".") and _DATA_NAME.fullmatch(entry[len(base):]):
-            try:
-                os.unlink(os.path.join(folder, entry))
-            except OSError as e:
-                log.warning("could not remove the earlier data file %s (%s)", entry, e.strerror)
+def written_by_earlier_export(path: str) -> set[str]:
+    """The data files the model now at ``path`` points at that an export wrote for it
+    (``<name>.<12 hex>.data`` beside it): what replacing it leaves unreferenced. Empty when there is no
+    readable model there."""
+    folder, base = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    try:
+        earlier = onnx.load(path, load_external_data=False)
+    except Exception:  # noqa: BLE001 - nothing there, or not a model: nothing of ours to remove
+        return set()
+    found = set()
+    for t in external_tensors(earlier):
+        location = _entries(t).get("location", "")
+        ours = location.startswith(base + ".") and _DATA_NAME.fullmatch(location[len(base):])
+        if ours and "/" not in location:
+            found.add(os.path.join(folder, location))
+    return found
+
+
+def remove(files: set[str]) -> None:
+    """Remove data files no model points at any more (a failure is only logged)."""
+    for name in sorted(files):
+        try:
+            os.unlink(name)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("could not remove the earlier data file %s (%s)", name, e.strerror)

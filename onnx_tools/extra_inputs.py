@@ -65,7 +65,14 @@ def bake(model: onnx.ModelProto, values: dict[str, object]) -> dict[str, dict]:
     if unknown:
         raise ModelInputError(f"extra input '{unknown[0]}' ({CONFIG_KEY} / --extra-input) is not an input of "
                               f"the model; its inputs: {list(inputs)}")
+    images = [vi for vi in inputs.values() if _is_image_like(vi)]
+    if len(images) == 1 and images[0].name in values:
+        raise ModelInputError(f"input '{images[0].name}' is the image input: it cannot take a constant "
+                              f"value; leave it out of --extra-input / {CONFIG_KEY}")
     left = [vi for vi in inputs.values() if vi.name not in values]
+    if images and not left:
+        raise ModelInputError(f"every image-like input ({', '.join(vi.name for vi in images)}) was given a "
+                              f"value: leave the image's out of --extra-input / {CONFIG_KEY}")
     for vi in left:
         if not _is_image_like(vi):
             raise ModelInputError(f"input '{vi.name}' {dims_of(vi)} is not the image; "
@@ -76,12 +83,46 @@ def bake(model: onnx.ModelProto, values: dict[str, object]) -> dict[str, dict]:
                               f"image: give each of the others a constant value, e.g. "
                               + _advice(left[1].name, dims_of(left[1])))
     if not left:
-        return {}  # no image: find_image_input says so
+        return {}  # no image at all: find_image_input says so
     image = left[0]
     baked = {}
     for name, value in values.items():
         baked[name] = _bake_one(model, inputs[name], value, image.name)
     return baked
+
+
+def _numbers_only(value) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_numbers_only(v) for v in value)
+    number = isinstance(value, (int, float, np.integer, np.floating))
+    return number and not isinstance(value, (bool, np.bool_))
+
+
+def _checked_array(name: str, value, dtype: np.dtype) -> np.ndarray:
+    """``value`` as an array of ``dtype``: finite numbers only (no bool, null or text), whole numbers
+    within the type's range for an integer input."""
+    short = json.dumps(value)[:60] if _numbers_only(value) else repr(value)[:60]
+    where = f"input '{name}': value {short} (--extra-input / {CONFIG_KEY})"
+    if not _numbers_only(value):
+        raise ModelInputError(f"{where} must be a number or a list of numbers")
+    try:
+        exact = np.asarray(value, dtype=np.float64)
+    except (ValueError, OverflowError) as e:  # ragged lists
+        raise ModelInputError(f"{where} is not a rectangular list of numbers ({e})") from e
+    if not np.isfinite(exact).all():
+        raise ModelInputError(f"{where} holds a number that is not finite")
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        whole = (exact == np.round(exact)).all()
+        if not whole or exact.min(initial=0) < info.min or exact.max(initial=0) > info.max:
+            raise ModelInputError(f"{where} must be whole numbers in [{info.min}, {info.max}] "
+                                  f"({dtype.name} input)")
+        return np.asarray(value, dtype=dtype)  # exact for integers beyond float64's 2^53
+    if dtype.kind == "f" and np.abs(exact).max(initial=0) > np.finfo(dtype).max:
+        raise ModelInputError(f"{where} is too large for a {dtype.name} input")
+    if dtype.kind not in "fiub":
+        raise ModelInputError(f"{where}: the input's type {dtype.name} cannot take a constant value here")
+    return exact.astype(dtype)
 
 
 def _bake_one(model: onnx.ModelProto, vi: onnx.ValueInfoProto, value, image: str) -> dict:
@@ -93,11 +134,7 @@ def _bake_one(model: onnx.ModelProto, vi: onnx.ValueInfoProto, value, image: str
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
     batched = bool(dims) and (not isinstance(dims[0], int) or dims[0] == 1)
     per_image = tuple(dims[1:]) if batched else tuple(dims)
-    try:
-        array = np.asarray(value, dtype=dtype)
-    except (TypeError, ValueError) as e:
-        raise ModelInputError(f"input '{name}': value {value!r} ({CONFIG_KEY}) is not {dtype.name} "
-                              f"({e})") from e
+    array = _checked_array(name, value, dtype)
     if array.shape == ():
         array = np.full(per_image, array, dtype=dtype)
     elif batched and array.shape == (1, *per_image):

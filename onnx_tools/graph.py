@@ -37,8 +37,8 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     return read_model(path)[0]
 
 
-def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, bool]:
-    """:func:`load_model`, and whether the model kept weights in external data files."""
+def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, list[str]]:
+    """:func:`load_model`, and the external data files the model kept its weights in (absolute paths)."""
     from . import external_data
 
     path = os.fspath(path)
@@ -55,16 +55,15 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, bool]:
     if not model.graph.node or not model.opset_import:
         raise ModelLoadError(f"{path}: not an ONNX model (no graph nodes or opset); "
                              "check that the file is complete")
-    split = bool(external_data.external_tensors(model))
-    if split:
-        external_data.data_files(model, path)  # each tensor's file and bytes, before the checker's words
+    files = external_data.data_files(model, path)  # each tensor's file and bytes, before the checker's words
+    split = bool(files)
     try:  # a split model is checked from its file (its data is found from there, and may pass 2 GB)
         onnx.checker.check_model(path if split else model)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
         raise ModelLoadError(f"{path}: invalid ONNX model ({first}); check that the file is complete") from e
     external_data.load_into(model, path)
-    return model, split
+    return model, files
 
 
 # The names of ONNX's default operator domain; its opset is "the model's opset" everywhere in onnx_tools.

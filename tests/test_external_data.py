@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 from onnx_tools import export_file, read_contract
-from onnx_tools.errors import ModelLoadError
+from onnx_tools.errors import ExportError, ModelLoadError
 from onnx_tools.graph import load_model
 
 from .test_engine import check_against_reference, inspector_for, smooth_image
@@ -169,3 +169,80 @@ def test_unreadable_external_data_is_refused_naming_the_tensor_and_file(tmp_path
     message = str(e.value)
     assert expect in message and path in message and "tensor '" in message and "\n" not in message, message
     assert not (tmp_path / "o.sise.onnx").exists()
+
+
+def test_the_inputs_data_files_are_never_written_over_or_removed(dynamo_split, tmp_path):
+    """-o naming the input's own data file is refused; an input whose data file is named like an earlier
+    export's (<out>.<12 hex>.data) keeps it; a one-file export removes the data file of a split export
+    it replaces."""
+    _, source = dynamo_split
+    shutil.copy(source, tmp_path / "model.onnx")
+    shutil.copy(str(source) + ".data", tmp_path / "model.onnx.data")
+    before = (tmp_path / "model.onnx.data").read_bytes()
+    with pytest.raises(ExportError, match="is a data file of the input model"):
+        export_file(tmp_path / "model.onnx", tmp_path / "model.onnx.data")
+    assert (tmp_path / "model.onnx.data").read_bytes() == before
+    # the input's weights in a file named as an export to out.onnx would name its data
+    m = onnx.load(tmp_path / "model.onnx", load_external_data=False)
+    for t in m.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "out.onnx.0123456789ab.data"
+    onnx.save(m, tmp_path / "renamed.onnx")
+    os.replace(tmp_path / "model.onnx.data", tmp_path / "out.onnx.0123456789ab.data")
+    export_file(tmp_path / "renamed.onnx", tmp_path / "out.onnx")
+    assert (tmp_path / "out.onnx.0123456789ab.data").read_bytes() == before
+    load_model(tmp_path / "renamed.onnx")
+    # a one-file model exported to the same path: the split export's data file goes
+    plain = tmp_path / "plain.onnx"
+    onnx.save(load_model(tmp_path / "renamed.onnx"), plain)
+    split_data = [f for f in os.listdir(tmp_path)
+                  if f.startswith("out.onnx.") and f != "out.onnx.0123456789ab.data"]
+    assert len(split_data) == 1
+    export_file(plain, tmp_path / "out.onnx")  # ...written split only when its input was
+    assert not (tmp_path / split_data[0]).exists() and (tmp_path / "out.onnx.0123456789ab.data").exists()
+
+
+def test_external_data_inside_a_subgraph_is_read(tmp_path):
+    """A Constant inside an If branch whose tensor is kept in an external file (valid ONNX)."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.external_data_helper import set_external_data
+
+    rng = np.random.default_rng(0)
+    bias = rng.standard_normal((1, 8, 1, 1)).astype(np.float32)
+    branch_const = numpy_helper.from_array(np.zeros((1, 8, 1, 1), np.float32), "b")
+    (tmp_path / "branch.data").write_bytes(bias.tobytes())
+    set_external_data(branch_const, "branch.data", 0, bias.nbytes)
+    branch_const.ClearField("raw_data")
+    branch_const.data_location = TensorProto.EXTERNAL
+    then = helper.make_graph([helper.make_node("Constant", [], ["tb"], value=branch_const)], "then", [],
+                             [helper.make_tensor_value_info("tb", TensorProto.FLOAT, [1, 8, 1, 1])])
+    other = helper.make_graph([helper.make_node("Constant", [], ["eb"], value=numpy_helper.from_array(
+        np.zeros((1, 8, 1, 1), np.float32)))], "else", [],
+        [helper.make_tensor_value_info("eb", TensorProto.FLOAT, [1, 8, 1, 1])])
+    w = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    fc = numpy_helper.from_array(rng.standard_normal((8, 5)).astype(np.float32), "fc")
+    flag = numpy_helper.from_array(np.array(True), "flag")
+    nodes = [helper.make_node("Conv", ["image", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("If", ["flag"], ["bias"], then_branch=then, else_branch=other),
+             helper.make_node("Add", ["c", "bias"], ["a"]), helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("ReduceMean", ["r"], ["m"], axes=[2, 3], keepdims=0),
+             helper.make_node("MatMul", ["m", "fc"], ["logits"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                                         ["N", 3, 16, 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
+                              [w, fc, flag])
+    path = tmp_path / "model.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    path.write_bytes(model.SerializeToString())
+    export_file(path, tmp_path / "out.sise.onnx")
+    import onnxruntime as ort
+
+    x = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    original = session.run(["logits"], {"image": x})
+    exported = onnx.load(tmp_path / "out.sise.onnx")
+    c = read_contract(exported)
+    got = ort.InferenceSession(exported.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        [c.output_name], {"image": x, c.target_input: np.zeros((1, 5), np.float32)})
+    assert np.array_equal(got[0], original[0])

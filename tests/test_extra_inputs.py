@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -91,12 +92,49 @@ def test_the_value_is_written_into_the_graph_and_the_gradients_match_torch(dynam
 
 @pytest.mark.parametrize("value, expect", [
     ([1.0, 2.0], "needs a value of shape [4]"),
-    ("abc", "is not float32"),
+    ("abc", "must be a number or a list of numbers"),
+    ([1.0, None, 2.0, 3.0], "must be a number or a list of numbers"),
+    ([True, False, True, False], "must be a number or a list of numbers"),
+    (["1", "2", "3", "4"], "must be a number or a list of numbers"),
+    ([1.0, float("nan"), 2.0, 3.0], "not finite"),
+    ([1e400, 1.0, 2.0, 3.0], "not finite"),
+    ([1e39, 1.0, 2.0, 3.0], "too large for a float32 input"),
+    ([[1.0, 2.0], [3.0]], "not a rectangular list"),
 ])
 def test_a_value_of_the_wrong_shape_or_type_is_refused(value, expect):
     _, model = exported()
     with pytest.raises(ModelInputError, match=expect.replace("[", r"\[").replace("]", r"\]")):
         export_model(model, extra_inputs={"meta": value})
+
+
+@pytest.mark.parametrize("value, expect", [(3.7, "must be whole numbers"), (1e30, "must be whole numbers"),
+                                           (2, None), (-1, None)])
+def test_an_integer_input_takes_whole_numbers_in_its_range(value, expect):
+    """An index input (int64 [N, 1]) used by a Gather of the class scores' neighbours."""
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])
+    index = helper.make_tensor_value_info("idx", TensorProto.INT64, ["N", 1])
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])
+    weights = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    w = numpy_helper.from_array(weights, "w")
+    nodes = [helper.make_node("Conv", ["image", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("ReduceMean", ["r"], ["m"], axes=[2, 3], keepdims=0),
+             helper.make_node("Cast", ["idx"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Add", ["m", "f"], ["logits"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [image, index], [out], [w]),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    if expect is None:
+        result = export_model(model, extra_inputs={"idx": value})
+        assert result.contract.extra_inputs["idx"] == {"shape": ["N", 1], "dtype": "int64", "value": [value]}
+    else:
+        with pytest.raises(ModelInputError, match=expect):
+            export_model(model, extra_inputs={"idx": value})
+
+
+def test_the_image_cannot_take_a_value():
+    _, model = exported()
+    with pytest.raises(ModelInputError, match="input 'image' is the image input: it cannot take a constant"):
+        export_model(model, extra_inputs={"image": 0.5, "meta": META})
 
 
 def test_a_name_that_is_not_an_input_is_refused_listing_the_inputs():
