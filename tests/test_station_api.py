@@ -723,6 +723,15 @@ def test_key_3_offers_the_likeliest_other_defect_first_and_a_good_part_counts_no
     assert good["prediction"] in st.station.good_classes
     html = viewer.get(f"/parts/{good['result_id']}").text
     assert "Regions of evidence</h2>" in html and "neither drawn nor counted" in html
+    # the queue agrees: no region count for the good part; a failed part is not offered for review
+    failed = upload(st.client, "broken-77.png", png_header_only(20, 20) + b"key 3 test").json()["result_id"]
+    rows = viewer.get("/queue/rows?order=newest").text
+    good_row = rows.split(f'data-id="{good["result_id"]}"')[1].split("</tr>")[0]
+    part_row = rows.split(f'data-id="{part["result_id"]}"')[1].split("</tr>")[0]
+    good_cells, part_cells = (re.findall(r'<td class="num">([^<]*)</td>', r) for r in (good_row, part_row))
+    assert good_cells[1] == "" and part_cells[1] == str(len(part["regions"]))  # (confidence, regions)
+    failed_row = rows.split(f'data-id="{failed}"')[1].split("</tr>")[0]
+    assert "no explanation to review" in failed_row and 'class="todo"' not in failed_row
 
 
 # ----- 10. hostile names --------------------------------------------------------------------------------
