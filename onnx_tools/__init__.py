@@ -10,7 +10,7 @@ from .contract import SCORE_KINDS, TASKS, Contract, read_contract
 from .detection import BOXES, CLASSES, CONVENTIONS, OBJECTNESS, DetectionHead
 from .errors import ExportError
 from .export import analyse, export_file, export_model
-from .external_data import data_files, external_tensors, load_into
+from .external_data import data_files, external_tensors, load_into, point_at
 from .graph import dims_of, find_image_input
 from .interpolation import upsample_matrix
 from .sampler import (
@@ -59,6 +59,7 @@ __all__ = [
     "find_image_input",
     "idx_input",
     "load_into",
+    "point_at",
     "read_contract",
     "scores_of",
     "upsample_matrix",

@@ -117,6 +117,18 @@ def load_into(model: onnx.ModelProto, model_path: str) -> bool:
     return bool(tensors)
 
 
+def point_at(t: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    """Make ``t`` read its data from ``length`` bytes at ``offset`` of the file ``location`` (relative to
+    its model's folder), in place; its inline data is dropped."""
+    for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+        t.ClearField(field)
+    t.data_location = onnx.TensorProto.EXTERNAL
+    del t.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, value
+
+
 def should_split(model: onnx.ModelProto, came_split: bool) -> bool:
     """Write an exported model split when its source was, or when its weights near protobuf's 2 GB limit;
     never when no tensor is large enough to leave the graph."""
@@ -155,13 +167,7 @@ def save_split(model: onnx.ModelProto, path: str, write_model) -> str:
             os.unlink(tmp)
         raise ExportError(f"cannot write the model's data file in {folder} ({e.strerror or e})") from e
     for t, start, length in spans:
-        for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-            t.ClearField(field)
-        t.data_location = onnx.TensorProto.EXTERNAL
-        del t.external_data[:]
-        for key, value in (("location", name), ("offset", str(start)), ("length", str(length))):
-            entry = t.external_data.add()
-            entry.key, entry.value = key, value
+        point_at(t, name, start, length)
     write_model(model, path)
     return os.path.join(folder, name)
 

@@ -16,6 +16,8 @@ import os
 import onnx
 from onnx import numpy_helper
 
+import onnx_tools
+
 from ...common.atomic import open_atomic, remove_stale_parts
 
 log = logging.getLogger(__name__)
@@ -81,11 +83,5 @@ def externalise(proto: onnx.ModelProto, model_path: str, sha256: str) -> str | N
                     model_path, path)
     name = os.path.basename(path)
     for t, (start, length) in zip(tensors, spans):
-        for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-            t.ClearField(field)
-        t.data_location = onnx.TensorProto.EXTERNAL
-        del t.external_data[:]
-        for key, value in (("location", name), ("offset", str(start)), ("length", str(length))):
-            entry = t.external_data.add()
-            entry.key, entry.value = key, value
+        onnx_tools.point_at(t, name, start, length)
     return os.path.dirname(os.path.abspath(path))
