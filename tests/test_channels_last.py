@@ -64,7 +64,8 @@ class Reexported(nn.Module):
         return self.twin.fc(x.mean((1, 2)))
 
 
-def test_an_nhwc_internal_graph_has_the_blocks_of_its_nchw_twin():
+def twin_and_reexport() -> tuple[Twin, onnx.ModelProto]:
+    """The NCHW network and its NHWC re-export as an ONNX model (same weights)."""
     torch.manual_seed(0)
     twin = Twin().eval()
     f = io.BytesIO()
@@ -73,7 +74,12 @@ def test_an_nhwc_internal_graph_has_the_blocks_of_its_nchw_twin():
         torch.onnx.export(Reexported(twin).eval(), (torch.randn(1, 16, 16, 3),), f, dynamo=False,
                           opset_version=17, input_names=["image"], output_names=["logits"],
                           dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}})
-    nhwc = export_model(onnx.load_from_string(f.getvalue()))
+    return twin, onnx.load_from_string(f.getvalue())
+
+
+def test_an_nhwc_internal_graph_has_the_blocks_of_its_nchw_twin():
+    twin, reexported = twin_and_reexport()
+    nhwc = export_model(reexported)
     nchw = export_model(export_onnx(twin, (1, 3, 16, 16)))
     assert nhwc.contract.input_layout == "NHWC" and nchw.contract.input_layout == "NCHW"
     assert [b.shape for b in nhwc.contract.blocks] == [b.shape for b in nchw.contract.blocks] == \
@@ -94,22 +100,15 @@ def test_an_nhwc_internal_graph_has_the_blocks_of_its_nchw_twin():
         assert rel_err(outs[mine.act_output], act) <= 1e-5
         assert rel_err(outs[mine.grad_output], grad) <= 1e-4, mine.tensor
     same = run_model(nhwc.model, {c.input_name: x, c.target_input: target}, optimize=False)[c.output_name]
-    assert np.array_equal(same, run_model(onnx.load_from_string(f.getvalue()), {"image": x},
+    assert np.array_equal(same, run_model(reexported, {"image": x},
                                           optimize=False)["logits"])  # the inserted transposes are exact
 
 
 def test_the_engine_explains_the_reexport_as_its_nchw_twin(tmp_path):
     from .test_engine import inspector_for, pearson, smooth_image
 
-    torch.manual_seed(0)
-    twin = Twin().eval()
-    f = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Reexported(twin).eval(), (torch.randn(1, 16, 16, 3),), f, dynamo=False,
-                          opset_version=17, input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}})
-    onnx.save(export_model(onnx.load_from_string(f.getvalue())).model, tmp_path / "nhwc.sise.onnx")
+    twin, reexported = twin_and_reexport()
+    onnx.save(export_model(reexported).model, tmp_path / "nhwc.sise.onnx")
     onnx.save(export_model(export_onnx(twin, (1, 3, 16, 16))).model, tmp_path / "nchw.sise.onnx")
     image = smooth_image((1, 3, 16, 16))
     mine = inspector_for(str(tmp_path / "nhwc.sise.onnx")).explain(image, target=2)

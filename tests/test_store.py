@@ -274,6 +274,15 @@ def test_heartbeats_advance_while_a_run_works(store_url):
         assert store.run(run)["heartbeat_at"] > first
 
 
+def explained_result(store: Store) -> int:
+    """KEY recorded as explained (prediction class3) by a new run; its result id."""
+    run = new_run(store)
+    store.add_image(KEY.image_sha256, 10, "/x.png")
+    claim = store.claim(KEY, run, "/x.png")
+    store.finish(claim, run, done_fields(), scope="scope", path="/x.png", image_sha256=KEY.image_sha256)
+    return claim.result_id
+
+
 def _review_in_process(url: str, result_id: int, reviewer: str, labels: list, barrier, queue) -> None:
     store = Store(url)
     barrier.wait()
@@ -287,14 +296,11 @@ def test_reviewers_at_once_each_see_the_others_verdict_as_previous(store_url):
     """Four processes append five verdicts each to one result at the same moment: all 20 rows are kept,
     and each row's previous label is the label of the row before it (none read a stale "previous")."""
     with Store(store_url) as store:
-        run = new_run(store)
-        store.add_image(KEY.image_sha256, 10, "/x.png")
-        claim = store.claim(KEY, run, "/x.png")
-        store.finish(claim, run, done_fields(), scope="scope", path="/x.png", image_sha256=KEY.image_sha256)
+        result_id = explained_result(store)
     ctx = multiprocessing.get_context("spawn")
     barrier, queue = ctx.Barrier(4), ctx.Queue()
     procs = [ctx.Process(target=_review_in_process,
-                         args=(store_url, claim.result_id, f"r{k}", [f"r{k}-{i}" for i in range(5)], barrier,
+                         args=(store_url, result_id, f"r{k}", [f"r{k}-{i}" for i in range(5)], barrier,
                                queue))
              for k in range(4)]
     for p in procs:
@@ -337,14 +343,11 @@ def test_of_two_verdicts_given_at_once_on_what_both_saw_exactly_one_is_recorded(
     the row before it."""
     rounds = 50
     with Store(store_url) as store:
-        run = new_run(store)
-        store.add_image(KEY.image_sha256, 10, "/x.png")
-        claim = store.claim(KEY, run, "/x.png")
-        store.finish(claim, run, done_fields(), scope="scope", path="/x.png", image_sha256=KEY.image_sha256)
+        result_id = explained_result(store)
     ctx = multiprocessing.get_context("spawn")
     barrier, queue = ctx.Barrier(2), ctx.Queue()
     procs = [ctx.Process(target=_rounds_in_process,
-                         args=(store_url, claim.result_id, name, rounds, barrier, queue))
+                         args=(store_url, result_id, name, rounds, barrier, queue))
              for name in ("rita", "rob")]
     for p in procs:
         p.start()
@@ -364,21 +367,18 @@ def test_of_two_verdicts_given_at_once_on_what_both_saw_exactly_one_is_recorded(
 
 def test_the_same_verdict_again_moments_later_is_not_recorded_twice(store_url, monkeypatch):
     with Store(store_url) as store:
-        run = new_run(store)
-        store.add_image(KEY.image_sha256, 10, "/x.png")
-        claim = store.claim(KEY, run, "/x.png")
-        store.finish(claim, run, done_fields(), scope="scope", path="/x.png", image_sha256=KEY.image_sha256)
-        first = store.add_review(claim.result_id, verdict="confirm", label="class3", reviewer="rita")
+        result_id = explained_result(store)
+        first = store.add_review(result_id, verdict="confirm", label="class3", reviewer="rita")
         with pytest.raises(VerdictConflict, match=r"you gave this verdict \(confirm -> class3\) \d+ s ago"):
-            store.add_review(claim.result_id, verdict="confirm", label="class3", reviewer="rita")
+            store.add_review(result_id, verdict="confirm", label="class3", reviewer="rita")
         with pytest.raises(VerdictConflict, match="rita gave a verdict .* after the one you saw") as e:
-            store.add_review(claim.result_id, verdict="inconclusive", reviewer="rob", seen=0)
+            store.add_review(result_id, verdict="inconclusive", reviewer="rob", seen=0)
         assert e.value.newest["id"] == first["id"]
         again = {"verdict": "confirm", "label": "class3"}
-        store.add_review(claim.result_id, reviewer="rob", **again)  # another person
-        store.add_review(claim.result_id, reviewer="rita", **again)  # hers is no longer the newest
+        store.add_review(result_id, reviewer="rob", **again)  # another person
+        store.add_review(result_id, reviewer="rita", **again)  # hers is no longer the newest
         monkeypatch.setattr(store_module, "REPEAT_SECONDS", 0.0)
-        store.add_review(claim.result_id, reviewer="rita", **again)  # after the window
+        store.add_review(result_id, reviewer="rita", **again)  # after the window
         with store.begin() as conn:
             names = [r.reviewer for r in conn.execute(sa.select(reviews.c.reviewer).order_by(reviews.c.id))]
         assert names == ["rita", "rob", "rita", "rita"]
