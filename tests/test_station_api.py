@@ -734,6 +734,44 @@ def test_key_3_offers_the_likeliest_other_defect_first_and_a_good_part_counts_no
     assert "no explanation to review" in failed_row and 'class="todo"' not in failed_row
 
 
+def test_bulk_confirm_gives_each_listed_part_its_own_verdict_and_skips_one_reviewed_meanwhile(st, session):
+    """The bulk page lists unreviewed parts of one predicted class above a confidence; confirming needs
+    the 'I have looked' tick and the page's CSRF token; each part gets its own confirm row naming the
+    reviewer; a part someone reviewed after the list was shown keeps that verdict and is counted as
+    skipped; viewers cannot."""
+    made = [explained(st, f"bulk-{k}.png", variant("scratch", 881 + k))["result_id"] for k in range(4)]
+    reviewer, csrf = session("rita")
+    page = reviewer.get("/bulk?cls=scratch&min=0")
+    assert page.status_code == 200
+    listed = [int(x) for x in re.search(r'name="ids" value="([0-9,]+)"', page.text).group(1).split(",")]
+    assert set(made) <= set(listed) and all(f'src="/parts/{i}/original"' in page.text for i in made)
+    assert listed == sorted(listed, reverse=True)  # newest first
+    form = {"cls": "scratch", "min": "0", "ids": ",".join(map(str, listed)), "csrf_token": csrf}
+    untouched = count(st, reviews)
+    for bad in ({"looked": ""}, {"looked": "1", "csrf_token": "forged"}):
+        r = reviewer.post("/bulk/confirm", data={**form, **bad}, follow_redirects=False)
+        assert r.status_code == 303
+    viewer, viewer_csrf = session("vic")
+    assert viewer.post("/bulk/confirm", data={**form, "looked": "1", "csrf_token": viewer_csrf},
+                       follow_redirects=False).status_code == 403
+    assert count(st, reviews) == untouched
+    assert api_review(st, made[1], {"verdict": "overrule", "label": "pits"}, "rob").status_code == 201
+    r = reviewer.post("/bulk/confirm", data={**form, "looked": "1"}, follow_redirects=False)
+    assert r.status_code == 303
+    shown = reviewer.get(r.headers["location"]).text
+    assert f"confirmed {len(listed) - 1} part(s) as scratch; 1 skipped" in shown
+    for rid in listed:
+        rows = review_rows(st, rid)
+        if rid == made[1]:
+            assert [(x["reviewer"], x["verdict"], x["label"]) for x in rows] == [("rob", "overrule", "pits")]
+        else:
+            got = [(x["reviewer"], x["verdict"], x["label"], x["previous_label"], x["note"]) for x in rows]
+            assert got == [("rita", "confirm", "scratch", "scratch", "bulk confirm")]
+    # the list is empty now, and a message in a link is not shown unless the station signed it
+    again = reviewer.get("/bulk?cls=scratch&min=0&done=confirmed+everything").text
+    assert 'name="ids"' not in again and "confirmed everything" not in again
+
+
 # ----- 10. hostile names --------------------------------------------------------------------------------
 def test_hostile_file_names_are_escaped(st, session):
     hostile = "<script>alert(1)</script>.png"

@@ -125,15 +125,18 @@ def load_part(station: Station, result_id: int) -> dict:
 
 
 # ----- messages a page shows ----------------------------------------------------------------------------
-def signed(message: str) -> dict:
-    """Query parameters carrying a message the station wrote: pages show only messages whose signature
-    holds, so a link cannot put words of its own into the station's alert box."""
-    return {"error": message, "sig": hmac.new(_MESSAGE_KEY, message.encode(), "sha256").hexdigest()[:32]}
+def signed(message: str, field: str = "error") -> dict:
+    """Query parameters carrying a message the station wrote (under ``field``: "error", or "done" for a
+    report of work done): pages show only messages whose signature holds, so a link cannot put words of
+    its own into the station's alert box."""
+    digest = hmac.new(_MESSAGE_KEY, f"{field}:{message}".encode(), "sha256").hexdigest()[:32]
+    return {field: message, "sig" if field == "error" else f"{field}_sig": digest}
 
 
-def shown_message(request: Request) -> str | None:
-    message, sig = request.query_params.get("error"), request.query_params.get("sig", "")
-    if message and hmac.compare_digest(signed(message)["sig"], sig):
+def shown_message(request: Request, field: str = "error") -> str | None:
+    key = "sig" if field == "error" else f"{field}_sig"
+    message, sig = request.query_params.get(field), request.query_params.get(key, "")
+    if message and hmac.compare_digest(signed(message, field)[key], sig):
         return message
     return None
 

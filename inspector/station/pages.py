@@ -157,6 +157,65 @@ def queue_rows(f: QueueFilters, user: Viewer, request: Request, station: Station
     return response
 
 
+# ----- bulk confirm -------------------------------------------------------------------------------------
+@router.get("/bulk", response_class=HTMLResponse)
+def bulk_page(
+    user: Reviewer,
+    request: Request,
+    station: StationDep,
+    cls: Annotated[str, Query(max_length=200)] = "",
+    min_confidence: Annotated[float, Query(alias="min", ge=0.0, le=1.0)] = 0.98,
+):
+    """Unreviewed parts of one predicted class above a confidence, with their pictures, to confirm at
+    once (each still gets its own verdict row)."""
+    rows, total = queries.bulk_candidates(station.store, cls, min_confidence) if cls else ([], 0)
+    return render(request, "bulk.html", user, rows=rows, total=total, cls=cls, min_confidence=min_confidence,
+                  limit=queries.BULK_LIMIT, error=shown_message(request), done=shown_message(request, "done"))
+
+
+@router.post("/bulk/confirm")
+def bulk_confirm(
+    user: Reviewer,
+    request: Request,
+    station: StationDep,
+    cls: Annotated[str, Form(max_length=200)],
+    ids: Annotated[str, Form(max_length=20 * queries.BULK_LIMIT)],
+    min_confidence: Annotated[float, Form(alias="min", ge=0.0, le=1.0)] = 0.98,
+    looked: Annotated[str, Form()] = "",
+    csrf_token: Annotated[str, Form()] = "",
+):
+    """Confirm each listed part as ``cls``: one verdict row per part, naming the reviewer; a part that got
+    a verdict since the list was shown (or is no longer predicted ``cls``) is skipped and counted."""
+    back = "/bulk?" + urlencode({"cls": cls, "min": min_confidence})
+    if not csrf_ok(request, user, csrf_token):
+        return RedirectResponse(back + "&" + urlencode(signed(
+            "the page was out of date (logged in again elsewhere?); nothing was recorded")), status_code=303)
+    if looked != "1":
+        return RedirectResponse(back + "&" + urlencode(signed(
+            "tick 'I have looked at these parts' to confirm them; nothing was recorded")), status_code=303)
+    try:
+        wanted = [int(x) for x in ids.split(",") if x.strip()]
+    except ValueError:
+        raise HTTPException(422, "ids: a comma-separated list of part numbers") from None
+    if not wanted or len(wanted) > queries.BULK_LIMIT or any(not 0 < i <= MAX_ID for i in wanted):
+        raise HTTPException(422, f"ids: 1 to {queries.BULK_LIMIT} part numbers")
+    confirmed, skipped = 0, 0
+    for result_id in dict.fromkeys(wanted):
+        row = queries.part(station.store, result_id)
+        if row is None or row["status"] != "done" or row["prediction_name"] != cls:
+            skipped += 1
+            continue
+        try:  # seen=0: only a part that still has no verdict is confirmed
+            record_verdict(station, row, "confirm", None, "bulk confirm", user.username, seen=0)
+            confirmed += 1
+        except (VerdictError, VerdictConflict):
+            skipped += 1
+    message = f"confirmed {confirmed} part(s) as {cls}" + (
+        f"; {skipped} skipped (a verdict was given on them meanwhile, or they are no longer predicted {cls})"
+        if skipped else "")
+    return RedirectResponse(back + "&" + urlencode(signed(message, "done")), status_code=303)
+
+
 # ----- one part -----------------------------------------------------------------------------------------
 @router.get("/parts/{result_id}", response_class=HTMLResponse)
 def part_page(

@@ -302,6 +302,22 @@ def reviewed_parts(store: Store) -> list[dict]:
         return [_with_utc(r) for r in conn.execute(query).mappings()]
 
 
+BULK_LIMIT = 200  # parts one bulk confirmation may cover
+
+
+def bulk_candidates(store: Store, cls: str, min_confidence: float) -> tuple[list[dict], int]:
+    """(explained parts predicted ``cls`` with a confidence of at least ``min_confidence`` and no verdict
+    yet, newest first, at most BULK_LIMIT; how many match in all)."""
+    query, latest = _parts(results.c.id, results.c.source_path, results.c.confidence, results.c.finished_at)
+    query = query.where(results.c.status == "done", results.c.prediction_name == cls,
+                        results.c.confidence >= min_confidence, latest.c.verdict.is_(None))
+    with store.read() as conn:
+        total = conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
+        rows = conn.execute(query.order_by(results.c.finished_at.desc(), results.c.id.desc())
+                            .limit(BULK_LIMIT)).mappings().all()
+    return [_with_utc(r) for r in rows], total
+
+
 def counts(store: Store) -> dict:
     """Figures for /metrics that live in the store: parts by status, parts without a verdict."""
     latest = _latest_review()
