@@ -76,16 +76,22 @@ def evaluate_image(insp: Inspector, image_path: str, mask: np.ndarray, target: i
 
 
 def summarise(rows: list[dict], methods: list[str]) -> list[dict]:
+    return mean_by_bin(rows, methods, COLUMNS, ("ebpg", "miou", "bbox", "drop", "increase"), "images")
+
+
+def mean_by_bin(rows: list[dict], methods: list[str], columns, percent, count: str) -> list[dict]:
+    """Per method and size bin ("all" first, then SIZE_BINS): the row count (under ``count``) and the mean
+    of each of ``columns``, those in ``percent`` times 100. Bins without rows are left out."""
     table = []
     for method in methods:
         for name in ("all",) + tuple(b[0] for b in SIZE_BINS):
             sel = [r for r in rows if r["method"] == method and (name == "all" or r["size_bin"] == name)]
             if not sel:
                 continue
-            entry = {"method": method, "bin": name, "images": len(sel)}
-            for col in COLUMNS:
+            entry = {"method": method, "bin": name, count: len(sel)}
+            for col in columns:
                 value = float(np.mean([r[col] for r in sel]))
-                entry[col] = 100 * value if col in ("ebpg", "miou", "bbox", "drop", "increase") else value
+                entry[col] = 100 * value if col in percent else value
             table.append(entry)
     return table
 

@@ -29,7 +29,7 @@ from ..engine.method.nms import iou
 from ..engine.runtime import preprocess as pre
 from ..errors import InspectorError
 from . import metrics as M
-from .evaluate import SIZE_BINS, size_bin
+from .evaluate import mean_by_bin, size_bin
 
 COLUMNS = ("ebpg", "pointing", "bbox", "deletion", "insertion", "seconds", "masks", "passes")
 MATCH_IOU = 0.5
@@ -112,18 +112,7 @@ def evaluate_scene(insp: Inspector, data: str, entry: dict, methods: list[str]) 
 
 
 def summarise(rows: list[dict], methods: list[str]) -> list[dict]:
-    table = []
-    for method in methods:
-        for name in ("all",) + tuple(b[0] for b in SIZE_BINS):
-            sel = [r for r in rows if r["method"] == method and (name == "all" or r["size_bin"] == name)]
-            if not sel:
-                continue
-            entry = {"method": method, "bin": name, "detections": len(sel)}
-            for col in COLUMNS:
-                value = float(np.mean([r[col] for r in sel]))
-                entry[col] = 100 * value if col in ("ebpg", "pointing", "bbox") else value
-            table.append(entry)
-    return table
+    return mean_by_bin(rows, methods, COLUMNS, ("ebpg", "pointing", "bbox"), "detections")
 
 
 def markdown(table: list[dict]) -> str:
