@@ -31,6 +31,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from train_example import Block  # the bundled classifier's residual block, the backbone's too
 
 from inspector.engine.method.nms import detect, iou
 from inspector.quality.synthetic import CLASSES, scene, write_scenes
@@ -47,18 +50,6 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "inspector"
 
 def conv_bn(cin, cout, k=3, stride=1):
     return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
-
-
-class Block(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
-                                  nn.ReLU(), nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
-        self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-        self.relu = nn.ReLU()
-
-    def forward(self, x):
-        return self.relu(self.body(x) + self.short(x))
 
 
 class DefectYolo(nn.Module):
