@@ -210,12 +210,14 @@ def test_the_api_returns_the_detections_with_their_files(station):
     assert [d["box"] for d in listed[-1]["detections"]] == [d["box"] for d in body["detections"]]
     page = client.get(body["part_url"]).text
     assert "Detections (4)" in page and page.count('data-src="/parts/') == 5  # all, then each detection
-    cut = client.get(f"/parts/{body['result_id']}/overlay-cut", params={"kind": "overlay.2"})
+    cut_url = f"/parts/{body['result_id']}/picture"
+    cut = client.get(cut_url, params={"what": "overlay.2", "size": "full"})
     assert cut.status_code == 200
-    assert cv2.imdecode(np.frombuffer(cut.content, np.uint8), cv2.IMREAD_COLOR).shape == (80, 96, 3)
-    cut_url = f"/parts/{body['result_id']}/overlay-cut"
-    assert client.get(cut_url, params={"kind": "npz"}).status_code == 422
-    assert client.get(cut_url, params={"kind": "overlay.9"}).status_code == 404
+    cut_shape = cv2.imdecode(np.frombuffer(cut.content, np.uint8), cv2.IMREAD_COLOR).shape
+    k = cut_shape[0] // 80  # a small image's overlay is drawn enlarged k times, and served so
+    assert k >= 1 and cut_shape == (80 * k, 96 * k, 3)
+    assert client.get(cut_url, params={"what": "npz"}).status_code == 422
+    assert client.get(cut_url, params={"what": "overlay.9"}).status_code == 404
     assert '<option value="ok">ok</option>' in page  # a part can be overruled to "no defect"
 
 

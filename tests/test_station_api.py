@@ -43,8 +43,10 @@ PASSWORDS = {
     "vic": "viewer-pass",  # viewer
     "ada": "admin-pass",  # admin
     "dora": "disabled-pass",  # reviewer, disabled by a test
+    "ulla": "undo-pass",  # reviewer, whose verdicts only the undo test gives
 }
-ROLES = {"rita": "reviewer", "rob": "reviewer", "vic": "viewer", "ada": "admin", "dora": "reviewer"}
+ROLES = {"rita": "reviewer", "rob": "reviewer", "vic": "viewer", "ada": "admin", "dora": "reviewer",
+         "ulla": "reviewer"}
 CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
 
 
@@ -524,7 +526,8 @@ def test_artifact_paths_cannot_leave_the_station(st, session):
             conn.execute(sa.update(artifacts).where(artifacts.c.result_id == rid, artifacts.c.kind == kind)
                          .values(path=path))
     for url in (f"/artifacts/{rid}/overlay", f"/artifacts/{rid}/layers", f"/artifacts/{rid}/npz",
-                f"/parts/{rid}/overlay-cut"):
+                f"/parts/{rid}/picture?what=overlay&size=full",
+                f"/parts/{rid}/picture?what=overlay&size=thumb"):
         r = viewer.get(url)
         assert r.status_code == 404, (url, r.status_code)
         assert b"root:" not in r.content
@@ -731,7 +734,7 @@ def test_key_3_offers_the_likeliest_other_defect_first_and_a_good_part_counts_no
     good_cells, part_cells = (re.findall(r'<td class="num">([^<]*)</td>', r) for r in (good_row, part_row))
     assert good_cells[1] == "" and part_cells[1] == str(len(part["regions"]))  # (confidence, regions)
     failed_row = rows.split(f'data-id="{failed}"')[1].split("</tr>")[0]
-    assert "no explanation to review" in failed_row and 'class="todo"' not in failed_row
+    assert "failed: to acknowledge" in failed_row and "to review" not in failed_row
 
 
 def test_bulk_confirm_gives_each_listed_part_its_own_verdict_and_skips_one_reviewed_meanwhile(st, session):
@@ -744,7 +747,8 @@ def test_bulk_confirm_gives_each_listed_part_its_own_verdict_and_skips_one_revie
     page = reviewer.get("/bulk?cls=scratch&min=0")
     assert page.status_code == 200
     listed = [int(x) for x in re.search(r'name="ids" value="([0-9,]+)"', page.text).group(1).split(",")]
-    assert set(made) <= set(listed) and all(f'src="/parts/{i}/original"' in page.text for i in made)
+    assert set(made) <= set(listed)
+    assert all(f'src="/parts/{i}/picture?what=overlay&amp;size=thumb"' in page.text for i in made)
     assert listed == sorted(listed, reverse=True)  # newest first
     form = {"cls": "scratch", "min": "0", "ids": ",".join(map(str, listed)), "csrf_token": csrf}
     untouched = count(st, reviews)
@@ -1046,3 +1050,167 @@ def test_the_station_serves_the_one_stylesheet_the_documents_inline(st):
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/css")
     assert r.text == documents.stylesheet() and "table.queue" in r.text
     assert st.client.get("/static/station.js").status_code == 200  # the rest of /static still served
+
+
+# ----- undo, failed parts, pictures, the reference part ------------------------------------------------
+def _form(client, url: str, csrf: str, **data):
+    """POST a page's form; (where it sends the browser, the page shown there)."""
+    r = client.post(url, data={"csrf_token": csrf, **data}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    return r.headers["location"], client.get(r.headers["location"]).text
+
+
+def test_undo_takes_back_the_reviewers_last_verdict_as_a_new_row(st, session):
+    """u (POST /undo) takes back the reviewer's own newest verdict, newest first, and shows that part;
+    the part is unreviewed again when nothing stands; nothing is deleted; someone else's later verdict
+    refuses it; CSRF and the role hold."""
+    a, b = (explained(st, f"undo-{k}.png", variant("pits", 901 + k))["result_id"] for k in range(2))
+    ulla, csrf = session("ulla")
+    for part in (a, b):
+        _form(ulla, f"/parts/{part}/review", csrf, verdict="confirm", seen="0")
+    assert _form(ulla, "/undo", "forged", back="/queue")[1].count("nothing was recorded") == 1
+    where, page = _form(ulla, "/undo", csrf, back="/queue")
+    assert where.startswith(f"/parts/{b}?")
+    assert f"undone: your verdict (confirm -&gt; pits) on part #{b}; it is now no verdict: to review" in page
+    assert "confirm (undone)" in page and "pits → no verdict" in page
+    unreviewed = [r["id"] for r in queue_rows(ulla.get("/queue/rows?unreviewed=1&order=newest").text)]
+    assert b in unreviewed and a not in unreviewed
+    api_review(st, a, {"verdict": "overrule", "label": "crack"}, "rob")  # rob's verdict after ulla's on a
+    _, page = _form(ulla, "/undo", csrf, back=f"/parts/{b}")
+    assert f"nothing was undone: rob gave a verdict on part #{a} after yours" in page
+    assert [(r["reviewer"], r["verdict"], r["undoes"]) for r in review_rows(st, b)] == [
+        ("ulla", "confirm", None), ("ulla", "undo", review_rows(st, b)[0]["id"])]
+    assert [r["reviewer"] for r in review_rows(st, a)] == ["ulla", "rob"]
+    viewer, viewer_csrf = session("vic")
+    assert viewer.post("/undo", data={"csrf_token": viewer_csrf}, follow_redirects=False).status_code == 403
+    # the line's API: the same rule, the row in the verdict feed
+    assert api_review(st, b, {"verdict": "inconclusive"}, "ulla").status_code == 201
+    undone = st.client.post("/api/v1/undo", auth=basic("ulla"))
+    assert undone.status_code == 201 and undone.json()["verdict"] == "undo" and undone.json()["label"] is None
+    assert st.client.post("/api/v1/undo", auth=basic("ulla")).status_code == 409  # a's is behind rob's
+    feed = st.client.get("/api/v1/reviews", params={"after_id": undone.json()["review_id"] - 1},
+                         auth=basic("vic")).json()["reviews"]
+    assert [(r["verdict"], r["undoes"]) for r in feed] == [("undo", undone.json()["undoes"])]
+    assert st.client.post("/api/v1/undo", auth=basic("vic")).status_code == 403
+
+
+def test_a_failed_part_is_acknowledged_or_explained_again(st, session, monkeypatch):
+    """A part that failed to explain: listed under the failed filter (not as 'to review'), its page gives
+    the reason and where the file is now; acknowledge and explain again are recorded like verdicts; a
+    failure of the engine explained again becomes an explained part."""
+    from inspector.jobs import record
+
+    broken = upload(st.client, "broken-91.png", png_header_only(30, 30) + b"failed test").json()["result_id"]
+    calls = []
+
+    def out_of_memory(insp, images, target, names):
+        calls.append(names)
+        return [RuntimeError("CUDA out of memory (simulated)") for _ in images]
+
+    monkeypatch.setattr(record, "_explain_images", out_of_memory)
+    data = variant("crack", 911)
+    oom = upload(st.client, "oom-91.png", data).json()
+    assert oom["status"] == "failed" and len(calls) == 1
+    monkeypatch.undo()
+    rita, csrf = session("rita")
+    failed = {r["id"]: r for r in queue_rows(rita.get("/queue/rows?failed=1&order=newest").text)}
+    assert {broken, oom["result_id"]} <= set(failed) and {r["kind"] for r in failed.values()} == {"failed"}
+    assert not any(r["kind"] == "failed" for r in queue_rows(rita.get("/queue/rows?unreviewed=1").text))
+    page = rita.get(f"/parts/{broken}").text
+    assert "not a readable image" in page and "not acknowledged" in page
+    kept = sha256(png_header_only(30, 30) + b"failed test")
+    where_now = os.path.join(st.out, UPLOAD_DIR, kept, "broken-91.png")
+    assert f"The file is now: <code>{where_now}</code>" in page
+
+    _, page = _form(rita, f"/parts/{broken}/acknowledge", csrf, comment="camera cable loose", seen="0")
+    rows = review_rows(st, broken)
+    assert [(r["verdict"], r["label"], r["note"]) for r in rows] == [
+        ("acknowledge", None, "camera cable loose")]
+    listed = rita.get("/queue/rows?failed=1&order=newest").text
+    row_html = listed.split(f'data-id="{broken}"')[1].split("</tr>")[0]
+    assert "failure acknowledged" in row_html and "rita" in row_html
+    _, page = _form(rita, f"/parts/{broken}/explain-again", csrf)
+    assert "failed again:" in page and "not a readable image" in page
+    assert review_rows(st, broken)[-1]["verdict"] == "explain_again"
+    _, page = _form(rita, f"/parts/{broken}/review", csrf, verdict="confirm", seen="0")
+    assert count(st, reviews, reviews.c.result_id == broken, reviews.c.verdict == "confirm") == 0
+
+    where, page = _form(rita, f"/parts/{oom['result_id']}/explain-again", csrf)
+    assert where.startswith(f"/parts/{oom['result_id']}?")
+    assert "explained: the part now has its explanation" in page and 'id="review"' in page
+    again = st.client.get(f"/api/v1/results/{oom['result_id']}", auth=basic("vic")).json()
+    expected = Inspector.from_config(CONFIG).explain(rgb(data))
+    assert again["status"] == "done" and again["prediction"] == st.station.classes[expected.predicted]
+    assert [(r["verdict"], r["reviewer"]) for r in review_rows(st, oom["result_id"])] == [
+        ("explain_again", "rita")]
+    unreviewed = queue_rows(rita.get("/queue/rows?unreviewed=1&order=newest").text)
+    assert oom["result_id"] in [r["id"] for r in unreviewed]
+
+
+def test_pictures_are_bounded_previews_until_zoomed_and_full_resolution_after(st, session):
+    """A 2400x1800 part: the page's pictures are 1600 px previews (the original's bytes only at full
+    size), thumbnails 192 px; the full overlay has the original's size and is the overlay file's image
+    area (found here from the file's bottom-left corner, not by the station's own geometry)."""
+    rng = np.random.default_rng(3)
+    big = cv2.resize(cv2.imdecode(np.frombuffer(sample("scratch"), np.uint8), cv2.IMREAD_COLOR), (2400, 1800))
+    big = np.clip(big.astype(int) + rng.integers(-3, 4, big.shape), 0, 255).astype(np.uint8)
+    data = cv2.imencode(".png", big)[1].tobytes()
+    part = explained(st, "big-scratch.png", data)["result_id"]
+    viewer, _ = session("vic")
+    page = viewer.get(f"/parts/{part}").text
+    assert 'data-width="2400" data-height="1800"' in page
+
+    def shape(url):
+        r = viewer.get(url)
+        assert r.status_code == 200, (url, r.text)
+        return r, cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR)
+
+    for what in ("original", "overlay"):
+        assert shape(f"/parts/{part}/picture?what={what}&size=preview")[1].shape == (1200, 1600, 3)
+        assert shape(f"/parts/{part}/picture?what={what}&size=thumb")[1].shape == (144, 192, 3)
+    full, _ = shape(f"/parts/{part}/picture?what=original&size=full")
+    assert full.content == data
+    _, cut = shape(f"/parts/{part}/picture?what=overlay&size=full")
+    drawn = cv2.imread(os.path.join(st.out, review_overlay_path(st, part)), cv2.IMREAD_COLOR)
+    assert cut.shape == (1800, 2400, 3)
+    assert np.abs(cut.astype(int) - drawn[-1800:, :2400].astype(int)).mean() < 2.0  # JPEG, quality 92
+    preview_bytes = sum(len(viewer.get(f"/parts/{part}/picture?what={w}&size=preview").content)
+                        for w in ("original", "overlay"))
+    assert preview_bytes < len(data) / 4
+
+
+def review_overlay_path(st, part: int) -> str:
+    return db(st, sa.select(artifacts.c.path).where(artifacts.c.result_id == part,
+                                                     artifacts.c.kind == "overlay"))[0]["path"]
+
+
+def test_the_reference_part_is_the_last_one_labelled_good_or_the_golden_image(st, session, tmp_path):
+    reject = explained(st, "ref-crack.png", variant("crack", 931))["result_id"]
+    good = explained(st, "ref-ok.png", variant("ok", 932))["result_id"]
+    assert api_review(st, good, {"verdict": "confirm"}, "rob").status_code == 201
+    viewer, _ = session("vic")
+    page = viewer.get(f"/parts/{reject}").text
+    assert f'data-src="/parts/{good}/picture?what=original&amp;size=preview"' in page
+    assert f"Reference: part #{good}, labelled ok by rob" in page
+    assert viewer.get(f"/parts/{good}/picture?what=original&size=preview").status_code == 200
+
+    golden = tmp_path / "golden.png"
+    golden.write_bytes(sample("ok"))
+    settings = StationSettings(config=CONFIG, out_dir=str(tmp_path / "g"), reference=str(golden))
+    station = Station(settings, insp=st.station.insp)
+    auth.add_user(station.store, "vic", PASSWORDS["vic"], "viewer")
+    with TestClient(create_app(station)) as client:
+        station.explain_upload(sample("crack"), "c.png")
+        client.get("/login")
+        client.post("/login", data={"username": "vic", "password": PASSWORDS["vic"],
+                                    "token": client.cookies.get("sise_login")})
+        page = client.get("/parts/1").text
+        assert "Reference: golden image golden.png" in page and 'data-src="/reference?size=preview"' in page
+        served = cv2.imdecode(np.frombuffer(client.get("/reference").content, np.uint8), cv2.IMREAD_COLOR)
+        diff = {name: np.abs(served.astype(int) - cv2.imdecode(np.frombuffer(sample(name), np.uint8),
+                                                                cv2.IMREAD_COLOR).astype(int)).mean()
+                for name in ("ok", "crack")}
+        assert diff["ok"] < 5 < 2 * diff["ok"] < diff["crack"], diff  # the golden image (a JPEG of it)
+    golden.write_bytes(b"not an image")
+    with pytest.raises(inspector.errors.InspectorError, match="--reference .*golden.png"):
+        Station(settings, insp=st.station.insp)

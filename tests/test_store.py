@@ -214,7 +214,7 @@ def test_a_version_1_store_is_upgraded_with_its_data(store_url):
     engine.dispose()
     with Store(store_url) as store:
         with store.begin() as conn:
-            assert conn.execute(sa.select(schema_version.c.version)).scalar_one() == SCHEMA_VERSION == 5
+            assert conn.execute(sa.select(schema_version.c.version)).scalar_one() == SCHEMA_VERSION == 6
             assert "ix_results_finished" in {i["name"] for i in sa.inspect(conn).get_indexes("results")}
             tables = set(sa.inspect(conn).get_table_names())
             assert {"users", "sessions", "login_failures", "detections"} <= tables
@@ -382,6 +382,98 @@ def test_the_same_verdict_again_moments_later_is_not_recorded_twice(store_url, m
         with store.begin() as conn:
             names = [r.reviewer for r in conn.execute(sa.select(reviews.c.reviewer).order_by(reviews.c.id))]
         assert names == ["rita", "rob", "rita", "rita"]
+
+
+def _history(store: Store, result_id: int) -> list[tuple]:
+    with store.begin() as conn:
+        return [tuple(r) for r in conn.execute(
+            sa.select(reviews.c.reviewer, reviews.c.verdict, reviews.c.label, reviews.c.previous_label,
+                      reviews.c.undoes).where(reviews.c.result_id == result_id).order_by(reviews.c.id))]
+
+
+def _standing_label(store: Store, result_id: int):
+    """The label in force, read the way the station's queries read it (newest standing verdict)."""
+    from inspector.station import queries
+
+    row = queries.part(store, result_id)
+    return row["verdict"], row["review_label"]
+
+
+def test_undo_appends_a_row_that_restores_the_label_before(store_url):
+    """u undoes the reviewer's newest standing verdict: a new row names it (nothing deleted); the label
+    before comes back (no verdict at all after undoing a first one: the part is unreviewed again, in the
+    queue's filter too); pressed again it undoes the one before; someone else's later verdict, or the
+    time window, refuse it."""
+    from inspector.station import queries
+
+    with Store(store_url) as store:
+        part = explained_result(store)
+        first = store.add_review(part, verdict="overrule", label="class1", reviewer="rita")
+        second = store.add_review(part, verdict="confirm", label="class1", reviewer="rita")
+        undo = store.undo_review("rita")
+        assert (undo["undoes"], undo["label"], undo["previous_label"]) == (second["id"], "class1", "class1")
+        assert _standing_label(store, part) == ("overrule", "class1")
+        store.undo_review("rita")  # the one before: back to no verdict
+        assert _standing_label(store, part) == (None, None)
+        unreviewed = queries.queue(store, queries.Filters(unreviewed=True))[0]
+        assert [r["id"] for r in unreviewed] == [part]
+        with pytest.raises(VerdictConflict, match="no verdict to undo"):
+            store.undo_review("rita")
+        # the next verdict's previous label skips the undone ones: the model's label is in force again
+        third = store.add_review(part, verdict="inconclusive", reviewer="rita")
+        assert third["previous_label"] == "class3"
+        store.add_review(part, verdict="confirm", label="class3", reviewer="rob")
+        with pytest.raises(VerdictConflict, match=f"rob gave a verdict on part #{part} after yours"):
+            store.undo_review("rita")
+        with pytest.raises(VerdictConflict, match="longer than the 0-minute undo window"):
+            store.undo_review("rob", within=0.0)
+        assert _history(store, part) == [
+            ("rita", "overrule", "class1", "class3", None),
+            ("rita", "confirm", "class1", "class1", None),
+            ("rita", "undo", "class1", "class1", second["id"]),
+            ("rita", "undo", None, "class1", first["id"]),
+            ("rita", "inconclusive", None, "class3", None),
+            ("rob", "confirm", "class3", None, None),
+        ]
+        exported = {r["id"]: r["review_label"] for r in queries.reviewed_parts(store)}
+        assert exported == {part: "class3"}
+
+
+def test_failed_parts_take_actions_not_verdicts(store_url):
+    with Store(store_url) as store:
+        run = new_run(store)
+        store.add_image(KEY.image_sha256, 10, "/x.png")
+        claim = store.claim(KEY, run, "/x.png")
+        store.finish(claim, run, {"status": "failed", "error": "truncated file", "retryable": True},
+                     scope="scope", path="/x.png", image_sha256=KEY.image_sha256)
+        with pytest.raises(StoreError, match="'confirm' cannot be recorded \\(its status is failed\\)"):
+            store.add_review(claim.result_id, verdict="confirm", label="class3", reviewer="rita")
+        store.add_review(claim.result_id, verdict="acknowledge", reviewer="rita", note="camera cable")
+        with pytest.raises(VerdictConflict, match="not recorded twice"):
+            store.add_review(claim.result_id, verdict="acknowledge", reviewer="rita")
+        with pytest.raises(VerdictConflict, match="no verdict to undo"):  # an action is not a verdict
+            store.undo_review("rita")
+        from inspector.station import queries
+
+        failed = queries.queue(store, queries.Filters(failed=True))[0]
+        assert [(r["id"], r["acknowledged"], r["verdict"]) for r in failed] == [
+            (claim.result_id, "rita", None)]
+        assert queries.queue(store, queries.Filters(unreviewed=True))[0] == []
+
+
+def test_a_version_5_store_with_verdicts_is_upgraded_to_undo(store_url):
+    with Store(store_url) as store:
+        part = explained_result(store)
+        store.add_review(part, verdict="overrule", label="class1", reviewer="rita")
+    engine = sa.create_engine(store_url)
+    with engine.begin() as conn:  # as version 5 made it: no reviews.undoes
+        conn.execute(sa.text("ALTER TABLE reviews DROP COLUMN undoes"))
+        conn.execute(sa.update(schema_version).values(version=5))
+    engine.dispose()
+    with Store(store_url) as store:
+        assert _history(store, part) == [("rita", "overrule", "class1", "class3", None)]
+        store.undo_review("rita")
+        assert _standing_label(store, part) == (None, None)
 
 
 @pytest.mark.parametrize("stored", ["'abc'", "0", "-3", "2.5", "two rows", "no row"])

@@ -181,6 +181,17 @@ def api_review(user: ApiReviewer, station: StationDep, result_id: PartId, body: 
     return review_body(review)
 
 
+@router.post("/undo", status_code=201, responses={409: {"description": "nothing to undo, or too late"}})
+def api_undo(user: ApiReviewer, station: StationDep):
+    """Take back the caller's own newest verdict (given within the last 10 minutes, and still the part's
+    newest) by appending an ``undo`` row; nothing is deleted."""
+    try:
+        row = station.store.undo_review(user.username)
+    except VerdictConflict as e:
+        return JSONResponse({"detail": str(e)}, status_code=409)
+    return review_body(row)
+
+
 @router.get("/reviews")
 def api_reviews(
     user: ApiViewer,
@@ -188,7 +199,10 @@ def api_reviews(
     after_id: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ):
-    """Verdicts in the order they were given, after ``after_id``."""
+    """Verdicts in the order they were given, after ``after_id``. Besides the verdicts (``confirm``,
+    ``overrule``, ``inconclusive``) there are rows that give no label of their own: ``undo`` (takes back
+    the verdict ``undoes``; ``label`` is the label in force again, null with no verdict left),
+    ``acknowledge`` and ``explain_again`` (on a part that failed to explain)."""
     return {
         "reviews": [
             {**review_body(r), "image_sha256": r["image_sha256"], "model_label": r["prediction_name"]}
@@ -241,4 +255,5 @@ def review_body(r: dict) -> dict:
         "reviewer": r["reviewer"],
         "comment": r["note"],
         "created_at": r["created_at"].isoformat(),
+        "undoes": r.get("undoes"),
     }

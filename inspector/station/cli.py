@@ -60,6 +60,13 @@ def add_parser(sub, store_help: str) -> None:
         help="with --watch: seconds a file must stay unchanged before use (default 2)",
     )
     st.add_argument(
+        "--reference",
+        default=None,
+        metavar="IMAGE",
+        help="a golden image of a good part, shown beside each part with key r (default: the part a "
+        "reviewer most recently labelled good)",
+    )
+    st.add_argument(
         "--secure-cookies",
         action="store_true",
         help="send the session cookie over HTTPS only (set this behind a TLS proxy)",
@@ -167,6 +174,7 @@ def _serve(args) -> int:
         shifts=tuple(args.shifts.split(",")),
         secure_cookies=args.secure_cookies,
         settle=args.settle,
+        reference=args.reference,
     )
     if args.watch:
         from ..jobs.watch import check_folders

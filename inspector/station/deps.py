@@ -182,11 +182,13 @@ def read_filters(
     since: str | None,
     until: str | None,
     order: str | None,
+    failed: str | None = None,
 ) -> queries.Filters:
     return queries.Filters(
         cls=cls or None,
         flagged=flagged == "1",
         unreviewed=unreviewed == "1",
+        failed=failed == "1",
         since=parse_local(since, "since"),
         until=parse_local(until, "until"),
         rejects_first=order != "newest",
@@ -200,8 +202,9 @@ def read_filter_query(
     since: str | None = None,
     until: str | None = None,
     order: str | None = None,
+    failed: str | None = None,
 ):
-    return read_filters(cls, flagged, unreviewed, since, until, order)
+    return read_filters(cls, flagged, unreviewed, since, until, order, failed)
 
 
 QueueFilters = Annotated[queries.Filters, Depends(read_filter_query)]

@@ -4,9 +4,11 @@ SHA-256 is the one recorded), and the overlay cut to the image so that it lies e
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import os
+import threading
 
 import cv2
 import numpy as np
@@ -94,31 +96,130 @@ def for_browser(data: bytes, max_pixels: int) -> tuple[bytes, str]:
     return buf.tobytes(), "image/png"
 
 
-def overlay_cut(overlay_path: str, original: bytes, max_pixels: int) -> bytes:
-    """The overlay's image area alone (no caption bar, no colour bar), as PNG, the size of the original."""
-    size = image_size(original)
-    if size is None:
-        image = decode_image(original, "original", max_pixels=max_pixels)
-        size = (image.shape[1], image.shape[0])
-    return _cut(overlay_path, os.stat(overlay_path).st_mtime_ns, size)
+SIZES = {"thumb": 192, "preview": 1600}  # longest side of a part's pictures in the queue and on its page
+JPEG_QUALITY = {"thumb": 80, "preview": 90, "full": 92}
 
 
-@functools.lru_cache(maxsize=8)  # a 5 MP cut is about 10 MB
-def _cut(overlay_path: str, _mtime_ns: int, size: tuple[int, int]) -> bytes:
+def picture(store: Store, part: dict, what: str, size: str, max_pixels: int) -> tuple[bytes, str]:
+    """(bytes, media type) of one of a part's pictures: ``what`` the original or an overlay kind (drawn
+    over the image area only, so that it lies exactly on the original), ``size`` thumb, preview (the
+    part page before zooming in) or full (the camera's resolution). The original at full size is its
+    file as it is where a browser can show it; everything else is made here, previews and thumbnails
+    kept in a cache of bounded bytes, so that neither a page nor the station's memory grows with the
+    camera's resolution.
+
+    Raises:
+        LookupError: the original or the overlay is missing (a 404).
+        InspectorError: the image cannot be decoded.
+    """
+    overlay = None
+    if what != "original":
+        overlay = artifact_file(store, part, what)
+        if overlay is None:
+            raise LookupError(f"part {part['id']} has no {what} file in its folder")
+    stamp = os.stat(overlay).st_mtime_ns if overlay else 0
+    key = (part["image_sha256"], overlay, stamp, size)
+    found = _pictures.get(key)  # made from the recorded content: valid while the overlay file is the same
+    if found is not None:
+        return found, "image/jpeg"
+    data = original_bytes(part)
+    if data is None:
+        raise LookupError("the original image is no longer where it was explained")
+    if size == "full" and overlay is None:
+        return for_browser(data, max_pixels)
+    found = _make_picture(data, overlay, size, max_pixels)
+    if size != "full":
+        _pictures.put(key, found)
+    return found, "image/jpeg"
+
+
+def reference_picture(data: bytes, name: str, size: str, max_pixels: int) -> bytes:
+    """A golden image's picture (cached like a part's previews, by content)."""
+    key = (hashlib.sha256(data).hexdigest(), None, 0, size)
+    found = _pictures.get(key)
+    if found is None:
+        found = _make_picture(data, None, size, max_pixels, name)
+        _pictures.put(key, found)
+    return found
+
+
+def _make_picture(original: bytes, overlay_path: str | None, size: str, max_pixels: int,
+                  name: str = "original") -> bytes:
+    image = display_rgb(decode_image(original, name, max_pixels=max_pixels))
+    if overlay_path is not None:
+        picture_bgr = _overlay_area(overlay_path, (image.shape[1], image.shape[0]))
+    else:
+        picture_bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    height, width = picture_bgr.shape[:2]
+    longest = SIZES.get(size)
+    if longest is not None and max(width, height) > longest:
+        k = longest / max(width, height)
+        picture_bgr = cv2.resize(picture_bgr, (max(1, round(width * k)), max(1, round(height * k))),
+                                 interpolation=cv2.INTER_AREA)
+    quality = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY[size]]
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(picture_bgr), quality)
+    if not ok:
+        raise OSError("the picture could not be encoded")
+    return buf.tobytes()
+
+
+def _overlay_area(overlay_path: str, size: tuple[int, int]) -> np.ndarray:
+    """The overlay's image area alone (no caption bar, no colour bar), BGR: the size of the original, or a
+    whole multiple of it for a small image (drawn enlarged, so that its labels can be read)."""
     width, height = size
-    picture = cv2.imread(overlay_path, cv2.IMREAD_COLOR)
-    if picture is None:
+    drawing = cv2.imread(overlay_path, cv2.IMREAD_COLOR)
+    if drawing is None:
         raise OSError(f"{overlay_path}: not a readable overlay")
     top, drawn_height, drawn_width = image_area((height, width))  # a small image is drawn enlarged
-    area = picture[top : top + drawn_height, :drawn_width]
+    area = drawing[top : top + drawn_height, :drawn_width]
     if area.shape[:2] != (drawn_height, drawn_width):
         raise OSError(
-            f"{overlay_path}: {picture.shape[1]}x{picture.shape[0]} does not fit a {width}x{height} image"
+            f"{overlay_path}: {drawing.shape[1]}x{drawing.shape[0]} does not fit a {width}x{height} image"
         )
-    if (drawn_height, drawn_width) != (height, width):
-        area = cv2.resize(area, (width, height), interpolation=cv2.INTER_AREA)
-    _, buf = cv2.imencode(".png", np.ascontiguousarray(area), [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    return buf.tobytes()
+    return area  # a small image's overlay stays at its drawn size: the page scales it over the original
+
+
+class ByteCache:
+    """A least-recently-used cache of byte strings, bounded by their total size (thread-safe)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._items: collections.OrderedDict = collections.OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key, value: bytes) -> None:
+        with self._lock:
+            if key in self._items or len(value) > self.max_bytes:
+                return
+            self._items[key] = value
+            self._bytes += len(value)
+            while self._bytes > self.max_bytes:
+                _, dropped = self._items.popitem(last=False)
+                self._bytes -= len(dropped)
+
+
+_pictures = ByteCache(48 * 2**20)  # about 150 previews of a 12 MP part, or thousands of thumbnails
+
+
+def picture_size(part: dict) -> tuple[int, int] | None:
+    """(width, height) of the part's original from its file's header, or None."""
+    raw = original_path(part)
+    if raw is None:
+        return None
+    try:
+        with open_regular(raw, what="image file") as f:
+            head = f.read(1 << 18)  # a JPEG's frame header may follow a large EXIF block
+    except OSError:
+        return None
+    return image_size(head)
 
 
 @functools.lru_cache(maxsize=8)

@@ -17,6 +17,7 @@ from ..common import documents
 from ..common.reading import ARTIFACT_LIMIT, read_regular
 from ..common.version import __version__
 from ..errors import InspectorError, VerdictConflict
+from ..store import display_path
 from . import auth, files, queries
 from .deps import (
     COOKIE,
@@ -40,8 +41,9 @@ from .deps import (
 )
 from .export import dataset_zip
 from .shifts import parse_shifts, shift_of
-from .verdicts import VERDICTS, VerdictError, overrule_choices, record_verdict
+from .verdicts import VERDICTS, VerdictError, acknowledge, explain_again, overrule_choices, record_verdict
 
+STALE_FORM = "the page was out of date (logged in again elsewhere?); nothing was recorded"
 LOGIN_COOKIE = "sise_login"  # double-submit token of the login form (no session exists yet)
 router = APIRouter(include_in_schema=False)
 
@@ -49,6 +51,8 @@ router = APIRouter(include_in_schema=False)
 def render(request: Request, name: str, user: auth.User | None, **context):
     """A page from the station's templates, with what every page shows."""
     station = station_of(request)
+    context.setdefault("error", shown_message(request))
+    context.setdefault("done", shown_message(request, "done"))
     context.update(
         user=user,
         version=__version__,
@@ -170,7 +174,7 @@ def bulk_page(
     once (each still gets its own verdict row)."""
     rows, total = queries.bulk_candidates(station.store, cls, min_confidence) if cls else ([], 0)
     return render(request, "bulk.html", user, rows=rows, total=total, cls=cls, min_confidence=min_confidence,
-                  limit=queries.BULK_LIMIT, error=shown_message(request), done=shown_message(request, "done"))
+                  limit=queries.BULK_LIMIT)
 
 
 @router.post("/bulk/confirm")
@@ -227,6 +231,7 @@ def part_page(
     saved: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
 ):
     row = load_part(station, result_id)
+    original = files.original_path(row)
     previous, following = queries.neighbours(station.store, result_id, f, station.good_classes)
     scores = queries.named_scores(row.get("scores"), station.class_names)
     saved_part = queries.part(station.store, saved) if saved else None
@@ -245,8 +250,11 @@ def part_page(
         verdicts=VERDICTS,
         saved=saved_part,
         part_name=_name(row["source_path"]),
-        has_original=files.original_path(row) is not None,
-        error=shown_message(request),
+        has_original=original is not None,
+        file_now=display_path(original) if original is not None else None,
+        size=files.picture_size(row) if original is not None else None,
+        reference=_reference(station, row) if row["status"] == "done" else None,
+        acknowledged=row["acknowledged"],
         end=request.query_params.get("end"),
         seen=row["history"][-1]["id"] if row["history"] else 0,
     )
@@ -269,11 +277,8 @@ def review_form(
     given since (a second reviewer, a second tab), nothing is recorded and the page says so."""
     back = f"/parts/{result_id}?"
     if not csrf_ok(request, user, csrf_token):
-        message = (
-            "the page was out of date (logged in again elsewhere?); nothing was recorded: "
-            "give the verdict again"
-        )
-        return RedirectResponse(back + _qs(qs, **signed(message)), status_code=303)
+        return RedirectResponse(back + _qs(qs, **signed(STALE_FORM + ": give the verdict again")),
+                                status_code=303)
     row = load_part(station, result_id)
     # the next part is found before the verdict: with "unreviewed", this part leaves the list
     filters = read_filters(**_filter_args(qs))
@@ -288,6 +293,78 @@ def review_form(
     return RedirectResponse(f"/parts/{following}?{_qs(qs, saved=result_id)}", status_code=303)
 
 
+@router.post("/parts/{result_id}/acknowledge")
+def acknowledge_form(
+    user: Reviewer,
+    request: Request,
+    station: StationDep,
+    result_id: PartId,
+    comment: Annotated[str, Form()] = "",
+    csrf_token: Annotated[str, Form()] = "",
+    qs: Annotated[str, Form()] = "",
+    seen: Annotated[int, Form(ge=0, le=MAX_ID)] = 0,
+):
+    """A failed part: note that the reviewer saw why (recorded like a verdict), then the next part."""
+    back = f"/parts/{result_id}?"
+    if not csrf_ok(request, user, csrf_token):
+        return RedirectResponse(back + _qs(qs, **signed(STALE_FORM)), status_code=303)
+    row = load_part(station, result_id)
+    _, following = queries.neighbours(station.store, result_id, read_filters(**_filter_args(qs)),
+                                      station.good_classes)
+    try:
+        acknowledge(station, row, user.username, comment, seen=seen)
+    except (VerdictError, VerdictConflict) as e:
+        return RedirectResponse(back + _qs(qs, **signed(str(e))), status_code=303)
+    return RedirectResponse(f"/parts/{following or result_id}?{_qs(qs, saved=result_id)}", status_code=303)
+
+
+@router.post("/parts/{result_id}/explain-again")
+def explain_again_form(
+    user: Reviewer,
+    request: Request,
+    station: StationDep,
+    result_id: PartId,
+    csrf_token: Annotated[str, Form()] = "",
+    qs: Annotated[str, Form()] = "",
+):
+    """A failed part: explain its image again from where the file is now; the page says what happened."""
+    back = f"/parts/{result_id}?"
+    if not csrf_ok(request, user, csrf_token):
+        return RedirectResponse(back + _qs(qs, **signed(STALE_FORM)), status_code=303)
+    try:
+        now_id, said = explain_again(station, load_part(station, result_id), user.username)
+    except InspectorError as e:  # VerdictError, or the outputs could not be written (disk full)
+        return RedirectResponse(back + _qs(qs, **signed(str(e))), status_code=303)
+    return RedirectResponse(f"/parts/{now_id}?{_qs(qs, **signed(said, 'done'))}", status_code=303)
+
+
+@router.post("/undo")
+def undo_form(
+    user: Reviewer,
+    request: Request,
+    station: StationDep,
+    csrf_token: Annotated[str, Form()] = "",
+    qs: Annotated[str, Form()] = "",
+    back: Annotated[str, Form()] = "/queue",
+):
+    """Take back the reviewer's own last verdict (a new row; see Store.undo_review) and show that part."""
+    back = safe_next(back)
+    join = "&" if "?" in back else "?"
+    if not csrf_ok(request, user, csrf_token):
+        return RedirectResponse(back + join + urlencode(signed(STALE_FORM)), status_code=303)
+    try:
+        row = station.store.undo_review(user.username)
+    except VerdictConflict as e:
+        return RedirectResponse(back + join + urlencode(signed(f"nothing was undone: {e}")), status_code=303)
+    restored = row["restored"]
+    now = (f"{restored['verdict']} -> {restored['label'] or 'inconclusive'} by {restored['reviewer']}"
+           if restored else "no verdict: to review")
+    undone = row["undone"]
+    said = (f"undone: your verdict ({undone['verdict']} -> {undone['label'] or 'inconclusive'}) on part "
+            f"#{row['result_id']}; it is now {now}")
+    return RedirectResponse(f"/parts/{row['result_id']}?{_qs(qs, **signed(said, 'done'))}", status_code=303)
+
+
 @router.get("/parts/{result_id}/original")
 def original(user: Viewer, station: StationDep, result_id: PartId):
     data = files.original_bytes(load_part(station, result_id))
@@ -300,24 +377,36 @@ def original(user: Viewer, station: StationDep, result_id: PartId):
     return Response(body, media_type=kind, headers={"Cache-Control": "private, max-age=3600"})
 
 
-@router.get("/parts/{result_id}/overlay-cut")
-def overlay_cut(
+@router.get("/reference")
+def reference(
+    user: Viewer, station: StationDep, size: Annotated[str, Query(pattern=r"^(preview|full)$")] = "preview"
+):
+    """The golden image given with --reference."""
+    if not station.settings.reference:
+        raise HTTPException(404, "no reference image was given (inspector station --reference IMAGE)")
+    try:
+        body = station.reference_picture(size)
+    except InspectorError as e:
+        raise HTTPException(404, str(e)) from e
+    return Response(body, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
+
+
+@router.get("/parts/{result_id}/picture")
+def picture(
     user: Viewer,
     station: StationDep,
     result_id: PartId,
-    kind: Annotated[str, Query(pattern=r"^overlay(\.[1-9][0-9]{0,3})?$")] = "overlay",
+    what: Annotated[str, Query(pattern=r"^(original|overlay(\.[1-9][0-9]{0,3})?)$")] = "original",
+    size: Annotated[str, Query(pattern=r"^(thumb|preview|full)$")] = "preview",
 ):
-    """The overlay's image area; ``kind`` overlay.<k>: a detector's detection k alone."""
+    """A part's original or overlay (``overlay.<k>``: a detector's detection k alone) cut to the image,
+    as a thumbnail, a preview, or at full resolution (see files.picture)."""
     row = load_part(station, result_id)
-    path = files.artifact_file(station.store, row, kind)
-    data = files.original_bytes(row)
-    if path is None or data is None:
-        raise HTTPException(404, "the overlay or the original image is missing")
     try:
-        body = files.overlay_cut(path, data, station.config.preprocess.max_pixels)
-    except (OSError, InspectorError) as e:
+        body, kind = files.picture(station.store, row, what, size, station.config.preprocess.max_pixels)
+    except (LookupError, OSError, InspectorError) as e:
         raise HTTPException(404, str(e)) from e
-    return Response(body, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+    return Response(body, media_type=kind, headers={"Cache-Control": "private, max-age=3600"})
 
 
 @router.get("/artifacts/{result_id}/{kind}")
@@ -400,7 +489,22 @@ def _qs(qs: str, **extra) -> str:
 
 def _filter_args(qs: str) -> dict:
     items = dict(parse_qsl(qs))
-    return {k: items.get(k) for k in ("cls", "flagged", "unreviewed", "since", "until", "order")}
+    return {k: items.get(k) for k in ("cls", "flagged", "unreviewed", "since", "until", "order", "failed")}
+
+
+def _reference(station, row: dict) -> dict | None:
+    """What key r shows beside a part: the golden image (--reference), else the part a reviewer most
+    recently labelled good whose image is still where it was (None when there is neither)."""
+    if station.settings.reference:
+        return {"url": "/reference?size=preview", "full": "/reference?size=full",
+                "caption": f"golden image {_name(station.settings.reference)}"}
+    for other in queries.confirmed_good(station.store, station.good_classes, exclude=row["id"]):
+        if files.original_path(other) is not None:
+            url = f"/parts/{other['id']}/picture?what=original&size="
+            return {"url": url + "preview", "full": url + "full",
+                    "caption": f"part #{other['id']}, labelled {other['label']} by {other['reviewer']} at "
+                               f"{local_time(other['reviewed_at'], '%Y-%m-%d %H:%M')}"}
+    return None
 
 
 def _name(source_path: str) -> str:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from ..store import Store
 from ..store.db import as_utc
-from ..store.schema import artifacts, detections, inputs, results, reviews, runs
+from ..store.schema import artifacts, detections, inputs, results, reviews, runs, standing, standing_reviews
 
 PAGE = 100
 SHOWN = ("done", "failed")  # results still running are not parts yet
@@ -24,6 +24,7 @@ class Filters:
     cls: str | None = None  # predicted class name
     flagged: bool = False  # evidence mostly outside the ROI
     unreviewed: bool = False  # no verdict yet
+    failed: bool = False  # failed to explain (only those)
     since: datetime | None = None  # finished at or after
     until: datetime | None = None  # finished before
     rejects_first: bool = True  # parts not predicted good (and failures) before good ones
@@ -35,6 +36,7 @@ class Filters:
             "cls": self.cls or None,
             "flagged": "1" if self.flagged else None,
             "unreviewed": "1" if self.unreviewed else None,
+            "failed": "1" if self.failed else None,
             "since": self.since.isoformat(timespec="minutes") if self.since else None,
             "until": self.until.isoformat(timespec="minutes") if self.until else None,
             "order": None if self.rejects_first else "newest",
@@ -43,15 +45,18 @@ class Filters:
 
 
 def _latest_review():
-    """One row per reviewed result: its newest verdict."""
+    """One row per reviewed result: its newest standing verdict (undone verdicts and actions on failed
+    parts do not count)."""
+    kept = standing_reviews().subquery("kept")
     newest = (
-        sa.select(reviews.c.result_id, sa.func.max(reviews.c.id).label("review_id"))
-        .group_by(reviews.c.result_id)
+        sa.select(kept.c.result_id, sa.func.max(kept.c.id).label("review_id"))
+        .group_by(kept.c.result_id)
         .subquery("newest")
     )
     return (
         sa.select(
-            reviews.c.result_id, reviews.c.verdict, reviews.c.label, reviews.c.reviewer, reviews.c.created_at
+            reviews.c.result_id, reviews.c.verdict, reviews.c.label, reviews.c.reviewer, reviews.c.created_at,
+            newest.c.review_id,
         )
         .join(newest, newest.c.review_id == reviews.c.id)
         .subquery("latest")
@@ -76,6 +81,17 @@ def _parts(*columns):
     return query, latest
 
 
+def _acknowledged():
+    """Whether someone acknowledged the (failed) part: the reviewer of its newest acknowledgement."""
+    return (
+        sa.select(reviews.c.reviewer)
+        .where(reviews.c.result_id == results.c.id, reviews.c.verdict == "acknowledge")
+        .order_by(reviews.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
 def _category(good_classes):
     """0 for a part to look at (predicted not good, or failed), 1 for a good part."""
     if not good_classes:
@@ -98,6 +114,7 @@ def _queue_select(f: Filters, good_classes):
         results.c.error,
         results.c.finished_at,
         category,
+        _acknowledged().label("acknowledged"),
     )
     if f.cls:
         query = query.where(results.c.prediction_name == f.cls)
@@ -105,6 +122,8 @@ def _queue_select(f: Filters, good_classes):
         query = query.where(results.c.flagged.is_(True))
     if f.unreviewed:  # failed parts have nothing to review
         query = query.where(latest.c.verdict.is_(None), results.c.status == "done")
+    if f.failed:
+        query = query.where(results.c.status == "failed")
     if f.since:
         query = query.where(results.c.finished_at >= f.since)
     if f.until:
@@ -192,8 +211,16 @@ def part(store: Store, result_id: int) -> dict | None:
     out["artifacts"] = {a.kind: (a.path, a.sha256) for a in arts}
     out["input_paths"] = [bytes(row["source_path_bytes"]), *paths]
     out["history"] = [_with_utc(h) for h in history]
-    newest = out["history"][-1] if out["history"] else {}
+    undone = {h["undoes"] for h in out["history"] if h["undoes"] is not None}
+    for h in out["history"]:
+        h["undone"] = h["id"] in undone
+        if h["undoes"] is not None:  # the verdict it brought back (None: the part had none left)
+            h["restored"] = standing([x for x in out["history"] if x["id"] < h["undoes"]])
+    newest = standing(out["history"]) or {}
     out["verdict"], out["review_label"] = newest.get("verdict"), newest.get("label")
+    out["reviewer_now"] = newest.get("reviewer")
+    acknowledged = [h for h in out["history"] if h["verdict"] == "acknowledge"]
+    out["acknowledged"] = acknowledged[-1] if acknowledged else None
     return out
 
 
@@ -300,6 +327,29 @@ def reviewed_parts(store: Store) -> list[dict]:
     )
     with store.read() as conn:
         return [_with_utc(r) for r in conn.execute(query).mappings()]
+
+
+def confirmed_good(store: Store, good_classes, exclude: int, limit: int = 20) -> list[dict]:
+    """The parts whose standing verdict labels them good, most recently reviewed first (candidates for a
+    reference part beside a reject), without ``exclude``."""
+    if not good_classes:
+        return []
+    latest = _latest_review()
+    query = (
+        sa.select(results.c.id, results.c.image_sha256, results.c.source_path, results.c.source_path_bytes,
+                  latest.c.label, latest.c.reviewer, latest.c.created_at.label("reviewed_at"))
+        .join(latest, latest.c.result_id == results.c.id)
+        .where(results.c.status == "done", latest.c.label.in_(list(good_classes)), results.c.id != exclude)
+        .order_by(latest.c.review_id.desc())
+        .limit(limit)
+    )
+    with store.read() as conn:
+        rows = [_with_utc(r) for r in conn.execute(query).mappings()]
+        for row in rows:
+            row["input_paths"] = [bytes(row["source_path_bytes"]), *(
+                bytes(p) for (p,) in conn.execute(
+                    sa.select(inputs.c.path_bytes).where(inputs.c.image_sha256 == row["image_sha256"])))]
+    return rows
 
 
 BULK_LIMIT = 200  # parts one bulk confirmation may cover

@@ -60,6 +60,7 @@ class StationSettings:
     watch_dir: str | None = None
     max_upload_bytes: int = 50 * 2**20
     shifts: tuple[str, ...] = ("06:00", "14:00", "22:00")
+    reference: str | None = None  # a golden image shown beside each part (key r)
     secure_cookies: bool = False  # set behind a TLS reverse proxy: the session cookie is sent over HTTPS only
     poll: float = 1.0
     settle: float = 2.0
@@ -82,6 +83,8 @@ class Station:
         os.makedirs(os.path.join(self.out_dir, UPLOAD_DIR), exist_ok=True)
         self.insp = insp or Inspector.from_config(settings.config)
         self.config = self.insp.config
+        if settings.reference:  # refused at start, not on the first part page
+            self.reference_picture("preview")
         self.store_url = settings.store_url or default_url(self.out_dir)
         self.store = Store(self.store_url)
         self.job = start_job(
@@ -100,6 +103,19 @@ class Station:
         # the watched folder's output error while its images cannot be recorded (it tries again by itself;
         # an upload's is told to its client)
         self.watch_output_error: str | None = None
+
+    def reference_picture(self, size: str) -> bytes:
+        """The golden image (--reference) as a JPEG picture of ``size`` (preview or full)."""
+        from .files import reference_picture
+
+        name = self.settings.reference
+        try:
+            with open(name, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise InspectorError(f"--reference {display_path(name)}: cannot be read ({e.strerror})") from e
+        return reference_picture(data, f"--reference {display_path(name)}", size,
+                                 self.config.preprocess.max_pixels)
 
     @property
     def classes(self) -> list[str]:
@@ -221,6 +237,11 @@ class Station:
             raise InspectorError(
                 f"cannot keep the upload ({e.strerror}); free space in {display_path(self.out_dir)}"
             ) from e
+        return self.explain_file(path)
+
+    def explain_file(self, path: str) -> Outcome:
+        """Explain and record one image file (an upload, or a failed part explained again), counted in
+        /metrics; the engine explains one image at a time."""
         with self.metrics.lock:
             self.metrics.in_flight += 1
         start = time.perf_counter()

@@ -1,8 +1,12 @@
-"""The four verdicts an operator gives a part, and the label each one records."""
+"""The four verdicts an operator gives a part and the label each one records; undo; what can be done with
+a part that failed to explain (acknowledge it, explain it again)."""
 
 from __future__ import annotations
 
-from ..errors import InspectorError
+import contextlib
+import os
+
+from ..errors import InspectorError, VerdictConflict
 
 VERDICTS = {  # form value -> (stored verdict, button text)
     "confirm": ("confirm", "Confirm"),
@@ -68,3 +72,34 @@ def record_verdict(station, row: dict, verdict: str, label: str | None, comment:
     note = (comment or "").strip()[:2000] or None
     return station.store.add_review(row["id"], verdict=stored, label=new_label, reviewer=reviewer, note=note,
                                     seen=seen)
+
+
+def acknowledge(station, row: dict, reviewer: str, comment: str | None, *, seen: int | None = None) -> dict:
+    """Note that a reviewer saw why a part failed to explain (a row like a verdict; it gives no label)."""
+    if row["status"] != "failed":
+        raise VerdictError(f"part {row['id']} was explained; there is no failure to acknowledge")
+    note = (comment or "").strip()[:2000] or None
+    return station.store.add_review(row["id"], verdict="acknowledge", reviewer=reviewer, note=note, seen=seen)
+
+
+def explain_again(station, row: dict, reviewer: str) -> tuple[int, str]:
+    """Explain a failed part's image again from where its file is now (the failed folder, say), and note
+    the request and its outcome on the part. (the part that holds the result now, what happened)."""
+    from . import files
+
+    if row["status"] != "failed":
+        raise VerdictError(f"part {row['id']} is explained already; there is nothing to explain again")
+    path = files.original_path(row)
+    if path is None:
+        raise VerdictError("the image is no longer at any path the store knows, with its recorded content; "
+                           "put it back in the watched folder (or upload it) to explain it again")
+    outcome = station.explain_file(os.fsdecode(path))
+    if outcome.failed:
+        said = f"failed again: {outcome.error}"
+    elif outcome.result_id == row["id"]:
+        said = "explained: the part now has its explanation"
+    else:
+        said = f"explained as part #{outcome.result_id} (the station's settings differ from the failed run's)"
+    with contextlib.suppress(VerdictConflict):  # the same request moments ago is in the history already
+        station.store.add_review(row["id"], verdict="explain_again", reviewer=reviewer, note=said)
+    return outcome.result_id or row["id"], said

@@ -9,6 +9,8 @@ Version history (``schema_version.version``):
        stations sharing the store and across restarts.
     5. detections: a detector's result holds one row per detection it explains (box, class, score, the
        evidence of its own map).
+    6. reviews.undoes: an ``undo`` row names the verdict it takes back (rows are never deleted); failed
+       parts get action rows (``acknowledge``, ``explain_again``) in the same table.
 
 A new store is created at the newest version; one made by an older version is upgraded step by step
 when it is opened for writing; a store made by
@@ -126,14 +128,33 @@ reviews = sa.Table(
     "reviews", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("result_id", sa.Integer, sa.ForeignKey("results.id"), nullable=False),
-    sa.Column("verdict", sa.String(32), nullable=False),       # confirm | overrule | ...
+    sa.Column("verdict", sa.String(32), nullable=False),       # LABEL_VERDICTS or ACTIONS
     sa.Column("label", sa.Text),                               # the class the reviewer says it is
     sa.Column("reviewer", sa.Text, nullable=False),
     sa.Column("note", sa.Text),
     sa.Column("created_at", TS, nullable=False),
     sa.Column("previous_label", sa.Text),                      # the label in force before this verdict
+    sa.Column("undoes", sa.Integer),                           # an undo row: the verdict it takes back
     sa.Index("ix_reviews_result", "result_id"),
 )
+LABEL_VERDICTS = ("confirm", "overrule", "inconclusive")  # rows that give a part its label
+ACTIONS = ("undo", "acknowledge", "explain_again")  # rows that record what was done, and give no label
+FAILED_ACTIONS = ("acknowledge", "explain_again")  # what can be done with a part that failed to explain
+
+
+def standing_reviews():
+    """SELECT of the review rows that stand: label verdicts no undo row has taken back. A part's label is
+    its newest standing verdict's; a part with none has no verdict (see also :func:`standing`)."""
+    undo_rows = reviews.alias("undo_rows")
+    undone = sa.select(undo_rows.c.undoes).where(undo_rows.c.undoes.is_not(None))
+    return sa.select(reviews).where(reviews.c.verdict.in_(LABEL_VERDICTS), reviews.c.id.not_in(undone))
+
+
+def standing(history: list[dict]) -> dict | None:
+    """The newest standing verdict of a part's history (its rows, oldest first), or None."""
+    undone = {h["undoes"] for h in history if h.get("undoes") is not None}
+    kept = [h for h in history if h["verdict"] in LABEL_VERDICTS and h["id"] not in undone]
+    return kept[-1] if kept else None
 sa.Index("ix_results_finished", results.c.finished_at)
 
 users = sa.Table(
@@ -275,10 +296,16 @@ def _add_detections(conn: sa.Connection) -> None:
     ).create(conn)
 
 
+def _add_undo(conn: sa.Connection) -> None:
+    """Version 5 -> 6: reviews.undoes."""
+    conn.execute(sa.text("ALTER TABLE reviews ADD COLUMN undoes INTEGER"))
+
+
 UPGRADES: list[Callable[[sa.Connection], None]] = [
     _add_reviews,
     _add_station,
     _add_login_failures,
     _add_detections,
+    _add_undo,
 ]
 SCHEMA_VERSION = len(UPGRADES) + 1

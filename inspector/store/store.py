@@ -32,12 +32,24 @@ from .db import (
     sqlite_path,
     utcnow,
 )
-from .schema import artifacts, detections, images, inputs, results, reviews, runs
+from .schema import (
+    FAILED_ACTIONS,
+    LABEL_VERDICTS,
+    artifacts,
+    detections,
+    images,
+    inputs,
+    results,
+    reviews,
+    runs,
+    standing_reviews,
+)
 
 HEARTBEAT_SECONDS = 30.0
 UPKEEP_SECONDS = 2.0  # how often a run tries again to give back claims the store could not take back
 STALE_AFTER = timedelta(seconds=180)  # a run that sent no heartbeat for this long is presumed dead
 REPEAT_SECONDS = 60.0  # the same reviewer's same verdict on a part again within this: not recorded twice
+UNDO_SECONDS = 600.0  # a reviewer may undo their own verdict for this long after giving it
 
 
 def _refusal(last: dict | None, seen: int | None, given: tuple, now: datetime) -> str | None:
@@ -454,12 +466,14 @@ class Store:
     # ----- reviews --------------------------------------------------------------------------------
     def add_review(self, result_id: int, *, verdict: str, reviewer: str, label: str | None = None,
                    note: str | None = None, seen: int | None = None) -> dict:
-        """Append a verdict (never an update): the row notes the label in force before it (the previous
-        verdict's, or the model's prediction for a first verdict). Everything is read and decided under a
+        """Append a verdict (never an update): the row notes the label in force before it (the standing
+        verdict's, or the model's prediction when none stands). Everything is read and decided under a
         lock on the result, in the transaction that inserts, so of two verdicts given at once on one part
         the second sees the first:
 
-        - ``seen``: the id of the newest verdict the reviewer was shown (0: none). When another has been
+        - ``verdict``: one of LABEL_VERDICTS on an explained part; on a part that failed to explain, one
+          of FAILED_ACTIONS (``explain_again`` also once it is explained: the request stays in history).
+        - ``seen``: the id of the newest row the reviewer was shown (0: none). When another has been
           given since, nothing is recorded (:class:`VerdictConflict` names it). None: no such check.
         - the same reviewer giving the same verdict and label again within ``REPEAT_SECONDS`` (a reloaded
           page, a second key press) records nothing either.
@@ -467,16 +481,70 @@ class Store:
         with self.begin() as conn:
             found = conn.execute(sa.select(results.c.prediction_name, results.c.status)
                                  .where(results.c.id == result_id).with_for_update()).first()
-            if found is None or found.status != "done":
-                raise StoreError(f"result {result_id}: no such explained result")
+            allowed = {"done": LABEL_VERDICTS + ("explain_again",), "failed": FAILED_ACTIONS}
+            if found is None or verdict not in allowed.get(found.status, ()):
+                state = "no such result" if found is None else f"its status is {found.status}"
+                raise StoreError(f"result {result_id}: {verdict!r} cannot be recorded ({state})")
             last = conn.execute(sa.select(reviews).where(reviews.c.result_id == result_id)
                                 .order_by(reviews.c.id.desc()).limit(1)).mappings().first()
             now = utcnow()
             refused = _refusal(dict(last) if last else None, seen, (reviewer, verdict, label), now)
             if refused:
                 raise VerdictConflict(refused, dict(last) if last else None)
+            if verdict in LABEL_VERDICTS:
+                before = self._standing(conn, result_id)
+                previous = found.prediction_name if before is None else before["label"]
+            else:
+                previous = None
             row = {"result_id": result_id, "verdict": verdict, "label": label, "reviewer": reviewer,
-                   "note": note, "created_at": now, "previous_label": found.prediction_name if last is None
-                   else last["label"]}
+                   "note": note, "created_at": now, "previous_label": previous}
             row["id"] = conn.execute(sa.insert(reviews).values(row).returning(reviews.c.id)).scalar_one()
         return row
+
+    @staticmethod
+    def _standing(conn: sa.Connection, result_id: int, before_id: int | None = None) -> dict | None:
+        """The result's newest standing verdict (older than review ``before_id`` when given), or None."""
+        query = standing_reviews().where(reviews.c.result_id == result_id)
+        if before_id is not None:
+            query = query.where(reviews.c.id < before_id)
+        found = conn.execute(query.order_by(reviews.c.id.desc()).limit(1)).mappings().first()
+        return dict(found) if found else None
+
+    def undo_review(self, reviewer: str, *, within: float = UNDO_SECONDS) -> dict:
+        """Take back ``reviewer``'s newest standing verdict, given less than ``within`` seconds ago, by
+        appending an ``undo`` row (nothing is deleted), returned with ``undone`` and ``restored`` (the
+        verdict in force again, or None): ``label`` is the label in force again (None with
+        no verdict left standing, the part is then unreviewed), ``previous_label`` the undone verdict's,
+        ``undoes`` its id. Refused (:class:`VerdictConflict`) when there is none, it is too old, or
+        someone gave a verdict on that part after it. Pressed again, it undoes the verdict before."""
+        with self.begin() as conn:
+            mine = standing_reviews().where(reviews.c.reviewer == reviewer).order_by(reviews.c.id.desc())
+            target = conn.execute(mine.limit(1)).mappings().first()
+            if target is None:
+                raise VerdictConflict("you have no verdict to undo")
+            conn.execute(sa.select(results.c.id).where(results.c.id == target["result_id"]).with_for_update())
+            target = conn.execute(mine.where(reviews.c.id == target["id"])).mappings().first()
+            if target is None:  # undone by this reviewer's other tab between the two reads
+                raise VerdictConflict("that verdict was undone meanwhile; press u again for the one before")
+            now = utcnow()
+            part = target["result_id"]
+            ago = (now - as_utc(target["created_at"])).total_seconds()
+            if ago > within:
+                raise VerdictConflict(
+                    f"your last verdict (part #{part}, {target['verdict']}) was given {ago / 60:.0f} min "
+                    "ago, "
+                    f"longer than the {within / 60:.0f}-minute undo window; give a new verdict on the part "
+                    "instead", dict(target))
+            newest = self._standing(conn, part)
+            if newest["id"] != target["id"]:
+                raise VerdictConflict(
+                    f"{newest['reviewer']} gave a verdict on part #{part} after yours "
+                    f"({newest['verdict']} -> "
+                    f"{newest['label'] or 'inconclusive'}); nothing was undone: give a new verdict there",
+                    newest)
+            restored = self._standing(conn, part, before_id=target["id"])
+            row = {"result_id": part, "verdict": "undo", "label": restored["label"] if restored else None,
+                   "reviewer": reviewer, "note": f"undoes verdict {target['id']} ({target['verdict']})",
+                   "created_at": now, "previous_label": target["label"], "undoes": target["id"]}
+            row["id"] = conn.execute(sa.insert(reviews).values(row).returning(reviews.c.id)).scalar_one()
+        return {**row, "undone": dict(target), "restored": restored}
