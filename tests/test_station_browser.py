@@ -129,7 +129,6 @@ def test_an_operator_reviews_a_part_in_the_browser(station, tmp_path):
         assert rows.first.get_attribute("class") == "reject"  # rejects before the (older) good part
         assert rows.last.get_attribute("class") == "good"
         assert HOSTILE in page.inner_text("#rows")  # shown as text, never run
-        page.screenshot(path=str(shots / "queue.png"), full_page=True)
 
         # open the crack part from the queue and overrule it to good with key 2
         crack_row = page.locator("tr[data-id]", has_text="crack.png")
@@ -139,12 +138,11 @@ def test_an_operator_reviews_a_part_in_the_browser(station, tmp_path):
         page.wait_for_load_state("load")
         widths = {image: page.locator(image).evaluate("e => e.complete && e.naturalWidth")
                   for image in ("#original", "#overlay")}  # both pictures arrived and decoded
-        assert widths["#original"] == 128 and widths["#overlay"] % 128 == 0, widths  # a small overlay: drawn k×
+        assert widths["#original"] == 128 and widths["#overlay"] % 128 == 0, widths  # small: drawn k× larger
         page.fill("#comment", "polishing mark, not a crack")
         page.keyboard.press("Enter")  # Enter in the comment records nothing: it hands the keys back
         page.wait_for_timeout(300)
         assert page.url.startswith(f"{base}/parts/{crack_id}") and page.locator(".saved").count() == 0
-        page.screenshot(path=str(shots / "part.png"))  # what the operator sees, verdict bar included
         page.keyboard.press("2")
         page.wait_for_selector(".saved")
         assert f"part #{crack_id} overrule → ok" in page.inner_text(".saved")
@@ -314,3 +312,225 @@ def test_an_operator_steps_through_a_detectors_boxes(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+VISIBLE_TEXT_MIN = """() => {  // the smallest font size of any element showing text of its own, and where
+  let min = 1e9, where = "";
+  for (const el of document.querySelectorAll("body *")) {
+    if (!el.getClientRects().length || ["SCRIPT", "STYLE", "OPTION"].includes(el.tagName)) continue;
+    if (!Array.from(el.childNodes).some(n => n.nodeType === 3 && n.textContent.trim())) continue;
+    const size = parseFloat(getComputedStyle(el).fontSize);
+    if (size < min) { min = size; where = el.tagName + ": " + el.textContent.trim().slice(0, 40); }
+  }
+  return [min, where];
+}"""
+
+
+def _in_view(page, selector: str) -> bool:
+    """Every element ``selector`` matches lies wholly inside the window, without scrolling."""
+    size = page.viewport_size
+    for k in range(page.locator(selector).count()):
+        box = page.locator(selector).nth(k).bounding_box()
+        if box is None or box["x"] < 0 or box["y"] < 0 or box["x"] + box["width"] > size["width"] + 0.5 \
+                or box["y"] + box["height"] > size["height"] + 0.5:
+            return False
+    return True
+
+
+def _big_png(path: Path, size=(2400, 1800)) -> None:
+    import cv2
+    import numpy as np
+
+    image = cv2.resize(cv2.imread(str(SAMPLES / "scratch.png"), cv2.IMREAD_COLOR), size,
+                       interpolation=cv2.INTER_CUBIC)
+    noise = np.random.default_rng(5).integers(-4, 5, image.shape)
+    cv2.imwrite(str(path), np.clip(image.astype(int) + noise, 0, 255).astype(np.uint8))
+
+
+def _views_aligned(page) -> bool:
+    """The original and the overlay at the same scale, with the same image point at their views' centres."""
+    boxes = page.evaluate("""() => Array.from(document.querySelectorAll('.view')).map(v => {
+        const r = v.getBoundingClientRect(), l = v.querySelector('.layer').getBoundingClientRect();
+        return [l.left - r.left - r.width / 2, l.top - r.top - r.height / 2, l.width, l.height]; })""")
+    return len(boxes) == 2 and all(abs(a - b) < 0.5 for a, b in zip(*boxes))
+
+
+def test_a_shift_at_the_station_zoom_reference_undo_bulk_failed_and_window_sizes(station, tmp_path):
+    """What an operator does in a shift, in Chromium: a 2400x1800 part zoomed (wheel, keys, drag; the
+    original and the overlay together; previews first, the real pixels once zoomed), a reference part
+    beside a reject, a verdict undone with u, bulk confirm, a failed part acknowledged and explained
+    again; the part page at 1366x768, 1024x768 and 1920x1080 (light and dark) shows the pictures, the
+    verdict keys, the class scores and the regions without scrolling, no text under 14 px."""
+    base, out, inbox, _ = station
+    shots = Path(os.environ.get("STATION_SCREENSHOTS") or tmp_path / "shots")
+    shots.mkdir(parents=True, exist_ok=True)
+    for sample in ("ok", "crack", "stain", "pits"):
+        _drop(inbox, sample)
+    _big_png(tmp_path / "big.png")
+    os.rename(tmp_path / "big.png", inbox / "big_scratch.png")
+    (tmp_path / "broken").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    os.rename(tmp_path / "broken", inbox / "broken.png")
+    db_path = out / "results.db"
+    deadline = time.monotonic() + 120
+    while not (db_path.exists() and _done(db_path) >= 5):
+        assert time.monotonic() < deadline, "the station did not explain the parts"
+        time.sleep(0.3)
+    db = sqlite3.connect(db_path)
+    ids = dict(db.execute("SELECT source_path, id FROM results"))
+    part = {Path(k).name: v for k, v in ids.items()}
+    db.close()
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        context = browser.new_context(viewport={"width": 1366, "height": 768})
+        page = context.new_page()
+        page.goto(base + "/login")
+        page.fill("input[name=username]", "quality")
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url(base + "/queue")
+        playwright.expect(page.locator("td.thumb img")).to_have_count(5, timeout=60_000)  # the done parts
+        page.wait_for_function("() => Array.from(document.querySelectorAll('td.thumb img'))"
+                               ".every(i => i.complete && i.naturalWidth > 0)")
+
+        # ---- zoom and pan on the 2400x1800 part
+        page.goto(f"{base}/parts/{part['big_scratch.png']}")
+        page.wait_for_load_state("load")
+        original = page.locator("#original")
+        assert "size=preview" in original.get_attribute("src")
+        assert original.evaluate("e => e.naturalWidth") == 1600 and _views_aligned(page)
+        def state():
+            return page.evaluate("() => window.siseViewer.state()")
+
+        fit = state()
+        assert fit["zoom"] == 1 and not fit["full"]
+        page.keyboard.press("+")
+        assert not state()["full"]  # a 1600 px preview still has more pixels than the view shows
+        for _ in range(3):
+            page.keyboard.press("+")
+        zoomed = state()
+        assert zoomed["zoom"] == pytest.approx(1.5 ** 4) and zoomed["full"] and _views_aligned(page)
+        for image in ("#original", "#view-overlay img.under", "#overlay"):
+            playwright.expect(page.locator(image)).to_have_attribute("src", re.compile(r"size=full$"))
+        page.wait_for_function("() => document.getElementById('original').naturalWidth === 2400")
+        view = page.locator("#view-original").bounding_box()
+        page.mouse.move(view["x"] + 200, view["y"] + 150)
+        page.mouse.down()
+        page.mouse.move(view["x"] + 100, view["y"] + 100, steps=5)
+        page.mouse.up()
+        dragged = state()
+        assert dragged["cx"] == pytest.approx(zoomed["cx"] + 100 / zoomed["scale"], abs=0.5)
+        assert dragged["cy"] == pytest.approx(zoomed["cy"] + 50 / zoomed["scale"], abs=0.5)
+        # the wheel zooms about the pointer: the image point under it stays under it
+        px, py = 150, 120
+        under = (dragged["cx"] + (px - view["width"] / 2) / dragged["scale"],
+                 dragged["cy"] + (py - view["height"] / 2) / dragged["scale"])
+        page.mouse.move(view["x"] + px, view["y"] + py)
+        page.mouse.wheel(0, -100)
+        wheeled = state()
+        assert wheeled["zoom"] == pytest.approx(dragged["zoom"] * 1.25)
+        assert (wheeled["cx"] + (px - view["width"] / 2) / wheeled["scale"],
+                wheeled["cy"] + (py - view["height"] / 2) / wheeled["scale"]) == pytest.approx(under, abs=0.5)
+        page.screenshot(path=str(shots / "zoomed.png"))
+        page.keyboard.press("0")  # 1:1: one image pixel per screen pixel
+        assert state()["scale"] == pytest.approx(1.0) and _views_aligned(page)
+        page.keyboard.press("f")
+        assert state()["zoom"] == 1 and _views_aligned(page)
+
+        # ---- a small part is shown with its pixels (nearest neighbour), a reference part beside a reject
+        page.goto(f"{base}/parts/{part['ok.png']}")
+        assert page.locator("#view-original.pixelated").count() == 1
+        page.keyboard.press("1")  # confirm ok: now the part most recently labelled good
+        page.wait_for_selector(".saved")
+        page.goto(f"{base}/parts/{part['crack.png']}")
+        reference = page.locator("#reference")
+        assert reference.is_hidden()
+        page.keyboard.press("r")
+        playwright.expect(reference).to_be_visible()
+        assert f"/parts/{part['ok.png']}/picture?what=original" in reference.get_attribute("src")
+        assert f"Reference: part #{part['ok.png']}, labelled ok" in page.inner_text("#reference-caption")
+        page.wait_for_function("() => document.getElementById('reference').naturalWidth > 0")
+        assert page.locator("#original").is_hidden()
+        page.keyboard.press("r")
+        playwright.expect(page.locator("#original")).to_be_visible()
+
+        # ---- a verdict undone with u: a new row, the part unreviewed again
+        page.keyboard.press("2")  # overrule crack -> ok; the next part opens
+        page.wait_for_url(lambda url: f"/parts/{part['crack.png']}?" not in url)
+        page.wait_for_selector(".saved")
+        page.keyboard.press("u")
+        page.wait_for_url(re.compile(rf"/parts/{part['crack.png']}\?"))
+        assert "undone: your verdict (overrule -> ok)" in page.inner_text("p.saved")
+        assert "it is now no verdict: to review" in page.inner_text("p.saved")
+        assert "overrule (undone)" in page.inner_text("table.history")
+        assert "not reviewed" in page.inner_text(".verdictline")
+
+        # ---- bulk confirm
+        page.goto(f"{base}/bulk?cls=stain&min=0")
+        assert page.locator(".thumbs img").count() == 1
+        page.click("#bulk button[type=submit]")  # without the tick: the browser refuses (required)
+        assert "confirmed" not in page.inner_text("main")
+        page.check("input[name=looked]")
+        page.click("#bulk button[type=submit]")
+        page.wait_for_selector("p.saved")
+        assert "confirmed 1 part(s) as stain" in page.inner_text("p.saved")
+
+        # ---- the failed part: its own filter, reason, where the file is, acknowledge, explain again
+        page.goto(f"{base}/queue?failed=1")
+        playwright.expect(page.locator("tr[data-id]")).to_have_count(1)
+        assert "failed: to acknowledge" in page.inner_text("#rows")
+        page.locator("tr[data-id]").first.click()
+        page.wait_for_url(re.compile(rf"/parts/{part['broken.png']}"))
+        assert str(out / "failed" / "broken.png") in page.inner_text(".failure")
+        page.fill("#comment", "camera restarted")
+        page.keyboard.press("Enter")
+        page.keyboard.press("1")
+        page.wait_for_selector("p.saved")
+        page.goto(f"{base}/parts/{part['broken.png']}")
+        assert "acknowledged by quality" in page.inner_text(".failure")
+        page.keyboard.press("2")
+        page.wait_for_selector("p.saved")
+        assert "failed again" in page.inner_text("p.saved")
+
+        # ---- one screen at each window size; no text under 14 px
+        reject = part["pits.png"]
+        for width, height, scheme in ((1366, 768, "light"), (1024, 768, "light"), (1920, 1080, "dark")):
+            sized = browser.new_context(viewport={"width": width, "height": height}, color_scheme=scheme)
+            sized.add_cookies(context.cookies())
+            view_page = sized.new_page()
+            view_page.goto(f"{base}/parts/{reject}")
+            view_page.wait_for_load_state("load")
+            for what in (".view", "#review", "svg.scores", "ol.regions", ".scale"):
+                assert _in_view(view_page, what), (width, height, what)
+            smallest, where = view_page.evaluate(VISIBLE_TEXT_MIN)
+            assert smallest >= 14, (width, height, smallest, where)
+            dark = view_page.evaluate("() => getComputedStyle(document.body).backgroundColor")
+            assert (dark == "rgb(20, 24, 29)") == (scheme == "dark"), dark
+            view_page.screenshot(path=str(shots / f"part-{width}x{height}.png"))
+            if width == 1366:
+                view_page.goto(f"{base}/queue")
+                smallest, where = view_page.evaluate(VISIBLE_TEXT_MIN)
+                assert smallest >= 14, ("queue", smallest, where)
+                view_page.screenshot(path=str(shots / "queue.png"))
+            sized.close()
+        # the theme button overrides the system's choice, and the choice is kept
+        page.goto(f"{base}/queue")
+        page.keyboard.press("t")
+        assert page.evaluate("() => document.documentElement.dataset.theme") == "dark"
+        page.reload()
+        assert page.evaluate("() => getComputedStyle(document.body).backgroundColor") == "rgb(20, 24, 29)"
+        browser.close()
+
+    db = sqlite3.connect(db_path)
+    rows = db.execute("SELECT result_id, verdict, label, reviewer, undoes FROM reviews "
+                      "ORDER BY id").fetchall()
+    db.close()
+    crack_verdict = next(r for r in rows if r[0] == part["crack.png"] and r[1] == "overrule")
+    assert [r[1:] for r in rows] == [
+        ("confirm", "ok", "quality", None),
+        ("overrule", "ok", "quality", None),
+        ("undo", None, "quality", rows.index(crack_verdict) + 1),
+        ("confirm", "stain", "quality", None),
+        ("acknowledge", None, "quality", None),
+        ("explain_again", None, "quality", None),
+    ]

@@ -225,12 +225,12 @@ def layer_strip(exp: Explanation, image: np.ndarray, *, tile: int = 128, colorma
     out = []
     for t, name in zip(tiles, names):
         band = np.full((LABEL_BAND, size[0], 3), 32, np.uint8)
-        scale = 0.4
-        while scale > 0.25 and cv2.getTextSize(name, FONT, scale, 1)[0][0] + 6 > size[0]:
+        scale = 0.6  # about 14 px capitals at the strip's size, smaller only for a name that would not fit
+        while scale > 0.35 and cv2.getTextSize(name, FONT, scale, 1)[0][0] + 6 > size[0]:
             scale -= 0.05
-        cv2.putText(band, name, (3, LABEL_BAND - 5), FONT, scale, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(band, name, (3, LABEL_BAND - 7), FONT, scale, (255, 255, 255), 1, cv2.LINE_AA)
         out.append(np.concatenate([band, cv2.resize(t, size, interpolation=cv2.INTER_NEAREST)], axis=0))
     return np.concatenate(out, axis=1)
 
 
-LABEL_BAND = 16  # px above each tile of a layer strip, for its name
+LABEL_BAND = 26  # px above each tile of a layer strip, for its name
