@@ -7,6 +7,7 @@ station's memory after many such parts, and bulk confirm of 100 parts (bundled e
    from 12 MP files. Each part page is fetched over HTTP as Chromium would at first sight: the HTML, the
    two previews it shows, the colour bar. It prints bytes and time per part page, what zooming in to full
    resolution downloads, and the process's resident memory before and after.
+   The queue's first page is fetched with its thumbnails before any part page.
 2. ``--rounds`` rounds (default 3) of bulk confirm: 100 new unreviewed parts predicted one class with a
    confidence of 0.99, listed by GET /bulk, confirmed by one POST /bulk/confirm; the store is checked for
    100 verdict rows each round.
@@ -141,6 +142,18 @@ def part_pages(client: httpx.Client, ids: list[int]) -> None:
     )
 
 
+def queue_thumbnails(client: httpx.Client) -> None:
+    """The queue's first page at first sight: its rows, then every thumbnail (none made before)."""
+    start = time.perf_counter()
+    rows = client.get("/queue/rows", params={"order": "newest"}).text
+    urls = [u.replace("&amp;", "&") for u in re.findall(r'<td class="thumb"><img src="([^"]+)"', rows)]
+    fetched = sum(len(client.get(u).content) for u in urls)
+    seconds = time.perf_counter() - start
+    print(f"  queue page with {len(urls)} thumbnails at first sight: {seconds:.1f} s "
+          f"({seconds / max(1, len(urls)) * 1000:.0f} ms per thumbnail, {fetched / 1024:.0f} KiB); "
+          "from the cache afterwards")
+
+
 def bulk_rounds(station: Station, client: httpx.Client, rounds: int, taken: str) -> None:
     """``taken``: the 12 MP parts' class, which the bulk parts avoid (their list holds only its own)."""
     store, run = station.store, station.job.run_id
@@ -215,6 +228,7 @@ def main() -> int:
             token = client.get("/login").cookies["sise_login"]
             client.post("/login", data={"username": "bench", "password": "bench-password", "token": token})
             before = rss_mib()
+            queue_thumbnails(client)
             part_pages(client, ids)
             print(
                 f"  station process memory (RSS): {before:.0f} MiB before the part pages, "

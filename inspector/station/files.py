@@ -5,6 +5,7 @@ SHA-256 is the one recorded), and the overlay cut to the image so that it lies e
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import hashlib
 import os
@@ -122,12 +123,17 @@ def picture(store: Store, part: dict, what: str, size: str, max_pixels: int) -> 
     found = _pictures.get(key)  # made from the recorded content: valid while the overlay file is the same
     if found is not None:
         return found, "image/jpeg"
-    data = original_bytes(part)
-    if data is None:
-        raise LookupError("the original image is no longer where it was explained")
-    if size == "full" and overlay is None:
-        return for_browser(data, max_pixels)
-    found = _make_picture(data, overlay, size, max_pixels)
+    found = None
+    if overlay is not None and (dimensions := picture_size(part)) is not None:
+        with contextlib.suppress(OSError):  # the original's header is enough; else decode it below
+            found = _scaled(_overlay_area(overlay, dimensions), size)
+    if found is None:
+        data = original_bytes(part)
+        if data is None:
+            raise LookupError("the original image is no longer where it was explained")
+        if size == "full" and overlay is None:
+            return for_browser(data, max_pixels)
+        found = _make_picture(data, overlay, size, max_pixels)
     if size != "full":
         _pictures.put(key, found)
     return found, "image/jpeg"
@@ -150,6 +156,11 @@ def _make_picture(original: bytes, overlay_path: str | None, size: str, max_pixe
         picture_bgr = _overlay_area(overlay_path, (image.shape[1], image.shape[0]))
     else:
         picture_bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    return _scaled(picture_bgr, size)
+
+
+def _scaled(picture_bgr: np.ndarray, size: str) -> bytes:
+    """A BGR picture as JPEG, its longest side at most SIZES[size]."""
     height, width = picture_bgr.shape[:2]
     longest = SIZES.get(size)
     if longest is not None and max(width, height) > longest:
