@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--target", default=None, help="class name or index to explain (default: the top class)")
     ex.add_argument("--store", default=None, help=store_help)
     ex.add_argument("--batch-images", **batch_option)
+    ex.add_argument("--serial", default=None, help="the part's serial number (one image only)")
+    for name in ("line", "camera", "product"):
+        ex.add_argument(f"--{name}", default=None, help=f"the part's {name} (the same for every image)")
+    ex.add_argument("--tag", action="append", default=[], help="a tag on the part (repeat for more)")
     ev = sub.add_parser("evaluate", help="explanation quality against ground-truth defect masks")
     ev.add_argument("-c", "--config", required=True)
     ev.add_argument("--data", required=True,
@@ -283,6 +287,7 @@ def cmd_watch(args) -> int:
 
 
 def cmd_explain(args) -> int:
+    from .common.identity import make_identity
     from .jobs.record import explain_and_record_many, start_job
     from .store import Store, default_url, display_path
 
@@ -294,6 +299,11 @@ def cmd_explain(args) -> int:
     images = collect_images(args.images)
     if not images:
         raise InspectorError("no images found in " + ", ".join(args.images))
+    given = make_identity(args.serial, args.line, args.camera, args.product, args.tag)
+    if args.serial is not None and len(images) > 1:
+        raise InspectorError(f"--serial names one part, but {len(images)} images were given; explain them "
+                             "one at a time, or name them by identity.pattern in the config")
+    identities = None if given.empty else dict.fromkeys(images, given)
     os.makedirs(args.out, exist_ok=True)
     with Store(args.store or default_url(args.out)) as store:
         job = start_job(insp, store, kind="explain", out_dir=args.out, target=args.target)
@@ -306,7 +316,7 @@ def cmd_explain(args) -> int:
                 for first in range(0, len(images), size):
                     if stop.requested:
                         break
-                    for outcome in explain_and_record_many(job, images[first:first + size]):
+                    for outcome in explain_and_record_many(job, images[first:first + size], identities):
                         i += 1
                         progress.update(i, f"{display_path(outcome.path)}: "
                                            f"{_explain_status(outcome, counts, failures)}")

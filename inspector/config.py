@@ -244,6 +244,17 @@ class RoiConfig:
 
 
 @dataclass(frozen=True)
+class IdentityConfig:
+    """How watch and audit learn a part's identity (serial, line, camera, product, tags): from its file
+    name (``pattern``, such as ``{line}_{camera}_{serial}.png``; ``{*}`` matches anything) and/or from a
+    JSON sidecar ``<image file name>.json`` beside the image (``sidecar: true``; it wins field by field).
+    Identity never changes an explanation."""
+
+    pattern: str | None = None
+    sidecar: bool = False
+
+
+@dataclass(frozen=True)
 class InspectorConfig:
     model: str
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -257,6 +268,7 @@ class InspectorConfig:
     visuals: VisualsConfig = field(default_factory=VisualsConfig)
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
     roi: RoiConfig | None = None
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
 
 
 def _check_choice(key: str, value, choices) -> None:
@@ -386,6 +398,13 @@ def _validate(cfg: InspectorConfig) -> None:
     _check_range("detect.max_detections", cfg.detect.max_detections, 1, 1000)
     if cfg.roi is not None:
         _check_range("roi.flag_below", cfg.roi.flag_below, 0, 1)
+    if cfg.identity.pattern is not None:
+        from .common.identity import IdentityError, compile_pattern
+
+        try:
+            compile_pattern(cfg.identity.pattern)
+        except IdentityError as e:
+            raise ConfigError(str(e)) from None
     if cfg.regions.min_area < 1:
         raise ConfigError("regions.min_area: must be >= 1")
     n = 1 if p.channel_order == "GRAY" else 3

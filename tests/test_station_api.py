@@ -27,12 +27,13 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 import inspector
+from inspector.common.identity import make_identity
 from inspector.engine.inspector import Inspector
 from inspector.station import auth
 from inspector.station.app import create_app
-from inspector.station.service import UPLOAD_DIR, Station, StationSettings
+from inspector.station.service import UPLOAD_DIR, Station, StationSettings, parse_references
 from inspector.station.verdicts import overrule_choices
-from inspector.store.schema import artifacts, results, reviews, users
+from inspector.store.schema import artifacts, parts, results, reviews, users
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.abspath(inspector.__file__)), "example")
 CONFIG = os.path.join(EXAMPLE, "config.yaml")
@@ -1185,32 +1186,117 @@ def review_overlay_path(st, part: int) -> str:
 
 
 def test_the_reference_part_is_the_last_one_labelled_good_or_the_golden_image(st, session, tmp_path):
-    reject = explained(st, "ref-crack.png", variant("crack", 931))["result_id"]
-    good = explained(st, "ref-ok.png", variant("ok", 932))["result_id"]
-    assert api_review(st, good, {"verdict": "confirm"}, "rob").status_code == 201
+    """Key r's picture: the part most recently labelled good of the same product and camera (any part
+    for a part without them), or the golden image given for its product/camera, product, or any part."""
+    gear = {"product": "gear", "camera": "cam2"}
+
+    def sent(name, data, **identity):
+        r = st.client.post("/api/v1/explain", files={"image": (name, data, "image/png")}, data=identity,
+                           auth=basic("rita"))
+        assert r.status_code in (200, 201), r.text
+        return r.json()["result_id"]
+
+    reject = sent("ref-crack.png", variant("crack", 931), **gear)
+    plain_reject = sent("ref-crack-2.png", variant("crack", 933))
+    good_gear = sent("ref-ok.png", variant("ok", 932), **gear)
+    good_shaft = sent("ref-ok-2.png", variant("ok", 934), product="shaft", camera="cam2")
+    for good in (good_gear, good_shaft):  # the shaft part is labelled good last
+        assert api_review(st, good, {"verdict": "confirm"}, "rob").status_code == 201
     viewer, _ = session("vic")
     page = viewer.get(f"/parts/{reject}").text
-    assert f'data-src="/parts/{good}/picture?what=original&amp;size=preview"' in page
-    assert f"Reference: part #{good}, labelled ok by rob" in page
-    assert viewer.get(f"/parts/{good}/picture?what=original&size=preview").status_code == 200
+    assert f'data-src="/parts/{good_gear}/picture?what=original&amp;size=preview"' in page
+    assert f"Reference: part #{good_gear}, labelled ok by rob" in page
+    assert f"Reference: part #{good_shaft}," in viewer.get(f"/parts/{plain_reject}").text
+    assert viewer.get(f"/parts/{good_gear}/picture?what=original&size=preview").status_code == 200
 
-    golden = tmp_path / "golden.png"
+    golden, golden_gear = tmp_path / "golden.png", tmp_path / "gear.png"
     golden.write_bytes(sample("ok"))
-    settings = StationSettings(config=CONFIG, out_dir=str(tmp_path / "g"), reference=str(golden))
+    golden_gear.write_bytes(sample("stain"))
+    settings = StationSettings(config=CONFIG, out_dir=str(tmp_path / "g"),
+                               reference=parse_references([str(golden), f"gear/cam2={golden_gear}"]))
     station = Station(settings, insp=st.station.insp)
     auth.add_user(station.store, "vic", PASSWORDS["vic"], "viewer")
     with TestClient(create_app(station)) as client:
-        station.explain_upload(sample("crack"), "c.png")
+        plain = station.explain_upload(sample("crack"), "c.png").result_id
+        geared = station.explain_upload(sample("pits"), "p.png", make_identity(**gear)).result_id
         client.get("/login")
         client.post("/login", data={"username": "vic", "password": PASSWORDS["vic"],
                                     "token": client.cookies.get("sise_login")})
-        page = client.get("/parts/1").text
-        assert "Reference: golden image golden.png" in page and 'data-src="/reference?size=preview"' in page
-        served = cv2.imdecode(np.frombuffer(client.get("/reference").content, np.uint8), cv2.IMREAD_COLOR)
-        diff = {name: np.abs(served.astype(int) - cv2.imdecode(np.frombuffer(sample(name), np.uint8),
-                                                                cv2.IMREAD_COLOR).astype(int)).mean()
-                for name in ("ok", "crack")}
-        assert diff["ok"] < 5 < 2 * diff["ok"] < diff["crack"], diff  # the golden image (a JPEG of it)
+        page = client.get(f"/parts/{plain}").text
+        assert "Reference: golden image golden.png<" in page
+        assert 'data-src="/reference?key=&amp;size=preview"' in page
+        page = client.get(f"/parts/{geared}").text
+        assert "Reference: golden image gear.png (gear/cam2)" in page
+        for key, name in (("", "ok"), ("gear/cam2", "stain")):
+            got = client.get("/reference", params={"key": key}).content
+            served = cv2.imdecode(np.frombuffer(got, np.uint8), cv2.IMREAD_COLOR)
+            diff = {other: np.abs(served.astype(int) - cv2.imdecode(np.frombuffer(sample(other), np.uint8),
+                                                                     cv2.IMREAD_COLOR).astype(int)).mean()
+                    for other in ("ok", "stain", "crack")}
+            assert diff[name] < 5 < 2 * diff[name] < min(v for k, v in diff.items() if k != name), diff
+        assert client.get("/reference", params={"key": "shaft"}).status_code == 404
     golden.write_bytes(b"not an image")
     with pytest.raises(inspector.errors.InspectorError, match="--reference .*golden.png"):
         Station(settings, insp=st.station.insp)
+    assert parse_references(["/data/x=1.png", "gear=/a.png", "gear/cam2=b.png"]) == (
+        ("", "/data/x=1.png"), ("gear", "/a.png"), ("gear/cam2", "b.png"))
+    with pytest.raises(inspector.errors.InspectorError, match="given twice"):
+        parse_references(["a.png", "=b.png"])
+
+
+# ----- part identity ------------------------------------------------------------------------------------
+def test_parts_carry_their_identity_through_the_api_the_pages_and_the_export(st, session):
+    """Serial, line, camera, product and tags sent with an image are stored with the part, shown on its
+    page and in the queue, searchable (serial box, line/camera/product filters, ?serial= in the API) and
+    in the dataset export. The same bytes under a second serial: a second part of the same result, the
+    explanation not computed again. A field with control characters: 422, nothing stored."""
+    data = variant("scratch", 951)
+
+    def send(serial, **more):
+        return st.client.post("/api/v1/explain", files={"image": ("cam.png", data, "image/png")},
+                              data={"serial": serial, **more}, auth=basic("rita"))
+
+    first = send("SN-951-A", line="L7", camera="top", product="gear", tags="rework, night")
+    assert first.status_code == 201, first.text
+    body = first.json()
+    assert body["identity"] == {"serial": "SN-951-A", "line": "L7", "camera": "top", "product": "gear",
+                                "tags": ["rework", "night"]}
+    explained_before = metrics(st)["sise_parts_explained_total"]
+    second = send("SN-951-B", line="L7", camera="top", product="gear")
+    assert second.status_code == 200 and second.json()["result_id"] == body["result_id"]
+    assert metrics(st)["sise_parts_explained_total"] == explained_before  # not explained again
+    assert send("SN-951-A", line="L7", camera="top", product="gear", tags="rework, night").status_code == 200
+    rid = body["result_id"]
+    stored = db(st, sa.select(parts.c.serial, parts.c.tags).where(parts.c.result_id == rid)
+                .order_by(parts.c.id))
+    assert [(r["serial"], r["tags"]) for r in stored] == [("SN-951-A", ["rework", "night"]),
+                                                          ("SN-951-B", None)]
+
+    refused = send("SN\x00951")
+    assert refused.status_code == 422 and "serial: control characters" in refused.text
+
+    found = st.client.get("/api/v1/results", params={"serial": "SN-951-B"}, auth=basic("vic")).json()
+    assert [r["result_id"] for r in found["results"]] == [rid]
+    assert [p["serial"] for p in found["results"][0]["parts"]] == ["SN-951-A", "SN-951-B"]
+    assert "serial=SN-951-B" in found["next"]
+    assert st.client.get("/api/v1/results", params={"serial": "SN-nobody"}, auth=basic("vic")).json()[
+        "results"] == []
+
+    viewer, _ = session("vic")
+    page = viewer.get(f"/parts/{rid}").text
+    assert 'Serial <strong class="serial">SN-951-B</strong>' in page
+    assert "also arrived as: Serial <strong class=\"serial\">SN-951-A</strong>" in page
+    assert '<span class="tag">rework</span>' in page
+    for query in ("serial=SN-951-A", "line=L7", "camera=top&product=gear", "serial=SN-951-B&line=L7"):
+        assert [r["id"] for r in queue_rows(viewer.get(f"/queue/rows?{query}").text)] == [rid], query
+    assert queue_rows(viewer.get("/queue/rows?serial=SN-951-A&line=L8").text) == []
+    queue = viewer.get("/queue").text
+    assert '<option value="L7" >L7</option>' in queue or '<option value="L7">L7</option>' in queue
+
+    assert api_review(st, rid, {"verdict": "confirm"}).status_code == 201
+    admin, _ = session("ada")
+    archive = zipfile.ZipFile(io.BytesIO(admin.get("/export.zip").content))
+    labels = list(csv.DictReader(io.StringIO(archive.read(next(
+        n for n in archive.namelist() if n.endswith("labels.csv"))).decode())))
+    row = next(r for r in labels if r["image_sha256"] == sha256(data))
+    assert (row["serial"], row["line"], row["tags"]) == ("SN-951-A;SN-951-B", "L7", "rework;night")

@@ -465,6 +465,24 @@ def test_a_shift_at_the_station_zoom_reference_undo_bulk_failed_and_window_sizes
         assert "overrule (undone)" in page.inner_text("table.history")
         assert "not reviewed" in page.inner_text(".verdictline")
 
+        # ---- a part sent by the line with its serial number, found again by a search for it
+        import httpx
+
+        image = (SAMPLES / "inclusion.png").read_bytes()
+        sent = httpx.post(base + "/api/v1/explain", auth=("quality", PASSWORD), timeout=60,
+                          files={"image": ("cam1.png", image, "image/png")},
+                          data={"serial": "SN-2026-0042", "line": "L3", "camera": "top"})
+        assert sent.status_code == 201, sent.text
+        page.goto(f"{base}/queue")
+        page.fill("#serial-search", "SN-2026-0042")
+        page.keyboard.press("Enter")
+        page.wait_for_url(re.compile(r"serial=SN-2026-0042"))
+        playwright.expect(page.locator("tr[data-id]")).to_have_count(1)
+        assert "SN-2026-0042" in page.inner_text("#rows") and "L3 · top" in page.inner_text("#rows")
+        page.locator("tr[data-id]").first.click()
+        page.wait_for_url(re.compile(rf"/parts/{sent.json()['result_id']}"))
+        assert "Serial SN-2026-0042 · line L3 · camera top" in page.inner_text(".identity")
+
         # ---- bulk confirm
         page.goto(f"{base}/bulk?cls=stain&min=0")
         assert page.locator(".thumbs img").count() == 1

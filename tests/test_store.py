@@ -15,11 +15,12 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
+from inspector.common.identity import Identity
 from inspector.errors import VerdictConflict
 from inspector.store import SCHEMA_VERSION, ResultKey, Store, StoreError
 from inspector.store import store as store_module
 from inspector.store.db import utcnow
-from inspector.store.schema import metadata, results, reviews, runs, schema_version
+from inspector.store.schema import metadata, parts, results, reviews, runs, schema_version
 
 KEY = ResultKey("a" * 64, "s" * 64, "top")
 
@@ -181,11 +182,11 @@ def test_paths_that_are_not_utf8_are_kept_byte_for_byte(store_url):
     assert row["source_path"] == "/line3/lot\\xff\\xfe #7/caf\\xe9.png"
 
 
-LATER_TABLES = ("reviews", "users", "sessions", "login_failures", "detections")  # by the upgrades to 2-5
+LATER_TABLES = ("reviews", "users", "sessions", "login_failures", "detections", "parts")  # upgrades to 2-7
 
 
 def _back_to_version_1(conn: sa.Connection) -> None:
-    for name in ("detections", "login_failures", "sessions", "users", "reviews"):
+    for name in ("parts", "detections", "login_failures", "sessions", "users", "reviews"):
         conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
     conn.execute(sa.text("DROP INDEX IF EXISTS ix_results_finished"))
     conn.execute(sa.update(schema_version).values(version=1))
@@ -214,7 +215,7 @@ def test_a_version_1_store_is_upgraded_with_its_data(store_url):
     engine.dispose()
     with Store(store_url) as store:
         with store.begin() as conn:
-            assert conn.execute(sa.select(schema_version.c.version)).scalar_one() == SCHEMA_VERSION == 6
+            assert conn.execute(sa.select(schema_version.c.version)).scalar_one() == SCHEMA_VERSION == 7
             assert "ix_results_finished" in {i["name"] for i in sa.inspect(conn).get_indexes("results")}
             tables = set(sa.inspect(conn).get_table_names())
             assert {"users", "sessions", "login_failures", "detections"} <= tables
@@ -466,8 +467,9 @@ def test_a_version_5_store_with_verdicts_is_upgraded_to_undo(store_url):
         part = explained_result(store)
         store.add_review(part, verdict="overrule", label="class1", reviewer="rita")
     engine = sa.create_engine(store_url)
-    with engine.begin() as conn:  # as version 5 made it: no reviews.undoes
+    with engine.begin() as conn:  # as version 5 made it: no reviews.undoes (and no parts)
         conn.execute(sa.text("ALTER TABLE reviews DROP COLUMN undoes"))
+        conn.execute(sa.text("DROP TABLE parts"))
         conn.execute(sa.update(schema_version).values(version=5))
     engine.dispose()
     with Store(store_url) as store:
@@ -522,3 +524,52 @@ def test_runs_that_ended_without_a_word_are_marked_interrupted_when_the_next_run
                for r in (killed, elsewhere_dead))
     assert [status[r]["status"] for r in (elsewhere_alive, live)] == ["running"] * 2
     assert all(status[r]["ended_at"] is None for r in (elsewhere_alive, live))
+
+
+def test_a_version_6_store_gets_one_part_per_finished_result(store_url):
+    """The upgrade to parts: each done or failed result becomes one part without identity, arrived when
+    it finished, from its source path (bytes kept); a running claim gets none; verdicts stay."""
+    with Store(store_url) as store:
+        done = explained_result(store)
+        store.add_review(done, verdict="confirm", label="class3", reviewer="rita")
+        run = new_run(store)
+        raw = b"/line3/caf\xe9.png"
+        for key, fields in ((ResultKey("b" * 64, "s" * 64, "top"), {"status": "failed", "error": "bad"}),
+                            (ResultKey("c" * 64, "s" * 64, "top"), None)):
+            store.add_image(key.image_sha256, 10, os.fsdecode(raw))
+            claim = store.claim(key, run, os.fsdecode(raw))
+            if fields:
+                store.finish(claim, run, fields, scope="scope", path=os.fsdecode(raw),
+                             image_sha256=key.image_sha256)
+                failed = claim.result_id
+        with store.begin() as conn:
+            finished = dict(conn.execute(sa.select(results.c.id, results.c.finished_at)).all())
+    engine = sa.create_engine(store_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE parts"))
+        conn.execute(sa.update(schema_version).values(version=6))
+    engine.dispose()
+    with Store(store_url) as store, store.begin() as conn:
+        rows = conn.execute(sa.select(parts).order_by(parts.c.result_id)).mappings().all()
+        assert [r["result_id"] for r in rows] == [done, failed]
+        assert all(r["serial"] is None and r["identity_key"] == Identity().key() for r in rows)
+        assert bytes(rows[1]["source_path_bytes"]) == raw
+        assert [store_module.as_utc(r["arrived_at"]) for r in rows] == [
+            store_module.as_utc(finished[done]), store_module.as_utc(finished[failed])]
+        assert conn.execute(sa.select(sa.func.count()).select_from(reviews)).scalar_one() == 1
+
+
+def test_the_same_bytes_as_two_serials_are_two_parts_of_one_result(store_url):
+    with Store(store_url) as store:
+        result_id = explained_result(store)
+        run = new_run(store)
+        a = store.add_part(result_id, run, "/in/A1.png", Identity(serial="A1", line="L3", tags=("rework",)))
+        b = store.add_part(result_id, run, "/in/B7.png", Identity(serial="B7", line="L3"))
+        again = store.add_part(result_id, run, "/in/A1-resent.png", Identity(serial="A1", line="L3",
+                                                                            tags=("rework",)))
+        assert a != b and again == a
+        with store.begin() as conn:
+            rows = conn.execute(sa.select(parts.c.serial, parts.c.tags, parts.c.source_path)
+                                .where(parts.c.result_id == result_id).order_by(parts.c.id)).all()
+        assert [tuple(r) for r in rows] == [(None, None, "/x.png"), ("A1", ["rework"], "/in/A1.png"),
+                                            ("B7", None, "/in/B7.png")]

@@ -19,9 +19,9 @@ from inspector.quality.synthetic import sample
 
 
 @contextlib.contextmanager
-def service(tmp_path, log_name, *extra):
+def service(tmp_path, log_name, *extra, config=None):
     """The watch service as a subprocess; leaving the block sends SIGTERM and expects exit status 0."""
-    cfg = os.path.join(example_dir(), "config.yaml")
+    cfg = config or os.path.join(example_dir(), "config.yaml")
     with open(tmp_path / log_name, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "inspector", "watch", "-c", cfg,
                                  "--in", str(tmp_path / "in"),

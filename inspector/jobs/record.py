@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..common.atomic import commit_group, discard_group, prepare_group, remove_stale_parts
+from ..common.identity import NO_IDENTITY, Identity, compile_pattern, identify
 from ..common.reading import IMAGE_LIMIT_HINT, image_limit, read_regular
 from ..common.version import __version__
 from ..engine.explanation import Explanation
@@ -115,6 +116,7 @@ class Job:
     target_key: str = "top"
     target: object = None
     retry: bool = True
+    _pattern: re.Pattern | None = field(default=None, repr=False)
     # claims this run could not give back when it had to (the store or its disk was down at that moment):
     # given back before this run claims anything else, and from the keep-alive thread meanwhile
     unreleased: list[Claim] = field(default_factory=list, repr=False)
@@ -123,6 +125,15 @@ class Job:
     @property
     def artifact_dir(self) -> str:
         return os.path.join(self.out_dir, ARTIFACT_DIR)
+
+    def identity_of(self, path: str) -> tuple[Identity, str | None]:
+        """The part an image file is, by the config's identity rule (file name pattern, sidecar)."""
+        rule = self.insp.config.identity
+        if rule.pattern is None and not rule.sidecar:
+            return Identity(), None
+        if rule.pattern is not None and self._pattern is None:
+            self._pattern = compile_pattern(rule.pattern)
+        return identify(path, self._pattern, rule.sidecar)
 
     def give_back(self, claim: Claim) -> None:
         """Give a claim back unfinished; when the store cannot take it now, keep it to give back later (a
@@ -196,22 +207,26 @@ class Outcome:
     artifacts: dict[str, str] = field(default_factory=dict)  # kind -> absolute path
     explanation: Explanation | list[Explanation] | None = None  # a detector's: one per detection
     review: Review | None = None
+    identity: Identity = NO_IDENTITY  # the part on the line
+    identity_note: str | None = None  # what of its identity could not be read
 
     @property
     def failed(self) -> bool:
         return self.state in ("failed", "skipped_failed", "unreadable")
 
 
-def explain_and_record(job: Job, path: str) -> Outcome:
-    """Explain the image file ``path`` (unless the store has its result) and record everything.
+def explain_and_record(job: Job, path: str, identity: Identity | None = None) -> Outcome:
+    """Explain the image file ``path`` (unless the store has its result) and record everything; the part
+    is ``identity``, or what the config's identity rule reads from the file's name and sidecar.
 
     Raises:
         OutputError: the artifacts or the store could not be written; the run must stop.
     """
-    return explain_and_record_many(job, [path])[0]
+    return explain_and_record_many(job, [path], None if identity is None else {path: identity})[0]
 
 
-def explain_and_record_many(job: Job, paths: list[str]) -> list[Outcome]:
+def explain_and_record_many(job: Job, paths: list[str],
+                            identities: dict[str, Identity] | None = None) -> list[Outcome]:
     """:func:`explain_and_record` for several files, in order; the images this run claims are explained
     together (``Inspector.explain_batch``), each result is recorded as soon as its files are ready.
 
@@ -226,7 +241,9 @@ def explain_and_record_many(job: Job, paths: list[str]) -> list[Outcome]:
         if job.give_back_unreleased():
             raise StoreError("claims of an earlier attempt cannot be given back yet")
         for current in paths:
-            step = _claim_input(job, current, {item.outcome.image_sha256 for item in held})
+            given = (identities or {}).get(current)
+            who = (given, None) if given is not None else job.identity_of(current)
+            step = _claim_input(job, current, {item.outcome.image_sha256 for item in held}, who)
             if isinstance(step, _Held):
                 held.append(step)
                 outcomes.append(None)
@@ -246,7 +263,7 @@ def explain_and_record_many(job: Job, paths: list[str]) -> list[Outcome]:
                 outcomes[i] = _record(job, item, files[item.outcome.path])
                 held.remove(item)
         later = [o for o in outcomes if isinstance(o, str)]  # now found in the store, as one at a time would
-        found = iter(explain_and_record_many(job, later) if later else [])
+        found = iter(explain_and_record_many(job, later, identities) if later else [])
         return [next(found) if isinstance(o, str) else o for o in outcomes]
     except StoreError as e:
         error = OutputError(f"cannot record {display_path(current)} in the store: {e}; fix it and run the "
@@ -271,10 +288,12 @@ class _Held:
     data: bytes
 
 
-def _claim_input(job: Job, path: str, batch_shas: set[str] = frozenset()) -> Outcome | _Held | str:
+def _claim_input(job: Job, path: str, batch_shas: set[str] = frozenset(),
+                 who: tuple[Identity, str | None] = (NO_IDENTITY, None)) -> Outcome | _Held | str:
     """Read and hash the file, and claim its result: the final outcome of a file this run does not explain
-    (unreadable, done, failed before, busy elsewhere), or the claim to explain it; the path itself when
-    its bytes are those of an image this batch already holds (to be looked up once that is recorded)."""
+    (unreadable, done, failed before, busy elsewhere; the part ``who`` is noted on its result), or the
+    claim to explain it; the path itself when its bytes are those of an image this batch already holds
+    (to be looked up once that is recorded)."""
     try:
         data = read_regular(path, image_limit(job.insp.config.preprocess.max_pixels), what="image file",
                             limit_hint=IMAGE_LIMIT_HINT)
@@ -292,8 +311,12 @@ def _claim_input(job: Job, path: str, batch_shas: set[str] = frozenset()) -> Out
         claim = job.store.claim(key, job.run_id, path, redo=True)  # e.g. images/ deleted: make them again
     if not claim.held:
         job.store.record_input(job.scope, job.run_id, path, image_sha256=sha, result_id=claim.result_id)
-        return _found(path, claim, sha)
-    return _Held(Outcome(path, "explained", claim.result_id, sha), claim, key, data)
+        job.store.add_part(claim.result_id, job.run_id, path, *who)
+        found = _found(path, claim, sha)
+        found.identity, found.identity_note = who
+        return found
+    outcome = Outcome(path, "explained", claim.result_id, sha, identity=who[0], identity_note=who[1])
+    return _Held(outcome, claim, key, data)
 
 
 def _record(job: Job, item: _Held, files: dict[str, bytes]) -> Outcome:
@@ -477,7 +500,8 @@ def _commit(job: Job, claim: Claim, outcome: Outcome, files: dict[str, bytes]) -
     try:
         temps = prepare_group({named[kind]: data for kind, data in files.items()})
         job.store.finish(claim, job.run_id, outcome.fields, rows, scope=job.scope, path=outcome.path,
-                         image_sha256=outcome.image_sha256)
+                         image_sha256=outcome.image_sha256, identity=outcome.identity,
+                         identity_note=outcome.identity_note)
     except ClaimLost:
         discard_group(temps)  # the result and its files are the new owner's
         raise

@@ -11,20 +11,22 @@ import sqlalchemy as sa
 
 from ..common import documents, spreadsheet
 from ..common.atomic import write_group
+from ..common.identity import FIELDS as IDENTITY_FIELDS
 from ..common.version import __version__
 from ..store import Store
-from ..store.schema import artifacts, detections, inputs, results, runs
+from ..store.schema import artifacts, detections, inputs, parts, results, runs
 
 CSV_FIELDS = ("path", "image_sha256", "status", "prediction", "confidence", "target", "regions",
               "evidence_peak", "evidence_mean", "roi_inside", "flagged", "masks", "seconds", "error",
-              "retryable", "shard", "result_id", "detections")
+              "retryable", "shard", "result_id", "detections", "serial", "line", "camera", "product", "tags")
 VIEW_FILES = ("results.csv", "results.jsonl", "report.html")
 
 
 def report_rows(store: Store, scopes: list[str] | None = None) -> list[dict]:
     """One dict per input of ``scopes`` (all inputs when None), sorted by path, with its result, status
-    (done | failed | pending), artifacts (kind -> absolute path) and a detector's detections (highest
-    score first; [] for a classifier's)."""
+    (done | failed | pending), artifacts (kind -> absolute path), a detector's detections (highest
+    score first; [] for a classifier's) and the part's identity (the part that arrived from this path,
+    else the result's newest)."""
     r = results.c
     query = (sa.select(inputs.c.path, inputs.c.path_bytes, inputs.c.image_sha256,
                        inputs.c.error.label("input_error"),
@@ -51,7 +53,14 @@ def report_rows(store: Store, scopes: list[str] | None = None) -> list[dict]:
             found.setdefault(d["result_id"], []).append(
                 {"position": d["position"], "class": d["class_name"], "score": d["score"],
                  "box": [d["x1"], d["y1"], d["x2"], d["y2"]], "evidence_in_box": d["evidence_in_box"]})
+        arrivals: dict[int, list[dict]] = {}
+        for p in conn.execute(sa.select(parts).order_by(parts.c.id)).mappings():
+            arrivals.setdefault(p["result_id"], []).append(dict(p))
     for row in rows:
+        mine = arrivals.get(row["result_id"], [])
+        here = [p for p in mine if bytes(p["source_path_bytes"]) == bytes(row["path_bytes"])]
+        part = (here or mine or [{}])[-1]
+        row.update({f: part.get(f) for f in IDENTITY_FIELDS}, tags=part.get("tags") or [])
         if row["input_error"]:
             row.update(status="failed", error=row["input_error"], retryable=True)
         elif row["status"] in (None, "running"):
@@ -91,7 +100,8 @@ def csv_text(rows: list[dict]) -> str:
          _cell(r["confidence"], 4), _cell(r["target_name"]), _cell(r["region_count"]),
          _cell(r["evidence_peak"], 4), _cell(r["evidence_mean"], 4), _cell(r["roi_inside"], 4),
          _cell(r["flagged"]), _cell(r["masks"]), _cell(r["seconds"], 3), _cell(r["error"]),
-         _cell(r["retryable"]), r["shard"], _cell(r["result_id"]), detection_cell(r.get("detections", []))]
+         _cell(r["retryable"]), r["shard"], _cell(r["result_id"]), detection_cell(r.get("detections", [])),
+         *(_cell(r.get(f)) for f in IDENTITY_FIELDS), ";".join(r.get("tags") or [])]
         for r in rows))
 
 
@@ -104,7 +114,7 @@ def detection_cell(found: list[dict]) -> str:
 def jsonl_text(rows: list[dict], out_dir: str) -> str:
     keep = ("path", "image_sha256", "status", "confidence", "region_count", "evidence_peak", "evidence_mean",
             "roi_inside", "flagged", "masks", "seconds", "error", "retryable", "shard", "result_id", "scores",
-            "regions", "timings", "versions")
+            "regions", "timings", "versions", *IDENTITY_FIELDS, "tags")
     lines = []
     for r in rows:
         item = {k: r[k] for k in keep}

@@ -21,6 +21,7 @@ import time
 
 from ..common.atomic import write_atomic
 from ..common.folders import check_output_folder, is_inside
+from ..common.identity import sidecar_path
 from ..common.stop import Stop
 from ..engine.inspector import Inspector
 from ..engine.runtime.preprocess import IMAGE_EXTENSIONS
@@ -180,6 +181,19 @@ def _handled(job, outcome: Outcome, done_dir, failed_dir, log, observe, seconds:
     return 1
 
 
+def _move_sidecar(image: str, moved_image: str) -> None:
+    """The image's identity sidecar follows it, named after its new name (never replacing a file)."""
+    side, target = sidecar_path(image), sidecar_path(moved_image)
+    if not os.path.isfile(side):
+        return
+    try:
+        os.link(side, target)
+    except OSError:  # the name is taken (keep both) or another file system: move_unique copes
+        move_unique(side, os.path.dirname(moved_image))
+        return
+    os.unlink(side)
+
+
 def _moved(name: str, moved: str) -> str:
     """``part.png``, or ``part.png -> part.1.png`` when the name was taken in the done/failed folder."""
     new = os.path.basename(moved)
@@ -190,6 +204,10 @@ def _file_away(job, outcome: Outcome, done_dir: str, failed_dir: str, log, secon
     name = os.path.basename(outcome.path)
     moved = move_unique(outcome.path, failed_dir if outcome.failed else done_dir)
     job.store.rename_input(job.scope, outcome.path, moved)
+    if job.insp.config.identity.sidecar:
+        _move_sidecar(outcome.path, moved)
+    if outcome.identity_note:
+        log(f"WARNING {display_path(name)}: identity: {outcome.identity_note}")
     if outcome.failed:
         error = outcome.error or "failed before (same content and settings)"
         write_atomic(error_file(moved), error + "\n")

@@ -7,10 +7,11 @@ import time
 from typing import Annotated
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, File, HTTPException, Query, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..common.identity import IdentityError, make_identity
 from ..errors import InspectorError, VerdictConflict
 from ..store import display_path
 from . import queries
@@ -58,19 +59,30 @@ def api_explain(
         Query(ge=0, le=MAX_WAIT, description="seconds to wait for an image that another station or "
               "audit is explaining at this moment, before answering 202"),
     ] = DEFAULT_WAIT,
+    serial: Annotated[str | None, Form(description="the part's serial number")] = None,
+    line: Annotated[str | None, Form(description="the production line")] = None,
+    camera: Annotated[str | None, Form(description="the camera or station on the line")] = None,
+    product: Annotated[str | None, Form(description="the product (type, variant)")] = None,
+    tags: Annotated[str | None, Form(description="comma-separated tags")] = None,
 ):
-    """Explain one image (PNG, JPEG, BMP, TIFF, WebP, PNM) and record it; the same image sent again
-    returns the stored result. Every 200 and 201 carries the result. An image that another process
+    """Explain one image (PNG, JPEG, BMP, TIFF, WebP, PNM) and record it as a part with its identity
+    (serial, line, camera, product, tags; without any, the config's ``identity.pattern`` reads them from
+    the file name); the same image sent again returns the stored result, and under another serial it is
+    another part sharing that result. Every 200 and 201 carries the result. An image that another process
     is explaining right now is waited for up to ``wait`` seconds, then answered ``202 Accepted`` with
     a ``Location`` to poll (``GET /api/v1/results/{id}``: 202 while it runs, 200 with the result).
     411/413/401 (before the body is read: see ``app.refuse_body``), 413: too many bytes or pixels, 415:
     a format whose size no header check reads, 422: a damaged image (recorded as a failed part),
     503: the result cannot be recorded now (the store or the disk)."""
+    try:
+        identity = make_identity(serial, line, camera, product, tags or ())
+    except IdentityError as e:
+        raise HTTPException(422, str(e)) from e
     data = image.file.read(station.settings.max_upload_bytes + 1)
     deadline = time.monotonic() + wait
     for _ in range(5):  # an image given back unfinished by the other process is explained here
         try:
-            outcome = station.explain_upload(data, image.filename)
+            outcome = station.explain_upload(data, image.filename, None if identity.empty else identity)
         except UploadRefused as e:
             raise HTTPException(e.status, str(e)) from e
         except InspectorError as e:
@@ -86,6 +98,7 @@ def api_explain(
     row = load_part(station, outcome.result_id)
     body = result_body(row, station.class_names)
     body["state"] = outcome.state
+    body["identity"] = outcome.identity.as_dict()
     if row["status"] == "failed":
         return JSONResponse(body, status_code=422)
     return JSONResponse(body, status_code=201 if outcome.state == "explained" else 200)
@@ -131,24 +144,32 @@ def api_results(
         ),
     ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    serial: Annotated[str | None, Query(max_length=200, description="only results that arrived as a "
+                                        "part with this serial number")] = None,
+    line: Annotated[str | None, Query(max_length=200)] = None,
+    camera: Annotated[str | None, Query(max_length=200)] = None,
+    product: Annotated[str | None, Query(max_length=200)] = None,
 ):
-    """Finished results in the order they finished, each with its newest verdict. ``next`` is always the
-    cursor after this page: follow it at once while ``more`` is true, and later (a poll) for results that
-    finish after these."""
+    """Finished results in the order they finished, each with its newest verdict and the parts it
+    arrived as (serial, line, camera, product, tags). ``next`` is always the cursor after this page:
+    follow it at once while ``more`` is true, and later (a poll) for results that finish after these."""
     moment = parse_utc(since, "since")
-    rows = queries.results_since(station.store, moment, after_id, limit)
-    kinds = queries.artifact_kinds(station.store, [r["id"] for r in rows])
-    found = queries.detections_of(station.store, [r["id"] for r in rows])
+    wanted = {"serial": serial, "line": line, "camera": camera, "product": product}
+    rows = queries.results_since(station.store, moment, after_id, limit, queries.Filters(**wanted))
+    ids = [r["id"] for r in rows]
+    kinds, found = queries.artifact_kinds(station.store, ids), queries.detections_of(station.store, ids)
+    arrivals = queries.parts_of(station.store, ids)
     items = [
-        result_body({**r, "artifacts": kinds.get(r["id"], []), "detections": found.get(r["id"], [])},
-                    station.class_names)
+        result_body({**r, "artifacts": kinds.get(r["id"], []), "detections": found.get(r["id"], []),
+                     "parts": arrivals.get(r["id"], [])}, station.class_names)
         for r in rows
     ]
     if rows:
         cursor = {"since": rows[-1]["finished_at"].isoformat(), "after_id": rows[-1]["id"]}
     else:  # nothing new: the same place again
         cursor = {"since": moment.isoformat(), "after_id": after_id} if moment is not None else {}
-    following = "/api/v1/results?" + urlencode({**cursor, "limit": limit})
+    following = "/api/v1/results?" + urlencode({**cursor, "limit": limit,
+                                                **{k: v for k, v in wanted.items() if v}})
     return {"results": items, "next": following, "more": len(rows) == limit}
 
 
@@ -228,6 +249,7 @@ def result_body(row: dict, classes) -> dict:
         "finished_at": row["finished_at"].isoformat() if row.get("finished_at") else None,
         "verdict": row.get("verdict"),
         "review_label": row.get("review_label"),
+        "parts": [part_identity(p) for p in row.get("parts", [])],
         "part_url": f"/parts/{rid}",
         "artifacts": {kind: f"/artifacts/{rid}/{kind}" for kind in row.get("artifacts", {})},
         "detections": [
@@ -243,6 +265,12 @@ def result_body(row: dict, classes) -> dict:
             for d in row.get("detections", [])
         ],
     }
+
+
+def part_identity(p: dict) -> dict:
+    """One arrival of a result's image: its identity on the line, where and when it came."""
+    return {"part_id": p["id"], **{k: p[k] for k in ("serial", "line", "camera", "product")},
+            "tags": p["tags"] or [], "source": p["source_path"], "arrived_at": p["arrived_at"].isoformat()}
 
 
 def review_body(r: dict) -> dict:

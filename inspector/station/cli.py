@@ -61,10 +61,12 @@ def add_parser(sub, store_help: str) -> None:
     )
     st.add_argument(
         "--reference",
-        default=None,
-        metavar="IMAGE",
-        help="a golden image of a good part, shown beside each part with key r (default: the part a "
-        "reviewer most recently labelled good)",
+        action="append",
+        default=[],
+        metavar="[PRODUCT[/CAMERA]=]IMAGE",
+        help="a golden image of a good part, shown beside each part with key r; repeat it per product or "
+        "product/camera (default: the part a reviewer most recently labelled good, of the same product "
+        "and camera)",
     )
     st.add_argument(
         "--secure-cookies",
@@ -161,7 +163,7 @@ def _serve(args) -> int:
             "pip install fastapi uvicorn jinja2 python-multipart swagger-ui-bundle-v2"
         ) from e
     from .app import create_app
-    from .service import Station, StationSettings
+    from .service import Station, StationSettings, parse_references
     from .shifts import parse_shifts
 
     parse_shifts(args.shifts)
@@ -174,7 +176,7 @@ def _serve(args) -> int:
         shifts=tuple(args.shifts.split(",")),
         secure_cookies=args.secure_cookies,
         settle=args.settle,
-        reference=args.reference,
+        reference=parse_references(args.reference),
     )
     if args.watch:
         from ..jobs.watch import check_folders

@@ -183,8 +183,16 @@ def read_filters(
     until: str | None,
     order: str | None,
     failed: str | None = None,
+    serial: str | None = None,
+    line: str | None = None,
+    camera: str | None = None,
+    product: str | None = None,
 ) -> queries.Filters:
     return queries.Filters(
+        serial=(serial or "").strip()[:200] or None,
+        line=line or None,
+        camera=camera or None,
+        product=product or None,
         cls=cls or None,
         flagged=flagged == "1",
         unreviewed=unreviewed == "1",
@@ -203,8 +211,12 @@ def read_filter_query(
     until: str | None = None,
     order: str | None = None,
     failed: str | None = None,
+    serial: str | None = None,
+    line: str | None = None,
+    camera: str | None = None,
+    product: str | None = None,
 ):
-    return read_filters(cls, flagged, unreviewed, since, until, order, failed)
+    return read_filters(cls, flagged, unreviewed, since, until, order, failed, serial, line, camera, product)
 
 
 QueueFilters = Annotated[queries.Filters, Depends(read_filter_query)]

@@ -14,9 +14,11 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 
+from ..common.identity import FIELDS
 from ..common.spreadsheet import csv_text
 from ..errors import InspectorError
 from ..store import Store, display_path
+from ..store.schema import standing
 from . import queries
 from .files import original_bytes
 
@@ -31,6 +33,11 @@ CSV_FIELDS = (
     "reviewed_at",
     "comment",
     "note",
+    "serial",
+    "line",
+    "camera",
+    "product",
+    "tags",
 )
 
 
@@ -76,10 +83,25 @@ def entries(store: Store) -> Iterator[tuple[str | None, bytes | None, dict]]:
                 "verdict": row["verdict"],
                 "reviewer": row["reviewer"],
                 "reviewed_at": row["created_at"].isoformat(),
-                "comment": part["history"][-1]["note"] or "",
+                "comment": (standing(part["history"]) or {}).get("note") or "",
                 "note": "" if data is not None else MISSING,
+                **identity_cells(part["parts"]),
             },
         )
+
+
+def identity_cells(arrivals: list[dict]) -> dict[str, str]:
+    """The parts an image arrived as, in CSV cells: each field's distinct values joined by ``;`` (one
+    value for the usual part that arrived once)."""
+    cells = {}
+    for name in (*FIELDS, "tags"):
+        values = []
+        for p in arrivals:
+            for v in (p[name] or []) if name == "tags" else [p[name]]:
+                if v and v not in values:
+                    values.append(v)
+        cells[name] = ";".join(values)
+    return cells
 
 
 def _csv(rows: list[dict]) -> bytes:

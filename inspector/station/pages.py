@@ -18,6 +18,7 @@ from ..common.reading import ARTIFACT_LIMIT, read_regular
 from ..common.version import __version__
 from ..errors import InspectorError, VerdictConflict
 from ..store import display_path
+from ..store.schema import EMPTY_IDENTITY_KEY
 from . import auth, files, queries
 from .deps import (
     COOKIE,
@@ -149,6 +150,7 @@ def queue_page(f: QueueFilters, user: Viewer, request: Request, station: Station
         qs=f.query_string(),
         failed_total=queries.counts(station.store)["by_status"].get("failed", 0),
         waiting=station.waiting_files(),
+        known=queries.identity_values(station.store),
     )
 
 
@@ -255,6 +257,7 @@ def part_page(
         size=files.picture_size(row) if original is not None else None,
         reference=_reference(station, row) if row["status"] == "done" else None,
         acknowledged=row["acknowledged"],
+        empty_identity=EMPTY_IDENTITY_KEY,
         end=request.query_params.get("end"),
         seen=row["history"][-1]["id"] if row["history"] else 0,
     )
@@ -379,13 +382,17 @@ def original(user: Viewer, station: StationDep, result_id: PartId):
 
 @router.get("/reference")
 def reference(
-    user: Viewer, station: StationDep, size: Annotated[str, Query(pattern=r"^(preview|full)$")] = "preview"
+    user: Viewer,
+    station: StationDep,
+    key: Annotated[str, Query(max_length=420)] = "",
+    size: Annotated[str, Query(pattern=r"^(preview|full)$")] = "preview",
 ):
-    """The golden image given with --reference."""
-    if not station.settings.reference:
-        raise HTTPException(404, "no reference image was given (inspector station --reference IMAGE)")
+    """The golden image given with --reference for ``key`` (product/camera, product, or empty: any)."""
+    if key not in dict(station.settings.reference):
+        raise HTTPException(404, f"no reference image for {key or 'any part'} (inspector station "
+                            "--reference [PRODUCT[/CAMERA]=]IMAGE)")
     try:
-        body = station.reference_picture(size)
+        body = station.reference_picture(key, size)
     except InspectorError as e:
         raise HTTPException(404, str(e)) from e
     return Response(body, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
@@ -489,16 +496,25 @@ def _qs(qs: str, **extra) -> str:
 
 def _filter_args(qs: str) -> dict:
     items = dict(parse_qsl(qs))
-    return {k: items.get(k) for k in ("cls", "flagged", "unreviewed", "since", "until", "order", "failed")}
+    keys = ("cls", "flagged", "unreviewed", "since", "until", "order", "failed", "serial", "line", "camera",
+            "product")
+    return {k: items.get(k) for k in keys}
 
 
 def _reference(station, row: dict) -> dict | None:
-    """What key r shows beside a part: the golden image (--reference), else the part a reviewer most
-    recently labelled good whose image is still where it was (None when there is neither)."""
-    if station.settings.reference:
-        return {"url": "/reference?size=preview", "full": "/reference?size=full",
-                "caption": f"golden image {_name(station.settings.reference)}"}
-    for other in queries.confirmed_good(station.store, station.good_classes, exclude=row["id"]):
+    """What key r shows beside a part: the golden image given for its product and camera (--reference),
+    else the part a reviewer most recently labelled good of the same product and camera whose image is
+    still where it was (None when there is neither)."""
+    newest = row["parts"][-1] if row.get("parts") else {}
+    product, camera = newest.get("product"), newest.get("camera")
+    key = station.golden_key(product, camera)
+    if key is not None:
+        url = "/reference?" + urlencode({"key": key}) + "&size="
+        return {"url": url + "preview", "full": url + "full",
+                "caption": f"golden image {_name(dict(station.settings.reference)[key])}"
+                           + (f" ({key})" if key else "")}
+    for other in queries.confirmed_good(station.store, station.good_classes, exclude=row["id"],
+                                        product=product, camera=camera):
         if files.original_path(other) is not None:
             url = f"/parts/{other['id']}/picture?what=original&size="
             return {"url": url + "preview", "full": url + "full",

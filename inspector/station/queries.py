@@ -9,9 +9,20 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from ..common.identity import FIELDS as IDENTITY_FIELDS
 from ..store import Store
 from ..store.db import as_utc
-from ..store.schema import artifacts, detections, inputs, results, reviews, runs, standing, standing_reviews
+from ..store.schema import (
+    artifacts,
+    detections,
+    inputs,
+    parts,
+    results,
+    reviews,
+    runs,
+    standing,
+    standing_reviews,
+)
 
 PAGE = 100
 SHOWN = ("done", "failed")  # results still running are not parts yet
@@ -28,6 +39,10 @@ class Filters:
     since: datetime | None = None  # finished at or after
     until: datetime | None = None  # finished before
     rejects_first: bool = True  # parts not predicted good (and failures) before good ones
+    serial: str | None = None  # a part with this serial number arrived as this image
+    line: str | None = None
+    camera: str | None = None
+    product: str | None = None
 
     def query_string(self) -> str:
         from urllib.parse import urlencode
@@ -40,6 +55,7 @@ class Filters:
             "since": self.since.isoformat(timespec="minutes") if self.since else None,
             "until": self.until.isoformat(timespec="minutes") if self.until else None,
             "order": None if self.rejects_first else "newest",
+            **{f: getattr(self, f) or None for f in IDENTITY_FIELDS},
         }
         return urlencode({k: v for k, v in items.items() if v is not None})
 
@@ -92,6 +108,26 @@ def _acknowledged():
     )
 
 
+def _identity_columns() -> list:
+    """The identity of the result's newest part (the newest arrival of its image), and how many parts
+    share the result (the same bytes under several serials)."""
+    def newest(column):
+        return (sa.select(column).where(parts.c.result_id == results.c.id).order_by(parts.c.id.desc())
+                .limit(1).scalar_subquery())
+
+    count = sa.select(sa.func.count()).where(parts.c.result_id == results.c.id).scalar_subquery()
+    return [*(newest(getattr(parts.c, f)).label(f) for f in IDENTITY_FIELDS), count.label("part_count")]
+
+
+def _with_identity(query, f: Filters):
+    """Only results that arrived as a part with the filter's serial, line, camera and product."""
+    wanted = {name: getattr(f, name) for name in IDENTITY_FIELDS if getattr(f, name)}
+    if not wanted:
+        return query
+    return query.where(sa.exists().where(parts.c.result_id == results.c.id,
+                                         *(getattr(parts.c, k) == v for k, v in wanted.items())))
+
+
 def _category(good_classes):
     """0 for a part to look at (predicted not good, or failed), 1 for a good part."""
     if not good_classes:
@@ -115,7 +151,9 @@ def _queue_select(f: Filters, good_classes):
         results.c.finished_at,
         category,
         _acknowledged().label("acknowledged"),
+        *_identity_columns(),
     )
+    query = _with_identity(query, f)
     if f.cls:
         query = query.where(results.c.prediction_name == f.cls)
     if f.flagged:
@@ -207,6 +245,7 @@ def part(store: Store, result_id: int) -> dict | None:
         )
         found = store.detection_rows(conn, result_id)
     out = _with_utc(row)
+    out["parts"] = parts_of(store, [result_id]).get(result_id, [])
     out["detections"] = found
     out["artifacts"] = {a.kind: (a.path, a.sha256) for a in arts}
     out["input_paths"] = [bytes(row["source_path_bytes"]), *paths]
@@ -224,8 +263,10 @@ def part(store: Store, result_id: int) -> dict | None:
     return out
 
 
-def results_since(store: Store, since: datetime | None, after_id: int, limit: int) -> list[dict]:
-    """Finished results in (finished_at, id) order after the cursor, each with its newest verdict."""
+def results_since(store: Store, since: datetime | None, after_id: int, limit: int,
+                  f: Filters = Filters()) -> list[dict]:
+    """Finished results in (finished_at, id) order after the cursor, each with its newest verdict; only
+    those that arrived as a part with ``f``'s serial, line, camera, product when given."""
     query, _ = _parts(
         results.c.id,
         results.c.image_sha256,
@@ -240,6 +281,7 @@ def results_since(store: Store, since: datetime | None, after_id: int, limit: in
         results.c.error,
         results.c.finished_at,
     )
+    query = _with_identity(query, f)
     if since is not None:
         query = query.where(
             sa.or_(
@@ -250,6 +292,29 @@ def results_since(store: Store, since: datetime | None, after_id: int, limit: in
     with store.read() as conn:
         rows = conn.execute(query.order_by(results.c.finished_at, results.c.id).limit(limit)).mappings().all()
     return [_with_utc(r) for r in rows]
+
+
+def identity_values(store: Store, limit: int = 200) -> dict[str, list[str]]:
+    """The lines, cameras and products parts arrived from (for the queue's filters), at most ``limit``
+    of each, sorted."""
+    with store.read() as conn:
+        return {name: [v for (v,) in conn.execute(
+            sa.select(getattr(parts.c, name)).where(getattr(parts.c, name).is_not(None)).distinct()
+            .order_by(getattr(parts.c, name)).limit(limit))] for name in ("line", "camera", "product")}
+
+
+def parts_of(store: Store, result_ids: list[int]) -> dict[int, list[dict]]:
+    """The parts each result arrived as (oldest first): identity, where the image was, when."""
+    if not result_ids:
+        return {}
+    found: dict[int, list[dict]] = {}
+    with store.read() as conn:
+        for p in conn.execute(sa.select(parts).where(parts.c.result_id.in_(result_ids))
+                              .order_by(parts.c.result_id, parts.c.id)).mappings():
+            row = _with_utc(p)
+            row["tags"] = row["tags"] or []
+            found.setdefault(p["result_id"], []).append(row)
+    return found
 
 
 def artifact_kinds(store: Store, result_ids: list[int]) -> dict[int, list[str]]:
@@ -329,9 +394,10 @@ def reviewed_parts(store: Store) -> list[dict]:
         return [_with_utc(r) for r in conn.execute(query).mappings()]
 
 
-def confirmed_good(store: Store, good_classes, exclude: int, limit: int = 20) -> list[dict]:
+def confirmed_good(store: Store, good_classes, exclude: int, limit: int = 20, *, product: str | None = None,
+                   camera: str | None = None) -> list[dict]:
     """The parts whose standing verdict labels them good, most recently reviewed first (candidates for a
-    reference part beside a reject), without ``exclude``."""
+    reference part beside a reject), without ``exclude``; of ``product`` and ``camera`` when given."""
     if not good_classes:
         return []
     latest = _latest_review()
@@ -343,6 +409,7 @@ def confirmed_good(store: Store, good_classes, exclude: int, limit: int = 20) ->
         .order_by(latest.c.review_id.desc())
         .limit(limit)
     )
+    query = _with_identity(query, Filters(product=product, camera=camera))
     with store.read() as conn:
         rows = [_with_utc(r) for r in conn.execute(query).mappings()]
         for row in rows:

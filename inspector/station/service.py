@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..common.atomic import write_atomic
+from ..common.identity import Identity
 from ..common.stop import Stop
 from ..engine.inspector import Inspector
 from ..engine.runtime.preprocess import image_size
@@ -60,7 +61,8 @@ class StationSettings:
     watch_dir: str | None = None
     max_upload_bytes: int = 50 * 2**20
     shifts: tuple[str, ...] = ("06:00", "14:00", "22:00")
-    reference: str | None = None  # a golden image shown beside each part (key r)
+    # golden images shown beside a part (key r): "product/camera", "product" or "" (any part) -> file
+    reference: tuple[tuple[str, str], ...] = ()
     secure_cookies: bool = False  # set behind a TLS reverse proxy: the session cookie is sent over HTTPS only
     poll: float = 1.0
     settle: float = 2.0
@@ -83,8 +85,8 @@ class Station:
         os.makedirs(os.path.join(self.out_dir, UPLOAD_DIR), exist_ok=True)
         self.insp = insp or Inspector.from_config(settings.config)
         self.config = self.insp.config
-        if settings.reference:  # refused at start, not on the first part page
-            self.reference_picture("preview")
+        for key, _ in settings.reference:  # refused at start, not on the first part page
+            self.reference_picture(key, "preview")
         self.store_url = settings.store_url or default_url(self.out_dir)
         self.store = Store(self.store_url)
         self.job = start_job(
@@ -104,11 +106,20 @@ class Station:
         # an upload's is told to its client)
         self.watch_output_error: str | None = None
 
-    def reference_picture(self, size: str) -> bytes:
-        """The golden image (--reference) as a JPEG picture of ``size`` (preview or full)."""
+    def golden_key(self, product: str | None, camera: str | None) -> str | None:
+        """The --reference entry for a part of ``product`` seen by ``camera``: product/camera, else
+        product, else the one for any part; None when there is none."""
+        given = dict(self.settings.reference)
+        for key in (f"{product}/{camera}" if product and camera else None, product, ""):
+            if key is not None and key in given:
+                return key
+        return None
+
+    def reference_picture(self, key: str, size: str) -> bytes:
+        """The golden image given for ``key`` (--reference) as a JPEG picture of ``size``."""
         from .files import reference_picture
 
-        name = self.settings.reference
+        name = dict(self.settings.reference)[key]
         try:
             with open(name, "rb") as f:
                 data = f.read()
@@ -206,9 +217,10 @@ class Station:
         except OSError:
             return 0
 
-    def explain_upload(self, data: bytes, filename: str | None) -> Outcome:
+    def explain_upload(self, data: bytes, filename: str | None, identity: Identity | None = None) -> Outcome:
         """Keep an uploaded image as ``<out>/uploads/<SHA-256>/<client's file name>`` (equal names never
-        collide), then explain and record it like any other input."""
+        collide), then explain and record it like any other input, as the part ``identity`` (None: what
+        the config's identity rule reads from the file name)."""
         if len(data) > self.settings.max_upload_bytes:
             raise UploadRefused(
                 f"upload of {len(data)} bytes is over the limit of {self.settings.max_upload_bytes} bytes",
@@ -237,9 +249,9 @@ class Station:
             raise InspectorError(
                 f"cannot keep the upload ({e.strerror}); free space in {display_path(self.out_dir)}"
             ) from e
-        return self.explain_file(path)
+        return self.explain_file(path, identity)
 
-    def explain_file(self, path: str) -> Outcome:
+    def explain_file(self, path: str, identity: Identity | None = None) -> Outcome:
         """Explain and record one image file (an upload, or a failed part explained again), counted in
         /metrics; the engine explains one image at a time."""
         with self.metrics.lock:
@@ -247,12 +259,28 @@ class Station:
         start = time.perf_counter()
         try:
             with self.engine_lock:
-                outcome = explain_and_record(self.job, path)
+                outcome = explain_and_record(self.job, path, identity)
         finally:
             with self.metrics.lock:
                 self.metrics.in_flight -= 1
         self.metrics.observe(outcome, time.perf_counter() - start)
         return outcome
+
+
+def parse_references(values: list[str]) -> tuple[tuple[str, str], ...]:
+    """``--reference [PRODUCT[/CAMERA]=]IMAGE`` options as (key, image path) pairs; one per key."""
+    found: dict[str, str] = {}
+    for value in values:
+        key, sep, path = value.partition("=")
+        if not sep or key.startswith(("/", ".", "~")) or key.count("/") > 1:  # a path with "=" in it
+            key, path = "", value
+        key = key.strip()
+        if not path:
+            raise InspectorError(f"--reference {value}: name an image file ([PRODUCT[/CAMERA]=]IMAGE)")
+        if key in found:
+            raise InspectorError(f"--reference: {key or 'the image for any part'} is given twice")
+        found[key] = path
+    return tuple(found.items())
 
 
 def upload_name(filename: str | None) -> str:

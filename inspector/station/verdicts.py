@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 
+from ..common.identity import FIELDS, Identity
 from ..errors import InspectorError, VerdictConflict
 
 VERDICTS = {  # form value -> (stored verdict, button text)
@@ -93,7 +94,10 @@ def explain_again(station, row: dict, reviewer: str) -> tuple[int, str]:
     if path is None:
         raise VerdictError("the image is no longer at any path the store knows, with its recorded content; "
                            "put it back in the watched folder (or upload it) to explain it again")
-    outcome = station.explain_file(os.fsdecode(path))
+    arrived = row.get("parts") or []
+    known = arrived[-1] if arrived else {}
+    identity = Identity(**{f: known.get(f) for f in FIELDS}, tags=tuple(known.get("tags") or ()))
+    outcome = station.explain_file(os.fsdecode(path), identity)  # the same part as when it failed
     if outcome.failed:
         said = f"failed again: {outcome.error}"
     elif outcome.result_id == row["id"]:

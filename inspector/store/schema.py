@@ -11,6 +11,9 @@ Version history (``schema_version.version``):
        evidence of its own map).
     6. reviews.undoes: an ``undo`` row names the verdict it takes back (rows are never deleted); failed
        parts get action rows (``acknowledge``, ``explain_again``) in the same table.
+    7. parts: each arrival of an image with its identity on the line (serial, line, camera, product,
+       tags); the same bytes under two serials are two parts sharing one result. Results recorded before
+       get one part without identity each.
 
 A new store is created at the newest version; one made by an older version is upgraded step by step
 when it is opened for writing; a store made by
@@ -24,6 +27,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import sqlalchemy as sa
+
+from ..common.identity import Identity
 
 metadata = sa.MetaData()
 TS = sa.DateTime(timezone=True)
@@ -136,6 +141,26 @@ reviews = sa.Table(
     sa.Column("previous_label", sa.Text),                      # the label in force before this verdict
     sa.Column("undoes", sa.Integer),                           # an undo row: the verdict it takes back
     sa.Index("ix_reviews_result", "result_id"),
+)
+EMPTY_IDENTITY_KEY = Identity().key()  # the part of an image that came without identity
+parts = sa.Table(
+    "parts", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("result_id", sa.Integer, sa.ForeignKey("results.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("identity_key", sa.String(64), nullable=False),  # common.identity.Identity.key()
+    sa.Column("serial", sa.String(200)),
+    sa.Column("line", sa.String(200)),
+    sa.Column("camera", sa.String(200)),
+    sa.Column("product", sa.String(200)),
+    sa.Column("tags", sa.JSON),                                 # list of texts (None: none)
+    sa.Column("source_path", sa.Text, nullable=False),          # where this arrival's image was
+    sa.Column("source_path_bytes", sa.LargeBinary, nullable=False),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id")),
+    sa.Column("arrived_at", TS, nullable=False),
+    sa.Column("note", sa.Text),                                 # what of the identity could not be read
+    sa.UniqueConstraint("result_id", "identity_key", name="uq_parts_result_identity"),
+    sa.Index("ix_parts_result", "result_id"),
+    sa.Index("ix_parts_serial", "serial"),
 )
 LABEL_VERDICTS = ("confirm", "overrule", "inconclusive")  # rows that give a part its label
 ACTIONS = ("undo", "acknowledge", "explain_again")  # rows that record what was done, and give no label
@@ -301,11 +326,42 @@ def _add_undo(conn: sa.Connection) -> None:
     conn.execute(sa.text("ALTER TABLE reviews ADD COLUMN undoes INTEGER"))
 
 
+def _add_parts(conn: sa.Connection) -> None:
+    """Version 6 -> 7: parts (frozen as at 7), one part without identity for each finished result."""
+    frozen = sa.MetaData()
+    sa.Table("results", frozen, sa.Column("id", sa.Integer, primary_key=True))
+    sa.Table("runs", frozen, sa.Column("id", sa.Integer, primary_key=True))
+    sa.Table(
+        "parts", frozen,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("result_id", sa.Integer, sa.ForeignKey("results.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("identity_key", sa.String(64), nullable=False),
+        sa.Column("serial", sa.String(200)),
+        sa.Column("line", sa.String(200)),
+        sa.Column("camera", sa.String(200)),
+        sa.Column("product", sa.String(200)),
+        sa.Column("tags", sa.JSON),
+        sa.Column("source_path", sa.Text, nullable=False),
+        sa.Column("source_path_bytes", sa.LargeBinary, nullable=False),
+        sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id")),
+        sa.Column("arrived_at", TS, nullable=False),
+        sa.Column("note", sa.Text),
+        sa.UniqueConstraint("result_id", "identity_key", name="uq_parts_result_identity"),
+        sa.Index("ix_parts_result", "result_id"),
+        sa.Index("ix_parts_serial", "serial"),
+    ).create(conn)
+    conn.execute(sa.text(
+        "INSERT INTO parts (result_id, identity_key, source_path, source_path_bytes, run_id, arrived_at) "
+        "SELECT id, :key, source_path, source_path_bytes, run_id, COALESCE(finished_at, claimed_at) "
+        "FROM results WHERE status IN ('done', 'failed')"), {"key": EMPTY_IDENTITY_KEY})
+
+
 UPGRADES: list[Callable[[sa.Connection], None]] = [
     _add_reviews,
     _add_station,
     _add_login_failures,
     _add_detections,
     _add_undo,
+    _add_parts,
 ]
 SCHEMA_VERSION = len(UPGRADES) + 1

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta, timezone
 import sqlalchemy as sa
 
 from ..common.atomic import process_alive
+from ..common.identity import NO_IDENTITY, Identity
 from ..errors import VerdictConflict
 from .db import (
     StoreError,
@@ -39,6 +40,7 @@ from .schema import (
     detections,
     images,
     inputs,
+    parts,
     results,
     reviews,
     runs,
@@ -410,10 +412,11 @@ class Store:
         return "takeover" if dead else "busy"
 
     def finish(self, claim: Claim, run_id: int, fields: dict, artifact_rows: list[dict] = (), *,
-               scope: str, path: str, image_sha256: str) -> None:
+               scope: str, path: str, image_sha256: str, identity: Identity = NO_IDENTITY,
+               identity_note: str | None = None) -> None:
         """Record the outcome of a held claim (``fields``: ``status`` done/failed and the result's columns,
-        and for a detector ``detections``: their rows), its artifacts and the input it came from, in one
-        transaction."""
+        and for a detector ``detections``: their rows), its artifacts, the input it came from and the part
+        it is (``identity``), in one transaction."""
         fields = dict(fields)
         found = fields.pop("detections", None) or []
         with self.begin() as conn:
@@ -432,6 +435,26 @@ class Store:
                              [{"result_id": claim.result_id, **a} for a in artifact_rows])
             self._upsert_input(conn, scope, run_id, path, image_sha256=image_sha256,
                                result_id=claim.result_id, error=None)
+            self._insert_part(conn, claim.result_id, run_id, path, identity, identity_note)
+
+    def add_part(self, result_id: int, run_id: int, path: str, identity: Identity = NO_IDENTITY,
+                 note: str | None = None) -> int:
+        """Note that the image of ``result_id`` arrived (again) as the part ``identity``; the same
+        identity again is the same part. Returns the part's id."""
+        with self.begin() as conn:
+            return self._insert_part(conn, result_id, run_id, path, identity, note)
+
+    @staticmethod
+    def _insert_part(conn: sa.Connection, result_id: int, run_id: int, path: str, identity: Identity,
+                     note: str | None) -> int:
+        key = identity.key()
+        row = {"result_id": result_id, "identity_key": key, **identity.values(),
+               "tags": list(identity.tags) or None, "source_path": display_path(path),
+               "source_path_bytes": path_bytes(path), "run_id": run_id, "arrived_at": utcnow(), "note": note}
+        conn.execute(dialect_insert(conn, parts).values(row).on_conflict_do_nothing(
+            index_elements=["result_id", "identity_key"]))
+        return conn.execute(sa.select(parts.c.id).where(parts.c.result_id == result_id,
+                                                        parts.c.identity_key == key)).scalar_one()
 
     def release(self, claim: Claim, run_id: int) -> None:
         """Give a held claim back unfinished (the outputs could not be written): a new result disappears,
