@@ -255,6 +255,71 @@ class IdentityConfig:
 
 
 @dataclass(frozen=True)
+class MqttTlsConfig:
+    """TLS to the broker: the CA that signed its certificate, and this client's own when it asks."""
+
+    ca_file: str
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """Publish each result and verdict to an MQTT broker (``mqtt://host:1883``, ``mqtts://host:8883``):
+    ``<topic>/result``, ``<topic>/verdict``, and the last result per line and camera retained at
+    ``<topic>/last/<line>/<camera>``. The password is read from ``password_file``."""
+
+    url: str
+    topic: str = "sise"
+    qos: int = 1
+    client_id: str | None = None
+    username: str | None = None
+    password_file: str | None = None
+    tls: MqttTlsConfig | None = None
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """POST each result and verdict as JSON to ``url``, signed with HMAC-SHA256 of the body under the
+    secret in ``secret_file`` (header ``X-SISE-Signature: sha256=<hex>``); retried until it answers 2xx."""
+
+    url: str
+    secret_file: str | None = None
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class OpcUaConfig:
+    """An OPC UA server in station and watch with the last result per line and camera (README,
+    "Connecting the line"). ``users_file``: ``name:password`` lines (mode 600); ``security``: the policy
+    offered (Basic256Sha256 for sign and sign_and_encrypt); ``certificate``/``private_key``: the server's
+    (generated into the output folder when not given)."""
+
+    endpoint: str = "opc.tcp://127.0.0.1:4840/sise/"
+    namespace: str = "urn:sise-inspector"
+    security: Literal["none", "sign", "sign_and_encrypt"] = "sign_and_encrypt"
+    anonymous: bool = False
+    users_file: str | None = None
+    certificate: str | None = None
+    private_key: str | None = None
+
+
+@dataclass(frozen=True)
+class IntegrationsConfig:
+    """Where results and verdicts go besides the store (README, "Connecting the line"). ``base_url``:
+    the station's address as the plant reaches it, to make the messages' links absolute."""
+
+    base_url: str | None = None
+    mqtt: MqttConfig | None = None
+    webhook: WebhookConfig | None = None
+    opcua: OpcUaConfig | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.mqtt is not None or self.webhook is not None or self.opcua is not None
+
+
+@dataclass(frozen=True)
 class InspectorConfig:
     model: str
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -269,6 +334,7 @@ class InspectorConfig:
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
     roi: RoiConfig | None = None
     identity: IdentityConfig = field(default_factory=IdentityConfig)
+    integrations: IntegrationsConfig = field(default_factory=IntegrationsConfig)
 
 
 def _check_choice(key: str, value, choices) -> None:
@@ -398,6 +464,7 @@ def _validate(cfg: InspectorConfig) -> None:
     _check_range("detect.max_detections", cfg.detect.max_detections, 1, 1000)
     if cfg.roi is not None:
         _check_range("roi.flag_below", cfg.roi.flag_below, 0, 1)
+    _validate_integrations(cfg.integrations)
     if cfg.identity.pattern is not None:
         from .common.identity import IdentityError, compile_pattern
 
@@ -431,6 +498,38 @@ def _validate(cfg: InspectorConfig) -> None:
     if cfg.runtime.intra_op_threads < 0:
         raise ConfigError(f"runtime.intra_op_threads: must be >= 0 (0: onnxruntime's default), got "
                           f"{cfg.runtime.intra_op_threads}")
+
+
+def _validate_integrations(i: IntegrationsConfig) -> None:
+    from urllib.parse import urlsplit
+
+    if i.mqtt is not None:
+        url = urlsplit(i.mqtt.url)
+        if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
+            raise ConfigError(f"integrations.mqtt.url: {i.mqtt.url!r} is not mqtt://HOST[:PORT] or "
+                              "mqtts://HOST[:PORT]")
+        if i.mqtt.qos not in (1, 2):
+            raise ConfigError(f"integrations.mqtt.qos: {i.mqtt.qos}; use 1 or 2 (0 could lose messages)")
+        if not i.mqtt.topic or any(ch in i.mqtt.topic for ch in "+#") or i.mqtt.topic.endswith("/"):
+            raise ConfigError(f"integrations.mqtt.topic: {i.mqtt.topic!r}; a topic without + # or a "
+                              "trailing /")
+        if (i.mqtt.password_file is None) != (i.mqtt.username is None):
+            raise ConfigError("integrations.mqtt: give username and password_file together")
+        if url.scheme == "mqtts" and i.mqtt.tls is None:
+            raise ConfigError("integrations.mqtt: mqtts:// needs tls: {ca_file: ...}")
+    if i.webhook is not None:
+        url = urlsplit(i.webhook.url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(f"integrations.webhook.url: {i.webhook.url!r} is not http(s)://HOST/...")
+        _check_range("integrations.webhook.timeout", i.webhook.timeout, 0.1, 300)
+    if i.opcua is not None:
+        url = urlsplit(i.opcua.endpoint)
+        if url.scheme != "opc.tcp" or not url.hostname:
+            raise ConfigError(f"integrations.opcua.endpoint: {i.opcua.endpoint!r} is not opc.tcp://HOST:PORT/...")
+        if (i.opcua.certificate is None) != (i.opcua.private_key is None):
+            raise ConfigError("integrations.opcua: give certificate and private_key together")
+    if i.base_url is not None and not i.base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"integrations.base_url: {i.base_url!r} is not http(s)://...")
 
 
 def _validate_regions(r: RegionsConfig) -> None:
@@ -472,8 +571,27 @@ def config_from_dict(raw: dict, *, base_dir: str | None = None) -> InspectorConf
     if base_dir and cfg.roi is not None and not os.path.isabs(cfg.roi.mask):
         roi = dataclasses.replace(cfg.roi, mask=os.path.normpath(os.path.join(base_dir, cfg.roi.mask)))
         cfg = dataclasses.replace(cfg, roi=roi)
+    if base_dir:
+        cfg = dataclasses.replace(cfg, integrations=_files_beside(cfg.integrations, base_dir))
     _validate(cfg)
     return cfg
+
+
+def _files_beside(i: IntegrationsConfig, base_dir: str) -> IntegrationsConfig:
+    """The integrations' secret and certificate files resolved against the config's folder."""
+    def beside(obj, *names):
+        found = {n: getattr(obj, n) for n in names if getattr(obj, n) and not os.path.isabs(getattr(obj, n))}
+        return dataclasses.replace(obj, **{n: os.path.normpath(os.path.join(base_dir, v))
+                                           for n, v in found.items()})
+
+    mqtt = i.mqtt
+    if mqtt is not None:
+        mqtt = beside(mqtt, "password_file")
+        if mqtt.tls is not None:
+            mqtt = dataclasses.replace(mqtt, tls=beside(mqtt.tls, "ca_file", "cert_file", "key_file"))
+    webhook = beside(i.webhook, "secret_file") if i.webhook is not None else None
+    opcua = beside(i.opcua, "users_file", "certificate", "private_key") if i.opcua is not None else None
+    return dataclasses.replace(i, mqtt=mqtt, webhook=webhook, opcua=opcua)
 
 
 def load_config(path: str | os.PathLike) -> InspectorConfig:

@@ -17,6 +17,7 @@ LAYERS = [
     ["common"],
     ["config"],
     ["store"],
+    ["integrations"],
     ["engine.explanation"],
     ["engine.runtime"],
     ["engine.method"],

@@ -182,11 +182,13 @@ def test_paths_that_are_not_utf8_are_kept_byte_for_byte(store_url):
     assert row["source_path"] == "/line3/lot\\xff\\xfe #7/caf\\xe9.png"
 
 
-LATER_TABLES = ("reviews", "users", "sessions", "login_failures", "detections", "parts")  # upgrades to 2-7
+LATER_TABLES = ("reviews", "users", "sessions", "login_failures", "detections", "parts", "outbox",
+                "outbox_cursors")  # made by the upgrades to 2-8
 
 
 def _back_to_version_1(conn: sa.Connection) -> None:
-    for name in ("parts", "detections", "login_failures", "sessions", "users", "reviews"):
+    for name in ("outbox_cursors", "outbox", "parts", "detections", "login_failures", "sessions", "users",
+                 "reviews"):
         conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
     conn.execute(sa.text("DROP INDEX IF EXISTS ix_results_finished"))
     conn.execute(sa.update(schema_version).values(version=1))
@@ -215,7 +217,7 @@ def test_a_version_1_store_is_upgraded_with_its_data(store_url):
     engine.dispose()
     with Store(store_url) as store:
         with store.begin() as conn:
-            assert conn.execute(sa.select(schema_version.c.version)).scalar_one() == SCHEMA_VERSION == 7
+            assert conn.execute(sa.select(schema_version.c.version)).scalar_one() == SCHEMA_VERSION == 8
             assert "ix_results_finished" in {i["name"] for i in sa.inspect(conn).get_indexes("results")}
             tables = set(sa.inspect(conn).get_table_names())
             assert {"users", "sessions", "login_failures", "detections"} <= tables
@@ -469,7 +471,8 @@ def test_a_version_5_store_with_verdicts_is_upgraded_to_undo(store_url):
     engine = sa.create_engine(store_url)
     with engine.begin() as conn:  # as version 5 made it: no reviews.undoes (and no parts)
         conn.execute(sa.text("ALTER TABLE reviews DROP COLUMN undoes"))
-        conn.execute(sa.text("DROP TABLE parts"))
+        for later in ("outbox_cursors", "outbox", "parts"):
+            conn.execute(sa.text(f"DROP TABLE {later}"))
         conn.execute(sa.update(schema_version).values(version=5))
     engine.dispose()
     with Store(store_url) as store:
@@ -546,7 +549,8 @@ def test_a_version_6_store_gets_one_part_per_finished_result(store_url):
             finished = dict(conn.execute(sa.select(results.c.id, results.c.finished_at)).all())
     engine = sa.create_engine(store_url)
     with engine.begin() as conn:
-        conn.execute(sa.text("DROP TABLE parts"))
+        for later in ("outbox_cursors", "outbox", "parts"):
+            conn.execute(sa.text(f"DROP TABLE {later}"))
         conn.execute(sa.update(schema_version).values(version=6))
     engine.dispose()
     with Store(store_url) as store, store.begin() as conn:

@@ -178,6 +178,7 @@ def start_job(insp: Inspector, store: Store, *, kind: str, out_dir: str, scope: 
     if insp.detector and target is not None:
         raise ConfigError(f"target {target!r}: a detector's runs explain every detection of each image; "
                           "leave out the target")
+    store.outbox = insp.config.integrations.enabled  # messages for the line's systems, with each record
     settings = result_settings(insp)
     digest = settings_hash(settings)
     key, engine_target = target_key(insp, target)

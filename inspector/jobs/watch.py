@@ -26,6 +26,7 @@ from ..common.stop import Stop
 from ..engine.inspector import Inspector
 from ..engine.runtime.preprocess import IMAGE_EXTENSIONS
 from ..errors import InspectorError, OutputError
+from ..integrations.publisher import start_publisher
 from ..store import Store, StoreError, default_url, display_path, display_url
 from .record import Outcome, explain_and_record_many, result_settings, settings_hash, start_job
 
@@ -75,13 +76,15 @@ def check_folders(in_dir: str, out_dir: str, done_dir: str, failed_dir: str) -> 
 def watch(insp: Inspector, in_dir: str, out_dir: str, done_dir: str | None = None,
           failed_dir: str | None = None, *, store_url: str | None = None, poll: float = 1.0,
           settle: float = 2.0, stop: Stop | None = None, log=print, engine_lock=None, observe=None,
-          warm_up: bool = True, batch_images: int | None = None, output_state=None) -> int:
+          warm_up: bool = True, batch_images: int | None = None, output_state=None,
+          publish: bool = True) -> int:
     """Run until ``stop.requested``; returns the number of images handled. Done/failed folders default to
     ``<out>/done`` and ``<out>/failed``. Images that settled in the same scan are explained up to
     ``batch_images`` at a time (``Inspector.batch_images``). A service that shares ``insp`` with other
     threads (the review station) passes the lock they all hold while explaining,
     ``observe(outcome, seconds)`` to count, and ``output_state(message)`` to learn of output errors
-    (the message; None once images are recorded again)."""
+    (the message; None once images are recorded again). With ``integrations`` in the config, the
+    results also go to the line's systems from here (``publish``; the station publishes itself)."""
     if not os.path.isdir(in_dir):
         raise InspectorError(f"--in {in_dir}: no such folder; create it or check the path (the camera or "
                              "line PC writes images there)")
@@ -98,6 +101,8 @@ def watch(insp: Inspector, in_dir: str, out_dir: str, done_dir: str | None = Non
     job = start_job(insp, store, kind="watch", out_dir=out_dir, scope=scope, source=display_path(in_dir))
     seen: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime_ns, first time seen unchanged)
     handled = 0
+    publisher = start_publisher(insp.config.integrations, store, good_classes=insp.config.good_classes,
+                                folder=out_dir) if publish else None
     try:
         if warm_up:  # a service that shares a warm engine (the station) skips it
             log(f"warmed up in {insp.warm_up():.2f} s ({insp.sessions.provider})")
@@ -111,6 +116,8 @@ def watch(insp: Inspector, in_dir: str, out_dir: str, done_dir: str | None = Non
                 if not stop.requested:
                     time.sleep(poll)
     finally:
+        if publisher is not None:
+            publisher.stop()
         with contextlib.suppress(StoreError):  # the run's end is noted if the store can take it
             store.end_run(job.run_id, "finished" if stop.requested else "stopped", f"{handled} image(s)")
         store.close()

@@ -42,4 +42,18 @@ def prometheus_text(station: Station) -> str:
         "# TYPE sise_results gauge",
     ]
     lines += [f'sise_results{{status="{s}"}} {n}' for s, n in sorted(figures["by_status"].items())]
+    if station.publisher is not None:
+        sinks = station.publisher.status()
+        lines += ["# HELP sise_outbox_backlog Messages for the line's systems not yet delivered, by sink.",
+                  "# TYPE sise_outbox_backlog gauge"]
+        backlog = {s["sink"]: station.store.outbox_backlog(s["sink"]) for s in sinks}
+        lines += [f'sise_outbox_backlog{{sink="{_label(name)}"}} {n}' for name, n in backlog.items()]
+        lines += ["# HELP sise_sink_up 1 while the sink takes messages (0: the last attempt failed).",
+                  "# TYPE sise_sink_up gauge"]
+        lines += [f'sise_sink_up{{sink="{_label(s["sink"])}"}} {0 if s["error"] else 1}' for s in sinks]
     return "\n".join(lines) + "\n"
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value: backslash, quote and line end escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -151,6 +151,7 @@ def queue_page(f: QueueFilters, user: Viewer, request: Request, station: Station
         failed_total=queries.counts(station.store)["by_status"].get("failed", 0),
         waiting=station.waiting_files(),
         known=queries.identity_values(station.store),
+        plc_waiting=station.unacknowledged(),
     )
 
 

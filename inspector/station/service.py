@@ -17,6 +17,7 @@ from ..common.stop import Stop
 from ..engine.inspector import Inspector
 from ..engine.runtime.preprocess import image_size
 from ..errors import InspectorError
+from ..integrations.publisher import start_publisher
 from ..jobs.record import Outcome, explain_and_record, start_job
 from ..jobs.watch import _candidates, watch
 from ..store import STORE_FILE, Store, StoreError, default_url, display_path
@@ -101,6 +102,7 @@ class Station:
         self._stop = Stop()
         self._threads: list[threading.Thread] = []
         self._heartbeats = None
+        self.publisher = None
         self.watch_error: str | None = None
         # the watched folder's output error while its images cannot be recorded (it tries again by itself;
         # an upload's is told to its client)
@@ -147,6 +149,8 @@ class Station:
         with self.engine_lock:
             seconds = self.insp.warm_up()
         log.info("warmed up in %.2f s (%s)", seconds, self.insp.sessions.provider)
+        self.publisher = start_publisher(self.config.integrations, self.store, good_classes=self.good_classes,
+                                         folder=self.out_dir)
         self._heartbeats = self.job.keep_alive()
         self._heartbeats.__enter__()
         if self.settings.watch_dir:
@@ -159,6 +163,8 @@ class Station:
         self._stop.requested = True
         for thread in self._threads:
             thread.join()
+        if self.publisher is not None:
+            self.publisher.stop()
         if self._heartbeats is not None:
             self._heartbeats.__exit__(None, None, None)
         with contextlib.suppress(StoreError):
@@ -180,6 +186,7 @@ class Station:
                 observe=self.metrics.observe,
                 warm_up=False,
                 output_state=lambda message: setattr(self, "watch_output_error", message),
+                publish=False,  # the station's publisher sends the watched folder's results too
             )
         except Exception as e:  # noqa: BLE001 - shown on /healthz; the uploads go on
             self.watch_error = str(e) if isinstance(e, InspectorError) else f"{type(e).__name__}: {e}"
@@ -203,6 +210,13 @@ class Station:
         if self.watch_output_error:
             problems.append(f"watch: {self.watch_output_error}")
         return problems
+
+    def unacknowledged(self) -> dict[tuple[str, str], int]:
+        """Per line and camera, results the PLC has not acknowledged over OPC UA (empty without it)."""
+        for sink in (s.sink for s in self.publisher.states) if self.publisher is not None else ():
+            if hasattr(sink, "unacknowledged"):
+                return sink.unacknowledged()
+        return {}
 
     @property
     def watching(self) -> bool:

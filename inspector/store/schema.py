@@ -14,6 +14,8 @@ Version history (``schema_version.version``):
     7. parts: each arrival of an image with its identity on the line (serial, line, camera, product,
        tags); the same bytes under two serials are two parts sharing one result. Results recorded before
        get one part without identity each.
+    8. outbox and outbox_cursors: the messages for the line's systems (a part arrived, a verdict), written
+       with what they report, and each sink's place in them.
 
 A new store is created at the newest version; one made by an older version is upgraded step by step
 when it is opened for writing; a store made by
@@ -161,6 +163,22 @@ parts = sa.Table(
     sa.UniqueConstraint("result_id", "identity_key", name="uq_parts_result_identity"),
     sa.Index("ix_parts_result", "result_id"),
     sa.Index("ix_parts_serial", "serial"),
+)
+outbox = sa.Table(
+    "outbox", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),  # the message id consumers see
+    sa.Column("kind", sa.String(16), nullable=False),          # result | verdict
+    sa.Column("result_id", sa.Integer, sa.ForeignKey("results.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),             # the message (store.outbox)
+    sa.Column("created_at", TS, nullable=False),
+)
+outbox_cursors = sa.Table(
+    "outbox_cursors", metadata,
+    sa.Column("sink", sa.String(200), primary_key=True),        # mqtt:<url>/<topic> | webhook:<url>
+    sa.Column("last_id", sa.Integer, nullable=False),          # the last message delivered
+    sa.Column("holder", sa.String(300)),                       # the process that publishes now
+    sa.Column("lease_until", TS),                              # ... until then, unless it renews
+    sa.Column("updated_at", TS, nullable=False),
 )
 LABEL_VERDICTS = ("confirm", "overrule", "inconclusive")  # rows that give a part its label
 ACTIONS = ("undo", "acknowledge", "explain_again")  # rows that record what was done, and give no label
@@ -356,6 +374,28 @@ def _add_parts(conn: sa.Connection) -> None:
         "FROM results WHERE status IN ('done', 'failed')"), {"key": EMPTY_IDENTITY_KEY})
 
 
+def _add_outbox(conn: sa.Connection) -> None:
+    """Version 7 -> 8: outbox and outbox_cursors (frozen as at 8)."""
+    frozen = sa.MetaData()
+    sa.Table("results", frozen, sa.Column("id", sa.Integer, primary_key=True))
+    sa.Table(
+        "outbox", frozen,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("result_id", sa.Integer, sa.ForeignKey("results.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("payload", sa.JSON, nullable=False),
+        sa.Column("created_at", TS, nullable=False),
+    ).create(conn)
+    sa.Table(
+        "outbox_cursors", frozen,
+        sa.Column("sink", sa.String(200), primary_key=True),
+        sa.Column("last_id", sa.Integer, nullable=False),
+        sa.Column("holder", sa.String(300)),
+        sa.Column("lease_until", TS),
+        sa.Column("updated_at", TS, nullable=False),
+    ).create(conn)
+
+
 UPGRADES: list[Callable[[sa.Connection], None]] = [
     _add_reviews,
     _add_station,
@@ -363,5 +403,6 @@ UPGRADES: list[Callable[[sa.Connection], None]] = [
     _add_detections,
     _add_undo,
     _add_parts,
+    _add_outbox,
 ]
 SCHEMA_VERSION = len(UPGRADES) + 1

@@ -33,6 +33,7 @@ from .db import (
     sqlite_path,
     utcnow,
 )
+from .outbox import add_result_message, add_verdict_message
 from .schema import (
     FAILED_ACTIONS,
     LABEL_VERDICTS,
@@ -40,6 +41,8 @@ from .schema import (
     detections,
     images,
     inputs,
+    outbox,
+    outbox_cursors,
     parts,
     results,
     reviews,
@@ -133,6 +136,8 @@ class Store:
     def __init__(self, url: str, *, readonly: bool = False):
         self.url = url
         self.readonly = readonly
+        # write a message to the outbox with each part and verdict (set by processes with integrations)
+        self.outbox = False
         self.engine = open_engine(url, readonly=readonly)
         # an SQLite store's folder: where its artifacts are when the folder was moved or copied elsewhere
         self.home = os.path.dirname(os.path.abspath(sqlite_path(url))) \
@@ -435,26 +440,33 @@ class Store:
                              [{"result_id": claim.result_id, **a} for a in artifact_rows])
             self._upsert_input(conn, scope, run_id, path, image_sha256=image_sha256,
                                result_id=claim.result_id, error=None)
-            self._insert_part(conn, claim.result_id, run_id, path, identity, identity_note)
+            part_id, _ = self._insert_part(conn, claim.result_id, run_id, path, identity, identity_note)
+            if self.outbox:  # an explanation's outcome (also a failed part explained again)
+                add_result_message(conn, part_id, utcnow(), reused=False)
 
     def add_part(self, result_id: int, run_id: int, path: str, identity: Identity = NO_IDENTITY,
                  note: str | None = None) -> int:
         """Note that the image of ``result_id`` arrived (again) as the part ``identity``; the same
         identity again is the same part. Returns the part's id."""
         with self.begin() as conn:
-            return self._insert_part(conn, result_id, run_id, path, identity, note)
+            part_id, new = self._insert_part(conn, result_id, run_id, path, identity, note)
+            if new and self.outbox:
+                add_result_message(conn, part_id, utcnow(), reused=True)
+            return part_id
 
     @staticmethod
     def _insert_part(conn: sa.Connection, result_id: int, run_id: int, path: str, identity: Identity,
-                     note: str | None) -> int:
+                     note: str | None) -> tuple[int, bool]:
+        """(the part's id, whether it is new)."""
         key = identity.key()
         row = {"result_id": result_id, "identity_key": key, **identity.values(),
                "tags": list(identity.tags) or None, "source_path": display_path(path),
                "source_path_bytes": path_bytes(path), "run_id": run_id, "arrived_at": utcnow(), "note": note}
-        conn.execute(dialect_insert(conn, parts).values(row).on_conflict_do_nothing(
-            index_elements=["result_id", "identity_key"]))
-        return conn.execute(sa.select(parts.c.id).where(parts.c.result_id == result_id,
-                                                        parts.c.identity_key == key)).scalar_one()
+        added = conn.execute(dialect_insert(conn, parts).values(row).on_conflict_do_nothing(
+            index_elements=["result_id", "identity_key"])).rowcount
+        part_id = conn.execute(sa.select(parts.c.id).where(parts.c.result_id == result_id,
+                                                           parts.c.identity_key == key)).scalar_one()
+        return part_id, added == 1
 
     def release(self, claim: Claim, run_id: int) -> None:
         """Give a held claim back unfinished (the outputs could not be written): a new result disappears,
@@ -522,6 +534,8 @@ class Store:
             row = {"result_id": result_id, "verdict": verdict, "label": label, "reviewer": reviewer,
                    "note": note, "created_at": now, "previous_label": previous}
             row["id"] = conn.execute(sa.insert(reviews).values(row).returning(reviews.c.id)).scalar_one()
+            if self.outbox:
+                add_verdict_message(conn, row)
         return row
 
     @staticmethod
@@ -570,4 +584,56 @@ class Store:
                    "reviewer": reviewer, "note": f"undoes verdict {target['id']} ({target['verdict']})",
                    "created_at": now, "previous_label": target["label"], "undoes": target["id"]}
             row["id"] = conn.execute(sa.insert(reviews).values(row).returning(reviews.c.id)).scalar_one()
+            if self.outbox:
+                add_verdict_message(conn, row)
         return {**row, "undone": dict(target), "restored": restored}
+
+    # ----- the outbox (see store.outbox) ----------------------------------------------------------------
+    def outbox_after(self, last_id: int, limit: int = 100) -> list[dict]:
+        """Messages after ``last_id``, oldest first: id, kind, payload (with ``message_id``)."""
+        with self.read() as conn:
+            rows = conn.execute(sa.select(outbox.c.id, outbox.c.kind, outbox.c.payload)
+                                .where(outbox.c.id > last_id).order_by(outbox.c.id).limit(limit)).mappings()
+            return [{"id": r["id"], "kind": r["kind"], "payload": {**r["payload"], "message_id": r["id"]}}
+                    for r in rows]
+
+    def outbox_end(self) -> int:
+        """The newest message's id (0 for none)."""
+        with self.read() as conn:
+            return conn.execute(sa.select(sa.func.max(outbox.c.id))).scalar() or 0
+
+    def hold_sink(self, sink: str, holder: str, seconds: float) -> int | None:
+        """Take or renew the lease to publish to ``sink`` for ``seconds``; the last message delivered to
+        it, or None while another process holds it. A new sink starts before the first message."""
+        with self.begin() as conn:
+            now = db_now(conn)
+            conn.execute(dialect_insert(conn, outbox_cursors).values(
+                sink=sink, last_id=0, holder=None, lease_until=None, updated_at=now
+            ).on_conflict_do_nothing(index_elements=["sink"]))
+            cursor = conn.execute(sa.select(outbox_cursors).where(outbox_cursors.c.sink == sink)
+                                  .with_for_update()).mappings().one()
+            free = (cursor["holder"] in (None, holder) or cursor["lease_until"] is None
+                    or as_utc(cursor["lease_until"]) < as_utc(now))
+            if not free:
+                return None
+            conn.execute(sa.update(outbox_cursors).where(outbox_cursors.c.sink == sink).values(
+                holder=holder, lease_until=now + timedelta(seconds=seconds), updated_at=now))
+            return cursor["last_id"]
+
+    def advance_sink(self, sink: str, holder: str, last_id: int) -> None:
+        """Note that ``sink`` has every message up to ``last_id``; StoreError when ``holder`` lost the
+        lease meanwhile (the other holder goes on from its own place)."""
+        with self.begin() as conn:
+            moved = conn.execute(sa.update(outbox_cursors).where(
+                outbox_cursors.c.sink == sink, outbox_cursors.c.holder == holder,
+                outbox_cursors.c.last_id < last_id).values(last_id=last_id, updated_at=db_now(conn))).rowcount
+        if moved != 1:
+            raise StoreError(f"{sink}: another process publishes to it now")
+
+    def outbox_backlog(self, sink: str) -> int:
+        """Messages not yet delivered to ``sink``."""
+        with self.read() as conn:
+            last = conn.execute(sa.select(outbox_cursors.c.last_id).where(outbox_cursors.c.sink == sink)
+                                ).scalar() or 0
+            return conn.execute(sa.select(sa.func.count()).select_from(outbox).where(outbox.c.id > last)
+                                ).scalar_one()
