@@ -1,8 +1,11 @@
 """What connecting the line costs: the station's record path with the integrations off, with MQTT, with
-the webhook and with both (same run, images interleaved across the four stations so that the machine's
-noise falls on all alike), and the delay from an image landing to its MQTT message (bundled example, CPU).
+the webhook, with OPC UA and with all three (same run, images interleaved across the five stations so
+that the machine's noise falls on all alike; one part each first, untimed), and the delay from an image
+landing to its MQTT message and to the OPC UA value change a subscribed client sees (bundled example,
+CPU).
 
-Needs /usr/sbin/mosquitto (started here on a free port, anonymous, this machine only) and paho-mqtt.
+Needs /usr/sbin/mosquitto (started here on a free port, anonymous, this machine only), paho-mqtt and
+asyncua. The OPC UA servers here offer NoSecurity with anonymous access (the client is this script).
 
     python benchmarks/integrations.py [--parts 40]
 """
@@ -10,6 +13,7 @@ Needs /usr/sbin/mosquitto (started here on a free port, anonymous, this machine 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import http.server
 import json
@@ -67,7 +71,7 @@ class Arrivals:
     def __init__(self, port: int):
         self.when: dict[str, float] = {}
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-sub")
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("bench/#", qos=1)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("#", qos=1)
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
@@ -85,6 +89,48 @@ class Arrivals:
                 raise SystemExit(f"no MQTT message for {key} within {timeout} s")
             time.sleep(0.002)
         return self.when[key]
+
+
+class OpcChanges:
+    """An asyncua client, in its own thread, subscribed to the last serial of line '-', camera '-': when
+    each serial appeared."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint, self.when = endpoint, {}
+        self.loop = asyncio.new_event_loop()
+        self.done: asyncio.Event | None = None
+        threading.Thread(target=self.loop.run_until_complete, args=(self._run(),), daemon=True).start()
+
+    async def _run(self):
+        from asyncua import Client
+
+        self.done = asyncio.Event()
+        when = self.when
+
+        class Handler:
+            def datachange_notification(self, node, value, data):
+                if value:
+                    when.setdefault(value, time.time())
+
+        async with Client(self.endpoint) as client:
+            idx = await client.get_namespace_index("urn:sise-inspector")
+            names = [f"{idx}:{n}" for n in ("SISEInspector", "Lines", "-", "-", "LastResult", "Serial")]
+            node = await client.nodes.objects.get_child(names)
+            subscription = await client.create_subscription(20, Handler())
+            await subscription.subscribe_data_change(node)
+            await self.done.wait()
+
+    def wait(self, serial: str, timeout: float = 30.0) -> float:
+        deadline = time.time() + timeout
+        while serial not in self.when:
+            if time.time() > deadline:
+                raise SystemExit(f"no OPC UA change for {serial} within {timeout} s")
+            time.sleep(0.002)
+        return self.when[serial]
+
+    def close(self):
+        if self.done is not None:
+            self.loop.call_soon_threadsafe(self.done.set)
 
 
 class Ok(http.server.BaseHTTPRequestHandler):
@@ -126,11 +172,15 @@ def main() -> int:
         threading.Thread(target=hook.serve_forever, daemon=True).start()
         mq = {"url": f"mqtt://127.0.0.1:{port}", "topic": "bench"}
         web = {"url": f"http://127.0.0.1:{hook.server_port}/sise"}
+        opc = {"security": "none", "anonymous": True}
+        opc_endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sise/"
         settings = {
             "off": {},
             "mqtt": {"mqtt": mq},
             "webhook": {"webhook": web},
-            "both": {"mqtt": {**mq, "topic": "bench2"}, "webhook": web},
+            "opcua": {"opcua": {**opc, "endpoint": opc_endpoint}},
+            "all": {"mqtt": {**mq, "topic": "bench2"}, "webhook": web,
+                    "opcua": {**opc, "endpoint": f"opc.tcp://127.0.0.1:{free_port()}/sise/"}},
         }
         arrivals = Arrivals(port)
         stations = {}
@@ -143,7 +193,13 @@ def main() -> int:
             station.start()
             stations[name] = station
         times = {name: [] for name in settings}
-        delays = []
+        delays, opc_delays = [], []
+        for name, station in stations.items():  # one part each first: lazy set-up is not measured
+            station.explain_upload(image(9999), "warm.png", make_identity(serial=f"{name}-warm"))
+        while stations["opcua"].publisher.status()[0]["delivered"] < 1:  # the line's node exists now
+            time.sleep(0.01)
+        changes = OpcChanges(opc_endpoint)
+        changes.wait("opcua-warm")
         try:
             for k in range(args.parts):
                 data = image(k)
@@ -154,7 +210,9 @@ def main() -> int:
                     times[name].append(done - start)
                     if name == "mqtt":
                         delays.append(arrivals.wait(f"mqtt-{k}") - start)
-            print(f"{args.parts} parts, each recorded by four stations in turn (upload path, in process)")
+                    if name == "opcua":
+                        opc_delays.append(changes.wait(f"opcua-{k}") - start)
+            print(f"{args.parts} parts, each recorded by five stations in turn (upload path, in process)")
             off = statistics.median(times["off"])
             for name, values in times.items():
                 median = statistics.median(values)
@@ -165,7 +223,14 @@ def main() -> int:
                 f"{statistics.median(delays) * 1000:.0f} ms, "
                 f"p95 {delays[int(0.95 * (len(delays) - 1))] * 1000:.0f} ms (includes explaining it)"
             )
+            opc_delays.sort()
+            print(
+                "  upload to the OPC UA value change at a subscribed client: median "
+                f"{statistics.median(opc_delays) * 1000:.0f} ms, "
+                f"p95 {opc_delays[int(0.95 * (len(opc_delays) - 1))] * 1000:.0f} ms (includes explaining it)"
+            )
         finally:
+            changes.close()
             for station in stations.values():
                 station.stop()
         # the watched folder: a file renamed in -> its MQTT message (poll 0.1 s, settle 0.3 s)

@@ -100,6 +100,7 @@ class OpcUaSink(Sink):
         self._stopping: asyncio.Event | None = None
         self._nodes: dict[tuple[str, str], dict] = {}  # (line, camera) -> its nodes
         self._line_nodes: dict = {}  # line -> its object
+        self._tasks: list[asyncio.Task] = []
         self.counters: dict[tuple[str, str], dict[str, int]] = {}  # read by the station's pages
 
     # ----- life ---------------------------------------------------------------------------------------
@@ -194,6 +195,9 @@ class OpcUaSink(Sink):
         async with server:
             self._ready.set()
             await self._stopping.wait()
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _load_certificate(self, server) -> None:
         from pathlib import Path
@@ -244,7 +248,7 @@ class OpcUaSink(Sink):
                 self.counters[where]["acknowledged"] = int(await node.read_value())
                 await asyncio.sleep(0.2)
 
-        asyncio.ensure_future(poll())
+        self._tasks.append(asyncio.ensure_future(poll()))
 
     async def _show(self, message: dict, *, count: bool) -> None:
         ua = self._ua

@@ -67,6 +67,7 @@ class Publisher:
         self.poll = poll
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -79,8 +80,13 @@ class Publisher:
         self._thread = threading.Thread(target=self._run, name="sise-publisher", daemon=True)
         self._thread.start()
 
+    def poke(self) -> None:
+        """Something was recorded: look at the outbox now rather than at the next poll."""
+        self._wake.set()
+
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
         for state in self.states:
@@ -98,7 +104,8 @@ class Publisher:
                 if time.monotonic() >= state.next_try:
                     busy |= self._publish(state)
             if not busy:
-                self._stop.wait(self.poll)
+                self._wake.wait(self.poll)
+                self._wake.clear()
 
     def _publish(self, state: _State) -> bool:
         """Send what the sink has not had yet; True when something was sent."""

@@ -110,9 +110,12 @@ def watch(insp: Inspector, in_dir: str, out_dir: str, done_dir: str | None = Non
             f"failed: {display_path(failed_dir)}, store: {display_url(store.url)})")
         with job.keep_alive():
             while not stop.requested:
-                handled += _scan(job, in_dir, done_dir, failed_dir, seen, settle, stop, log,
-                                 engine_lock or contextlib.nullcontext(), observe,
-                                 insp.batch_images(batch_images), output_state or (lambda _message: None))
+                now = _scan(job, in_dir, done_dir, failed_dir, seen, settle, stop, log,
+                            engine_lock or contextlib.nullcontext(), observe,
+                            insp.batch_images(batch_images), output_state or (lambda _message: None))
+                handled += now
+                if now and publisher is not None:
+                    publisher.poke()
                 if not stop.requested:
                     time.sleep(poll)
     finally:

@@ -210,6 +210,7 @@ def api_undo(user: ApiReviewer, station: StationDep):
         row = station.store.undo_review(user.username)
     except VerdictConflict as e:
         return JSONResponse({"detail": str(e)}, status_code=409)
+    station.poke()
     return review_body(row)
 
 

@@ -360,6 +360,7 @@ def undo_form(
         row = station.store.undo_review(user.username)
     except VerdictConflict as e:
         return RedirectResponse(back + join + urlencode(signed(f"nothing was undone: {e}")), status_code=303)
+    station.poke()
     restored = row["restored"]
     now = (f"{restored['verdict']} -> {restored['label'] or 'inconclusive'} by {restored['reviewer']}"
            if restored else "no verdict: to review")

@@ -183,7 +183,7 @@ class Station:
                 stop=self._stop,
                 log=lambda line: log.info("watch: %s", line),
                 engine_lock=self.engine_lock,
-                observe=self.metrics.observe,
+                observe=self._observed,
                 warm_up=False,
                 output_state=lambda message: setattr(self, "watch_output_error", message),
                 publish=False,  # the station's publisher sends the watched folder's results too
@@ -191,6 +191,10 @@ class Station:
         except Exception as e:  # noqa: BLE001 - shown on /healthz; the uploads go on
             self.watch_error = str(e) if isinstance(e, InspectorError) else f"{type(e).__name__}: {e}"
             log.error("watching %s stopped: %s", display_path(self.settings.watch_dir), self.watch_error)
+
+    def _observed(self, outcome: Outcome, seconds: float) -> None:
+        self.metrics.observe(outcome, seconds)
+        self.poke()
 
     def output_problems(self) -> list[str]:
         """Why results may not be recorded now: the output folder unwritable or (nearly) full, claims the
@@ -278,7 +282,13 @@ class Station:
             with self.metrics.lock:
                 self.metrics.in_flight -= 1
         self.metrics.observe(outcome, time.perf_counter() - start)
+        self.poke()
         return outcome
+
+    def poke(self) -> None:
+        """A result or verdict was recorded: its message goes out now."""
+        if self.publisher is not None:
+            self.publisher.poke()
 
 
 def parse_references(values: list[str]) -> tuple[tuple[str, str], ...]:

@@ -71,8 +71,10 @@ def record_verdict(station, row: dict, verdict: str, label: str | None, comment:
         verdict, row["prediction_name"], label or None, station.class_names, station.good_classes
     )
     note = (comment or "").strip()[:2000] or None
-    return station.store.add_review(row["id"], verdict=stored, label=new_label, reviewer=reviewer, note=note,
-                                    seen=seen)
+    review = station.store.add_review(row["id"], verdict=stored, label=new_label, reviewer=reviewer,
+                                      note=note, seen=seen)
+    station.poke()
+    return review
 
 
 def acknowledge(station, row: dict, reviewer: str, comment: str | None, *, seen: int | None = None) -> dict:
@@ -80,7 +82,10 @@ def acknowledge(station, row: dict, reviewer: str, comment: str | None, *, seen:
     if row["status"] != "failed":
         raise VerdictError(f"part {row['id']} was explained; there is no failure to acknowledge")
     note = (comment or "").strip()[:2000] or None
-    return station.store.add_review(row["id"], verdict="acknowledge", reviewer=reviewer, note=note, seen=seen)
+    review = station.store.add_review(row["id"], verdict="acknowledge", reviewer=reviewer, note=note,
+                                      seen=seen)
+    station.poke()
+    return review
 
 
 def explain_again(station, row: dict, reviewer: str) -> tuple[int, str]:
@@ -106,4 +111,5 @@ def explain_again(station, row: dict, reviewer: str) -> tuple[int, str]:
         said = f"explained as part #{outcome.result_id} (the station's settings differ from the failed run's)"
     with contextlib.suppress(VerdictConflict):  # the same request moments ago is in the history already
         station.store.add_review(row["id"], verdict="explain_again", reviewer=reviewer, note=said)
+    station.poke()
     return outcome.result_id or row["id"], said
