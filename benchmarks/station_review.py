@@ -1,12 +1,13 @@
 """What a shift at the review station costs with a 12 MP camera: the part page's bytes and time, the
 station's memory after many such parts, and bulk confirm of 100 parts (bundled example config, CPU).
 
-1. One 4000x3000 image is explained by the station (the engine draws its 12 MP overlay); ``--big`` parts
-   (default 200) are then recorded with their own 12 MP originals (JPEG, each a different picture: noise
-   of its own is added) whose rows point at that overlay file, so that every part page makes its previews
-   from 12 MP files. Each part page is fetched over HTTP as Chromium would at first sight: the HTML, the
-   two previews it shows, the colour bar. It prints bytes and time per part page, what zooming in to full
-   resolution downloads, and the process's resident memory before and after.
+1. One 4000x3000 image is explained by the station (the engine draws its 12 MP overlay and thumbnail);
+   ``--big`` parts (default 200) are then recorded with their own 12 MP originals (JPEG, each a different
+   picture: noise of its own is added) whose rows point at those overlay and thumbnail files, so that
+   every part page makes its previews from 12 MP files. Each part page is fetched over HTTP as Chromium
+   would at first sight: the HTML, the two previews it shows, the colour bar. It prints bytes and time
+   per part page, what zooming in to full resolution downloads, and the process's resident memory before
+   and after.
    The queue's first page is fetched with its thumbnails before any part page.
 2. ``--rounds`` rounds (default 3) of bulk confirm: 100 new unreviewed parts predicted one class with a
    confidence of 0.99, listed by GET /bulk, confirmed by one POST /bulk/confirm; the store is checked for
@@ -58,15 +59,15 @@ def big_parts(station: Station, folder: str, count: int) -> list[int]:
     first = cv2.imencode(".jpg", base, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
     outcome = station.explain_upload(first, "part_00000.jpg")
     row = station.store.result(outcome.result_id)
-    with station.store.begin() as conn:
-        overlay = (
+    with station.store.begin() as conn:  # the other parts' rows name the same overlay and thumbnail files
+        drawn = (
             conn.execute(
                 sa.select(artifacts).where(
-                    artifacts.c.result_id == outcome.result_id, artifacts.c.kind == "overlay"
+                    artifacts.c.result_id == outcome.result_id, artifacts.c.kind.in_(["overlay", "thumb"])
                 )
             )
             .mappings()
-            .one()
+            .all()
         )
     ids = [outcome.result_id]
     run, store = station.job.run_id, station.store
@@ -99,7 +100,7 @@ def big_parts(station: Station, folder: str, count: int) -> list[int]:
             claim,
             run,
             fields,
-            [{k: overlay[k] for k in ("kind", "path", "sha256", "size")}],
+            [{k: a[k] for k in ("kind", "path", "sha256", "size")} for a in drawn],
             scope=station.job.scope,
             path=path,
             image_sha256=sha,
@@ -143,15 +144,15 @@ def part_pages(client: httpx.Client, ids: list[int]) -> None:
 
 
 def queue_thumbnails(client: httpx.Client) -> None:
-    """The queue's first page at first sight: its rows, then every thumbnail (none made before)."""
+    """The queue's first page at first sight: its rows, then every thumbnail (none served before)."""
     start = time.perf_counter()
     rows = client.get("/queue/rows", params={"order": "newest"}).text
     urls = [u.replace("&amp;", "&") for u in re.findall(r'<td class="thumb"><img src="([^"]+)"', rows)]
     fetched = sum(len(client.get(u).content) for u in urls)
     seconds = time.perf_counter() - start
     print(f"  queue page with {len(urls)} thumbnails at first sight: {seconds:.1f} s "
-          f"({seconds / max(1, len(urls)) * 1000:.0f} ms per thumbnail, {fetched / 1024:.0f} KiB); "
-          "from the cache afterwards")
+          f"({seconds / max(1, len(urls)) * 1000:.0f} ms per thumbnail, {fetched / 1024:.0f} KiB; "
+          "each written with its result)")
 
 
 def bulk_rounds(station: Station, client: httpx.Client, rounds: int, taken: str) -> None:

@@ -100,8 +100,8 @@ def test_explain_records_every_detection_with_its_files(setup, tmp_path, capsys)
                           & (cols[None] > np.floor(x1)) & (cols[None] < np.ceil(x2)))
                 assert found[k]["evidence_in_box"] == pytest.approx(maps[k][inside].sum() / maps[k].sum())
             kinds = set(result["artifacts"])
-            assert kinds == {"npz", "overlay", "layers", "sidecar", "overlay.1", "overlay.2", "overlay.3",
-                             "overlay.4"}
+            assert kinds == {"npz", "overlay", "layers", "sidecar", "thumb", "overlay.1", "overlay.2",
+                             "overlay.3", "overlay.4"}
             assert all(os.path.isfile(p) for p in result["artifacts"].values())
             for d in found:  # overlay k: detection k's box on top, in its colour
                 picture = cv2.imread(result["artifacts"][f"overlay.{d['position']}"])
@@ -136,7 +136,7 @@ def test_files_made_again_replace_the_detection_rows(setup, tmp_path):
     after = rows_of(out / "results.db", "SELECT result_id, position, class_name, score FROM detections "
                                         "ORDER BY result_id, position")
     assert len(before) == 12 and [r[:3] for r in after] == [r[:3] for r in before]
-    assert len(os.listdir(out / "images")) == 3 * 8
+    assert len(os.listdir(out / "images")) == 3 * 9
 
 
 def test_a_part_without_detections_is_labelled_none_label(setup, tmp_path):
@@ -146,7 +146,7 @@ def test_a_part_without_detections_is_labelled_none_label(setup, tmp_path):
     with Store(default_url(str(out))) as store:
         result = store.result(1)
     assert result["prediction_name"] == "ok" and result["confidence"] is None and result["detections"] == []
-    assert set(result["artifacts"]) == {"npz", "overlay", "layers", "sidecar"}
+    assert set(result["artifacts"]) == {"npz", "overlay", "layers", "sidecar", "thumb"}
     sidecar = json.loads(Path(result["artifacts"]["sidecar"]).read_text(encoding="utf-8"))
     assert sidecar["detections"] == [] and sidecar["good"] is True
 

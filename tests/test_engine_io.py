@@ -178,8 +178,9 @@ def test_cli_explain_writes_outputs_and_lists_failures(models, tmp_path):
     assert "wrote 2 explanation(s)" in r.stdout
     # <image hash>_<settings>_<stem>...
     names = sorted(n.split("_", 2)[2] for n in os.listdir(out / "images"))
-    assert names == ["part_a.json", "part_a.npz", "part_a_layers.png", "part_a_overlay.png", "part_b.json",
-                     "part_b.npz", "part_b_layers.png", "part_b_overlay.png"]
+    assert names == ["part_a.json", "part_a.npz", "part_a_layers.png", "part_a_overlay.png",
+                     "part_a_thumb.jpg", "part_b.json", "part_b.npz", "part_b_layers.png",
+                     "part_b_overlay.png", "part_b_thumb.jpg"]
     assert sorted(os.listdir(out)) == ["images", "results.db"]
     (a,) = [out / "images" / n[:-len(".json")] for n in os.listdir(out / "images")
             if n.endswith("part_a.json")]

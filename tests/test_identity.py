@@ -164,3 +164,29 @@ def test_audit_and_explain_record_the_identity(tmp_path):
     assert two.returncode == 2 and "--serial names one part, but 2 images were given" in two.stderr
     bad = _inspector("explain", "-c", cfg, one, "--out", str(tmp_path / "z"), "--line", "L\x07")
     assert bad.returncode == 2 and "line: control characters are not allowed" in bad.stderr
+
+
+def test_hidden_characters_are_refused_and_a_bad_name_never_stops_an_audit(tmp_path):
+    """Unpaired surrogates (a non-UTF-8 file name, an escaped one in a sidecar), C1 controls, bidi
+    overrides and zero-width characters are no identity; the images are still explained and recorded."""
+    for value in ("\ud800", "A\udcffB", "SN\x85", "SN\u202e1", "S\u200bN"):
+        with pytest.raises(IdentityError, match="control characters are not allowed"):
+            make_identity(serial=value)
+    cfg = config(tmp_path, pattern="{line}_{camera}_{serial}.png", sidecar=True)
+    folder = tmp_path / "lot"
+    folder.mkdir()
+    odd = os.path.join(os.fsencode(folder), b"L\xff_cam_S3.png")
+    shutil.copyfile(os.path.join(SAMPLES, "crack.png"), odd)
+    shutil.copyfile(os.path.join(SAMPLES, "pits.png"), folder / "L2_cam_S2.png")
+    (folder / "L2_cam_S2.png.json").write_text('{"serial": "\\ud800"}')
+    (folder / "L1_cam_S1.png.json").write_bytes(b"\xef\xbb\xbf" + json.dumps({"serial": "BOM-1"}).encode())
+    shutil.copyfile(os.path.join(SAMPLES, "stain.png"), folder / "L1_cam_S1.png")
+    done = _inspector("audit", "-c", cfg, str(folder), "--out", str(tmp_path / "audit"))
+    assert done.returncode == 0, done.stderr
+    rows = parts(tmp_path / "audit" / "results.db")
+    assert len(rows) == 3
+    by_line = {r[1]: r for r in rows}
+    assert by_line["L1"][0] == "BOM-1"  # a sidecar with a BOM, as Windows tools write it
+    assert by_line["L2"][:2] == ("S2", "L2") and "control characters" in by_line["L2"][5]
+    odd_row = next(r for r in rows if r[1] is None)
+    assert "control characters" in odd_row[5]

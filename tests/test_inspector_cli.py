@@ -57,7 +57,7 @@ def test_repeated_names_never_overwrite_and_the_count_is_the_files_written(tmp_p
                   tmp_path / "day1", tmp_path / "day2", "--out", out)
     assert r.returncode == 0, r.stderr
     assert "wrote 6 explanation(s)" in r.stdout
-    assert len(os.listdir(out / "images")) == 6 * 4
+    assert len(os.listdir(out / "images")) == 6 * 5  # npz, overlay, layers, sidecar, thumbnail
     found = sidecars(out)
     assert {os.path.relpath(k, tmp_path): v["image_sha256"] for k, v in found.items()} == digests
     for meta in found.values():  # each overlay belongs to its own image: its size follows its source's
@@ -71,11 +71,11 @@ def test_repeated_names_never_overwrite_and_the_count_is_the_files_written(tmp_p
     again = inspector("explain", "-c", CONFIG, tmp_path / "day1", tmp_path / "day2", "--out", out)
     assert again.returncode == 0 and "wrote 0 explanation(s)" in again.stdout
     assert "2 were already in the store" in again.stdout
-    assert len(os.listdir(out / "images")) == 24
+    assert len(os.listdir(out / "images")) == 30
     other = inspector("explain", "-c", CONFIG, tmp_path / "day1", "--out", out, "--target", "crack")
     # another target, another result
     assert other.returncode == 0 and "wrote 1 explanation(s)" in other.stdout
-    assert len(os.listdir(out / "images")) == 28
+    assert len(os.listdir(out / "images")) == 35
     import sqlite3
 
     with contextlib.closing(sqlite3.connect(out / "results.db")) as db:  # each run's own status, not its
@@ -153,9 +153,9 @@ def test_jpeg_overlays_without_npz_are_recorded_and_kept_on_resume(tmp_path):
     r = inspector("audit", "-c", cfg, tmp_path / "in", "--out", out)
     assert r.returncode == 0, r.stderr
     names = sorted(n.split("_", 2)[2] for n in os.listdir(out / "images"))
-    assert names == ["p.json", "p_layers.png", "p_overlay.jpg"]
+    assert names == ["p.json", "p_layers.png", "p_overlay.jpg", "p_thumb.jpg"]
     row = json.loads((out / "results.jsonl").read_text())
-    assert sorted(row["artifacts"]) == ["layers", "overlay", "sidecar"]
+    assert sorted(row["artifacts"]) == ["layers", "overlay", "sidecar", "thumb"]
     assert row["artifacts"]["overlay"].endswith("_overlay.jpg")
     assert "_overlay.jpg" in (out / "report.html").read_text()
     again = inspector("audit", "-c", cfg, tmp_path / "in", "--out", out)

@@ -396,3 +396,90 @@ def test_the_outbox_is_written_with_the_record_and_one_process_publishes_a_sink(
         assert store.hold_sink("mqtt:x", "b", 30) == rows[0]["id"]  # b goes on from a's place
         assert store.outbox_backlog("mqtt:x") == 1
 
+
+
+# ----- from a red-team pass ----------------------------------------------------------------------------
+class Redirect(http.server.BaseHTTPRequestHandler):
+    """Answers the first two POSTs with 302 to a page that would take a GET; then 200."""
+
+    posts: typing.ClassVar[list] = []
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).posts.append(self.path)
+        self.send_response(200 if len(type(self).posts) > 2 else 302)
+        if len(type(self).posts) <= 2:
+            self.send_header("Location", "/login")
+        self.end_headers()
+
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_redirect_is_not_a_delivery(tmp_path):
+    Redirect.posts = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with station_for(tmp_path, {"webhook": {"url": f"http://127.0.0.1:{server.server_port}/h"}}) as st:
+            upload(st, 960)
+            wait_for(lambda: st.station.publisher.status()[0]["delivered"] == 1, 30, "the delivery")
+    finally:
+        server.shutdown()
+    assert Redirect.posts == ["/h", "/h", "/h"]  # two 302s were failures, sent again, to the same URL
+
+
+class Hang(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        time.sleep(8)
+
+    def log_message(self, *args):
+        pass
+
+
+@needs_broker
+def test_a_hanging_webhook_does_not_hold_up_mqtt(tmp_path, broker_factory):
+    broker = broker_factory()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hang)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    subscriber = Subscriber(broker.port, "sise/#")
+    try:
+        wait_for(lambda: subscriber.client.is_connected(), 10, "the subscriber")
+        time.sleep(0.3)
+        config = {"mqtt": {"url": f"mqtt://127.0.0.1:{broker.port}"},
+                  "webhook": {"url": f"http://127.0.0.1:{server.server_port}/h", "timeout": 5}}
+        with station_for(tmp_path, config) as st:
+            upload(st, 961)
+            start = time.monotonic()
+            upload(st, 962)
+            wait_for(lambda: len(subscriber.got("/result")) == 2, 4, "MQTT while the webhook hangs")
+            assert time.monotonic() - start < 4
+    finally:
+        subscriber.close()
+        server.shutdown()
+
+
+def test_topic_levels_and_secrets_and_users_files_are_read_exactly(tmp_path):
+    from inspector.integrations import read_secret
+    from inspector.integrations.mqtt import topic_part
+    from inspector.integrations.opcua import read_users
+
+    levels = [topic_part(v) for v in ("a/b", "a_b", "a%2Fb", None, "-", "", "L+3#")]
+    assert len(set(levels[:5])) == 5 and levels[3] == levels[5] == "-"
+    assert not any(ch in level for level in levels for ch in "/+#")
+    (tmp_path / "secret").write_bytes(b"\xef\xbb\xbfplant-key\r\n")
+    assert read_secret(str(tmp_path / "secret"), "k") == b"plant-key"
+    (tmp_path / "big").write_bytes(b"x" * (64 * 1024 + 1))
+    with pytest.raises(IntegrationError, match="over 65536 bytes"):
+        read_secret(str(tmp_path / "big"), "k")
+    users = tmp_path / "users"
+    users.write_bytes("\ufeffplc:pa\u2028ss:word\r\n# note\n\nmes:x\n".encode())
+    users.chmod(0o600)
+    assert read_users(str(users)) == {"plc": "pa\u2028ss:word", "mes": "x"}
+    users.write_text("plc:a\nplc:b\n")
+    with pytest.raises(IntegrationError, match="line 2 names plc again"):
+        read_users(str(users))

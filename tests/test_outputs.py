@@ -152,12 +152,33 @@ def test_jpeg_overlays_and_no_npz():
     exp, image = explanation(1)
     cfg = config(outputs={"overlay": "jpg", "npz": False, "jpeg_quality": 80})
     files = render(exp, image, cfg)
-    assert sorted(files) == ["layers", "overlay", "sidecar"]
+    assert sorted(files) == ["layers", "overlay", "sidecar", "thumb"]
     assert files["overlay"][:3] == b"\xff\xd8\xff"  # a JPEG
     assert artifact_suffixes(cfg.outputs) == {"overlay": "_overlay.jpg", "layers": "_layers.png",
-                                              "sidecar": ".json"}
+                                              "sidecar": ".json", "thumb": "_thumb.jpg"}
     png = render(exp, image, config())
-    assert sorted(png) == ["layers", "npz", "overlay", "sidecar"]
+    assert sorted(png) == ["layers", "npz", "overlay", "sidecar", "thumb"]
     assert len(files["overlay"]) < len(png["overlay"])
     with np.load(io.BytesIO(png["npz"])) as maps:
         assert np.array_equal(maps["saliency_full"], exp.saliency_full)
+
+
+def test_the_thumbnail_is_the_overlays_image_area_made_small():
+    """The thumbnail written with each result: the overlay's image area (where the station lays the
+    overlay over the original) at most 192 px, as JPEG; not the caption band above it."""
+    from inspector.jobs.artifacts import image_area
+
+    exp, image = explanation(1)
+    files = render(exp, image, config())
+    drawn = cv2.imdecode(np.frombuffer(files["overlay"], np.uint8), cv2.IMREAD_COLOR)
+    thumb = cv2.imdecode(np.frombuffer(files["thumb"], np.uint8), cv2.IMREAD_COLOR)
+    top, height, width = image_area(image.shape)
+    assert max(thumb.shape[:2]) <= 192
+    assert abs(thumb.shape[1] / thumb.shape[0] - width / height) < 0.02 * width / height
+    area = drawn[top:top + height, :width]
+    expected = cv2.resize(area, thumb.shape[1::-1], interpolation=cv2.INTER_AREA)
+    encoded = cv2.imencode(".jpg", expected, [cv2.IMWRITE_JPEG_QUALITY, 80])[1]
+    as_jpeg = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
+    assert np.abs(thumb.astype(int) - as_jpeg.astype(int)).mean() < 1  # (the test image is noise: JPEG errs)
+    caption_only = cv2.resize(drawn[:top], thumb.shape[1::-1], interpolation=cv2.INTER_AREA)
+    assert np.abs(thumb.astype(int) - caption_only.astype(int)).mean() > 20  # not the caption band

@@ -523,7 +523,7 @@ def test_artifact_paths_cannot_leave_the_station(st, session):
     os.symlink("/etc/passwd", link)
     with st.station.store.begin() as conn:
         for kind, path in (("overlay", "../../../../etc/passwd"), ("layers", "/etc/passwd"),
-                           ("npz", "evil-link")):
+                           ("npz", "evil-link"), ("thumb", "evil-link")):
             conn.execute(sa.update(artifacts).where(artifacts.c.result_id == rid, artifacts.c.kind == kind)
                          .values(path=path))
     for url in (f"/artifacts/{rid}/overlay", f"/artifacts/{rid}/layers", f"/artifacts/{rid}/npz",

@@ -77,8 +77,8 @@ def test_watch_service(tmp_path):
     assert text.index("warmed up in") < text.index("watching") < text.index("OK a.png")
     assert "not a readable image" in (failed / "broken.png.error.txt").read_text()
     for stem in ("a", "slow"):
-        assert artifacts(out, stem) == [f"{stem}{s}"
-                                        for s in (".json", ".npz", "_layers.png", "_overlay.png")]
+        suffixes = (".json", ".npz", "_layers.png", "_overlay.png", "_thumb.jpg")
+        assert artifacts(out, stem) == [f"{stem}{s}" for s in suffixes]
     assert os.listdir(inp) == []
 
     with service(tmp_path, "run2.log"):  # a restart handles only what is new
@@ -105,7 +105,8 @@ def test_the_same_name_dropped_twice_overwrites_nothing(tmp_path):
     text = (tmp_path / "run.log").read_text()
     assert text.count("OK part.png") == 3 and "(already in the store)" in text
     assert artifacts(out, "part") == ["part.json", "part.json", "part.npz", "part.npz", "part_layers.png",
-                                      "part_layers.png", "part_overlay.png", "part_overlay.png"]
+                                      "part_layers.png", "part_overlay.png", "part_overlay.png",
+                                      "part_thumb.jpg", "part_thumb.jpg"]
     engine = sa.create_engine("sqlite:///" + str(out / "results.db"))
     with engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT i.path, r.image_sha256 FROM inputs i "

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from ..errors import InspectorError
@@ -19,6 +20,7 @@ FIELDS = ("serial", "line", "camera", "product")
 MAX_LENGTH = 200  # characters of one field
 MAX_TAGS, MAX_TAG_LENGTH = 20, 64
 SIDECAR_LIMIT = 64 * 1024  # bytes of a sidecar file
+HIDDEN = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}  # Unicode categories no identity field may hold
 
 
 class IdentityError(InspectorError):
@@ -61,11 +63,12 @@ def _clean(name: str, value) -> str | None:
         return None
     if not isinstance(value, str):
         raise IdentityError(f"{name}: must be text, got {type(value).__name__}")
+    bad = next((ch for ch in value if unicodedata.category(ch) in HIDDEN), None)
+    if bad is not None:  # control, format (zero-width, bidi override), unpaired surrogate, line separators
+        raise IdentityError(f"{name}: control characters are not allowed (U+{ord(bad):04X})")
     value = value.strip()
     if len(value) > MAX_LENGTH:
         raise IdentityError(f"{name}: longer than {MAX_LENGTH} characters")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-        raise IdentityError(f"{name}: control characters are not allowed")
     return value or None
 
 
@@ -143,7 +146,7 @@ def identify(path: str | bytes, pattern: re.Pattern | None, sidecar: bool) -> tu
             notes.append(f"{os.fsdecode(os.path.basename(side))}: cannot be read ({e.strerror or e})")
         if raw is not None:
             try:
-                data = json.loads(raw.decode("utf-8"))
+                data = json.loads(raw.decode("utf-8-sig"))  # a BOM, as Windows tools write it, is fine
                 if not isinstance(data, dict):
                     raise IdentityError("must be a JSON object")
                 unknown = sorted(set(data) - {*FIELDS, "tags"})

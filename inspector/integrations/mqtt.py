@@ -8,7 +8,7 @@ import json
 import logging
 import ssl
 import threading
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from ..config import MqttConfig
 from . import IntegrationError, read_secret
@@ -22,10 +22,11 @@ REFUSED = {"Bad user name or password", "Not authorized", "Client identifier not
 
 
 def topic_part(value: str | None) -> str:
-    """A line's or camera's name as one topic level (MQTT's separators and wildcards replaced)."""
+    """A line's or camera's name as one topic level: percent-encoded (``/``, ``+``, ``#``, ``%`` and
+    everything but letters, digits and ``_.~``), so two names never share a level; ``-`` for none."""
     if not value:
         return "-"
-    return "".join("_" if ch in "/+#\0" else ch for ch in value)
+    return quote(value, safe="").replace("-", "%2D")
 
 
 class MqttSink(Sink):

@@ -52,8 +52,8 @@ def read_users(path: str) -> dict[str, str]:
     """``name:password`` lines of a file that only its owner may read; IntegrationError otherwise."""
     try:
         st = os.stat(path)
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        with open(path, encoding="utf-8-sig") as f:
+            lines = [line.removesuffix("\r") for line in f.read().split("\n")]
     except (OSError, UnicodeDecodeError) as e:
         raise IntegrationError(f"integrations.opcua.users_file: {path} cannot be read ({e})") from e
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -67,6 +67,9 @@ def read_users(path: str) -> dict[str, str]:
         if not sep or not name.strip() or not password:
             raise IntegrationError(f"integrations.opcua.users_file: {path} line {number} is not "
                                    "name:password")
+        if name.strip() in users:
+            raise IntegrationError(f"integrations.opcua.users_file: {path} line {number} names "
+                                   f"{name.strip()} again")
         users[name.strip()] = password
     if not users:
         raise IntegrationError(f"integrations.opcua.users_file: {path} names no user")

@@ -2,7 +2,8 @@
 ``station`` and ``watch``: per sink, the messages after its cursor in id order; the cursor moves only after
 the sink confirmed a message (an MQTT PUBACK, a 2xx answer), so a sink that is down, slow or restarted
 loses nothing and gets the messages in order, at least once (``message_id`` lets consumers drop repeats).
-A failing sink is tried again with back-off (1 s doubling to 30 s) and does not hold up the others."""
+Each sink has its own thread: a failing or slow one is tried again with back-off (1 s doubling to 30 s)
+and does not hold up the others."""
 
 from __future__ import annotations
 
@@ -67,8 +68,8 @@ class Publisher:
         self.poll = poll
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._wakes = [threading.Event() for _ in self.states]
+        self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
         for state in self.states:
@@ -77,18 +78,22 @@ class Publisher:
                 state.cursor = self.store.outbox_end()
                 recent = self.store.outbox_after(max(0, state.cursor - PRIME), PRIME)
                 state.sink.prime([self._absolute(r["payload"]) for r in recent if r["kind"] == "result"])
-        self._thread = threading.Thread(target=self._run, name="sise-publisher", daemon=True)
-        self._thread.start()
+        for state, wake in zip(self.states, self._wakes):
+            thread = threading.Thread(target=self._run, args=(state, wake), daemon=True,
+                                      name=f"sise-publisher-{state.sink.name.split(':')[0]}")
+            thread.start()
+            self._threads.append(thread)
 
     def poke(self) -> None:
         """Something was recorded: look at the outbox now rather than at the next poll."""
-        self._wake.set()
+        for wake in self._wakes:
+            wake.set()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self.poke()
+        for thread in self._threads:
+            thread.join(timeout)
         for state in self.states:
             state.sink.stop()
 
@@ -97,15 +102,15 @@ class Publisher:
         return [{"sink": s.sink.name, "delivered": s.delivered, "error": s.error, "held": s.held}
                 for s in self.states]
 
-    def _run(self) -> None:
+    def _run(self, state: _State, wake: threading.Event) -> None:
         while not self._stop.is_set():
-            busy = False
-            for state in self.states:
-                if time.monotonic() >= state.next_try:
-                    busy |= self._publish(state)
-            if not busy:
-                self._wake.wait(self.poll)
-                self._wake.clear()
+            wait = state.next_try - time.monotonic()
+            if wait > 0:  # backing off after a failure
+                self._stop.wait(wait)
+                continue
+            if not self._publish(state):
+                wake.wait(self.poll)
+                wake.clear()
 
     def _publish(self, state: _State) -> bool:
         """Send what the sink has not had yet; True when something was sent."""

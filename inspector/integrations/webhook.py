@@ -13,6 +13,16 @@ from . import IntegrationError, read_secret
 from .publisher import Sink
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is not a delivery: following it would send a GET without the message."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 def signature(secret: bytes, body: bytes) -> str:
     """The ``X-SISE-Signature`` header's value for ``body``."""
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
@@ -33,10 +43,14 @@ class WebhookSink(Sink):
             headers["X-SISE-Signature"] = signature(self.secret, body)
         request = urllib.request.Request(self.config.url, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=self.config.timeout) as response:
+            with _OPENER.open(request, timeout=self.config.timeout) as response:
+                if not 200 <= response.status < 300:
+                    raise IntegrationError(f"the webhook answered {response.status} {response.reason}")
                 response.read(1 << 16)
         except urllib.error.HTTPError as e:
-            raise IntegrationError(f"the webhook answered {e.code} {e.reason}") from e
+            where = f" (to {e.headers.get('Location')})" if 300 <= e.code < 400 else ""
+            raise IntegrationError(f"the webhook answered {e.code} {e.reason}{where}; only a 2xx to the POST "
+                                   "counts") from e
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise IntegrationError(f"the webhook cannot be reached ({reason})") from e

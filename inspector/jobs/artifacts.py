@@ -168,7 +168,8 @@ def artifact_suffixes(outputs, detections: int = 0) -> dict[str, str]:
     detector's image with ``detections`` detections also gets one overlay per detection,
     ``overlay.<k>``."""
     kinds = {"npz": ".npz"} if outputs.npz else {}
-    kinds.update(overlay=f"_overlay.{outputs.overlay}", layers="_layers.png", sidecar=".json")
+    kinds.update(overlay=f"_overlay.{outputs.overlay}", layers="_layers.png", sidecar=".json",
+                 thumb="_thumb.jpg")
     kinds.update({f"overlay.{k}": f"_overlay_{k}.{outputs.overlay}" for k in range(1, detections + 1)})
     return kinds
 
@@ -203,7 +204,22 @@ def render(exp: Explanation, image: np.ndarray, cfg, *, source: str | None = Non
                       _encode(picture, ".jpg", (cv2.IMWRITE_JPEG_QUALITY, cfg.outputs.jpeg_quality)))
     out["layers"] = _encode(layer_strip(exp, image, colormap=v.colormap), ".png")
     out["sidecar"] = json.dumps(meta, indent=2).encode()
+    out["thumb"] = thumbnail(picture, image.shape)
     return out
+
+
+THUMB_SIDE = 192  # px, the longest side of a result's thumbnail (the station's queue shows it)
+
+
+def thumbnail(picture: np.ndarray, shape: tuple[int, ...]) -> bytes:
+    """A small JPEG of an overlay's image area (no caption, no colour bar), made while the overlay is in
+    memory so that a queue of 12 MP parts need not decode their overlays."""
+    top, height, width = image_area(shape)
+    area = picture[top : top + height, :width]
+    k = min(1.0, THUMB_SIDE / max(height, width))
+    size = (max(1, round(width * k)), max(1, round(height * k)))
+    small = cv2.resize(area, size, interpolation=cv2.INTER_AREA)
+    return _encode(small, ".jpg", (cv2.IMWRITE_JPEG_QUALITY, 80))
 
 
 def layer_strip(exp: Explanation, image: np.ndarray, *, tile: int = 128, colormap: str = "jet",

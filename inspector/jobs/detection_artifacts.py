@@ -25,6 +25,7 @@ from .artifacts import (
     layer_strip,
     overlay,
     stroke,
+    thumbnail,
 )
 
 # box colours (BGR), one per detection in turn: distinct on the jet and turbo maps and on grey parts
@@ -169,7 +170,9 @@ def render_detections(exps: list[Explanation], image: np.ndarray, cfg, *, source
 
     encode = ((lambda p: _encode(p, ".png")) if cfg.outputs.overlay == "png" else
               (lambda p: _encode(p, ".jpg", (cv2.IMWRITE_JPEG_QUALITY, cfg.outputs.jpeg_quality))))
-    out["overlay"] = encode(picture(joined_map(exps, shape), _caption(found, cfg.detect.none_label, good)))
+    joined = picture(joined_map(exps, shape), _caption(found, cfg.detect.none_label, good))
+    out["overlay"] = encode(joined)
+    out["thumb"] = thumbnail(joined, image.shape)
     for d, e in zip(found, exps):
         label = (f"{d.position}/{len(found)}: {d.class_name} {d.score:.2f} | "
                  f"evidence in its box {d.evidence_in_box:.0%}")

@@ -40,8 +40,20 @@ def _regions(row) -> list[dict]:
              "peak": r.get("peak")} for r in (row["regions"] or [])]
 
 
+OUTBOX_LOCK = 0x5153_4F42  # PostgreSQL advisory lock taken by every transaction that writes a message
+
+
+def _in_order(conn: sa.Connection) -> None:
+    """On PostgreSQL, writers of messages take turns until they commit, so that messages commit in id
+    order (a publisher reading ``id > cursor`` would otherwise pass over a lower id that commits late);
+    SQLite serialises every writer already."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": OUTBOX_LOCK})
+
+
 def add_result_message(conn: sa.Connection, part_id: int, now: datetime, *, reused: bool) -> None:
     """The message for a part that arrived (inside the transaction that recorded it)."""
+    _in_order(conn)
     part = conn.execute(sa.select(parts).where(parts.c.id == part_id)).mappings().one()
     row = conn.execute(sa.select(results, runs.c.model_sha256).join(runs, runs.c.id == results.c.run_id)
                        .where(results.c.id == part["result_id"])).mappings().one()
@@ -63,6 +75,7 @@ def add_result_message(conn: sa.Connection, part_id: int, now: datetime, *, reus
 
 def add_verdict_message(conn: sa.Connection, review: dict) -> None:
     """The message for a verdict or action row (inside the transaction that appended it)."""
+    _in_order(conn)
     rid = review["result_id"]
     row = conn.execute(sa.select(results.c.prediction_name, results.c.image_sha256)
                        .where(results.c.id == rid)).mappings().one()
