@@ -527,6 +527,8 @@ def test_a_shift_at_the_station_zoom_reference_undo_bulk_failed_and_window_sizes
             view_page.screenshot(path=str(shots / f"part-{width}x{height}.png"))
             if width == 1366:
                 view_page.goto(f"{base}/queue")
+                view_page.wait_for_function("() => Array.from(document.querySelectorAll('td.thumb img'))"
+                                            ".every(i => i.complete && i.naturalWidth > 0)")
                 smallest, where = view_page.evaluate(VISIBLE_TEXT_MIN)
                 assert smallest >= 14, ("queue", smallest, where)
                 view_page.screenshot(path=str(shots / "queue.png"))
