@@ -42,6 +42,15 @@ async def _secure(client: Client, certs) -> None:
         await client.set_security_string(f"Basic256Sha256,SignAndEncrypt,{certs[0]},{certs[1]}")
 
 
+async def plc_client(endpoint: str, certs) -> Client:
+    """The line's PLC user over SignAndEncrypt (not connected yet: ``async with`` it)."""
+    client = Client(endpoint)
+    client.set_user("plc-line3")
+    client.set_password("plc-secret-3")
+    await _secure(client, certs)
+    return client
+
+
 def path(idx: int, *names: str) -> list[str]:
     return [f"{idx}:{n}" for n in ("SISEInspector", *names)]
 
@@ -68,11 +77,7 @@ def test_a_plc_reads_subscribes_and_acknowledges_results(opcua_station):
             received.append(value)
 
     async def plc():
-        client = Client(endpoint)
-        client.set_user("plc-line3")
-        client.set_password("plc-secret-3")
-        await _secure(client, certs)
-        async with client:
+        async with await plc_client(endpoint, certs) as client:
             idx = await client.get_namespace_index("urn:plant:sise")
             objects = client.nodes.objects
             assert await (await objects.get_child(path(idx, "System", "State"))).read_value() == "Operational"
@@ -109,11 +114,7 @@ def test_a_plc_reads_subscribes_and_acknowledges_results(opcua_station):
     assert "1 result(s) of line L3, camera top not acknowledged by the PLC" in shown
 
     async def acknowledge_all():
-        client = Client(endpoint)
-        client.set_user("plc-line3")
-        client.set_password("plc-secret-3")
-        await _secure(client, certs)
-        async with client:
+        async with await plc_client(endpoint, certs) as client:
             idx = await client.get_namespace_index("urn:plant:sise")
             node = await client.nodes.objects.get_child(path(idx, "Lines", "L3", "top", "ResultAcknowledged"))
             await node.write_value(ua.Variant(2, ua.VariantType.UInt32))
