@@ -483,3 +483,48 @@ def test_topic_levels_and_secrets_and_users_files_are_read_exactly(tmp_path):
     users.write_text("plc:a\nplc:b\n")
     with pytest.raises(IntegrationError, match="line 2 names plc again"):
         read_users(str(users))
+
+
+def _verdicts_in_process(url: str, result_id: int, reviewer: str, count: int, barrier) -> None:
+    store = Store(url)
+    store.outbox = True
+    barrier.wait()
+    for i in range(count):
+        store.add_review(result_id, verdict="overrule", label=f"{reviewer}-{i}", reviewer=reviewer)
+    store.close()
+
+
+def test_a_publisher_reading_while_writers_commit_passes_over_no_message(store_url):
+    """Three processes append 60 verdicts each (each a message) while this process reads the outbox as
+    the publisher does (after its cursor, the cursor then at the highest id read): every message is read,
+    none passed over. On PostgreSQL a message whose id was drawn before another's but committed after it
+    would be; the writers' advisory lock keeps ids committing in order."""
+    import multiprocessing
+
+    with Store(store_url) as store:
+        run = store.start_run(kind="audit", scope="s", settings_hash="h" * 64, model_sha256="m" * 64,
+                              config={}, out_dir="/tmp/out")
+        ids = []
+        for k in range(3):
+            key = ResultKey(f"{k}" * 64, "h" * 64, "top")
+            store.add_image(key.image_sha256, 10, f"/p{k}.png")
+            claim = store.claim(key, run, f"/p{k}.png")
+            store.finish(claim, run, {"status": "done", "prediction": 0, "prediction_name": "ok"}, scope="s",
+                         path=f"/p{k}.png", image_sha256=key.image_sha256)
+            ids.append(claim.result_id)
+        ctx = multiprocessing.get_context("spawn")
+        barrier = ctx.Barrier(3)
+        procs = [ctx.Process(target=_verdicts_in_process, args=(store_url, rid, f"r{k}", 60, barrier))
+                 for k, rid in enumerate(ids)]
+        for p in procs:
+            p.start()
+        cursor, read = 0, []
+        while any(p.is_alive() for p in procs) or store.outbox_after(cursor, 1):
+            rows = store.outbox_after(cursor, 7)
+            read += [r["id"] for r in rows]
+            cursor = rows[-1]["id"] if rows else cursor
+        for p in procs:
+            p.join(timeout=60)
+            assert p.exitcode == 0
+        everything = [r["id"] for r in store.outbox_after(0, 1000)]
+    assert len(everything) == 180 and read == everything  # in order, none passed over, none twice
