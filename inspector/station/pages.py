@@ -279,10 +279,8 @@ def review_form(
 ):
     """A verdict from the part page. ``seen``: the newest verdict the page showed; when another was
     given since (a second reviewer, a second tab), nothing is recorded and the page says so."""
-    back = f"/parts/{result_id}?"
     if not csrf_ok(request, user, csrf_token):
-        return RedirectResponse(back + _qs(qs, **signed(STALE_FORM + ": give the verdict again")),
-                                status_code=303)
+        return _to_part(result_id, qs, **signed(STALE_FORM + ": give the verdict again"))
     row = load_part(station, result_id)
     # the next part is found before the verdict: with "unreviewed", this part leaves the list
     filters = read_filters(**_filter_args(qs))
@@ -290,11 +288,11 @@ def review_form(
     try:  # refused inside the store's transaction when another verdict was given since the page's
         record_verdict(station, row, verdict, label, comment, user.username, seen=seen)
     except (VerdictError, VerdictConflict) as e:
-        return RedirectResponse(back + _qs(qs, **signed(str(e))), status_code=303)
+        return _to_part(result_id, qs, **signed(str(e)))
     if following is None:  # the end of the list: say so, and how many are still to review
         left = queries.counts(station.store)["unreviewed"]
-        return RedirectResponse(f"/parts/{result_id}?{_qs(qs, saved=result_id, end=left)}", status_code=303)
-    return RedirectResponse(f"/parts/{following}?{_qs(qs, saved=result_id)}", status_code=303)
+        return _to_part(result_id, qs, saved=result_id, end=left)
+    return _to_part(following, qs, saved=result_id)
 
 
 @router.post("/parts/{result_id}/acknowledge")
@@ -309,17 +307,16 @@ def acknowledge_form(
     seen: Annotated[int, Form(ge=0, le=MAX_ID)] = 0,
 ):
     """A failed part: note that the reviewer saw why (recorded like a verdict), then the next part."""
-    back = f"/parts/{result_id}?"
     if not csrf_ok(request, user, csrf_token):
-        return RedirectResponse(back + _qs(qs, **signed(STALE_FORM)), status_code=303)
+        return _to_part(result_id, qs, **signed(STALE_FORM))
     row = load_part(station, result_id)
     _, following = queries.neighbours(station.store, result_id, read_filters(**_filter_args(qs)),
                                       station.good_classes)
     try:
         acknowledge(station, row, user.username, comment, seen=seen)
     except (VerdictError, VerdictConflict) as e:
-        return RedirectResponse(back + _qs(qs, **signed(str(e))), status_code=303)
-    return RedirectResponse(f"/parts/{following or result_id}?{_qs(qs, saved=result_id)}", status_code=303)
+        return _to_part(result_id, qs, **signed(str(e)))
+    return _to_part(following or result_id, qs, saved=result_id)
 
 
 @router.post("/parts/{result_id}/explain-again")
@@ -332,14 +329,13 @@ def explain_again_form(
     qs: Annotated[str, Form()] = "",
 ):
     """A failed part: explain its image again from where the file is now; the page says what happened."""
-    back = f"/parts/{result_id}?"
     if not csrf_ok(request, user, csrf_token):
-        return RedirectResponse(back + _qs(qs, **signed(STALE_FORM)), status_code=303)
+        return _to_part(result_id, qs, **signed(STALE_FORM))
     try:
         now_id, said = explain_again(station, load_part(station, result_id), user.username)
     except InspectorError as e:  # VerdictError, or the outputs could not be written (disk full)
-        return RedirectResponse(back + _qs(qs, **signed(str(e))), status_code=303)
-    return RedirectResponse(f"/parts/{now_id}?{_qs(qs, **signed(said, 'done'))}", status_code=303)
+        return _to_part(result_id, qs, **signed(str(e)))
+    return _to_part(now_id, qs, **signed(said, "done"))
 
 
 @router.post("/undo")
@@ -367,7 +363,7 @@ def undo_form(
     undone = row["undone"]
     said = (f"undone: your verdict ({undone['verdict']} -> {undone['label'] or 'inconclusive'}) on part "
             f"#{row['result_id']}; it is now {now}")
-    return RedirectResponse(f"/parts/{row['result_id']}?{_qs(qs, **signed(said, 'done'))}", status_code=303)
+    return _to_part(row["result_id"], qs, **signed(said, "done"))
 
 
 @router.get("/parts/{result_id}/original")
@@ -488,6 +484,11 @@ def export(user: Admin, station: StationDep):
 def local_time(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
     """A template filter: a stored time on the station's local clock."""
     return value.astimezone().strftime(fmt) if value is not None else ""
+
+
+def _to_part(result_id: int, qs: str, **extra) -> RedirectResponse:
+    """Back to a part page with the queue's filters ``qs`` and ``extra`` (a signed message, saved=...)."""
+    return RedirectResponse(f"/parts/{result_id}?{_qs(qs, **extra)}", status_code=303)
 
 
 def _qs(qs: str, **extra) -> str:
