@@ -159,19 +159,18 @@ class OpcUaSink(Sink):
         from asyncua import Server, ua
         from asyncua.crypto.permission_rules import User, UserRole
 
-        users = self.users
+        users, anonymous = self.users, self.config.anonymous
 
         class Users:
             def get_user(self, iserver, username=None, password=None, certificate=None):
                 if username is None:
-                    return User(role=UserRole.User) if self_config.anonymous else None
+                    return User(role=UserRole.User) if anonymous else None
                 known = users.get(username)
                 if known is not None and password is not None and hmac.compare_digest(
                         known.encode(), password.encode() if isinstance(password, str) else bytes(password)):
                     return User(role=UserRole.User, name=username)
                 return None
 
-        self_config = self.config
         server = Server(user_manager=Users())
         await server.init()
         server.set_endpoint(self.config.endpoint)

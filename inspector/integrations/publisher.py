@@ -12,10 +12,10 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..config import IntegrationsConfig
-from ..store import Store, StoreError
+from ..store import Store
 
 log = logging.getLogger("inspector.integrations")
 LEASE_SECONDS = 30.0
@@ -55,7 +55,6 @@ class _State:
     delivered: int = 0
     held: bool = False
     cursor: int = 0  # a sink that is not shared: the last message it was given
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class Publisher:
@@ -184,5 +183,3 @@ def start_publisher(config: IntegrationsConfig, store: Store, *, good_classes=()
         raise
     return publisher
 
-
-__all__ = ["Publisher", "Sink", "StoreError", "start_publisher"]

@@ -232,12 +232,7 @@ def part(store: Store, result_id: int) -> dict | None:
                 artifacts.c.result_id == result_id
             )
         ).all()
-        paths = [
-            bytes(p)
-            for (p,) in conn.execute(
-                sa.select(inputs.c.path_bytes).where(inputs.c.image_sha256 == row["image_sha256"])
-            )
-        ]
+        paths = _input_paths(conn, row)
         history = (
             conn.execute(sa.select(reviews).where(reviews.c.result_id == result_id).order_by(reviews.c.id))
             .mappings()
@@ -248,7 +243,7 @@ def part(store: Store, result_id: int) -> dict | None:
     out["parts"] = parts_of(store, [result_id]).get(result_id, [])
     out["detections"] = found
     out["artifacts"] = {a.kind: (a.path, a.sha256) for a in arts}
-    out["input_paths"] = [bytes(row["source_path_bytes"]), *paths]
+    out["input_paths"] = paths
     out["history"] = [_with_utc(h) for h in history]
     undone = {h["undoes"] for h in out["history"] if h["undoes"] is not None}
     for h in out["history"]:
@@ -413,10 +408,16 @@ def confirmed_good(store: Store, good_classes, exclude: int, limit: int = 20, *,
     with store.read() as conn:
         rows = [_with_utc(r) for r in conn.execute(query).mappings()]
         for row in rows:
-            row["input_paths"] = [bytes(row["source_path_bytes"]), *(
-                bytes(p) for (p,) in conn.execute(
-                    sa.select(inputs.c.path_bytes).where(inputs.c.image_sha256 == row["image_sha256"])))]
+            row["input_paths"] = _input_paths(conn, row)
     return rows
+
+
+def _input_paths(conn: sa.Connection, row) -> list[bytes]:
+    """Where a result's image has been seen: its source path, then every input with its content (the
+    original may have moved to the done folder); files.original_path picks the first still there."""
+    return [bytes(row["source_path_bytes"]), *(
+        bytes(p) for (p,) in conn.execute(sa.select(inputs.c.path_bytes)
+                                          .where(inputs.c.image_sha256 == row["image_sha256"])))]
 
 
 BULK_LIMIT = 200  # parts one bulk confirmation may cover
