@@ -170,7 +170,9 @@ class Subscriber:
                                   clean_session=False, protocol=mqtt.MQTTv311)
         if tls_ca:
             self.client.tls_set(ca_certs=tls_ca)
+        self.subscribed = threading.Event()  # the broker confirmed the subscription (SUBACK)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda c, u, mid, codes, p: self.subscribed.set()
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.2, 1)
         self.client.connect("127.0.0.1", port)
@@ -199,8 +201,7 @@ def test_mqtt_loses_nothing_when_the_broker_restarts_in_a_flow_of_50_parts(tmp_p
     broker = broker_factory()
     subscriber = Subscriber(broker.port, "sise/line3/#")
     try:
-        wait_for(lambda: subscriber.client.is_connected(), 10, "the subscriber")
-        time.sleep(0.3)  # its subscription is in place
+        wait_for(subscriber.subscribed.is_set, 20, "the subscriber's subscription")
         config = {"mqtt": {"url": f"mqtt://127.0.0.1:{broker.port}", "topic": "sise/line3",
                            "client_id": "sise-station-1"}, "base_url": "https://station.plant"}
         with station_for(tmp_path, config) as st:
@@ -290,8 +291,7 @@ def test_mqtt_over_tls_with_a_throwaway_ca(tmp_path, broker_factory):
     broker = broker_factory(tls=tls)
     subscriber = Subscriber(broker.port, "sise/#", tls_ca=tls["ca"])
     try:
-        wait_for(lambda: subscriber.client.is_connected(), 10, "the subscriber over TLS")
-        time.sleep(0.3)
+        wait_for(subscriber.subscribed.is_set, 20, "the subscriber's subscription over TLS")
         config = {"mqtt": {"url": f"mqtts://127.0.0.1:{broker.port}", "tls": {"ca_file": tls["ca"]}}}
         with station_for(tmp_path, config) as st:
             sent = upload(st, 901, serial="TLS-1")
@@ -434,8 +434,15 @@ def test_a_redirect_is_not_a_delivery(tmp_path):
 
 
 class Hang(http.server.BaseHTTPRequestHandler):
+    """Holds every POST until the test lets go (``release``), then answers 200."""
+
+    release = threading.Event()
+
     def do_POST(self):
-        time.sleep(8)
+        type(self).release.wait(60)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.end_headers()
 
     def log_message(self, *args):
         pass
@@ -448,17 +455,23 @@ def test_a_hanging_webhook_does_not_hold_up_mqtt(tmp_path, broker_factory):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     subscriber = Subscriber(broker.port, "sise/#")
     try:
-        wait_for(lambda: subscriber.client.is_connected(), 10, "the subscriber")
-        time.sleep(0.3)
+        wait_for(subscriber.subscribed.is_set, 20, "the subscriber's subscription")
         config = {"mqtt": {"url": f"mqtt://127.0.0.1:{broker.port}"},
-                  "webhook": {"url": f"http://127.0.0.1:{server.server_port}/h", "timeout": 5}}
+                  "webhook": {"url": f"http://127.0.0.1:{server.server_port}/h", "timeout": 120}}
+        Hang.release.clear()
         with station_for(tmp_path, config) as st:
             upload(st, 961)
-            start = time.monotonic()
             upload(st, 962)
-            wait_for(lambda: len(subscriber.got("/result")) == 2, 4, "MQTT while the webhook hangs")
-            assert time.monotonic() - start < 4
+            wait_for(lambda: len(subscriber.got("/result")) == 2, 60, "MQTT while the webhook hangs")
+            def webhook_delivered():
+                sinks = st.station.publisher.status()
+                return next(s["delivered"] for s in sinks if s["sink"].startswith("webhook"))
+
+            assert webhook_delivered() == 0  # still held on its first message: MQTT went on regardless
+            Hang.release.set()
+            wait_for(lambda: webhook_delivered() == 2, 60, "the webhook, let go")
     finally:
+        Hang.release.set()
         subscriber.close()
         server.shutdown()
 

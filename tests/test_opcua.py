@@ -107,21 +107,19 @@ def test_a_plc_reads_subscribes_and_acknowledges_results(opcua_station):
             with pytest.raises(ua.UaStatusCodeError):  # only the acknowledgement is writable
                 await serial.write_value(ua.Variant("forged", ua.VariantType.String))
             await acknowledged.write_value(ua.Variant(1, ua.VariantType.UInt32))
-            await asyncio.sleep(0.6)  # the station reads the acknowledgement back every 0.2 s
 
     asyncio.run(plc())
-    shown = _queue_summary(st)
-    assert "1 result(s) of line L3, camera top not acknowledged by the PLC" in shown
+    wait_for(lambda: "1 result(s) of line L3, camera top not acknowledged by the PLC" in _queue_summary(st),
+             30, "the station to read the acknowledgement back")
 
     async def acknowledge_all():
         async with await plc_client(endpoint, certs) as client:
             idx = await client.get_namespace_index("urn:plant:sise")
             node = await client.nodes.objects.get_child(path(idx, "Lines", "L3", "top", "ResultAcknowledged"))
             await node.write_value(ua.Variant(2, ua.VariantType.UInt32))
-            await asyncio.sleep(0.6)
 
     asyncio.run(acknowledge_all())
-    assert "not acknowledged by the PLC" not in _queue_summary(st)
+    wait_for(lambda: "not acknowledged by the PLC" not in _queue_summary(st), 30, "every result acknowledged")
 
 
 def _queue_summary(st) -> str:
