@@ -31,6 +31,7 @@ ChannelOrder = Literal["RGB", "BGR", "GRAY"]
 InputDtype = Literal["uint8", "uint16", "float"]
 ScoreKind = Literal[SCORE_KINDS]  # the export's list, one place
 Task = Literal[TASKS]
+SamplerPrecision = Literal["float32", "int8"]
 HeadConvention = Literal[("auto", *CONVENTIONS)]  # onnx_tools.detection's conventions
 Threshold = Literal["otsu", "fixed", "percentile"]  # how engine.method.regions cuts a map into regions
 THRESHOLDS = typing.get_args(Threshold)
@@ -170,6 +171,14 @@ class RuntimeConfig:
     intra_op_threads: int = 0  # 0: onnxruntime's default
     # run the per-mask forward passes in float16 (meant for CUDA; needs onnxconverter-common)
     fp16: bool = False
+    # the sampler's per-mask forward passes (CPU provider): int8 runs an int8 QDQ copy of the model's
+    # forward part, calibrated on masked images of calibration_images and cached beside the model; the
+    # explain model (activations, gradients) stays float32. Kept float32, with a warning, where the copy
+    # does not agree with float32 (inspector.engine.runtime.int8)
+    sampler_precision: SamplerPrecision = "float32"
+    # a folder of typical line images (good and defective; the first 16 by name are used) that the int8
+    # sampler is calibrated on; relative to the config file
+    calibration_images: str | None = None
     # memory the masked images of one sampler run may take (their activations, beside the weights); sets
     # method.chunk_size when that is not given. None: 512 MB or a quarter of the available memory if less
     # (CPU); 4096 MB of device memory (CUDA)
@@ -465,6 +474,7 @@ def _validate(cfg: InspectorConfig) -> None:
     if cfg.roi is not None:
         _check_range("roi.flag_below", cfg.roi.flag_below, 0, 1)
     _validate_integrations(cfg.integrations)
+    _validate_runtime(cfg.runtime)
     if cfg.identity.pattern is not None:
         from .common.identity import IdentityError, compile_pattern
 
@@ -498,6 +508,16 @@ def _validate(cfg: InspectorConfig) -> None:
     if cfg.runtime.intra_op_threads < 0:
         raise ConfigError(f"runtime.intra_op_threads: must be >= 0 (0: onnxruntime's default), got "
                           f"{cfg.runtime.intra_op_threads}")
+
+
+def _validate_runtime(r: RuntimeConfig) -> None:
+    if r.sampler_precision == "int8" and r.fp16:
+        raise ConfigError("runtime.sampler_precision: int8 and runtime.fp16: true exclude each other; "
+                          "int8 is for the CPU provider, fp16 for CUDA: keep one")
+    if r.sampler_precision == "int8" and r.calibration_images is None:
+        raise ConfigError("runtime.sampler_precision: int8 needs runtime.calibration_images: a folder of "
+                          "typical line images (8 to 16, good and defective) to calibrate the int8 "
+                          "sampler on")
 
 
 def _validate_integrations(i: IntegrationsConfig) -> None:
@@ -573,6 +593,11 @@ def config_from_dict(raw: dict, *, base_dir: str | None = None) -> InspectorConf
         cfg = dataclasses.replace(cfg, roi=roi)
     if base_dir:
         cfg = dataclasses.replace(cfg, integrations=_files_beside(cfg.integrations, base_dir))
+    images = cfg.runtime.calibration_images
+    if base_dir and images is not None and not os.path.isabs(images):
+        runtime = dataclasses.replace(cfg.runtime, calibration_images=os.path.normpath(os.path.join(base_dir,
+                                                                                                    images)))
+        cfg = dataclasses.replace(cfg, runtime=runtime)
     _validate(cfg)
     return cfg
 

@@ -124,19 +124,73 @@ def _half_precision(nodes: list, inits: list, exported: onnx.ModelProto,
     return list(half.graph.node), list(half.graph.initializer)
 
 
+def build_forward(exported: onnx.ModelProto) -> onnx.ModelProto:
+    """The model's forward part alone, as its own graph: the image input (batch ``K``, named as the model's)
+    to the class output, or a detector's canonical head tensors; the nodes SISE runs on every masked image.
+    A copy to transform (quantize, ...) and hand back to :func:`build_sampler` as ``forward``.
+
+    Raises:
+        ModelInputError: the model carries no SISE contract.
+    """
+    contract, _ = _start(exported, "forward")
+    nodes = _forward_nodes(exported, _head_tensors(contract))
+    used = {i for n in nodes for i in n.input}
+    image = helper.make_tensor_value_info(contract.input_name, onnx.TensorProto.FLOAT,
+                                          ["K"] + list(contract.input_shape[1:]))
+    outputs = [_output_info(exported, name) for name in _head_tensors(contract)]
+    inits = [t for t in exported.graph.initializer if t.name in used]
+    model = helper.make_model(helper.make_graph(nodes, "forward", [image], outputs, inits),
+                              opset_imports=list(exported.opset_import))
+    model.ir_version = max(exported.ir_version, 7)
+    return model
+
+
+def _output_info(exported: onnx.ModelProto, name: str) -> onnx.ValueInfoProto:
+    """float32 ``name`` with the rank and non-batch dims the exported graph gives it (batch ``K``), or of
+    unknown dims when the graph does not say."""
+    known = {v.name: v for v in [*exported.graph.output, *exported.graph.value_info]}
+    if name in known and known[name].type.tensor_type.HasField("shape"):
+        dims = [d.dim_value if d.HasField("dim_value") else f"{name}_{i}"
+                for i, d in enumerate(known[name].type.tensor_type.shape.dim)]
+        return helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["K", *dims[1:]] if dims else [])
+    info = helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+    info.type.tensor_type.shape.Clear()  # rank unknown
+    return info
+
+
+def _given_forward(forward: onnx.ModelProto, contract: Contract) -> tuple[list, list]:
+    """The nodes and initializers of a forward graph from :func:`build_forward` (transformed), checked to
+    take the model's image input and give its head tensors."""
+    weights = {t.name for t in forward.graph.initializer}
+    inputs = [i.name for i in forward.graph.input if i.name not in weights]
+    outputs = {o.name for o in forward.graph.output}
+    missing = [name for name in _head_tensors(contract) if name not in outputs]
+    if inputs != [contract.input_name] or missing:
+        raise ModelInputError(f"the forward graph given to the sampler takes {inputs} and lacks outputs "
+                              f"{missing}; it must take only '{contract.input_name}' and give "
+                              f"{_head_tensors(contract)} (build it with build_forward)")
+    nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in forward.graph.node]
+    return nodes, list(forward.graph.initializer)
+
+
 def _masked_forward(emit: Emitter, exported: onnx.ModelProto, contract: Contract, masks: str,
-                    fp16: bool = False, owner: str | None = None) -> tuple[list, list, int]:
+                    fp16: bool = False, owner: str | None = None,
+                    given: onnx.ModelProto | None = None) -> tuple[list, list, int]:
     """Emit image * masks ([K, H, W]), the model on that batch and SCORES [K, T]: the score of each masked
     image for each target (:func:`_emit_scores`). ``owner``: int64 [K], the row of IMAGE each mask
     belongs to; without it IMAGE has one row.
 
     Returns the forward nodes, their initializers, and the position in ``emit.nodes`` where the
-    forward nodes must be inserted. With ``fp16`` the forward part computes in float16; masking,
-    scores and accumulations stay float32.
+    forward nodes must be inserted. With ``fp16`` the forward part computes in float16; ``given``: a
+    forward graph from :func:`build_forward`, transformed (an int8 copy), used instead of the model's.
+    Masking, scores and accumulations stay float32.
     """
-    forward = _forward_nodes(exported, _head_tensors(contract))
-    used = {i for n in forward for i in n.input}
-    inits = [t for t in exported.graph.initializer if t.name in used]
+    if given is not None:
+        forward, inits = _given_forward(given, contract)
+    else:
+        forward = _forward_nodes(exported, _head_tensors(contract))
+        used = {i for n in forward for i in n.input}
+        inits = [t for t in exported.graph.initializer if t.name in used]
     if fp16:
         forward, inits = _half_precision(forward, inits, exported, contract)
     channel_axis = 1 if contract.input_layout == "NCHW" else 3
@@ -204,9 +258,11 @@ def _start(exported: onnx.ModelProto, prefix: str) -> tuple[Contract, Emitter]:
     return contract, Emitter(default_opset(exported), prefix, taken_names(exported))
 
 
-def build_sampler(exported: onnx.ModelProto, *, fp16: bool = False) -> onnx.ModelProto:
+def build_sampler(exported: onnx.ModelProto, *, fp16: bool = False,
+                  forward: onnx.ModelProto | None = None) -> onnx.ModelProto:
     """Build the sampler graph (see the module docstring) from a model made by the export step.
-    ``fp16`` runs the model's forward part in float16 (for CUDA; needs onnxconverter-common).
+    ``fp16`` runs the model's forward part in float16 (for CUDA; needs onnxconverter-common); ``forward``
+    replaces the model's forward part with a transformed copy of :func:`build_forward`'s graph (e.g. int8).
 
     Raises:
         ModelInputError: the model carries no SISE contract.
@@ -244,7 +300,9 @@ def build_sampler(exported: onnx.ModelProto, *, fp16: bool = False) -> onnx.Mode
     # [K]; a constant map (the caller should have dropped it) gets mask 0 and weight 0, not NaN
     mass = emit.op("Max", [emit.reduce("ReduceSum", masks, [1, 2], keepdims=False),
                            emit.const(np.array(1e-12, np.float32))])
-    forward = _masked_forward(emit, exported, contract, masks, fp16, owner=OWNER)
+    if fp16 and forward is not None:
+        raise ModelInputError("build_sampler: fp16 and a given forward graph exclude each other")
+    forward = _masked_forward(emit, exported, contract, masks, fp16, owner=OWNER, given=forward)
     inputs += [helper.make_tensor_value_info(KEEP, onnx.TensorProto.FLOAT, ["K", "T"]),
                helper.make_tensor_value_info(OWNER, onnx.TensorProto.INT64, ["K"])]
     weights = emit.op("Mul", [emit.op("Div", [SCORES, emit.unsqueeze(mass, [1])]), KEEP])  # [K, T]

@@ -33,11 +33,14 @@ def normalise(v: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _scores(model, x, masks, score, batch, autocast):
+def _scores(model, x, masks, score, batch, autocast, channels_last=False):
+    """``autocast``: False, True (float16) or a dtype (torch.bfloat16 on a CPU)."""
     out = []
-    with torch.autocast(x.device.type, dtype=torch.float16, enabled=autocast):
+    dtype = autocast if isinstance(autocast, torch.dtype) else torch.float16
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    with torch.autocast(x.device.type, dtype=dtype, enabled=bool(autocast)):
         for i in range(0, len(masks), batch):
-            y = model(x * masks[i:i + batch, None])
+            y = model((x * masks[i:i + batch, None]).contiguous(memory_format=layout))
             y = tuple(t.float() for t in y) if isinstance(y, tuple) else y.float()  # a split head's outputs
             out.append(score(y))
     return torch.cat(out)
@@ -95,7 +98,8 @@ def _gp_scores(f: torch.Tensor, known: list[int], s: torch.Tensor) -> torch.Tens
 
 def sise_reference(model, taps, x: np.ndarray, target: int, *, mu: float = 0.0, adaptive: bool = False,
                    cap: int | None = None, batch: int = 64, autocast: bool = False,
-                   score_fraction: float = 1.0, predict: bool = True, psi=None, score=None):
+                   score_fraction: float = 1.0, predict: bool = True, psi=None, score=None,
+                   channels_last: bool = False):
     """Returns (layer maps list (None for a skipped block), fused map, masks scored per block).
 
     ``psi(output)``: the scalar differentiated, from the model's output for the image (default: the softmax
@@ -106,7 +110,9 @@ def sise_reference(model, taps, x: np.ndarray, target: int, *, mu: float = 0.0, 
     representatives of the maps at their own resolution) and the others' scores are a Gaussian process's
     prediction from them (or 0 without ``predict``: the layer map of the scored maps alone).
 
-    Runs on the model's device; ``autocast`` runs the per-mask forward passes in float16 autocast.
+    Runs on the model's device; ``autocast`` runs the per-mask forward passes in float16 autocast (or in
+    the dtype it names, e.g. torch.bfloat16); ``channels_last`` hands the masked batches over in that
+    memory format (for a model converted to it).
 
     ``taps`` are module paths, or "path#k" for the k-th call of a module that runs more than once.
     """
@@ -159,13 +165,13 @@ def sise_reference(model, taps, x: np.ndarray, target: int, *, mu: float = 0.0, 
             low = (low - low.amin(1, keepdim=True)) / (low.amax(1, keepdim=True) - low.amin(1, keepdim=True))
             n = min(len(masks), max(2, int(np.floor(score_fraction * len(masks) + 1e-9))))
             known = _kmeans_representatives(low, n)
-            measured = _scores(model, x, masks[known], score, batch, autocast).double()
+            measured = _scores(model, x, masks[known], score, batch, autocast, channels_last).double()
             s = _gp_scores(low, known, measured) if predict else torch.zeros(len(masks), dtype=torch.float64)
             s[known] = measured
             s = s.to(masks.dtype)
             counts.append(len(known))
         else:
-            s = _scores(model, x, masks, score, batch, autocast)
+            s = _scores(model, x, masks, score, batch, autocast, channels_last)
             counts.append(len(masks))
         v = (s[:, None, None] * masks / masks.sum((1, 2), keepdim=True)).sum(0)
         layer_maps.append(normalise(v))

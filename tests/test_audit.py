@@ -4,7 +4,6 @@ refused folders, exit codes, file modes."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import errno
 import hashlib
@@ -25,6 +24,8 @@ import yaml
 
 from inspector.demo import example_dir
 from inspector.quality.synthetic import sample
+
+from .mounts import tmpfs
 
 SAMPLES = os.path.join(example_dir(), "samples")
 
@@ -395,23 +396,6 @@ def test_two_audits_at_once_write_every_result_once(tmp_path, backend, request):
     rows = csv_rows(out)
     assert len(rows) == 16 and {r["status"] for r in rows} == {"done"}
     assert_artifacts_match_store(url)
-
-
-@contextlib.contextmanager
-def tmpfs(folder, size: str):
-    """A small tmpfs mounted on ``folder`` for the block (root only: CI runs as root; elsewhere skipped)."""
-    os.makedirs(folder, exist_ok=True)
-    mounted = os.geteuid() == 0 and shutil.which("mount") is not None and subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
-        check=False).returncode == 0
-    if not mounted:
-        if os.environ.get("CI"):
-            pytest.fail("CI runs as root and must be able to mount a tmpfs for this test")
-        pytest.skip("needs root to mount a tmpfs (the simulated ENOSPC test runs everywhere)")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def test_disk_full_stops_the_run_and_a_later_run_continues(tmp_path):

@@ -29,6 +29,7 @@ from .runtime import memory
 from .runtime import preprocess as pre
 from .runtime.model import load_model
 from .runtime.session import EngineSessions, runtime_versions
+from .sampler_int8 import int8_sampler
 
 log = logging.getLogger(__name__)
 # images per explain_batch group: enough to fill a GPU's sampler runs with the masks of small images
@@ -80,6 +81,12 @@ class Inspector:
         self.method = dataclasses.replace(self.method, chunk_size=self._chunk_size())
         for problem in self.gradient_problems():
             log.warning("%s", problem)
+        self.int8_calibration: str | None = None  # the calibration's sha256 when the int8 sampler runs
+        if config.runtime.sampler_precision == "int8":
+            built = int8_sampler(self)
+            if built is not None:
+                self.sessions.use_int8_sampler(built[0])
+                self.int8_calibration = built[1]
 
     def _check_labels(self) -> None:
         """A detector's part without detections is labelled detect.none_label, which must be no class; a
@@ -460,13 +467,19 @@ class Inspector:
                 out.append(result)
         return out
 
+    @property
+    def sampler_precision(self) -> str:
+        """What the sampler's forward passes run in: int8 only when the int8 sampler was built and
+        accepted."""
+        return "float32" if self.int8_calibration is None else "int8"
+
     def settings(self) -> dict:
         m = self.method
         return {"method": m.name, "preset": m.preset, "mu": m.mu, "adaptive": m.adaptive,
                 "max_masks_per_layer": m.max_masks_per_layer, "score_fraction": m.score_fraction,
                 "chunk_size": m.chunk_size,
                 "fusion": m.fusion, "fusion_width": m.fusion_width,
-                "fp16": self.config.runtime.fp16,
+                "fp16": self.config.runtime.fp16, "sampler_precision": self.sampler_precision,
                 "score": self.contract.score, "provider": self.sessions.provider,
                 "model": self.model.path, "model_sha256": self.model.sha256, **runtime_versions()}
 

@@ -76,6 +76,8 @@ def result_settings(insp: Inspector) -> dict:
     settings = {"model_sha256": insp.model.sha256, "score": insp.contract.score, "method": method,
                 "fp16": cfg.runtime.fp16, "preprocess": preprocess,
                 "classes": cfg.classes, "regions": dataclasses.asdict(cfg.regions), "roi": roi}
+    if insp.int8_calibration is not None:  # int8 forward passes, calibrated on that set (float32: absent)
+        settings["sampler_int8"] = insp.int8_calibration
     if insp.detector:  # which detections are kept and how a part without any is labelled
         settings["detect"] = dataclasses.asdict(cfg.detect)
     return settings

@@ -99,13 +99,16 @@ QDQ_AS_WRITTEN = ("session.disable_quant_qdq", "1")
 
 
 def make_session(model_bytes: bytes, cfg: RuntimeConfig, what: str, *, fp32: bool = True,
-                 quiet: bool = False, weights_folder: str | None = None) -> ort.InferenceSession:
+                 quiet: bool = False, weights_folder: str | None = None,
+                 integer_kernels: bool = False) -> ort.InferenceSession:
     """``weights_folder``: where the external weights file the graph points into lies (inspector.weights);
     its pages are then shared by the sessions, which is why pre-packing (a private copy of each MatMul and
-    Gemm weight per session) is turned off."""
+    Gemm weight per session) is turned off. ``integer_kernels``: QDQ groups run as onnxruntime's integer
+    kernels (the engine's own int8 sampler) instead of as written."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    opts.add_session_config_entry(*QDQ_AS_WRITTEN)
+    if not integer_kernels:
+        opts.add_session_config_entry(*QDQ_AS_WRITTEN)
     if weights_folder is not None:
         opts.add_session_config_entry("session.model_external_initializers_file_folder_path", weights_folder)
         opts.add_session_config_entry("session.disable_prepacking", "1")
@@ -159,6 +162,12 @@ class EngineSessions:
         # masked images run through the model so far (sampler and mask scorer, padding included): the
         # forward passes that benchmarks and evaluations report
         self.masked_images = 0
+
+    def use_int8_sampler(self, sampler_bytes: bytes) -> None:
+        """Run the sampler as ``sampler_bytes``, an int8 QDQ graph carrying its own weights
+        (inspector.sampler_int8), on onnxruntime's integer kernels."""
+        self.sampler = make_session(sampler_bytes, self._cfg, "int8 sampler", quiet=True,
+                                    integer_kernels=True)
 
     def score_masks(self, image: np.ndarray, masks: np.ndarray, target: np.ndarray, *, chunk: int,
                     target_boxes: np.ndarray | None = None) -> np.ndarray:
