@@ -32,6 +32,7 @@ InputDtype = Literal["uint8", "uint16", "float"]
 ScoreKind = Literal[SCORE_KINDS]  # the export's list, one place
 Task = Literal[TASKS]
 SamplerPrecision = Literal["float32", "int8"]
+SamplerRuntime = Literal["auto", "onnxruntime", "openvino"]
 HeadConvention = Literal[("auto", *CONVENTIONS)]  # onnx_tools.detection's conventions
 Threshold = Literal["otsu", "fixed", "percentile"]  # how engine.method.regions cuts a map into regions
 THRESHOLDS = typing.get_args(Threshold)
@@ -176,6 +177,9 @@ class RuntimeConfig:
     # explain model (activations, gradients) stays float32. Kept float32, with a warning, where the copy
     # does not agree with float32 (inspector.engine.runtime.int8)
     sampler_precision: SamplerPrecision = "float32"
+    # what runs the int8 sampler: auto is OpenVINO when the openvino package is installed (the extra
+    # openvino; about twice as fast on VNNI/AMX CPUs), else onnxruntime's CPU provider
+    sampler_runtime: SamplerRuntime = "auto"
     # a folder of typical line images (good and defective; the first 16 by name are used) that the int8
     # sampler is calibrated on; relative to the config file
     calibration_images: str | None = None
@@ -514,6 +518,9 @@ def _validate_runtime(r: RuntimeConfig) -> None:
     if r.sampler_precision == "int8" and r.fp16:
         raise ConfigError("runtime.sampler_precision: int8 and runtime.fp16: true exclude each other; "
                           "int8 is for the CPU provider, fp16 for CUDA: keep one")
+    if r.sampler_runtime == "openvino" and r.sampler_precision != "int8":
+        raise ConfigError("runtime.sampler_runtime: openvino runs the int8 sampler; set "
+                          "runtime.sampler_precision: int8 too, or remove the key")
     if r.sampler_precision == "int8" and r.calibration_images is None:
         raise ConfigError("runtime.sampler_precision: int8 needs runtime.calibration_images: a folder of "
                           "typical line images (8 to 16, good and defective) to calibrate the int8 "

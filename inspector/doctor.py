@@ -87,6 +87,36 @@ def self_test(cfg: InspectorConfig) -> tuple[str, float, str]:
     return insp.sessions.provider, seconds, f"{exp.total_masks} masks, saliency {'ok' if ok else 'INVALID'}"
 
 
+def cpu_int8_line() -> str:
+    """The CPU's int8 instructions, and float32 against int8 on a small convolutional probe."""
+    from .engine.runtime.cpu import int8_instructions, int8_probe
+
+    found = int8_instructions()
+    said = ("unknown (no /proc/cpuinfo)" if found is None else
+            ", ".join(found) if found else "none (int8 runs, on slower kernels)")
+    try:
+        f32, q8 = int8_probe()
+        probe = (f"probe (4 convolutions, 64 channels, 56x56): float32 {f32:.3f} ms, int8 {q8:.3f} ms "
+                 f"a sample ({f32 / q8:.1f}x)")
+    except Exception as e:  # noqa: BLE001 - a diagnostic: what breaks is the finding
+        probe = f"probe FAILED: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    return f"cpu int8 instructions: {said}; {probe}"
+
+
+def int8_report(engine) -> list[str]:
+    """Whether the configured int8 sampler runs (runtime.sampler_precision), with its check's figures."""
+    cfg = engine.config.runtime
+    if cfg.sampler_precision != "int8":
+        return ["  int8 sampler: off (runtime.sampler_precision: float32; see the README's \"Edge CPUs\")"]
+    if engine.int8_calibration is None:
+        return ["  PROBLEM: int8 sampler: asked for, but the sampler runs in float32 (the log says why)"]
+    from .engine.runtime import int8
+
+    path = int8.cache_path(engine.model.path, engine.model.sha256, engine.int8_calibration)
+    cached = int8.read_cached(path)
+    return [f"  int8 sampler: runs, calibrated on {cfg.calibration_images}; {cached.describe()}"]
+
+
 def run_doctor(config_path: str | None, *, out=print) -> int:
     from .demo import example_dir
 
@@ -115,6 +145,8 @@ def run_doctor(config_path: str | None, *, out=print) -> int:
     if "CUDAExecutionProvider" in available:
         for lib, present in cuda_libraries().items():
             out(f"  {lib:<24} {'found' if present else 'MISSING: install ' + CUDA_LIBRARIES[lib]}")
+    if "CPUExecutionProvider" in available:
+        out(cpu_int8_line())
     wanted = next((p for p in cfg.runtime.providers if p in available), None)
     out(f"config: {path}")
     out(f"  providers wanted: {', '.join(cfg.runtime.providers)}; first available: {wanted or 'none'}")
@@ -137,6 +169,9 @@ def run_doctor(config_path: str | None, *, out=print) -> int:
                   if engine.model.weights_folder else "held by each session")
         out(f"  memory: weights {shared}; {engine.method.chunk_size} masks per sampler run "
             f"({'method.chunk_size' if cfg.method.chunk_size else 'from runtime.memory_budget_mb'})")
+        for line in int8_report(engine):
+            out(line)
+            status = 1 if "PROBLEM" in line else status
         problems = engine.gradient_problems()
         for problem in problems:
             out(f"  PROBLEM: {problem}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 
 import cv2
 import numpy as np
@@ -18,7 +19,7 @@ from torch import nn
 import onnx_tools
 from inspector import Inspector
 from inspector.demo import example_dir
-from inspector.engine.runtime import int8
+from inspector.engine.runtime import int8, openvino_sampler
 from inspector.errors import ConfigError
 from inspector.quality.synthetic import sample
 
@@ -38,10 +39,24 @@ def write_calibration(folder, seed: int = 5, count: int = 12) -> str:
     return str(folder)
 
 
-def options(model, calibration, precision="int8", **method) -> dict:
-    return {"model": str(model), "preprocess": PREPROCESS, "method": {"preset": "quality", **method},
+def options(model, calibration, precision="int8", runtime="auto", **method) -> dict:
+    """The engine's options; the fusion is the bundled config's (soft)."""
+    return {"model": str(model), "preprocess": PREPROCESS,
+            "method": {"preset": "quality", "fusion": "soft", **method},
             "runtime": {"providers": ["CPUExecutionProvider"], "sampler_precision": precision,
-                        "calibration_images": calibration}}
+                        "calibration_images": calibration, "sampler_runtime": runtime}}
+
+
+def needs(runtime: str) -> str:
+    """``runtime``, where it can run: OpenVINO comes with the dev extra, so CI fails rather than skips."""
+    if runtime == "openvino" and not openvino_sampler.available():
+        if os.environ.get("CI"):
+            pytest.fail("the openvino package (dev extra) is missing")
+        pytest.skip("needs the openvino package (pip install -e '.[cpu,openvino]')")
+    return runtime
+
+
+RUNTIMES = ["onnxruntime", "openvino"]
 
 
 @pytest.fixture()
@@ -79,15 +94,17 @@ def sampler_scores(insp: Inspector, explained, target: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def test_int8_scores_and_maps_follow_float32(example):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_int8_scores_and_maps_follow_float32(example, runtime):
     """On the bundled (trained) model, the int8 sampler's masked-image scores follow the float32 sampler's
     (r >= 0.99, mean |difference| <= 0.01; a score near a class boundary may move more), and the fused
     maps of held-out images agree (r >= 0.99, the bar for the defect images), with the same maps
     selected."""
     model, calibration = example
     float32 = Inspector.from_options(**options(model, calibration, "float32"))
-    int8_engine = Inspector.from_options(**options(model, calibration))
+    int8_engine = Inspector.from_options(**options(model, calibration, runtime=needs(runtime)))
     assert int8_engine.sampler_precision == "int8" and float32.sampler_precision == "float32"
+    assert int8_engine.sessions.sampler_runtime == runtime == int8_engine.settings()["sampler_runtime"]
     assert int8_engine.settings()["sampler_precision"] == "int8"
     s8, s32 = [], []
     for i in range(3):
@@ -106,10 +123,11 @@ def test_int8_scores_and_maps_follow_float32(example):
         assert pearson(a.saliency, b.saliency) >= 0.99
 
 
-def test_int8_maps_are_equal_across_chunk_sizes(example):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_int8_maps_are_equal_across_chunk_sizes(example, runtime):
     model, calibration = example
-    small = Inspector.from_options(**options(model, calibration, chunk_size=7))
-    large = Inspector.from_options(**options(model, calibration, chunk_size=64))
+    small = Inspector.from_options(**options(model, calibration, runtime=needs(runtime), chunk_size=7))
+    large = Inspector.from_options(**options(model, calibration, runtime=runtime, chunk_size=64))
     assert small.sampler_precision == large.sampler_precision == "int8"
     for i in range(2):
         a = small.explain(sample(11, i).image)
@@ -223,3 +241,64 @@ def test_config_errors_name_the_key(tmp_path, example):
         Inspector.from_options(**options(model, str(empty)))
     with pytest.raises(ConfigError, match=r"runtime.calibration_images: cannot list"):
         Inspector.from_options(**options(model, str(tmp_path / "missing")))
+
+
+def test_the_cpus_int8_instructions_are_read_from_cpuinfo(tmp_path):
+    from inspector.engine.runtime.cpu import int8_instructions
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni amx_bf16 amx_int8\n\n"
+                    "processor\t: 1\nflags\t\t: fpu sse avx2 avx512f avx512_vnni amx_bf16 amx_int8\n")
+    assert int8_instructions(str(info)) == ["AVX512-VNNI", "AMX-INT8"]
+    info.write_text("processor\t: 0\nFeatures\t: fp asimd asimddp\n")
+    assert int8_instructions(str(info)) == ["Arm dot product"]
+    info.write_text("flags\t\t: fpu sse avx2\n")
+    assert int8_instructions(str(info)) == []
+    assert int8_instructions(str(tmp_path / "missing")) is None
+
+
+def test_doctor_says_whether_the_int8_sampler_runs(example, tmp_path):
+    import yaml
+
+    from inspector import doctor
+
+    model, calibration = example
+    config = tmp_path / "int8.yaml"
+    config.write_text(yaml.safe_dump(options(model, calibration)))
+    lines: list[str] = []
+    assert doctor.run_doctor(str(config), out=lines.append) == 0, lines
+    text = "\n".join(lines)
+    assert "cpu int8 instructions:" in text and "int8 " in text and "ms a sample" in text
+    assert "int8 sampler: runs, calibrated on " + calibration in text and "scores r = " in text
+    config.write_text(yaml.safe_dump(options(model, calibration, "float32")))
+    lines.clear()
+    assert doctor.run_doctor(str(config), out=lines.append) == 0, lines
+    assert any("int8 sampler: off" in line for line in lines)
+
+
+def test_openvino_and_onnxruntime_run_the_same_int8_graph(example):
+    """The two runtimes compile one cached int8 graph: their maps agree closely (their integer kernels
+    round alike but add in other orders), and auto picks OpenVINO where it is installed."""
+    model, calibration = example
+    ort_engine = Inspector.from_options(**options(model, calibration, runtime="onnxruntime"))
+    ov_engine = Inspector.from_options(**options(model, calibration, runtime=needs("openvino")))
+    assert Inspector.from_options(**options(model, calibration)).sessions.sampler_runtime == "openvino"
+    assert len(cache_files(model.parent)) == 1
+    for i in range(3):
+        a = ort_engine.explain(sample(11, i).image)
+        b = ov_engine.explain(sample(11, i).image, target=a.target)
+        assert pearson(a.saliency, b.saliency) >= 0.999
+        for x, y in zip(a.layer_maps, b.layer_maps):
+            if x is not None:
+                assert pearson(x, y) >= 0.99
+
+
+def test_openvino_is_named_when_it_is_missing_or_asked_for_float32(example, monkeypatch):
+    model, calibration = example
+    with pytest.raises(ConfigError, match="sampler_runtime: openvino runs the int8 sampler"):
+        Inspector.from_options(**options(model, calibration, "float32", runtime="openvino"))
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino fails as where it is not installed
+    assert not openvino_sampler.available()
+    assert Inspector.from_options(**options(model, calibration)).sessions.sampler_runtime == "onnxruntime"
+    with pytest.raises(ConfigError, match=r"needs the openvino package: pip install -e '\.\[cpu,openvino\]'"):
+        Inspector.from_options(**options(model, calibration, runtime="openvino"))

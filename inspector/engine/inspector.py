@@ -29,7 +29,7 @@ from .runtime import memory
 from .runtime import preprocess as pre
 from .runtime.model import load_model
 from .runtime.session import EngineSessions, runtime_versions
-from .sampler_int8 import int8_sampler
+from .sampler_int8 import int8_sampler, use_openvino
 
 log = logging.getLogger(__name__)
 # images per explain_batch group: enough to fill a GPU's sampler runs with the masks of small images
@@ -85,7 +85,8 @@ class Inspector:
         if config.runtime.sampler_precision == "int8":
             built = int8_sampler(self)
             if built is not None:
-                self.sessions.use_int8_sampler(built[0])
+                openvino = use_openvino(config.runtime.sampler_runtime)
+                self.sessions.use_int8_sampler(built[0], openvino=openvino)
                 self.int8_calibration = built[1]
 
     def _check_labels(self) -> None:
@@ -480,6 +481,7 @@ class Inspector:
                 "chunk_size": m.chunk_size,
                 "fusion": m.fusion, "fusion_width": m.fusion_width,
                 "fp16": self.config.runtime.fp16, "sampler_precision": self.sampler_precision,
+                "sampler_runtime": self.sessions.sampler_runtime,
                 "score": self.contract.score, "provider": self.sessions.provider,
                 "model": self.model.path, "model_sha256": self.model.sha256, **runtime_versions()}
 

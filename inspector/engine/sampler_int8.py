@@ -24,7 +24,7 @@ import onnx_tools
 
 from ..errors import ConfigError, InspectorError
 from .method.selection import select_maps
-from .runtime import int8
+from .runtime import int8, openvino_sampler
 from .runtime.preprocess import IMAGE_EXTENSIONS
 
 if TYPE_CHECKING:
@@ -122,6 +122,12 @@ def _refusal(insp: Inspector) -> str | None:
     if ops & {"QuantizeLinear", "DequantizeLinear"}:
         return "the model is quantized already (QDQ); its sampler runs the model as it is"
     return None
+
+
+def use_openvino(choice: str) -> bool:
+    """Whether runtime.sampler_runtime ``choice`` runs the int8 sampler on OpenVINO (auto: when installed;
+    openvino without the package is refused when the sampler is built)."""
+    return choice == "openvino" or (choice == "auto" and openvino_sampler.available())
 
 
 def int8_sampler(insp: Inspector) -> tuple[bytes, str] | None:

@@ -78,6 +78,7 @@ def result_settings(insp: Inspector) -> dict:
                 "classes": cfg.classes, "regions": dataclasses.asdict(cfg.regions), "roi": roi}
     if insp.int8_calibration is not None:  # int8 forward passes, calibrated on that set (float32: absent)
         settings["sampler_int8"] = insp.int8_calibration
+        settings["sampler_runtime"] = insp.sessions.sampler_runtime
     if insp.detector:  # which detections are kept and how a part without any is labelled
         settings["detect"] = dataclasses.asdict(cfg.detect)
     return settings

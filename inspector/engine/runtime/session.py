@@ -159,13 +159,22 @@ class EngineSessions:
         self.device = DEVICE_OF.get(self.provider, "cpu")
         self._scorer_bytes, self._cfg, self._scorer = scorer_bytes, cfg, None
         self._weights_folder = weights_folder
+        self.sampler_runtime = "onnxruntime"  # or "openvino" (use_int8_sampler)
+        self._openvino = None
+        self._host = ([], {})  # the device feeds last handed to OpenVINO, and their host arrays
         # masked images run through the model so far (sampler and mask scorer, padding included): the
         # forward passes that benchmarks and evaluations report
         self.masked_images = 0
 
-    def use_int8_sampler(self, sampler_bytes: bytes) -> None:
+    def use_int8_sampler(self, sampler_bytes: bytes, *, openvino: bool = False) -> None:
         """Run the sampler as ``sampler_bytes``, an int8 QDQ graph carrying its own weights
-        (inspector.sampler_int8), on onnxruntime's integer kernels."""
+        (inspector.sampler_int8), on onnxruntime's integer kernels, or compiled by OpenVINO."""
+        if openvino:
+            from .openvino_sampler import OpenVinoSampler
+
+            self._openvino = OpenVinoSampler(sampler_bytes, threads=self._cfg.intra_op_threads)
+            self.sampler_runtime = "openvino"
+            return
         self.sampler = make_session(sampler_bytes, self._cfg, "int8 sampler", quiet=True,
                                     integer_kernels=True)
 
@@ -228,6 +237,8 @@ class EngineSessions:
     def run_sampler(self, feeds: dict, device_feeds: dict, outputs: list[str]) -> list[np.ndarray]:
         """One sampler run: ``feeds`` are host arrays (tiny), ``device_feeds`` OrtValues already on
         the device."""
+        if self._openvino is not None:
+            return self._run_openvino(feeds, device_feeds, outputs)
         binding = self.sampler.io_binding()
         for name, value in device_feeds.items():
             binding.bind_ortvalue_input(name, value)
@@ -239,6 +250,22 @@ class EngineSessions:
             self.sampler.run_with_iobinding(binding)
         self.masked_images += len(feeds[KEEP])
         return [v.numpy() for v in binding.get_outputs()]
+
+    def _run_openvino(self, feeds: dict, device_feeds: dict, outputs: list[str]) -> list[np.ndarray]:
+        """The sampler run on OpenVINO: the device feeds (host memory on the CPU provider) as numpy
+        arrays, converted once per explain-model run."""
+        values, arrays = self._host
+        if len(values) != len(device_feeds) or any(a is not b for a, b in zip(values, device_feeds.values())):
+            arrays = {name: value.numpy() for name, value in device_feeds.items()}
+            self._host = (list(device_feeds.values()), arrays)
+        try:
+            out = self._openvino.run({**feeds, **arrays}, outputs)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelRunError(f"OpenVINO failed running the int8 sampler ({first[:300]}); set "
+                                "runtime.sampler_runtime: onnxruntime") from e
+        self.masked_images += len(feeds[KEEP])
+        return out
 
 
 @contextlib.contextmanager
