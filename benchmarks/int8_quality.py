@@ -7,6 +7,7 @@
    777 as in docs/benchmarks.md), float32 against int8, overall and per defect-size bin.
 
     python benchmarks/int8_quality.py [--defects 30] [--evaluate 360] [--sets defects photos evaluate]
+                                      [--runtime auto|onnxruntime|openvino]
 
 Calibration images are never the evaluated ones: the defect model's are 12 synthetic images of seed 5,
 Lite0's 12 other scikit-image pictures. Needs the dev extra (torch, for Lite0's export; scikit-image).
@@ -93,10 +94,13 @@ def photo_options(work: str) -> dict:
                         "calibration_images": write_images(os.path.join(work, "photo_cal"), calibration)}}
 
 
+RUNTIME = "auto"  # runtime.sampler_runtime of the int8 engines (--runtime)
+
+
 def engines(options: dict) -> tuple[Inspector, Inspector, float]:
     float32 = Inspector.from_options(**options)
     t = time.perf_counter()
-    runtime = {**options["runtime"], "sampler_precision": "int8"}
+    runtime = {**options["runtime"], "sampler_precision": "int8", "sampler_runtime": RUNTIME}
     int8 = Inspector.from_options(**{**options, "runtime": runtime})
     if int8.sampler_precision != "int8":
         raise SystemExit("the int8 sampler was refused (see the log); nothing to compare")
@@ -105,8 +109,8 @@ def engines(options: dict) -> tuple[Inspector, Inspector, float]:
 
 def map_agreement(title: str, options: dict, images: list[tuple[str, np.ndarray]]) -> None:
     float32, int8, build = engines(options)
-    print(f"\n{title}: {len(images)} images; int8 sampler built in {build:.1f} s (calibration and check, "
-          "once per model and calibration set)")
+    print(f"\n{title}: {len(images)} images; int8 sampler on {int8.sessions.sampler_runtime}, built in "
+          f"{build:.1f} s (calibration and check, once per model and calibration set)")
     print("  image                  | masks | r(fused) | r(layer maps, min) | float32 s | int8 s")
     rs = []
     for name, image in images:
@@ -133,7 +137,10 @@ def evaluate(work: str, options: dict, count: int) -> None:
     for precision in ("float32", "int8"):
         config = os.path.join(work, f"{precision}.yaml")
         with open(config, "w") as f:
-            yaml.safe_dump({**options, "runtime": {**options["runtime"], "sampler_precision": precision}}, f)
+            runtime = {**options["runtime"], "sampler_precision": precision}
+            if precision == "int8":
+                runtime["sampler_runtime"] = RUNTIME
+            yaml.safe_dump({**options, "runtime": runtime}, f)
         out = os.path.join(work, f"eval_{precision}")
         t = time.perf_counter()
         subprocess.run([sys.executable, "-m", "inspector", "evaluate", "-c", config, "--data", data,
@@ -158,7 +165,11 @@ def main() -> None:
                         choices=["defects", "photos", "evaluate"])
     parser.add_argument("--defects", type=int, default=30)
     parser.add_argument("--evaluate", type=int, default=360, help="images of the evaluation set (1 in 6 ok)")
+    parser.add_argument("--runtime", default="auto", choices=["auto", "onnxruntime", "openvino"],
+                        help="runtime.sampler_runtime of the int8 sampler (auto: OpenVINO when installed)")
     args = parser.parse_args()
+    global RUNTIME
+    RUNTIME = args.runtime
     work = tempfile.mkdtemp(prefix="sise-int8-quality-")
     options = defect_options(work)
     if "defects" in args.sets:

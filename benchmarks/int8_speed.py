@@ -3,7 +3,8 @@ float32 sampler and with the int8 sampler (`runtime.sampler_precision: int8`), f
 model (128x128), EfficientNet-Lite0 and ResNet-50 (224x224); for ResNet-50 also the same SISE in PyTorch
 (tests/sise_reference.py) at its strongest CPU settings (float32, channels_last, channels_last with
 bfloat16 autocast where the CPU has it; all cores, no autograd for the masked images). Every row runs in a
-fresh process (peak RSS is that process's); r is the Pearson r of the fused map with the float32 engine's.
+fresh process (peak RSS is that process's VmHWM); r is the Pearson r of the fused map with the float32
+engine's.
 Then the sampler's forward pass per masked image under other settings: onnxruntime's threads, spinning
 and memory arena, and OpenVINO's CPU runtime (float32, bfloat16, the same int8 graph) when importable.
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from int8_quality import CALIBRATION_PHOTOS, PHOTOS, defect_options, photo_options, rgb, write_images
 
+from inspector.engine.runtime import openvino_sampler
 from inspector.quality.synthetic import sample
 
 
@@ -62,7 +63,7 @@ def resnet50_options(work: str) -> dict:
     calibration = write_images(os.path.join(work, "resnet_cal"), pictures)
     return {"model": path, "preprocess": {"size": [224, 224], "resize": "stretch", "scale": 1 / 255,
                                           "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-            "method": {"preset": "quality", "fusion": "soft"},
+            "method": {"preset": "quality", "fusion": "otsu"},  # the PyTorch reference's cascade
             "runtime": {"providers": ["CPUExecutionProvider"], "calibration_images": calibration}}
 
 
@@ -135,7 +136,7 @@ def run_worker(job: dict) -> dict:
 
 # ----- forward passes per masked image under other settings -----------------------------------------------
 def ort_forward_ms(model_bytes: bytes, x: np.ndarray, *, threads: int = 0, spinning: bool = True,
-                   arena: bool = True, fused: bool = True) -> float:
+                   arena: bool = True, fused: bool = True, prepacking: bool = True) -> float:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -145,6 +146,8 @@ def ort_forward_ms(model_bytes: bytes, x: np.ndarray, *, threads: int = 0, spinn
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     if not fused:
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
+    if not prepacking:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
     session = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return best_ms(lambda: session.run(None, {name: x}), len(x))
@@ -189,6 +192,8 @@ def forward_table(title: str, options: dict, chunk: int) -> None:
     f32 = forward.SerializeToString()
     q8 = cached.model.SerializeToString() if cached and cached.accepted else None
     rows = [("onnxruntime float32 (the engine's float32 sampler)", lambda: ort_forward_ms(f32, x)),
+            ("onnxruntime float32, pre-packing off (as with shared weights)",
+             lambda: ort_forward_ms(f32, x, prepacking=False)),
             ("onnxruntime float32, memory arena off", lambda: ort_forward_ms(f32, x, arena=False)),
             ("onnxruntime float32, 1 thread", lambda: ort_forward_ms(f32, x, threads=1))]
     if q8 is not None:
@@ -232,7 +237,11 @@ def run_model(name: str, args, work: str) -> None:
         base = run_worker({"kind": "engine", "options": options, "images": images_path, "warmup": warmup,
                            "targets": None, "out": os.path.join(work, f"{name}_float32.npy")})
         rows["engine, float32 sampler"] = base
-        jobs = [("engine, int8 sampler", {"kind": "engine", "options": int8_options, "warmup": warmup})]
+        runtimes = ["onnxruntime"] + (["openvino"] if openvino_sampler.available() else [])
+        jobs = [(f"engine, int8 sampler on {r}",
+                 {"kind": "engine", "warmup": warmup,
+                  "options": {**int8_options, "runtime": {**int8_options["runtime"], "sampler_runtime": r}}})
+                for r in runtimes]
         if name == "resnet50" and not args.no_torch:
             jobs += [(f"PyTorch SISE, {v}", {"kind": "torch", "variant": v, "chunk": base["chunk"]})
                      for v in ("float32", "channels_last", "channels_last+bf16")]
@@ -254,9 +263,18 @@ def run_model(name: str, args, work: str) -> None:
         if "PyTorch SISE, float32" in rows:
             best = min((statistics.median(r["seconds"]), k) for k, r in rows.items()
                        if k.startswith("PyTorch"))
-            mine = statistics.median(rows["engine, int8 sampler"]["seconds"])
-            print(f"  int8 engine / fastest PyTorch ({best[1]}): {mine / best[0]:.3f}")
+            mine = min((statistics.median(r["seconds"]), k) for k, r in rows.items() if "int8" in k)
+            plain = statistics.median(rows["PyTorch SISE, float32"]["seconds"])
+            print(f"  fastest engine ({mine[1]}) / fastest PyTorch ({best[1]}): {mine[0] / best[0]:.3f}; "
+                  f"/ PyTorch float32: {mine[0] / plain:.3f}")
     forward_table(name, options, args.chunk)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (VmHWM; not ru_maxrss, which Linux carries over from the
+    parent across exec)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
 def worker(path: str) -> None:
@@ -276,7 +294,7 @@ def worker(path: str) -> None:
             result["float_layers"] = len(cached.float_layers)
     else:
         result = engine_worker(job) if job["kind"] == "engine" else torch_worker(job)
-    result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_mib"] = peak_rss_mib()
     print(json.dumps(result))
 
 
