@@ -302,3 +302,17 @@ def test_openvino_is_named_when_it_is_missing_or_asked_for_float32(example, monk
     assert Inspector.from_options(**options(model, calibration)).sessions.sampler_runtime == "onnxruntime"
     with pytest.raises(ConfigError, match=r"needs the openvino package: pip install -e '\.\[cpu,openvino\]'"):
         Inspector.from_options(**options(model, calibration, runtime="openvino"))
+
+
+def test_a_failing_quantization_keeps_float32_with_a_warning(example, monkeypatch, caplog):
+    model, calibration = example
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Unsupported op in this graph\nmore lines")
+
+    monkeypatch.setattr(int8, "quantize", broken)
+    with caplog.at_level(logging.WARNING):
+        insp = Inspector.from_options(**options(model, calibration))
+    assert insp.sampler_precision == "float32" and cache_files(model.parent) == []
+    assert "quantizing " in caplog.text and "RuntimeError: Unsupported op in this graph" in caplog.text
+    assert "more lines" not in caplog.text

@@ -157,8 +157,14 @@ def int8_sampler(insp: Inspector) -> tuple[bytes, str] | None:
                         "calibration image(s) to check an int8 copy (%d masked images, %d needed); the "
                         "sampler runs in float32. Add calibration images", len(files), len(check), MIN_CHECK)
             return None
-        result = int8.build(forward, samples, check, targets, insp.contract.score,
-                            threads=cfg.intra_op_threads)
+        try:
+            result = int8.build(forward, samples, check, targets, insp.contract.score,
+                                threads=cfg.intra_op_threads)
+        except Exception as e:  # noqa: BLE001 - onnxruntime.quantization's errors have no common base
+            log.warning("runtime.sampler_precision: int8 ignored: quantizing %s failed (%s: %s); the sampler "
+                        "runs in float32", insp.model.path, type(e).__name__, str(e).splitlines()[0][:200]
+                        if str(e) else "")
+            return None
         if not int8.write_cached(path, result, forward):
             return None
     if not result.accepted:
