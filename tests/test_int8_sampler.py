@@ -316,3 +316,19 @@ def test_a_failing_quantization_keeps_float32_with_a_warning(example, monkeypatc
     assert insp.sampler_precision == "float32" and cache_files(model.parent) == []
     assert "quantizing " in caplog.text and "RuntimeError: Unsupported op in this graph" in caplog.text
     assert "more lines" not in caplog.text
+
+
+def test_stored_results_tell_int8_from_float32(example):
+    """A result's settings name the int8 sampler (calibration and runtime), so its hash differs from
+    float32's; float32 settings are those stored before the option existed."""
+    from inspector.jobs.record import result_settings, settings_hash
+
+    model, calibration = example
+    float32 = result_settings(Inspector.from_options(**options(model, calibration, "float32")))
+    assert "sampler_int8" not in float32 and "sampler_runtime" not in float32
+    on_ort = result_settings(Inspector.from_options(**options(model, calibration, runtime="onnxruntime")))
+    assert on_ort["sampler_runtime"] == "onnxruntime" and len(on_ort["sampler_int8"]) == 64
+    assert settings_hash(on_ort) != settings_hash(float32)
+    other = write_calibration(os.path.join(os.path.dirname(calibration), "other"), seed=6)
+    moved = result_settings(Inspector.from_options(**options(model, other, runtime="onnxruntime")))
+    assert moved["sampler_int8"] != on_ort["sampler_int8"]
