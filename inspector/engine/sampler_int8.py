@@ -111,14 +111,14 @@ def _samples(insp: Inspector, files: list[str]) -> tuple[np.ndarray, np.ndarray,
     return np.concatenate(calibration), np.concatenate(check), np.asarray(targets, np.int64)
 
 
-def _refusal(insp: Inspector) -> str | None:
+def _refusal(insp: Inspector, exported: onnx.ModelProto) -> str | None:
     """Why this engine keeps the float32 sampler whatever the calibration says, or None."""
     if insp.sessions.device != "cpu":
         return (f"it is for the CPU provider, and this engine runs on {insp.sessions.provider} (there, "
                 "runtime.fp16 is the fast setting)")
     if insp.detector:
         return "it is built for classifiers; a detector's sampler runs in float32"
-    ops = {n.op_type for n in onnx.ModelProto.FromString(insp.model.explain_bytes).graph.node}
+    ops = {n.op_type for n in exported.graph.node}
     if ops & {"QuantizeLinear", "DequantizeLinear"}:
         return "the model is quantized already (QDQ); its sampler runs the model as it is"
     return None
@@ -134,7 +134,8 @@ def int8_sampler(insp: Inspector) -> tuple[bytes, str] | None:
     """(the int8 sampler graph, the calibration's sha256) for ``insp``, from the cache beside the exported
     model or built and cached now; None when float32 is kept (the reason is in the log)."""
     cfg = insp.config.runtime
-    why = _refusal(insp)
+    exported = onnx.ModelProto.FromString(insp.model.explain_bytes)
+    why = _refusal(insp, exported)
     if why is not None:
         log.warning("runtime.sampler_precision: int8 ignored: %s", why)
         return None
@@ -142,7 +143,6 @@ def int8_sampler(insp: Inspector) -> tuple[bytes, str] | None:
     calibration = calibration_sha256(insp, files)
     path = int8.cache_path(insp.model.path, insp.model.sha256, calibration)
     result = int8.read_cached(path)
-    exported = onnx.ModelProto.FromString(insp.model.explain_bytes)
     if result is None:
         log.warning("calibrating the int8 sampler on %d image(s) of %s (once; cached as %s)", len(files),
                     cfg.calibration_images, path)
