@@ -173,7 +173,7 @@ class EngineSessions:
             from .openvino_sampler import OpenVinoSampler
 
             self._openvino = OpenVinoSampler(sampler_bytes, threads=self._cfg.intra_op_threads)
-            self.sampler_runtime = "openvino"
+            self.sampler, self.sampler_runtime = None, "openvino"  # the float32 session's memory goes
             return
         self.sampler = make_session(sampler_bytes, self._cfg, "int8 sampler", quiet=True,
                                     integer_kernels=True)
