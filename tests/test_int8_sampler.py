@@ -270,6 +270,7 @@ def test_doctor_says_whether_the_int8_sampler_runs(example, tmp_path):
     text = "\n".join(lines)
     assert "cpu int8 instructions:" in text and "int8 " in text and "ms a sample" in text
     assert "int8 sampler: runs, calibrated on " + calibration in text and "scores r = " in text
+    assert len(cache_files(model.parent)) == 1  # the self-test (capped maps) shares the engine's calibration
     config.write_text(yaml.safe_dump(options(model, calibration, "float32")))
     lines.clear()
     assert doctor.run_doctor(str(config), out=lines.append) == 0, lines

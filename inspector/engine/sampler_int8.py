@@ -2,7 +2,8 @@
 
 Calibration samples are masked images of the model's own kind: for each calibration image (the first
 ``CALIBRATION_LIMIT`` files of ``runtime.calibration_images`` by name), the image itself and ``CALIBRATE``
-of its SISE masks, drawn (seeded) from the maps SISE selects for its top class: the feature map upsampled
+of its SISE masks, drawn (seeded) from the maps SISE selects for its top class (by mu or Ada-SISE, without
+the per-layer cap): the feature map upsampled
 as the sampler does (bilinear, half-pixel centres), min-max scaled, times the image. ``CHECK`` other masks
 of each image are the check samples (:mod:`inspector.engine.runtime.int8`), never calibrated on.
 """
@@ -53,11 +54,12 @@ def calibration_files(folder: str) -> list[str]:
 
 
 def calibration_sha256(insp: Inspector, files: list[str]) -> str:
-    """What the calibration samples depend on: the recipe, the settings that make the masks, and each
-    image's name and bytes."""
+    """What the calibration samples depend on: the recipe, the settings that select the maps (not
+    method.max_masks_per_layer: the samples are drawn from all selected maps, so a capped engine, such as
+    doctor's self-test, shares the cache), and each image's name and bytes."""
     m = insp.method
     h = hashlib.sha256(json.dumps({"recipe": int8.RECIPE, "calibrate": CALIBRATE, "check": CHECK,
-                                   "mu": m.mu, "adaptive": m.adaptive, "cap": m.max_masks_per_layer,
+                                   "mu": m.mu, "adaptive": m.adaptive,
                                    "preprocess": asdict(insp.config.preprocess)},
                                   sort_keys=True, default=list).encode())
     for path in files:
@@ -88,7 +90,7 @@ def masked_samples(insp: Inspector, tensor: np.ndarray, rng: np.random.Generator
     out = insp._explain_run(tensor, insp._one_hot(top))[0]
     m = insp.method
     pool = [(b, int(c)) for b, (a, s) in enumerate(zip(out.alphas, out.spreads))
-            for c in select_maps(a, s, mu=m.mu, adaptive=m.adaptive, cap=m.max_masks_per_layer)]
+            for c in select_maps(a, s, mu=m.mu, adaptive=m.adaptive, cap=None)]
     picked = [pool[i] for i in rng.permutation(len(pool))[:CALIBRATE + CHECK]]
     checked = min(CHECK, len(picked) // 3)
     activations = [a.numpy()[out.row] for a in out.activations]
